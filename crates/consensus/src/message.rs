@@ -1,0 +1,50 @@
+//! Messages between replicas of one group (docs/protocol.md §2.2).
+
+use runnel_io::NodeId;
+
+use crate::types::{Entry, Index, Snapshot, Term};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The sender's current term, except for `PreVote`, which carries the
+    /// term the sender would campaign in (§4.2).
+    pub term: Term,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Body {
+    /// §4.2: would you vote for me in `term`? Changes no state on receipt.
+    PreVote { last_index: Index, last_term: Term },
+    PreVoteResponse { granted: bool },
+    /// §4.3: vote for me in `term`. `transfer` is set when a leadership
+    /// transfer asked for this election, which overrides leader stickiness (§9).
+    Vote {
+        last_index: Index,
+        last_term: Term,
+        transfer: bool,
+    },
+    VoteResponse { granted: bool },
+    /// §5.1: entries following (`prev_index`, `prev_term`); empty for a
+    /// heartbeat.
+    Append {
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    },
+    /// §5.3: `success` with the highest index now known to match the
+    /// leader's log (and durable), or a rejection with a hint where the
+    /// leader should probe next.
+    AppendResponse {
+        success: bool,
+        match_index: Index,
+        reject_hint: Index,
+    },
+    /// §8: the leader's snapshot, for a follower that needs compacted entries.
+    InstallSnapshot { snapshot: Snapshot },
+    /// §9: start an election now, skipping pre-vote.
+    TimeoutNow,
+}

@@ -1,0 +1,14 @@
+//! The Runnel node core: a single-threaded, deterministic state machine.
+//!
+//! It hosts one consensus replica per group, stores each group's log through
+//! `runnel-storage`, applies committed entries to the group's state machine,
+//! and answers clients. It never does IO except through `Env`, never reads
+//! global time or randomness, and iterates only ordered maps.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+mod node;
+
+pub use api::*;
+pub use node::{Node, NodeConfig, StartError};

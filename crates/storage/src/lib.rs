@@ -1,0 +1,1 @@
+//! Storage: see docs/storage.md.
