@@ -76,7 +76,7 @@ impl std::error::Error for DiskError {}
 
 /// One asynchronous disk operation. Files are named by paths relative to the
 /// node's data directory, with `/` separating directories.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum DiskOp {
     /// Writes `data` at `offset`, creating the file (and its parent
     /// directories) if missing. Extends the file when writing past its end.
@@ -102,7 +102,7 @@ pub enum DiskOp {
 }
 
 /// What a successful disk operation returns.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum DiskOutput {
     /// The operation is done (see `DiskOp` for what "done" promises).
     Done,
@@ -112,7 +112,7 @@ pub enum DiskOutput {
 
 /// The result of one operation, delivered to the core as a completion event
 /// carrying the `token` the core chose when it submitted the operation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DiskCompletion {
     pub token: u64,
     pub result: Result<DiskOutput, DiskError>,
