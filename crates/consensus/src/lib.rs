@@ -1,9 +1,16 @@
 //! Runnel's replicated-log protocol, specified in docs/protocol.md.
+//!
+//! A `Replica` is one member of one group. It does no IO, reads no clock and
+//! draws randomness only from the seeded `Rng` it is given: the same inputs
+//! in the same order produce the same outputs, byte for byte.
 
 #![forbid(unsafe_code)]
 
+pub mod log;
 pub mod message;
+pub mod replica;
 pub mod types;
 
 pub use message::{Body, Message};
+pub use replica::{Options, ProposeError, Ready, Replica, Role};
 pub use types::{Config, Entry, HardState, Index, Payload, Snapshot, SnapshotMeta, Term};

@@ -1,0 +1,1237 @@
+//! One replica of one group: a deterministic state machine that does no IO.
+//!
+//! Inputs are `tick`, `step` (a message), `propose*`, `transfer_leader`,
+//! `on_persisted` and `snapshot_taken`; outputs accumulate until the caller
+//! takes them with `take_ready`. The caller must persist what a `Ready` asks
+//! for, then send its `persisted_messages` and call `on_persisted`, in that
+//! order (docs/protocol.md §3.1, §10). Section numbers in comments refer to
+//! docs/protocol.md.
+
+use std::collections::BTreeMap;
+
+use runnel_io::{NodeId, Rng};
+
+use crate::log::Log;
+use crate::message::{Body, Message};
+use crate::types::{Config, Entry, HardState, Index, Payload, Snapshot, SnapshotMeta, Term};
+
+/// Bounds on what one replica sends and holds. Checked against each other in
+/// `Options::validate`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub id: NodeId,
+    /// Followers campaign after a random silence in `[t, 2t)` (§4.1).
+    pub election_timeout_ms: u64,
+    /// Leaders send an append (heartbeat) at least this often (§5.1).
+    pub heartbeat_interval_ms: u64,
+    /// At most this many entries in one Append (§5.5).
+    pub append_entries_max: usize,
+    /// At most this many bytes of entries in one Append, unless one entry
+    /// alone is larger (§5.5).
+    pub append_bytes_max: usize,
+    /// At most this many Appends in flight to one follower (§5.5).
+    pub inflight_appends_max: usize,
+    /// A learner is promoted only when it lags the leader by at most this
+    /// many entries (§7.2).
+    pub promote_lag_max: u64,
+    /// Proposals are refused while this many entries are appended but not
+    /// committed, so that an isolated leader cannot grow without bound (§6).
+    pub uncommitted_entries_max: u64,
+}
+
+impl Options {
+    pub fn new(id: NodeId) -> Options {
+        Options {
+            id,
+            election_timeout_ms: 1_000,
+            heartbeat_interval_ms: 100,
+            append_entries_max: 256,
+            append_bytes_max: 1 << 20,
+            inflight_appends_max: 32,
+            promote_lag_max: 64,
+            uncommitted_entries_max: 16_384,
+        }
+    }
+
+    pub fn validate(&self) {
+        assert!(self.heartbeat_interval_ms > 0);
+        assert!(
+            self.heartbeat_interval_ms * 3 <= self.election_timeout_ms,
+            "heartbeats must come several times per election timeout"
+        );
+        assert!(self.append_entries_max > 0 && self.append_bytes_max > 0);
+        assert!(self.inflight_appends_max > 0);
+        assert!(self.uncommitted_entries_max >= self.append_entries_max as u64);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Why a proposal was refused. These are operating conditions the caller
+/// reports to its client, not programmer errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    NotLeader { leader_hint: Option<NodeId> },
+    /// A leadership transfer is under way (§9).
+    Transferring,
+    /// Too many uncommitted entries (§6).
+    Backpressure,
+    /// A membership change is not allowed now or not valid (§7).
+    InvalidConfig(String),
+}
+
+/// The leader's view of one follower (§5.5).
+#[derive(Clone, Debug)]
+struct Progress {
+    /// Highest index known to be durable on the follower and to match.
+    match_index: Index,
+    /// Next index to send.
+    next_index: Index,
+    state: ProgressState,
+    /// Last index of each Append in flight, ascending.
+    inflight: Vec<Index>,
+    /// When the follower last answered (§4.4, check-quorum).
+    last_ack_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgressState {
+    /// Unsure where the follower's log ends: one Append per heartbeat or
+    /// response. `sent` is set once one is in flight.
+    Probe { sent: bool },
+    /// Streaming: Appends are sent optimistically, up to the inflight window.
+    Replicate,
+    /// A snapshot at `index` was sent at `sent_ms`.
+    Snapshot { index: Index, sent_ms: u64 },
+}
+
+/// What the caller must do after feeding inputs (docs/protocol.md §10).
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Persist the vote record.
+    pub hard_state: Option<HardState>,
+    /// Persist this snapshot (received from the leader, §8) before `entries`.
+    pub snapshot: Option<Snapshot>,
+    /// Persist these entries; when the first one's index is at or below the
+    /// stored log's end, everything stored from that index on is removed first.
+    pub entries: Vec<Entry>,
+    /// Send now: they depend on nothing unpersisted.
+    pub messages: Vec<Message>,
+    /// Send only once everything this and earlier `Ready`s asked to persist
+    /// is durable (votes, append acknowledgments, §3.1).
+    pub persisted_messages: Vec<Message>,
+    /// Reset the state machine to this snapshot, then apply `committed`.
+    pub apply_snapshot: Option<Snapshot>,
+    /// Committed, durable entries to apply, in order.
+    pub committed: Vec<Entry>,
+    /// The (index, term) to pass to `on_persisted` once this `Ready`'s writes
+    /// are durable.
+    pub persist_point: Option<(Index, Term)>,
+}
+
+impl Ready {
+    pub fn has_writes(&self) -> bool {
+        self.hard_state.is_some() || self.snapshot.is_some() || !self.entries.is_empty()
+    }
+}
+
+pub struct Replica {
+    options: Options,
+    rng: Rng,
+    // Durable state (§3.1).
+    term: Term,
+    voted_for: Option<NodeId>,
+    log: Log,
+    // Volatile state.
+    role: Role,
+    leader: Option<NodeId>,
+    commit: Index,
+    applied: Index,
+    /// Highest index whose entry, and every entry before it, is durable here.
+    persisted: Index,
+    config: Config,
+    /// Index of the entry that set `config` (§7.1).
+    config_index: Index,
+    now_ms: u64,
+    election_deadline_ms: u64,
+    heartbeat_due_ms: u64,
+    check_quorum_due_ms: u64,
+    /// When this replica last heard from a current leader (§4.4).
+    leader_contact_ms: Option<u64>,
+    votes: BTreeMap<NodeId, bool>,
+    progress: BTreeMap<NodeId, Progress>,
+    /// First index of the leader's own term: committing it makes the leader
+    /// ready to serve reads and membership changes (§5.4, §6.2).
+    term_start_index: Index,
+    transfer: Option<(NodeId, u64)>,
+    /// The latest snapshot with data, kept to send to lagging followers.
+    latest_snapshot: Option<Snapshot>,
+    // Outputs not yet taken.
+    hard_state_dirty: bool,
+    unstable_from: Option<Index>,
+    snapshot_to_persist: Option<Snapshot>,
+    snapshot_to_apply: Option<Snapshot>,
+    messages: Vec<Message>,
+    persisted_messages: Vec<Message>,
+}
+
+impl Replica {
+    /// A replica restored from durable state (or a new one: default hard
+    /// state, no snapshot, no entries, and the bootstrap membership in
+    /// `snapshot.meta.config`).
+    pub fn new(
+        options: Options,
+        rng: Rng,
+        hard_state: HardState,
+        snapshot: Option<Snapshot>,
+        entries: Vec<Entry>,
+        now_ms: u64,
+    ) -> Replica {
+        options.validate();
+        let meta = snapshot
+            .as_ref()
+            .map(|snapshot| snapshot.meta.clone())
+            .unwrap_or_default();
+        let log = Log::new(meta.clone(), entries);
+        // §10.1: entries and the vote record are synced by separate calls, so
+        // a crash can leave entries of a term newer than the record. No vote
+        // in that term left this node (grants wait for the record), so
+        // adopting the term without a vote is safe.
+        let mut hard_state_dirty = false;
+        let mut hard_state = hard_state;
+        if log.last_term() > hard_state.term {
+            hard_state.term = log.last_term();
+            hard_state.voted_for = None;
+            hard_state_dirty = true;
+        }
+        let (config_index, config) = log.latest_config();
+        let persisted = log.last_index();
+        let mut replica = Replica {
+            options,
+            rng,
+            term: hard_state.term,
+            voted_for: hard_state.voted_for,
+            log,
+            role: Role::Follower,
+            leader: None,
+            // The commit point is re-learned from the leader; only the
+            // snapshot is known to be committed (§10.2).
+            commit: meta.index,
+            applied: meta.index,
+            persisted,
+            config,
+            config_index,
+            now_ms,
+            election_deadline_ms: 0,
+            heartbeat_due_ms: 0,
+            check_quorum_due_ms: 0,
+            leader_contact_ms: None,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            term_start_index: 0,
+            transfer: None,
+            latest_snapshot: snapshot.clone(),
+            hard_state_dirty,
+            unstable_from: None,
+            snapshot_to_persist: None,
+            snapshot_to_apply: snapshot,
+            messages: Vec::new(),
+            persisted_messages: Vec::new(),
+        };
+        replica.reset_election_deadline();
+        replica
+    }
+
+    // ----- Read-only accessors -----
+
+    pub fn id(&self) -> NodeId {
+        self.options.id
+    }
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit_index(&self) -> Index {
+        self.commit
+    }
+    pub fn applied_index(&self) -> Index {
+        self.applied
+    }
+    pub fn persisted_index(&self) -> Index {
+        self.persisted
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            voted_for: self.voted_for,
+            commit: self.commit,
+        }
+    }
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer.map(|(target, _)| target)
+    }
+
+    /// §6.2: a leader serves reads and accepts membership changes only once
+    /// an entry of its own term is committed.
+    pub fn is_leader_ready(&self) -> bool {
+        self.role == Role::Leader && self.commit >= self.term_start_index
+    }
+
+    /// The leader's match index for `node` (for status output and checks).
+    pub fn match_index(&self, node: NodeId) -> Option<Index> {
+        self.progress.get(&node).map(|progress| progress.match_index)
+    }
+
+    // ----- Inputs -----
+
+    /// Time has advanced to `now_ms` on this node's clock (§4.1, §4.4).
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else if self.now_ms >= self.election_deadline_ms {
+            self.reset_election_deadline();
+            if self.can_campaign() {
+                self.campaign(false);
+            }
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        if let Some((_, deadline_ms)) = self.transfer {
+            if self.now_ms >= deadline_ms {
+                // §9: a transfer that did not finish in time is abandoned.
+                self.transfer = None;
+            }
+        }
+        if self.now_ms >= self.check_quorum_due_ms {
+            self.check_quorum_due_ms = self.now_ms + self.options.election_timeout_ms;
+            if !self.quorum_recently_active() {
+                // §4.4: a leader that cannot reach a majority steps down, so
+                // that clients go elsewhere and stale leases expire.
+                let term = self.term;
+                self.become_follower(term, None);
+                return;
+            }
+        }
+        if self.now_ms >= self.heartbeat_due_ms {
+            self.heartbeat_due_ms = self.now_ms + self.options.heartbeat_interval_ms;
+            self.heartbeat();
+        }
+    }
+
+    fn quorum_recently_active(&self) -> bool {
+        let since = self.now_ms.saturating_sub(self.options.election_timeout_ms);
+        let mut active: Vec<NodeId> = vec![self.id()];
+        for (node, progress) in &self.progress {
+            if progress.last_ack_ms >= since {
+                active.push(*node);
+            }
+        }
+        self.config.is_quorum(active.iter())
+    }
+
+    fn can_campaign(&self) -> bool {
+        // §7.2: only voters campaign; a replica that does not know its
+        // membership yet (a new, empty replica) waits to be contacted.
+        self.config.voters.contains(&self.id()) && self.snapshot_to_persist.is_none()
+    }
+
+    /// Handles one message from a peer of the same group.
+    pub fn step(&mut self, message: Message) {
+        assert_eq!(message.to, self.id(), "message delivered to the wrong replica");
+        if message.from == self.id() {
+            return;
+        }
+        if message.term > self.term {
+            match &message.body {
+                Body::PreVote { .. } => {}
+                // A granted pre-vote carries the term we would campaign in.
+                Body::PreVoteResponse { granted: true } => {}
+                Body::Vote { transfer, .. } if !transfer && self.in_leader_lease() => {
+                    // §4.4: while we hear from a leader, a vote request does
+                    // not disturb us (leader stickiness).
+                    return;
+                }
+                Body::Append { .. } | Body::InstallSnapshot { .. } | Body::TimeoutNow => {
+                    self.become_follower(message.term, Some(message.from));
+                }
+                _ => self.become_follower(message.term, None),
+            }
+        } else if message.term < self.term {
+            self.step_stale(message);
+            return;
+        }
+        match message.body.clone() {
+            Body::PreVote {
+                last_index,
+                last_term,
+            } => self.handle_pre_vote(&message, last_index, last_term),
+            Body::PreVoteResponse { granted } => {
+                if self.role == Role::PreCandidate && message.term == self.term + 1 {
+                    self.record_vote(message.from, granted);
+                }
+            }
+            Body::Vote {
+                last_index,
+                last_term,
+                ..
+            } => self.handle_vote(&message, last_index, last_term),
+            Body::VoteResponse { granted } => {
+                if self.role == Role::Candidate {
+                    self.record_vote(message.from, granted);
+                }
+            }
+            Body::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                self.accept_leader(message.from);
+                self.handle_append(message.from, prev_index, prev_term, entries, commit);
+            }
+            Body::AppendResponse {
+                success,
+                match_index,
+                reject_hint,
+            } => self.handle_append_response(message.from, success, match_index, reject_hint),
+            Body::InstallSnapshot { snapshot } => {
+                self.accept_leader(message.from);
+                self.handle_install_snapshot(message.from, snapshot);
+            }
+            Body::TimeoutNow => {
+                // §9: the leader asks us to take over; skip pre-vote.
+                if self.config.voters.contains(&self.id()) {
+                    self.campaign(true);
+                }
+            }
+        }
+    }
+
+    fn in_leader_lease(&self) -> bool {
+        if self.role == Role::Leader {
+            return true;
+        }
+        match (self.leader, self.leader_contact_ms) {
+            (Some(_), Some(contact_ms)) => {
+                self.now_ms < contact_ms + self.options.election_timeout_ms
+            }
+            _ => false,
+        }
+    }
+
+    fn step_stale(&mut self, message: Message) {
+        match message.body {
+            // A stale leader learns our term from the rejection and steps
+            // down (§4.4); without check-quorum it could otherwise linger.
+            Body::Append { .. } | Body::InstallSnapshot { .. } => {
+                self.send(
+                    message.from,
+                    Body::AppendResponse {
+                        success: false,
+                        match_index: 0,
+                        reject_hint: 0,
+                    },
+                );
+            }
+            // §4.2: a pre-candidate with a stale term learns ours.
+            Body::PreVote { .. } => {
+                self.send(message.from, Body::PreVoteResponse { granted: false });
+            }
+            _ => {}
+        }
+    }
+
+    fn log_is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        // §4.3: compare the last entries' terms, then lengths.
+        last_term > self.log.last_term()
+            || (last_term == self.log.last_term() && last_index >= self.log.last_index())
+    }
+
+    fn handle_pre_vote(&mut self, message: &Message, last_index: Index, last_term: Term) {
+        // §4.2: grant without changing any state when we would grant a real
+        // vote in that term and we do not hear from a leader.
+        let granted = message.term > self.term
+            && !self.in_leader_lease()
+            && self.log_is_up_to_date(last_index, last_term);
+        let response_term = if granted { message.term } else { self.term };
+        self.messages.push(Message {
+            from: self.id(),
+            to: message.from,
+            term: response_term,
+            body: Body::PreVoteResponse { granted },
+        });
+    }
+
+    fn handle_vote(&mut self, message: &Message, last_index: Index, last_term: Term) {
+        debug_assert_eq!(message.term, self.term);
+        let can_vote = self.voted_for.is_none_or(|voted| voted == message.from)
+            && self.role != Role::Leader;
+        let granted = can_vote && self.log_is_up_to_date(last_index, last_term);
+        if granted {
+            // §3.1: the vote is durable before the grant leaves this node.
+            self.voted_for = Some(message.from);
+            self.hard_state_dirty = true;
+            self.reset_election_deadline();
+            self.persisted_messages.push(Message {
+                from: self.id(),
+                to: message.from,
+                term: self.term,
+                body: Body::VoteResponse { granted: true },
+            });
+        } else {
+            self.send(message.from, Body::VoteResponse { granted: false });
+        }
+    }
+
+    fn record_vote(&mut self, from: NodeId, granted: bool) {
+        self.votes.insert(from, granted);
+        let granted_by: Vec<NodeId> = self
+            .votes
+            .iter()
+            .filter(|(_, granted)| **granted)
+            .map(|(node, _)| *node)
+            .collect();
+        let rejected_by: Vec<NodeId> = self
+            .votes
+            .iter()
+            .filter(|(_, granted)| !**granted)
+            .map(|(node, _)| *node)
+            .collect();
+        if self.config.is_quorum(granted_by.iter()) {
+            if self.role == Role::PreCandidate {
+                self.campaign(true);
+            } else {
+                self.become_leader();
+            }
+        } else if self.config.voters.len().saturating_sub(rejected_by.len()) < self.config.quorum()
+        {
+            // A majority refused: stop waiting and go back to following.
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+
+    /// §4.1-§4.2: start an election. With `skip_pre_vote`, go straight to a
+    /// real election (after a won pre-vote, or on a leadership transfer).
+    fn campaign(&mut self, skip_pre_vote: bool) {
+        let transfer = skip_pre_vote && self.role != Role::PreCandidate;
+        self.votes.clear();
+        self.leader = None;
+        self.reset_election_deadline();
+        let last_index = self.log.last_index();
+        let last_term = self.log.last_term();
+        if !skip_pre_vote {
+            self.role = Role::PreCandidate;
+            self.votes.insert(self.id(), true);
+            for voter in self.other_voters() {
+                self.messages.push(Message {
+                    from: self.id(),
+                    to: voter,
+                    term: self.term + 1,
+                    body: Body::PreVote {
+                        last_index,
+                        last_term,
+                    },
+                });
+            }
+            self.check_single_voter_win();
+            return;
+        }
+        self.role = Role::Candidate;
+        self.term += 1;
+        self.voted_for = Some(self.id());
+        self.hard_state_dirty = true;
+        self.votes.insert(self.id(), true);
+        for voter in self.other_voters() {
+            // §3.1: our own vote is durable before we ask for others'.
+            self.persisted_messages.push(Message {
+                from: self.id(),
+                to: voter,
+                term: self.term,
+                body: Body::Vote {
+                    last_index,
+                    last_term,
+                    transfer,
+                },
+            });
+        }
+        self.check_single_voter_win();
+    }
+
+    fn check_single_voter_win(&mut self) {
+        let granted: Vec<NodeId> = self.votes.keys().copied().collect();
+        if self.config.is_quorum(granted.iter()) {
+            if self.role == Role::PreCandidate {
+                self.campaign(true);
+            } else {
+                self.become_leader();
+            }
+        }
+    }
+
+    fn other_voters(&self) -> Vec<NodeId> {
+        let id = self.id();
+        self.config.voters.iter().copied().filter(|node| *node != id).collect()
+    }
+
+    fn other_members(&self) -> Vec<NodeId> {
+        let id = self.id();
+        self.config.members().filter(|node| *node != id).collect()
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.term, "terms never decrease");
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            self.hard_state_dirty = true;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        if leader.is_some() {
+            self.leader_contact_ms = Some(self.now_ms);
+        }
+        self.votes.clear();
+        self.progress.clear();
+        self.transfer = None;
+        self.reset_election_deadline();
+    }
+
+    fn accept_leader(&mut self, leader: NodeId) {
+        if self.role != Role::Follower || self.leader != Some(leader) {
+            let term = self.term;
+            self.become_follower(term, Some(leader));
+        }
+        self.leader_contact_ms = Some(self.now_ms);
+        self.reset_election_deadline();
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate);
+        assert_eq!(self.voted_for, Some(self.id()));
+        self.role = Role::Leader;
+        self.leader = Some(self.id());
+        self.votes.clear();
+        self.transfer = None;
+        self.progress.clear();
+        let next_index = self.log.last_index() + 1;
+        for member in self.other_members() {
+            self.progress.insert(member, self.new_progress(next_index));
+        }
+        self.heartbeat_due_ms = self.now_ms;
+        self.check_quorum_due_ms = self.now_ms + self.options.election_timeout_ms;
+        // §5.4: a new leader commits entries of earlier terms only through an
+        // entry of its own, so it appends one at once.
+        self.term_start_index = next_index;
+        self.append_local(Payload::Noop);
+        self.heartbeat();
+    }
+
+    fn new_progress(&self, next_index: Index) -> Progress {
+        Progress {
+            match_index: 0,
+            next_index,
+            state: ProgressState::Probe { sent: false },
+            inflight: Vec::new(),
+            last_ack_ms: self.now_ms,
+        }
+    }
+
+    fn reset_election_deadline(&mut self) {
+        let timeout = self.options.election_timeout_ms;
+        self.election_deadline_ms = self.now_ms + self.rng.range(timeout, 2 * timeout);
+    }
+
+    fn send(&mut self, to: NodeId, body: Body) {
+        self.messages.push(Message {
+            from: self.id(),
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    // ----- Replication (§5) -----
+
+    fn append_local(&mut self, payload: Payload) -> Index {
+        let index = self.log.last_index() + 1;
+        let is_config = matches!(payload, Payload::Config(_));
+        self.log.push(Entry {
+            index,
+            term: self.term,
+            payload,
+        });
+        self.mark_unstable(index);
+        if is_config {
+            self.refresh_config();
+        }
+        index
+    }
+
+    fn mark_unstable(&mut self, index: Index) {
+        self.unstable_from = Some(self.unstable_from.map_or(index, |from| from.min(index)));
+    }
+
+    /// §7.1: the membership is the latest config entry in the log.
+    fn refresh_config(&mut self) {
+        let (config_index, config) = self.log.latest_config();
+        self.config_index = config_index;
+        if config == self.config {
+            return;
+        }
+        self.config = config;
+        if self.role == Role::Leader {
+            let next_index = self.log.last_index() + 1;
+            let members = self.other_members();
+            self.progress.retain(|node, _| members.contains(node));
+            for member in members {
+                if !self.progress.contains_key(&member) {
+                    let progress = self.new_progress(next_index);
+                    self.progress.insert(member, progress);
+                }
+            }
+            if let Some((target, _)) = self.transfer {
+                if !self.config.voters.contains(&target) {
+                    self.transfer = None;
+                }
+            }
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_append(peer, true);
+        }
+    }
+
+    /// Sends the next Append (or snapshot) to `peer` if its flow-control
+    /// state allows, or an empty one when `heartbeat` is set (§5.1, §5.5).
+    fn send_append(&mut self, peer: NodeId, heartbeat: bool) {
+        let now_ms = self.now_ms;
+        let election_timeout_ms = self.options.election_timeout_ms;
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        match progress.state {
+            ProgressState::Snapshot { sent_ms, .. } => {
+                if heartbeat && now_ms >= sent_ms + election_timeout_ms {
+                    // The snapshot or its answer was lost: probe again.
+                    progress.state = ProgressState::Probe { sent: false };
+                } else {
+                    return;
+                }
+            }
+            ProgressState::Probe { sent: true } if !heartbeat => return,
+            ProgressState::Replicate
+                if !heartbeat
+                    && (progress.inflight.len() >= self.options.inflight_appends_max
+                        || progress.next_index > last_index) =>
+            {
+                return
+            }
+            _ => {}
+        }
+        let next_index = progress.next_index;
+        let prev_index = next_index - 1;
+        let Some(prev_term) = self.log.term_at(prev_index) else {
+            self.send_snapshot(peer);
+            return;
+        };
+        let window_full = matches!(progress.state, ProgressState::Replicate)
+            && progress.inflight.len() >= self.options.inflight_appends_max;
+        let entries = if window_full {
+            Vec::new()
+        } else {
+            self.log.slice(
+                next_index,
+                last_index,
+                self.options.append_entries_max,
+                self.options.append_bytes_max,
+            )
+        };
+        let progress = self.progress.get_mut(&peer).expect("checked above");
+        if let Some(last) = entries.last() {
+            match progress.state {
+                ProgressState::Replicate => {
+                    progress.next_index = last.index + 1;
+                    progress.inflight.push(last.index);
+                }
+                ProgressState::Probe { .. } => progress.state = ProgressState::Probe { sent: true },
+                ProgressState::Snapshot { .. } => unreachable!("snapshot state returns early"),
+            }
+        } else if let ProgressState::Probe { .. } = progress.state {
+            progress.state = ProgressState::Probe { sent: true };
+        }
+        // §5.1: the follower may commit only what it knows matches ours.
+        let commit = self.commit;
+        self.send(
+            peer,
+            Body::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            },
+        );
+    }
+
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let Some(snapshot) = self.latest_snapshot.clone() else {
+            panic!("entries below the log start but no snapshot to send");
+        };
+        let index = snapshot.meta.index;
+        let progress = self.progress.get_mut(&peer).expect("peer has progress");
+        progress.state = ProgressState::Snapshot {
+            index,
+            sent_ms: self.now_ms,
+        };
+        progress.inflight.clear();
+        self.send(peer, Body::InstallSnapshot { snapshot });
+    }
+
+    fn handle_append(
+        &mut self,
+        leader: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        leader_commit: Index,
+    ) {
+        if prev_index < self.commit {
+            // Everything up to our commit point matches the leader (§5.4).
+            // Skip what we already have and answer from the commit point.
+            let skip = (self.commit - prev_index) as usize;
+            if skip >= entries.len() {
+                self.persisted_messages.push(Message {
+                    from: self.id(),
+                    to: leader,
+                    term: self.term,
+                    body: Body::AppendResponse {
+                        success: true,
+                        match_index: self.commit,
+                        reject_hint: 0,
+                    },
+                });
+                return;
+            }
+            let commit = self.commit;
+            let commit_term = self.log.term_at(commit).expect("commit point is in the log");
+            let rest = entries[skip..].to_vec();
+            return self.handle_append(leader, commit, commit_term, rest, leader_commit);
+        }
+        if self.log.term_at(prev_index) != Some(prev_term) {
+            // §5.3: reject, suggesting where to probe next.
+            let hint = if prev_index > self.log.last_index() {
+                self.log.last_index() + 1
+            } else {
+                self.log.first_index_of_term_run(prev_index, self.commit + 1)
+            };
+            self.send(
+                leader,
+                Body::AppendResponse {
+                    success: false,
+                    match_index: prev_index,
+                    reject_hint: hint,
+                },
+            );
+            return;
+        }
+        let last_new_index = prev_index + entries.len() as u64;
+        let mut config_changed = false;
+        for entry in entries {
+            match self.log.term_at(entry.index) {
+                Some(term) if term == entry.term => continue,
+                Some(_) => {
+                    // §5.3: a conflicting suffix is never committed.
+                    assert!(
+                        entry.index > self.commit,
+                        "conflict at committed index {} (commit {})",
+                        entry.index,
+                        self.commit
+                    );
+                    self.log.truncate_from(entry.index);
+                    self.persisted = self.persisted.min(entry.index - 1);
+                    config_changed = true;
+                }
+                None => {}
+            }
+            if matches!(entry.payload, Payload::Config(_)) {
+                config_changed = true;
+            }
+            self.mark_unstable(entry.index);
+            self.log.push(entry);
+        }
+        if config_changed {
+            self.refresh_config();
+        }
+        let new_commit = leader_commit.min(last_new_index);
+        if new_commit > self.commit {
+            self.commit = new_commit;
+        }
+        // §3.1: acknowledged only once durable.
+        self.persisted_messages.push(Message {
+            from: self.id(),
+            to: leader,
+            term: self.term,
+            body: Body::AppendResponse {
+                success: true,
+                match_index: last_new_index,
+                reject_hint: 0,
+            },
+        });
+    }
+
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        match_index: Index,
+        reject_hint: Index,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let now_ms = self.now_ms;
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        progress.last_ack_ms = now_ms;
+        if success {
+            if match_index > progress.match_index {
+                progress.match_index = match_index;
+            }
+            progress.next_index = progress.next_index.max(progress.match_index + 1);
+            progress.inflight.retain(|last| *last > match_index);
+            match progress.state {
+                ProgressState::Probe { .. } => progress.state = ProgressState::Replicate,
+                ProgressState::Snapshot { index, .. } if progress.match_index >= index => {
+                    progress.state = ProgressState::Replicate;
+                    progress.inflight.clear();
+                }
+                _ => {}
+            }
+            self.maybe_commit();
+            if let Some((target, _)) = self.transfer {
+                if target == from && self.match_index(from) == Some(self.log.last_index()) {
+                    self.send(from, Body::TimeoutNow);
+                }
+            }
+        } else {
+            // A rejection of an Append we no longer wait for is stale (§5.5).
+            let stale = match progress.state {
+                ProgressState::Replicate => match_index < progress.match_index + 1,
+                ProgressState::Probe { .. } => match_index + 1 != progress.next_index,
+                ProgressState::Snapshot { .. } => true,
+            };
+            if stale || match_index == 0 {
+                return;
+            }
+            let hint = reject_hint.min(match_index).max(progress.match_index + 1);
+            progress.next_index = hint;
+            progress.state = ProgressState::Probe { sent: false };
+            progress.inflight.clear();
+        }
+        self.send_append(from, false);
+    }
+
+    /// §5.4: the highest index stored durably on a majority of voters, if
+    /// its entry is of the current term, is committed.
+    fn maybe_commit(&mut self) {
+        assert_eq!(self.role, Role::Leader);
+        let mut matches: Vec<Index> = self
+            .config
+            .voters
+            .iter()
+            .map(|voter| {
+                if *voter == self.id() {
+                    self.persisted
+                } else {
+                    self.progress.get(voter).map_or(0, |progress| progress.match_index)
+                }
+            })
+            .collect();
+        if matches.is_empty() {
+            return;
+        }
+        matches.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matches[self.config.quorum() - 1];
+        if candidate > self.commit && self.log.term_at(candidate) == Some(self.term) {
+            self.commit = candidate;
+            self.after_commit();
+        }
+    }
+
+    fn after_commit(&mut self) {
+        // §7.3: a leader removed from the voters steps down once the change
+        // is committed; until then it still replicates it.
+        if self.role == Role::Leader
+            && self.commit >= self.config_index
+            && !self.config.voters.contains(&self.id())
+        {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+
+    fn handle_install_snapshot(&mut self, leader: NodeId, snapshot: Snapshot) {
+        let meta = snapshot.meta.clone();
+        if meta.index <= self.commit {
+            // We already have everything it holds.
+            let commit = self.commit;
+            self.send(
+                leader,
+                Body::AppendResponse {
+                    success: true,
+                    match_index: commit,
+                    reject_hint: 0,
+                },
+            );
+            return;
+        }
+        // §8: keep our suffix only when it continues the snapshot.
+        let old_commit = self.commit;
+        let keeps_suffix = self.log.term_at(meta.index) == Some(meta.term);
+        self.log.compact_to(meta.clone());
+        if !keeps_suffix {
+            self.persisted = self.persisted.min(old_commit);
+            self.unstable_from = None;
+        } else if let Some(from) = self.unstable_from {
+            if from <= meta.index {
+                self.unstable_from = if self.log.last_index() > meta.index {
+                    Some(meta.index + 1)
+                } else {
+                    None
+                };
+            }
+        }
+        self.commit = meta.index;
+        self.applied = meta.index;
+        self.refresh_config();
+        self.latest_snapshot = Some(snapshot.clone());
+        self.snapshot_to_persist = Some(snapshot.clone());
+        self.snapshot_to_apply = Some(snapshot);
+        self.persisted_messages.push(Message {
+            from: self.id(),
+            to: leader,
+            term: self.term,
+            body: Body::AppendResponse {
+                success: true,
+                match_index: meta.index,
+                reject_hint: 0,
+            },
+        });
+    }
+
+    // ----- Proposals and commands (§6, §7, §9) -----
+
+    fn check_can_propose(&self) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        if self.transfer.is_some() {
+            return Err(ProposeError::Transferring);
+        }
+        if self.log.last_index() - self.commit >= self.options.uncommitted_entries_max {
+            return Err(ProposeError::Backpressure);
+        }
+        Ok(())
+    }
+
+    /// Appends application data; returns its index. The entry is committed
+    /// once `committed` in a later `Ready` contains it with the same term.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(Index, Term), ProposeError> {
+        self.check_can_propose()?;
+        let index = self.append_local(Payload::Data(data));
+        Ok((index, self.term))
+    }
+
+    /// §7: proposes a membership that differs from the current one by one
+    /// node: a learner added, a learner promoted, or a member removed.
+    pub fn propose_config(&mut self, config: Config) -> Result<(Index, Term), ProposeError> {
+        self.check_can_propose()?;
+        if !self.is_leader_ready() {
+            return Err(ProposeError::InvalidConfig(
+                "the leader has not committed an entry of its term yet".into(),
+            ));
+        }
+        if self.config_index > self.commit {
+            return Err(ProposeError::InvalidConfig(
+                "a membership change is still pending".into(),
+            ));
+        }
+        self.validate_config_change(&config)
+            .map_err(ProposeError::InvalidConfig)?;
+        let index = self.append_local(Payload::Config(config));
+        Ok((index, self.term))
+    }
+
+    fn validate_config_change(&self, config: &Config) -> Result<(), String> {
+        let old = &self.config;
+        if config.voters.is_empty() {
+            return Err("a group needs at least one voter".into());
+        }
+        if config.voters.intersection(&config.learners).next().is_some() {
+            return Err("a node cannot be both voter and learner".into());
+        }
+        let added_voters: Vec<_> = config.voters.difference(&old.voters).collect();
+        let removed_voters: Vec<_> = old.voters.difference(&config.voters).collect();
+        if added_voters.len() + removed_voters.len() > 1 {
+            return Err("change one voter at a time".into());
+        }
+        let members_changed = config
+            .members()
+            .filter(|node| !old.contains(*node))
+            .chain(old.members().filter(|node| !config.contains(*node)))
+            .count();
+        if members_changed + added_voters.len() + removed_voters.len() == 0 {
+            return Err("the membership is unchanged".into());
+        }
+        if members_changed > 1 {
+            return Err("change one member at a time".into());
+        }
+        if let Some(added) = added_voters.first() {
+            // §7.2: only a caught-up learner becomes a voter.
+            if !old.learners.contains(added) {
+                return Err(format!("node {added} must join as a learner first"));
+            }
+            let lag = self
+                .log
+                .last_index()
+                .saturating_sub(self.match_index(**added).unwrap_or(0));
+            if lag > self.options.promote_lag_max {
+                return Err(format!("learner {added} lags by {lag} entries"));
+            }
+        }
+        Ok(())
+    }
+
+    /// §9: hands leadership to `target`, a voter.
+    pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        if target == self.id() {
+            return Ok(());
+        }
+        if !self.config.voters.contains(&target) {
+            return Err(ProposeError::InvalidConfig(format!(
+                "node {target} is not a voter"
+            )));
+        }
+        self.transfer = Some((target, self.now_ms + self.options.election_timeout_ms));
+        if self.match_index(target) == Some(self.log.last_index()) {
+            self.send(target, Body::TimeoutNow);
+        } else {
+            self.send_append(target, false);
+        }
+        Ok(())
+    }
+
+    // ----- Persistence and snapshots (§8, §10) -----
+
+    /// Everything a `Ready` with this `persist_point` asked to persist is
+    /// durable.
+    pub fn on_persisted(&mut self, index: Index, term: Term) {
+        // The log may have been truncated and rewritten since this write was
+        // planned; only a point that still matches counts.
+        if self.log.term_at(index) == Some(term) && index > self.persisted {
+            self.persisted = index;
+            if self.role == Role::Leader {
+                self.maybe_commit();
+            }
+        }
+    }
+
+    /// The application took a snapshot of its state at `snapshot.meta.index`
+    /// (which it has applied); the log before it is compacted.
+    pub fn snapshot_taken(&mut self, snapshot: Snapshot) {
+        let meta = snapshot.meta.clone();
+        assert!(meta.index <= self.applied, "snapshot of unapplied entries");
+        assert_eq!(self.log.term_at(meta.index), Some(meta.term));
+        assert!(meta.index > self.log.snapshot().index);
+        self.log.compact_to(meta.clone());
+        self.latest_snapshot = Some(snapshot);
+        if let Some(from) = self.unstable_from {
+            assert!(from > meta.index, "compacting entries that are not durable");
+        }
+    }
+
+    /// Snapshot metadata for the application's state at its applied index.
+    pub fn snapshot_meta_at_applied(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            index: self.applied,
+            term: self.log.term_at(self.applied).expect("applied entry in log"),
+            config: self.log.config_at(self.applied),
+        }
+    }
+
+    /// Collects the outputs accumulated since the last call.
+    pub fn take_ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+            for peer in peers {
+                self.send_append(peer, false);
+            }
+            // A single-voter group commits on its own durability.
+            self.maybe_commit();
+        }
+        let mut ready = Ready {
+            messages: std::mem::take(&mut self.messages),
+            persisted_messages: std::mem::take(&mut self.persisted_messages),
+            ..Ready::default()
+        };
+        if std::mem::take(&mut self.hard_state_dirty) {
+            ready.hard_state = Some(self.hard_state());
+        }
+        ready.snapshot = self.snapshot_to_persist.take();
+        if let Some(from) = self.unstable_from.take() {
+            let from = from.max(self.log.first_index());
+            if from <= self.log.last_index() {
+                ready.entries = self.log.entries()
+                    [(from - self.log.first_index()) as usize..]
+                    .to_vec();
+            }
+        }
+        if ready.has_writes() {
+            let last = self.log.last_index();
+            ready.persist_point = Some((last, self.log.last_term()));
+        }
+        ready.apply_snapshot = self.snapshot_to_apply.take();
+        let apply_to = self.commit.min(self.persisted);
+        if apply_to > self.applied {
+            ready.committed = self
+                .log
+                .slice(self.applied + 1, apply_to, usize::MAX, usize::MAX);
+            self.applied = apply_to;
+        }
+        ready
+    }
+}
