@@ -9,6 +9,9 @@
 
 pub mod api;
 mod node;
+pub mod state_machine;
 
 pub use api::*;
-pub use node::{Node, NodeConfig, StartError};
+pub use node::{
+    entry_hash, Node, NodeConfig, StartError, GROUPS_MAX, PENDING_REQUESTS_MAX, READ_RECORDS_MAX,
+};

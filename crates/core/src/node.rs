@@ -1,9 +1,33 @@
 //! The node: many groups, one disk, one network.
+//!
+//! Every event runs to completion: the node feeds it to the replicas it
+//! concerns, then drains each touched replica's `Ready` — persisting through
+//! the disk, sending through the network, applying committed entries — and
+//! finally sends one envelope per peer. Section numbers refer to
+//! docs/protocol.md.
 
-use runnel_consensus::Config;
-use runnel_io::{Disk, GroupId, NodeId};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::api::{Env, Event, GroupView, Record};
+use runnel_consensus::{
+    Body, Config, Entry, HardState, Index, Message, Options, Payload, ProposeError, Ready, Replica,
+    Snapshot, SnapshotMeta, Term,
+};
+use runnel_io::{Disk, DiskError, DiskOp, GroupId, NodeId, Rng};
+use runnel_storage::{GroupStore, StoreOptions};
+
+use crate::api::{
+    ClientError, ClientOp, ClientReply, ClientRequest, ClientResponse, Env, Envelope, Event,
+    GroupView, Record, Role,
+};
+use crate::state_machine::{decode_append, encode_append, AppendOutcome, StateMachine};
+
+/// At most this many records in one read response.
+pub const READ_RECORDS_MAX: u64 = 1_024;
+/// At most this many client requests waiting for commit per group; more are
+/// refused, so a leader that cannot commit does not grow without bound.
+pub const PENDING_REQUESTS_MAX: usize = 16_384;
+/// At most this many groups on one node.
+pub const GROUPS_MAX: usize = 100_000;
 
 /// How a node is set up. Every duration is measured on the node's own clock.
 #[derive(Clone, Debug)]
@@ -28,39 +52,725 @@ pub struct NodeConfig {
 /// Why a node could not start.
 #[derive(Debug)]
 pub enum StartError {
-    Disk(runnel_io::DiskError),
+    Disk(DiskError),
     Corrupt(String),
 }
 
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Disk(error) => write!(f, "disk error during recovery: {error}"),
+            StartError::Corrupt(message) => write!(f, "corrupt data: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A client request waiting for its entry to commit.
+#[derive(Clone, Debug)]
+struct Pending {
+    client: u64,
+    request_id: u64,
+    term: Term,
+}
+
+struct Group {
+    replica: Replica,
+    store: GroupStore,
+    machine: StateMachine,
+    /// Keyed by the index of the proposed entry.
+    pending: BTreeMap<Index, Pending>,
+}
+
+/// Replica state recovered from disk, turned into a `Replica` at the first
+/// event, when the node first reads its clock.
+struct Dormant {
+    store: GroupStore,
+    hard_state: HardState,
+    snapshot: Option<Snapshot>,
+    entries: Vec<Entry>,
+}
+
+/// Messages and a persist point released when a disk operation completes.
+struct AfterPersist {
+    token: u64,
+    group: GroupId,
+    persist_point: Option<(Index, Term)>,
+    messages: Vec<Message>,
+}
+
 pub struct Node {
-    _private: (),
+    config: NodeConfig,
+    rng: Rng,
+    groups: BTreeMap<GroupId, Group>,
+    dormant: BTreeMap<GroupId, Dormant>,
+    /// Disk operations planned before the first event (torn-tail repair).
+    startup_ops: Vec<DiskOp>,
+    next_token: u64,
+    /// The token of the last operation submitted, and of the last completed.
+    submitted_token: u64,
+    completed_token: u64,
+    after_persist: VecDeque<AfterPersist>,
+    outbox: BTreeMap<NodeId, Vec<(GroupId, Message)>>,
+    /// Set when the node hit an error it must not continue from (a failed
+    /// fsync): it then ignores every event until restarted.
+    failed: Option<String>,
 }
 
 impl Node {
     /// Recovers every group found on `disk` (reading synchronously) and
     /// creates the configured groups that are not there yet.
-    pub fn start(_config: NodeConfig, _disk: &mut dyn Disk) -> Result<Node, StartError> {
-        todo!()
-    }
-
-    pub fn handle(&mut self, _event: Event, _env: &mut Env<'_>) {
-        todo!()
+    pub fn start(config: NodeConfig, disk: &mut dyn Disk) -> Result<Node, StartError> {
+        let store_options = StoreOptions {
+            segment_bytes_max: config.segment_bytes_max,
+        };
+        let mut dormant = BTreeMap::new();
+        let mut startup_ops = Vec::new();
+        for group in GroupStore::groups_on_disk(disk).map_err(StartError::Disk)? {
+            let Some(recovered) = GroupStore::recover(disk, group, store_options.clone())
+                .map_err(|error| StartError::Corrupt(format!("group {group}: {error}")))?
+            else {
+                continue;
+            };
+            if !recovered.report.corrupt_entries.is_empty() {
+                // Protocol-aware repair of possibly committed entries comes
+                // with the storage-fault work; until then refuse to start
+                // rather than drop an entry silently.
+                return Err(StartError::Corrupt(format!(
+                    "group {group}: entries {:?} fail their checksum",
+                    recovered.report.corrupt_entries
+                )));
+            }
+            startup_ops.extend(recovered.store.repair_ops());
+            dormant.insert(
+                group,
+                Dormant {
+                    store: recovered.store,
+                    hard_state: recovered.hard_state,
+                    snapshot: recovered.snapshot,
+                    entries: recovered.entries,
+                },
+            );
+        }
+        for (group, _) in &config.groups {
+            if dormant.contains_key(group) {
+                continue;
+            }
+            let (store, ops) =
+                GroupStore::create(*group, store_options.clone(), &HardState::default());
+            startup_ops.extend(ops);
+            dormant.insert(
+                *group,
+                Dormant {
+                    store,
+                    hard_state: HardState::default(),
+                    snapshot: None,
+                    entries: Vec::new(),
+                },
+            );
+        }
+        assert!(dormant.len() <= GROUPS_MAX);
+        Ok(Node {
+            rng: Rng::new(config.rng_seed),
+            config,
+            groups: BTreeMap::new(),
+            dormant,
+            startup_ops,
+            next_token: 1,
+            submitted_token: 0,
+            completed_token: 0,
+            after_persist: VecDeque::new(),
+            outbox: BTreeMap::new(),
+            failed: None,
+        })
     }
 
     pub fn id(&self) -> NodeId {
-        todo!()
+        self.config.id
+    }
+
+    /// Why the node stopped handling events, if it did.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     pub fn group_ids(&self) -> Vec<GroupId> {
-        todo!()
+        self.groups.keys().copied().collect()
     }
 
-    pub fn view(&self, _group: GroupId) -> Option<GroupView> {
-        todo!()
+    /// A view of one replica including its in-memory log entries with their
+    /// hashes; `summary` is the cheaper form without entries.
+    pub fn view(&self, group: GroupId) -> Option<GroupView> {
+        let mut view = self.summary(group)?;
+        view.entries = self.entries_after(group, 0);
+        Some(view)
+    }
+
+    /// A view of one replica without its entries.
+    pub fn summary(&self, group: GroupId) -> Option<GroupView> {
+        let group_state = self.groups.get(&group)?;
+        let replica = &group_state.replica;
+        let log = replica.log();
+        Some(GroupView {
+            group,
+            term: replica.term(),
+            role: match replica.role() {
+                runnel_consensus::Role::Follower => Role::Follower,
+                runnel_consensus::Role::PreCandidate => Role::PreCandidate,
+                runnel_consensus::Role::Candidate => Role::Candidate,
+                runnel_consensus::Role::Leader => Role::Leader,
+            },
+            leader: replica.leader(),
+            commit_index: replica.commit_index(),
+            applied_index: replica.applied_index(),
+            persisted_index: replica.persisted_index(),
+            snapshot_index: log.snapshot().index,
+            snapshot_term: log.snapshot().term,
+            last_index: log.last_index(),
+            config: replica.config().clone(),
+            entries: Vec::new(),
+            records_len: group_state.machine.records().len() as u64,
+        })
+    }
+
+    /// In-memory entries with index above `after` as (index, term, hash).
+    pub fn entries_after(&self, group: GroupId, after: Index) -> Vec<(Index, Term, u64)> {
+        let Some(group_state) = self.groups.get(&group) else {
+            return Vec::new();
+        };
+        let log = group_state.replica.log();
+        let from = after.max(log.snapshot().index) + 1;
+        (from..=log.last_index())
+            .map(|index| {
+                let entry = log.entry(index).expect("index within log");
+                (entry.index, entry.term, entry_hash(&entry.payload))
+            })
+            .collect()
     }
 
     /// The records applied to `group`'s state machine so far, by position.
-    pub fn records(&self, _group: GroupId) -> Option<&[Record]> {
-        todo!()
+    pub fn records(&self, group: GroupId) -> Option<&[Record]> {
+        self.groups.get(&group).map(|group| group.machine.records())
     }
+
+    pub fn handle(&mut self, event: Event, env: &mut Env<'_>) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.wake_dormant(env);
+        let mut touched = BTreeSet::new();
+        match event {
+            Event::Tick => {
+                let now_ms = env.clock.now_ms();
+                for (group_id, group) in self.groups.iter_mut() {
+                    group.replica.tick(now_ms);
+                    touched.insert(*group_id);
+                }
+            }
+            Event::Peer(envelope) => self.handle_envelope(envelope, env, &mut touched),
+            Event::Disk(completion) => match completion.result {
+                Ok(_) => {
+                    assert!(
+                        completion.token > self.completed_token,
+                        "disk completions out of order"
+                    );
+                    self.completed_token = completion.token;
+                    self.release_after_persist(&mut touched);
+                }
+                Err(error) => {
+                    // DESIGN.md "Storage": an fsync failure is never retried
+                    // as if it had succeeded. Any failed write leaves the
+                    // files in an unknown state, so the node stops; a
+                    // restart recovers from what is durable.
+                    self.failed = Some(format!(
+                        "disk operation {} failed: {error}",
+                        completion.token
+                    ));
+                    self.after_persist.clear();
+                    self.outbox.clear();
+                    return;
+                }
+            },
+            Event::Client(request) => {
+                touched.insert(request.group);
+                self.handle_client(request, env);
+            }
+        }
+        for group in touched {
+            self.drain(group, env);
+        }
+        self.flush(env);
+    }
+
+    fn replica_options(&self) -> Options {
+        let mut options = Options::new(self.config.id);
+        options.election_timeout_ms = self.config.election_timeout_ms;
+        options.heartbeat_interval_ms = self.config.heartbeat_interval_ms;
+        options
+    }
+
+    fn wake_dormant(&mut self, env: &mut Env<'_>) {
+        if self.dormant.is_empty() && self.startup_ops.is_empty() {
+            return;
+        }
+        for op in std::mem::take(&mut self.startup_ops) {
+            self.submit(op, env);
+        }
+        let now_ms = env.clock.now_ms();
+        for (group, dormant) in std::mem::take(&mut self.dormant) {
+            let bootstrap = self
+                .config
+                .groups
+                .iter()
+                .find(|(id, _)| *id == group)
+                .map(|(_, config)| config.clone());
+            // A group never snapshotted starts from its bootstrap membership
+            // (the operator's initial configuration); a snapshot carries its own.
+            let snapshot = dormant.snapshot.or_else(|| {
+                bootstrap.map(|config| Snapshot {
+                    meta: SnapshotMeta {
+                        index: 0,
+                        term: 0,
+                        config,
+                    },
+                    data: Vec::new(),
+                })
+            });
+            let replica = Replica::new(
+                self.replica_options(),
+                self.rng.fork(group),
+                dormant.hard_state,
+                snapshot,
+                dormant.entries,
+                now_ms,
+            );
+            self.groups.insert(
+                group,
+                Group {
+                    replica,
+                    store: dormant.store,
+                    machine: StateMachine::default(),
+                    pending: BTreeMap::new(),
+                },
+            );
+        }
+    }
+
+    fn handle_envelope(
+        &mut self,
+        envelope: Envelope,
+        env: &mut Env<'_>,
+        touched: &mut BTreeSet<GroupId>,
+    ) {
+        if envelope.to != self.config.id {
+            return;
+        }
+        let now_ms = env.clock.now_ms();
+        for (group_id, message) in envelope.messages {
+            if message.to != self.config.id || message.from != envelope.from {
+                continue;
+            }
+            if !self.groups.contains_key(&group_id) {
+                // §12: a leader reaching a node that does not host the group
+                // yet (a learner being added) creates an empty replica, which
+                // learns its membership from the leader's log or snapshot.
+                let creates = matches!(
+                    message.body,
+                    Body::Append { .. } | Body::InstallSnapshot { .. }
+                );
+                if !creates || self.groups.len() >= GROUPS_MAX {
+                    continue;
+                }
+                self.create_group(group_id, now_ms, env);
+            }
+            let group = self.groups.get_mut(&group_id).expect("group exists");
+            group.replica.tick(now_ms);
+            group.replica.step(message);
+            touched.insert(group_id);
+        }
+    }
+
+    fn create_group(&mut self, group_id: GroupId, now_ms: u64, env: &mut Env<'_>) {
+        let (store, ops) = GroupStore::create(
+            group_id,
+            StoreOptions {
+                segment_bytes_max: self.config.segment_bytes_max,
+            },
+            &HardState::default(),
+        );
+        for op in ops {
+            self.submit(op, env);
+        }
+        let replica = Replica::new(
+            self.replica_options(),
+            self.rng.fork(group_id),
+            HardState::default(),
+            None,
+            Vec::new(),
+            now_ms,
+        );
+        self.groups.insert(
+            group_id,
+            Group {
+                replica,
+                store,
+                machine: StateMachine::default(),
+                pending: BTreeMap::new(),
+            },
+        );
+    }
+
+    fn handle_client(&mut self, request: ClientRequest, env: &mut Env<'_>) {
+        let Some(group) = self.groups.get_mut(&request.group) else {
+            return reply(env, &request, Err(ClientError::UnknownGroup));
+        };
+        let replica = &mut group.replica;
+        let not_leader = || ClientError::NotLeader {
+            leader_hint: replica.leader(),
+        };
+        match &request.op {
+            ClientOp::Append { seq, value } => {
+                if replica.role() != runnel_consensus::Role::Leader {
+                    return reply(env, &request, Err(not_leader()));
+                }
+                match group.machine.classify(request.client, *seq) {
+                    AppendOutcome::Duplicate(position) => {
+                        return reply(env, &request, Ok(ClientReply::Appended { position }));
+                    }
+                    AppendOutcome::Superseded => {
+                        return reply(
+                            env,
+                            &request,
+                            Err(ClientError::Rejected(
+                                "sequence number already superseded".into(),
+                            )),
+                        );
+                    }
+                    // An append whose predecessor is proposed but not yet
+                    // applied classifies as out of order here; it is
+                    // proposed anyway and the state machine decides at apply.
+                    AppendOutcome::OutOfOrder | AppendOutcome::Appended(_) => {}
+                }
+                if group.pending.len() >= PENDING_REQUESTS_MAX {
+                    return reply(
+                        env,
+                        &request,
+                        Err(ClientError::Rejected("too many requests in flight".into())),
+                    );
+                }
+                match replica.propose(encode_append(request.client, *seq, value)) {
+                    Ok((index, term)) => {
+                        group.pending.insert(
+                            index,
+                            Pending {
+                                client: request.client,
+                                request_id: request.request_id,
+                                term,
+                            },
+                        );
+                    }
+                    Err(error) => reply(env, &request, Err(propose_error(error))),
+                }
+            }
+            ClientOp::Read {
+                from_position,
+                max_records,
+            } => {
+                if !replica.is_leader_ready() {
+                    return reply(env, &request, Err(not_leader()));
+                }
+                let records = group.machine.records();
+                let start = (*from_position).min(records.len() as u64) as usize;
+                let count = (*max_records).min(READ_RECORDS_MAX) as usize;
+                let end = (start + count).min(records.len());
+                let reply_records = records[start..end].to_vec();
+                reply(
+                    env,
+                    &request,
+                    Ok(ClientReply::Records {
+                        from_position: start as u64,
+                        records: reply_records,
+                    }),
+                );
+            }
+            ClientOp::ChangeConfig { config } => match replica.propose_config(config.clone()) {
+                Ok((index, term)) => {
+                    group.pending.insert(
+                        index,
+                        Pending {
+                            client: request.client,
+                            request_id: request.request_id,
+                            term,
+                        },
+                    );
+                }
+                Err(error) => reply(env, &request, Err(propose_error(error))),
+            },
+            ClientOp::TransferLeader { to } => match replica.transfer_leader(*to) {
+                Ok(()) => reply(env, &request, Ok(ClientReply::Accepted)),
+                Err(error) => reply(env, &request, Err(propose_error(error))),
+            },
+        }
+    }
+
+    fn next_token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        token
+    }
+
+    fn submit(&mut self, op: DiskOp, env: &mut Env<'_>) {
+        let token = self.next_token();
+        self.submitted_token = token;
+        env.disk.submit(token, op);
+    }
+
+    /// Processes one replica's outputs (docs/protocol.md §10.1).
+    fn drain(&mut self, group_id: GroupId, env: &mut Env<'_>) {
+        // Applying entries may make a snapshot due, and persisting may
+        // release commits; loop until the replica has nothing more to say.
+        loop {
+            let Some(group) = self.groups.get_mut(&group_id) else {
+                return;
+            };
+            let ready = group.replica.take_ready();
+            let had_output = ready.has_writes()
+                || !ready.messages.is_empty()
+                || !ready.persisted_messages.is_empty()
+                || !ready.committed.is_empty()
+                || ready.apply_snapshot.is_some();
+            self.process_ready(group_id, ready, env);
+            self.maybe_snapshot(group_id, env);
+            self.fail_orphaned_requests(group_id, env);
+            if !had_output {
+                return;
+            }
+        }
+    }
+
+    fn process_ready(&mut self, group_id: GroupId, ready: Ready, env: &mut Env<'_>) {
+        let group = self.groups.get_mut(&group_id).expect("group exists");
+        let mut ops = Vec::new();
+        if let Some(snapshot) = &ready.snapshot {
+            ops.extend(group.store.save_snapshot(snapshot));
+        }
+        if !ready.entries.is_empty() {
+            ops.extend(group.store.append(&ready.entries));
+        }
+        if let Some(hard_state) = &ready.hard_state {
+            ops.extend(group.store.save_hard_state(hard_state));
+        }
+        if ready.has_writes() {
+            ops.extend(group.store.sync_ops());
+        }
+        for message in ready.messages {
+            self.outbox
+                .entry(message.to)
+                .or_default()
+                .push((group_id, message));
+        }
+        let wrote = !ops.is_empty();
+        for op in ops {
+            self.submit(op, env);
+        }
+        if wrote || self.submitted_token > self.completed_token {
+            // §3.1: these wait for every write submitted so far; the disk is
+            // FIFO, so the completion of the last one covers them all.
+            self.after_persist.push_back(AfterPersist {
+                token: self.submitted_token,
+                group: group_id,
+                persist_point: ready.persist_point,
+                messages: ready.persisted_messages,
+            });
+        } else {
+            assert!(ready.persist_point.is_none());
+            for message in ready.persisted_messages {
+                self.outbox
+                    .entry(message.to)
+                    .or_default()
+                    .push((group_id, message));
+            }
+        }
+        let group = self.groups.get_mut(&group_id).expect("group exists");
+        if let Some(snapshot) = ready.apply_snapshot {
+            group.machine = StateMachine::decode(&snapshot.data);
+            // Requests whose entries the snapshot covers cannot be matched to
+            // an outcome any more.
+            let covered: Vec<Index> = group
+                .pending
+                .range(..=snapshot.meta.index)
+                .map(|(index, _)| *index)
+                .collect();
+            for index in covered {
+                let pending = group.pending.remove(&index).expect("listed above");
+                reply_pending(env, group_id, &pending, Err(ClientError::Unknown));
+            }
+        }
+        for entry in ready.committed {
+            apply_entry(group, group_id, entry, env);
+        }
+    }
+
+    fn release_after_persist(&mut self, touched: &mut BTreeSet<GroupId>) {
+        while let Some(front) = self.after_persist.front() {
+            if front.token > self.completed_token {
+                break;
+            }
+            let done = self.after_persist.pop_front().expect("front exists");
+            if let Some(group) = self.groups.get_mut(&done.group) {
+                if let Some((index, term)) = done.persist_point {
+                    group.replica.on_persisted(index, term);
+                }
+                touched.insert(done.group);
+            }
+            for message in done.messages {
+                self.outbox
+                    .entry(message.to)
+                    .or_default()
+                    .push((done.group, message));
+            }
+        }
+    }
+
+    fn maybe_snapshot(&mut self, group_id: GroupId, env: &mut Env<'_>) {
+        let interval = self.config.snapshot_interval_entries;
+        let group = self.groups.get_mut(&group_id).expect("group exists");
+        let applied = group.replica.applied_index();
+        if interval == 0 || applied < group.replica.log().snapshot().index + interval {
+            return;
+        }
+        // §8: the state machine at the applied index replaces the log prefix.
+        let snapshot = Snapshot {
+            meta: group.replica.snapshot_meta_at_applied(),
+            data: group.machine.encode(),
+        };
+        let ops = group.store.save_snapshot(&snapshot);
+        group.replica.snapshot_taken(snapshot);
+        for op in ops {
+            self.submit(op, env);
+        }
+    }
+
+    /// A request whose entry can no longer commit as proposed gets an
+    /// "unknown" outcome: the client retries, and deduplication makes the
+    /// retry safe (§6).
+    fn fail_orphaned_requests(&mut self, group_id: GroupId, env: &mut Env<'_>) {
+        let group = self.groups.get_mut(&group_id).expect("group exists");
+        if group.pending.is_empty() || group.replica.role() == runnel_consensus::Role::Leader {
+            return;
+        }
+        for (_, pending) in std::mem::take(&mut group.pending) {
+            reply_pending(env, group_id, &pending, Err(ClientError::Unknown));
+        }
+    }
+
+    fn flush(&mut self, env: &mut Env<'_>) {
+        for (to, messages) in std::mem::take(&mut self.outbox) {
+            env.network.send(
+                to,
+                Envelope {
+                    from: self.config.id,
+                    to,
+                    messages,
+                },
+            );
+        }
+    }
+}
+
+fn apply_entry(group: &mut Group, group_id: GroupId, entry: Entry, env: &mut Env<'_>) {
+    let pending = group.pending.remove(&entry.index);
+    // A request for this index proposed in another term lost its entry.
+    let pending = match pending {
+        Some(pending) if pending.term != entry.term => {
+            reply_pending(env, group_id, &pending, Err(ClientError::Unknown));
+            None
+        }
+        other => other,
+    };
+    let result = match &entry.payload {
+        Payload::Noop => return,
+        Payload::Config(_) => Ok(ClientReply::Accepted),
+        Payload::Data(data) => match decode_append(data) {
+            None => Err(ClientError::Rejected("malformed append".into())),
+            Some(record) => match group.machine.apply(record) {
+                AppendOutcome::Appended(position) | AppendOutcome::Duplicate(position) => {
+                    Ok(ClientReply::Appended { position })
+                }
+                AppendOutcome::Superseded => Err(ClientError::Rejected(
+                    "sequence number already superseded".into(),
+                )),
+                AppendOutcome::OutOfOrder => {
+                    Err(ClientError::Rejected("out of order sequence number".into()))
+                }
+            },
+        },
+    };
+    if let Some(pending) = pending {
+        reply_pending(env, group_id, &pending, result);
+    }
+}
+
+fn reply(env: &mut Env<'_>, request: &ClientRequest, result: Result<ClientReply, ClientError>) {
+    env.replies.reply(ClientResponse {
+        client: request.client,
+        request_id: request.request_id,
+        group: request.group,
+        result,
+    });
+}
+
+fn reply_pending(
+    env: &mut Env<'_>,
+    group: GroupId,
+    pending: &Pending,
+    result: Result<ClientReply, ClientError>,
+) {
+    env.replies.reply(ClientResponse {
+        client: pending.client,
+        request_id: pending.request_id,
+        group,
+        result,
+    });
+}
+
+fn propose_error(error: ProposeError) -> ClientError {
+    match error {
+        ProposeError::NotLeader { leader_hint } => ClientError::NotLeader { leader_hint },
+        ProposeError::Transferring => {
+            ClientError::Rejected("leadership transfer in progress".into())
+        }
+        ProposeError::Backpressure => ClientError::Rejected("too many uncommitted entries".into()),
+        ProposeError::InvalidConfig(reason) => ClientError::Rejected(reason),
+    }
+}
+
+/// FNV-1a over an entry's payload: a stable fingerprint for checkers.
+pub fn entry_hash(payload: &Payload) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    match payload {
+        Payload::Noop => feed(&[0]),
+        Payload::Data(data) => {
+            feed(&[1]);
+            feed(data);
+        }
+        Payload::Config(config) => {
+            feed(&[2]);
+            for voter in &config.voters {
+                feed(&voter.to_le_bytes());
+            }
+            feed(&[3]);
+            for learner in &config.learners {
+                feed(&learner.to_le_bytes());
+            }
+        }
+    }
+    hash
 }

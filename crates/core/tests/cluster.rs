@@ -1,0 +1,328 @@
+//! A small, fault-free cluster of real node cores over an instant in-memory
+//! disk and network: the smoke test below the simulator. The simulator
+//! (`sim/`) is where faults are thrown at the same code.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use runnel_consensus::Config;
+use runnel_core::{
+    ClientError, ClientOp, ClientReply, ClientRequest, ClientResponse, Env, Envelope, Event, Node,
+    NodeConfig, Replies, Role,
+};
+use runnel_io::{Clock, Disk, DiskCompletion, DiskError, DiskOp, DiskOutput, Network, NodeId};
+
+/// Applies every operation at once and completes it on the next step. It
+/// keeps only the current image: these tests crash nothing.
+#[derive(Default)]
+struct InstantDisk {
+    files: BTreeMap<String, Vec<u8>>,
+    completions: VecDeque<DiskCompletion>,
+}
+
+impl Disk for InstantDisk {
+    fn submit(&mut self, token: u64, op: DiskOp) {
+        let result = match op {
+            DiskOp::Write { file, offset, data } => {
+                let bytes = self.files.entry(file).or_default();
+                let end = offset as usize + data.len();
+                if bytes.len() < end {
+                    bytes.resize(end, 0);
+                }
+                bytes[offset as usize..end].copy_from_slice(&data);
+                Ok(DiskOutput::Done)
+            }
+            DiskOp::Truncate { file, len } => {
+                self.files.entry(file).or_default().truncate(len as usize);
+                Ok(DiskOutput::Done)
+            }
+            DiskOp::Delete { file } => {
+                self.files.remove(&file);
+                Ok(DiskOutput::Done)
+            }
+            DiskOp::Rename { from, to } => match self.files.remove(&from) {
+                Some(bytes) => {
+                    self.files.insert(to, bytes);
+                    Ok(DiskOutput::Done)
+                }
+                None => Err(DiskError::NotFound),
+            },
+            DiskOp::Sync { .. } | DiskOp::SyncDir { .. } => Ok(DiskOutput::Done),
+            DiskOp::Read { file, offset, len } => match self.files.get(&file) {
+                Some(bytes) => {
+                    let start = (offset as usize).min(bytes.len());
+                    let end = (start + len as usize).min(bytes.len());
+                    Ok(DiskOutput::Data(bytes[start..end].to_vec()))
+                }
+                None => Err(DiskError::NotFound),
+            },
+        };
+        self.completions.push_back(DiskCompletion { token, result });
+    }
+
+    fn list(&mut self) -> Result<Vec<String>, DiskError> {
+        Ok(self.files.keys().cloned().collect())
+    }
+
+    fn read_file(&mut self, file: &str) -> Result<Vec<u8>, DiskError> {
+        self.files.get(file).cloned().ok_or(DiskError::NotFound)
+    }
+}
+
+struct FixedClock(u64);
+impl Clock for FixedClock {
+    fn now_ms(&self) -> u64 {
+        self.0
+    }
+}
+
+#[derive(Default)]
+struct Outbox(Vec<Envelope>);
+impl Network<Envelope> for Outbox {
+    fn send(&mut self, _to: NodeId, message: Envelope) {
+        self.0.push(message);
+    }
+}
+
+#[derive(Default)]
+struct Inbox(Vec<ClientResponse>);
+impl Replies for Inbox {
+    fn reply(&mut self, response: ClientResponse) {
+        self.0.push(response);
+    }
+}
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, (Node, InstantDisk)>,
+    in_flight: VecDeque<Envelope>,
+    responses: Vec<ClientResponse>,
+    now_ms: u64,
+}
+
+const GROUP: u64 = 7;
+
+impl Cluster {
+    fn new(ids: &[NodeId]) -> Cluster {
+        let mut nodes = BTreeMap::new();
+        for id in ids {
+            let mut disk = InstantDisk::default();
+            let config = NodeConfig {
+                id: *id,
+                groups: vec![(GROUP, Config::new(ids.iter().copied()))],
+                rng_seed: *id,
+                election_timeout_ms: 300,
+                heartbeat_interval_ms: 50,
+                snapshot_interval_entries: 20,
+                segment_bytes_max: 4096,
+            };
+            let node = Node::start(config, &mut disk).expect("start");
+            nodes.insert(*id, (node, disk));
+        }
+        Cluster {
+            nodes,
+            in_flight: VecDeque::new(),
+            responses: Vec::new(),
+            now_ms: 0,
+        }
+    }
+
+    fn deliver(&mut self, id: NodeId, event: Event) {
+        let (node, disk) = self.nodes.get_mut(&id).expect("node");
+        let mut outbox = Outbox::default();
+        let mut inbox = Inbox::default();
+        let clock = FixedClock(self.now_ms);
+        let mut env = Env {
+            disk,
+            network: &mut outbox,
+            clock: &clock,
+            replies: &mut inbox,
+        };
+        node.handle(event, &mut env);
+        self.in_flight.extend(outbox.0);
+        self.responses.extend(inbox.0);
+    }
+
+    /// Delivers every message and disk completion until quiet.
+    fn settle(&mut self) {
+        loop {
+            let mut progressed = false;
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                while let Some(completion) =
+                    self.nodes.get_mut(&id).unwrap().1.completions.pop_front()
+                {
+                    self.deliver(id, Event::Disk(completion));
+                    progressed = true;
+                }
+            }
+            while let Some(envelope) = self.in_flight.pop_front() {
+                self.deliver(envelope.to, Event::Peer(envelope));
+                progressed = true;
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn advance(&mut self, ms: u64) {
+        for _ in 0..ms / 10 {
+            self.now_ms += 10;
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                self.deliver(id, Event::Tick);
+            }
+            self.settle();
+        }
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .find(|(_, (node, _))| {
+                node.view(GROUP)
+                    .is_some_and(|view| view.role == Role::Leader)
+            })
+            .map(|(id, _)| *id)
+    }
+}
+
+#[test]
+fn three_nodes_elect_a_leader_and_commit_appends_in_order() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.advance(2_000);
+    let leader = cluster.leader().expect("a leader within two seconds");
+
+    for seq in 1..=50u64 {
+        cluster.deliver(
+            leader,
+            Event::Client(ClientRequest {
+                client: 9,
+                request_id: seq,
+                group: GROUP,
+                op: ClientOp::Append {
+                    seq,
+                    value: seq.to_le_bytes().to_vec(),
+                },
+            }),
+        );
+    }
+    cluster.settle();
+    cluster.advance(200);
+
+    let positions: Vec<u64> = cluster
+        .responses
+        .iter()
+        .filter_map(|response| match response.result {
+            Ok(ClientReply::Appended { position }) => Some(position),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(positions, (0..50).collect::<Vec<_>>());
+    for (node, _) in cluster.nodes.values() {
+        let records = node.records(GROUP).expect("group");
+        assert_eq!(records.len(), 50, "node {} applied every record", node.id());
+        assert!(records
+            .iter()
+            .enumerate()
+            .all(|(position, record)| record.seq == position as u64 + 1));
+        // 50 appends with a snapshot every 20 entries: the log was compacted.
+        assert!(node.view(GROUP).unwrap().snapshot_index >= 20);
+    }
+
+    // A retry of an applied append is answered with its original position.
+    cluster.responses.clear();
+    cluster.deliver(
+        leader,
+        Event::Client(ClientRequest {
+            client: 9,
+            request_id: 99,
+            group: GROUP,
+            op: ClientOp::Append {
+                seq: 50,
+                value: 50u64.to_le_bytes().to_vec(),
+            },
+        }),
+    );
+    assert_eq!(
+        cluster.responses[0].result,
+        Ok(ClientReply::Appended { position: 49 })
+    );
+}
+
+#[test]
+fn followers_redirect_clients_to_the_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.advance(2_000);
+    let leader = cluster.leader().expect("leader");
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.deliver(
+        follower,
+        Event::Client(ClientRequest {
+            client: 1,
+            request_id: 1,
+            group: GROUP,
+            op: ClientOp::Append {
+                seq: 1,
+                value: vec![1],
+            },
+        }),
+    );
+    assert_eq!(
+        cluster.responses[0].result,
+        Err(ClientError::NotLeader {
+            leader_hint: Some(leader)
+        })
+    );
+}
+
+#[test]
+fn a_restarted_cluster_recovers_its_records_from_disk() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.advance(2_000);
+    let leader = cluster.leader().expect("leader");
+    for seq in 1..=30u64 {
+        cluster.deliver(
+            leader,
+            Event::Client(ClientRequest {
+                client: 5,
+                request_id: seq,
+                group: GROUP,
+                op: ClientOp::Append {
+                    seq,
+                    value: vec![seq as u8],
+                },
+            }),
+        );
+        cluster.settle();
+    }
+    cluster.advance(200);
+    // Restart every node from its disk (the instant disk keeps everything).
+    let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+    for id in ids {
+        let (node, mut disk) = cluster.nodes.remove(&id).unwrap();
+        drop(node);
+        disk.completions.clear();
+        let config = NodeConfig {
+            id,
+            groups: vec![(GROUP, Config::new([1, 2, 3]))],
+            rng_seed: id + 100,
+            election_timeout_ms: 300,
+            heartbeat_interval_ms: 50,
+            snapshot_interval_entries: 20,
+            segment_bytes_max: 4096,
+        };
+        let node = Node::start(config, &mut disk).expect("restart");
+        cluster.nodes.insert(id, (node, disk));
+    }
+    cluster.advance(3_000);
+    assert!(cluster.leader().is_some());
+    for (node, _) in cluster.nodes.values() {
+        let records = node.records(GROUP).expect("group");
+        assert_eq!(
+            records.len(),
+            30,
+            "node {} recovered every record",
+            node.id()
+        );
+    }
+}
