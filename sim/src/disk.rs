@@ -1,0 +1,661 @@
+//! The simulated disk of one node.
+//!
+//! Model. Files are inodes holding bytes; names map to inodes. Each inode has
+//! a *current* image (what reads see) and a *durable* image (what survives a
+//! crash), plus the data operations (writes, truncates) applied to the current
+//! image since the last completed `Sync` of that file. Names likewise have a
+//! current and a durable map; a `SyncDir` of a directory makes the current
+//! names of that directory durable.
+//!
+//! Operations queue FIFO and take effect, and complete, in submission order,
+//! each after a seeded latency (`next_completion_at` / `pop_completion`).
+//!
+//! Crash (`crash`): the queue vanishes (those operations never happened), the
+//! names revert to their durable map, and every file to its durable image.
+//! With `DiskFaults::torn_writes`, a random prefix of each file's unsynced
+//! data operations survives, and the first one lost, if a write, may leave a
+//! prefix of itself at 512-byte sector granularity (a torn write). Both are
+//! allowed by the `Disk` durability contract.
+//!
+//! `list` and `read_file` read the current image synchronously.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use runnel_io::{Disk, DiskCompletion, DiskError, DiskOp, DiskOutput, Rng};
+
+/// Torn writes keep a prefix at this granularity.
+pub const SECTOR_BYTES: u64 = 512;
+/// Operations queued at once; above it a submission fails with an error.
+pub const DISK_QUEUE_MAX: usize = 100_000;
+/// Bytes held by all files of one disk; above it writes fail with `NoSpace`.
+pub const DISK_BYTES_MAX: u64 = 1 << 30;
+
+/// The faults and timing of one disk. More faults (bit flips at rest, latent
+/// read errors, misdirected writes, fsync failure, disk full) go here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiskFaults {
+    /// Latency of reads, writes, truncates and name operations, in ms.
+    pub op_latency_ms: (u64, u64),
+    /// Latency of `Sync` and `SyncDir`, in ms.
+    pub sync_latency_ms: (u64, u64),
+    /// A crash may keep a prefix of the unsynced writes, the last one torn.
+    pub torn_writes: bool,
+}
+
+impl Default for DiskFaults {
+    fn default() -> Self {
+        DiskFaults {
+            op_latency_ms: (0, 1),
+            sync_latency_ms: (1, 3),
+            torn_writes: false,
+        }
+    }
+}
+
+/// What a crash destroyed or tore.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrashReport {
+    /// Queued operations that never happened.
+    pub dropped_queued: u64,
+    /// Completed but unsynced data operations lost (name operations are not counted).
+    pub lost_unsynced: u64,
+    /// Unsynced data operations that survived whole.
+    pub kept_unsynced: u64,
+    /// Writes of which a strict, non-empty prefix survived.
+    pub torn_writes: u64,
+}
+
+#[derive(Clone, Debug)]
+enum DataOp {
+    Write { offset: u64, data: Vec<u8> },
+    Truncate { len: u64 },
+}
+
+impl DataOp {
+    fn apply(&self, image: &mut Vec<u8>) {
+        match self {
+            DataOp::Write { offset, data } => write_at(image, *offset, data),
+            DataOp::Truncate { len } => image.resize(*len as usize, 0),
+        }
+    }
+}
+
+fn write_at(image: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let offset = offset as usize;
+    let end = offset + data.len();
+    if image.len() < end {
+        image.resize(end, 0);
+    }
+    image[offset..end].copy_from_slice(data);
+}
+
+#[derive(Debug, Default)]
+struct Inode {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    unsynced: Vec<DataOp>,
+}
+
+struct Queued {
+    token: u64,
+    /// `Err` when the operation fails without running (queue full).
+    op: Result<DiskOp, DiskError>,
+    complete_at: u64,
+}
+
+/// The directory of a path: everything before the last `/`, or "".
+fn dir_of(path: &str) -> &str {
+    path.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("")
+}
+
+pub struct SimDisk {
+    rng: Rng,
+    faults: DiskFaults,
+    now: u64,
+    queue: VecDeque<Queued>,
+    inodes: BTreeMap<u64, Inode>,
+    next_inode: u64,
+    names: BTreeMap<String, u64>,
+    durable_names: BTreeMap<String, u64>,
+    /// Sum of the current sizes of all inodes.
+    bytes: u64,
+    completed: u64,
+}
+
+impl SimDisk {
+    pub fn new(rng: Rng, faults: DiskFaults) -> SimDisk {
+        SimDisk {
+            rng,
+            faults,
+            now: 0,
+            queue: VecDeque::new(),
+            inodes: BTreeMap::new(),
+            next_inode: 1,
+            names: BTreeMap::new(),
+            durable_names: BTreeMap::new(),
+            bytes: 0,
+            completed: 0,
+        }
+    }
+
+    pub fn faults(&self) -> &DiskFaults {
+        &self.faults
+    }
+
+    /// The time at which operations submitted from now on are issued.
+    pub fn set_now(&mut self, now: u64) {
+        self.now = now;
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn completed(&self) -> u64 {
+        self.completed
+    }
+
+    /// When the next queued operation completes.
+    pub fn next_completion_at(&self) -> Option<u64> {
+        self.queue.front().map(|queued| queued.complete_at)
+    }
+
+    /// Completes the next operation if it is due at or before `now`.
+    pub fn pop_completion(&mut self, now: u64) -> Option<DiskCompletion> {
+        if self.queue.front()?.complete_at > now {
+            return None;
+        }
+        let queued = self.queue.pop_front()?;
+        self.completed += 1;
+        let result = queued.op.and_then(|op| self.apply(op));
+        Some(DiskCompletion {
+            token: queued.token,
+            result,
+        })
+    }
+
+    fn latency(&mut self, range: (u64, u64)) -> u64 {
+        let (low, high) = range;
+        if high <= low {
+            low
+        } else {
+            self.rng.range(low, high + 1)
+        }
+    }
+
+    fn set_len(&mut self, inode: u64, new_len: usize) {
+        let node = self.inodes.get_mut(&inode).expect("inode exists");
+        self.bytes = self.bytes - node.current.len() as u64 + new_len as u64;
+    }
+
+    /// Creates an empty file under `name` if it has none; returns its inode.
+    fn create(&mut self, name: &str) -> u64 {
+        if let Some(&inode) = self.names.get(name) {
+            return inode;
+        }
+        let inode = self.next_inode;
+        self.next_inode += 1;
+        self.inodes.insert(inode, Inode::default());
+        self.names.insert(name.to_string(), inode);
+        inode
+    }
+
+    /// Drops inodes that no name, current or durable, refers to.
+    fn collect_garbage(&mut self, inode: u64) {
+        let referenced = self.names.values().any(|&i| i == inode)
+            || self.durable_names.values().any(|&i| i == inode);
+        if !referenced {
+            if let Some(node) = self.inodes.remove(&inode) {
+                self.bytes -= node.current.len() as u64;
+            }
+        }
+    }
+
+    fn apply(&mut self, op: DiskOp) -> Result<DiskOutput, DiskError> {
+        match op {
+            DiskOp::Write { file, offset, data } => {
+                let end = offset + data.len() as u64;
+                let current_len = self
+                    .names
+                    .get(&file)
+                    .map(|inode| self.inodes[inode].current.len() as u64)
+                    .unwrap_or(0);
+                if end > current_len && self.bytes + (end - current_len) > DISK_BYTES_MAX {
+                    return Err(DiskError::NoSpace);
+                }
+                let inode = self.create(&file);
+                self.set_len(inode, current_len.max(end) as usize);
+                let node = self.inodes.get_mut(&inode).expect("inode exists");
+                write_at(&mut node.current, offset, &data);
+                node.unsynced.push(DataOp::Write { offset, data });
+                Ok(DiskOutput::Done)
+            }
+            DiskOp::Truncate { file, len } => {
+                let inode = *self.names.get(&file).ok_or(DiskError::NotFound)?;
+                let current_len = self.inodes[&inode].current.len() as u64;
+                if len > current_len && self.bytes + (len - current_len) > DISK_BYTES_MAX {
+                    return Err(DiskError::NoSpace);
+                }
+                self.set_len(inode, len as usize);
+                let node = self.inodes.get_mut(&inode).expect("inode exists");
+                let op = DataOp::Truncate { len };
+                op.apply(&mut node.current);
+                node.unsynced.push(op);
+                Ok(DiskOutput::Done)
+            }
+            DiskOp::Sync { file } => {
+                let inode = *self.names.get(&file).ok_or(DiskError::NotFound)?;
+                let node = self.inodes.get_mut(&inode).expect("inode exists");
+                for op in std::mem::take(&mut node.unsynced) {
+                    op.apply(&mut node.durable);
+                }
+                debug_assert_eq!(node.durable, node.current);
+                Ok(DiskOutput::Done)
+            }
+            DiskOp::Delete { file } => {
+                if let Some(inode) = self.names.remove(&file) {
+                    self.collect_garbage(inode);
+                }
+                Ok(DiskOutput::Done)
+            }
+            DiskOp::Rename { from, to } => {
+                let inode = self.names.remove(&from).ok_or(DiskError::NotFound)?;
+                if let Some(replaced) = self.names.insert(to, inode) {
+                    if replaced != inode {
+                        self.collect_garbage(replaced);
+                    }
+                }
+                Ok(DiskOutput::Done)
+            }
+            DiskOp::SyncDir { dir } => {
+                let stale: Vec<String> = self
+                    .durable_names
+                    .keys()
+                    .filter(|name| dir_of(name) == dir)
+                    .cloned()
+                    .collect();
+                let mut unreferenced = Vec::new();
+                for name in stale {
+                    if let Some(inode) = self.durable_names.remove(&name) {
+                        unreferenced.push(inode);
+                    }
+                }
+                for (name, &inode) in &self.names {
+                    if dir_of(name) == dir {
+                        self.durable_names.insert(name.clone(), inode);
+                    }
+                }
+                for inode in unreferenced {
+                    self.collect_garbage(inode);
+                }
+                Ok(DiskOutput::Done)
+            }
+            DiskOp::Read { file, offset, len } => {
+                let inode = self.names.get(&file).ok_or(DiskError::NotFound)?;
+                let data = &self.inodes[inode].current;
+                let start = (offset as usize).min(data.len());
+                let end = (offset.saturating_add(len) as usize).min(data.len());
+                Ok(DiskOutput::Data(data[start..end].to_vec()))
+            }
+        }
+    }
+
+    /// The node crashed: queued operations vanish, and every file and name
+    /// reverts to what was synced (see the module doc for torn writes).
+    pub fn crash(&mut self) -> CrashReport {
+        let mut report = CrashReport {
+            dropped_queued: self.queue.len() as u64,
+            ..CrashReport::default()
+        };
+        self.queue.clear();
+        self.names = self.durable_names.clone();
+        let live: Vec<u64> = {
+            let mut live: Vec<u64> = self.durable_names.values().copied().collect();
+            live.sort_unstable();
+            live.dedup();
+            live
+        };
+        self.inodes
+            .retain(|inode, _| live.binary_search(inode).is_ok());
+        let torn_writes = self.faults.torn_writes;
+        let mut bytes = 0;
+        for node in self.inodes.values_mut() {
+            let ops = std::mem::take(&mut node.unsynced);
+            let mut image = std::mem::take(&mut node.durable);
+            let kept = if torn_writes && !ops.is_empty() {
+                self.rng.range(0, ops.len() as u64 + 1) as usize
+            } else {
+                0
+            };
+            for op in &ops[..kept] {
+                op.apply(&mut image);
+            }
+            if let Some(DataOp::Write { offset, data }) = ops.get(kept) {
+                if torn_writes {
+                    // Sector boundaries strictly inside the write.
+                    let first = offset / SECTOR_BYTES + 1;
+                    let last = (offset + data.len() as u64).div_ceil(SECTOR_BYTES);
+                    if first < last {
+                        let boundary = self.rng.range(first, last) * SECTOR_BYTES;
+                        let cut = (boundary - offset) as usize;
+                        write_at(&mut image, *offset, &data[..cut]);
+                        report.torn_writes += 1;
+                    }
+                }
+            }
+            report.kept_unsynced += kept as u64;
+            report.lost_unsynced += (ops.len() - kept) as u64;
+            node.current = image.clone();
+            node.durable = image;
+            bytes += node.current.len() as u64;
+        }
+        self.bytes = bytes;
+        report
+    }
+}
+
+impl Disk for SimDisk {
+    fn submit(&mut self, token: u64, op: DiskOp) {
+        if self.queue.len() >= DISK_QUEUE_MAX {
+            // Complete it at once, after the queue, with an error.
+            let complete_at = self.queue.back().map_or(self.now, |q| q.complete_at);
+            self.queue.push_back(Queued {
+                token,
+                op: Err(DiskError::Other("simulated disk queue full".to_string())),
+                complete_at,
+            });
+            return;
+        }
+        let latency = match op {
+            DiskOp::Sync { .. } | DiskOp::SyncDir { .. } => {
+                self.latency(self.faults.sync_latency_ms)
+            }
+            _ => self.latency(self.faults.op_latency_ms),
+        };
+        let after = self
+            .queue
+            .back()
+            .map_or(self.now, |q| q.complete_at.max(self.now));
+        self.queue.push_back(Queued {
+            token,
+            op: Ok(op),
+            complete_at: after + latency,
+        });
+    }
+
+    fn list(&mut self) -> Result<Vec<String>, DiskError> {
+        Ok(self.names.keys().cloned().collect())
+    }
+
+    fn read_file(&mut self, file: &str) -> Result<Vec<u8>, DiskError> {
+        let inode = self.names.get(file).ok_or(DiskError::NotFound)?;
+        Ok(self.inodes[inode].current.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(torn_writes: bool) -> SimDisk {
+        SimDisk::new(
+            Rng::new(3),
+            DiskFaults {
+                op_latency_ms: (1, 5),
+                sync_latency_ms: (2, 10),
+                torn_writes,
+            },
+        )
+    }
+
+    /// Runs the queue to completion, returning the tokens in completion order.
+    fn run(disk: &mut SimDisk) -> Vec<DiskCompletion> {
+        let mut out = Vec::new();
+        while let Some(at) = disk.next_completion_at() {
+            out.push(disk.pop_completion(at).expect("due"));
+        }
+        out
+    }
+
+    fn write(file: &str, offset: u64, data: &[u8]) -> DiskOp {
+        DiskOp::Write {
+            file: file.to_string(),
+            offset,
+            data: data.to_vec(),
+        }
+    }
+
+    fn sync(file: &str) -> DiskOp {
+        DiskOp::Sync {
+            file: file.to_string(),
+        }
+    }
+
+    fn sync_dir(dir: &str) -> DiskOp {
+        DiskOp::SyncDir {
+            dir: dir.to_string(),
+        }
+    }
+
+    #[test]
+    fn completes_fifo_after_latency() {
+        let mut disk = disk(false);
+        disk.set_now(100);
+        for token in 0..50 {
+            let op = if token % 3 == 0 {
+                sync("a")
+            } else {
+                write("a", token, &[1])
+            };
+            disk.submit(token, op);
+        }
+        assert_eq!(disk.pop_completion(100), None, "nothing completes at once");
+        let mut last = 0;
+        let mut tokens = Vec::new();
+        while let Some(at) = disk.next_completion_at() {
+            assert!(at >= last && at > 100);
+            last = at;
+            tokens.push(disk.pop_completion(at).unwrap().token);
+        }
+        assert_eq!(tokens, (0..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn synced_data_and_names_survive_a_crash() {
+        let mut disk = disk(false);
+        disk.submit(1, write("log/a", 0, b"hello"));
+        disk.submit(2, sync("log/a"));
+        disk.submit(3, sync_dir("log"));
+        assert!(run(&mut disk).iter().all(|c| c.result.is_ok()));
+        disk.crash();
+        assert_eq!(disk.list().unwrap(), vec!["log/a".to_string()]);
+        assert_eq!(disk.read_file("log/a").unwrap(), b"hello");
+    }
+
+    #[test]
+    fn unsynced_data_is_lost() {
+        let mut disk = disk(false);
+        disk.submit(1, write("a", 0, b"hello"));
+        disk.submit(2, sync("a"));
+        disk.submit(3, sync_dir(""));
+        disk.submit(4, write("a", 5, b" world"));
+        disk.submit(
+            5,
+            DiskOp::Truncate {
+                file: "a".into(),
+                len: 2,
+            },
+        );
+        run(&mut disk);
+        assert_eq!(disk.read_file("a").unwrap(), b"he");
+        let report = disk.crash();
+        assert_eq!(report.lost_unsynced, 2);
+        assert_eq!(disk.read_file("a").unwrap(), b"hello");
+    }
+
+    #[test]
+    fn queued_operations_vanish() {
+        let mut disk = disk(false);
+        disk.submit(1, write("a", 0, b"x"));
+        disk.submit(2, sync("a"));
+        disk.submit(3, sync_dir(""));
+        let report = disk.crash();
+        assert_eq!(report.dropped_queued, 3);
+        assert_eq!(disk.next_completion_at(), None);
+        assert!(disk.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn file_sync_without_dir_sync_loses_the_name() {
+        let mut disk = disk(false);
+        disk.submit(1, write("a", 0, b"x"));
+        disk.submit(2, sync("a"));
+        run(&mut disk);
+        disk.crash();
+        assert!(disk.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn rename_is_durable_only_after_sync_dir() {
+        let mut disk = disk(false);
+        disk.submit(1, write("tmp", 0, b"new"));
+        disk.submit(2, sync("tmp"));
+        disk.submit(3, write("state", 0, b"old"));
+        disk.submit(4, sync("state"));
+        disk.submit(5, sync_dir(""));
+        disk.submit(
+            6,
+            DiskOp::Rename {
+                from: "tmp".into(),
+                to: "state".into(),
+            },
+        );
+        run(&mut disk);
+        assert_eq!(disk.read_file("state").unwrap(), b"new");
+        disk.crash();
+        assert_eq!(disk.read_file("state").unwrap(), b"old");
+        assert_eq!(disk.read_file("tmp").unwrap(), b"new");
+
+        disk.submit(
+            7,
+            DiskOp::Rename {
+                from: "tmp".into(),
+                to: "state".into(),
+            },
+        );
+        disk.submit(8, sync_dir(""));
+        run(&mut disk);
+        disk.crash();
+        assert_eq!(disk.list().unwrap(), vec!["state".to_string()]);
+        assert_eq!(disk.read_file("state").unwrap(), b"new");
+    }
+
+    #[test]
+    fn delete_is_durable_only_after_sync_dir() {
+        let mut disk = disk(false);
+        disk.submit(1, write("a", 0, b"x"));
+        disk.submit(2, sync("a"));
+        disk.submit(3, sync_dir(""));
+        disk.submit(4, DiskOp::Delete { file: "a".into() });
+        run(&mut disk);
+        assert!(disk.list().unwrap().is_empty());
+        disk.crash();
+        assert_eq!(disk.read_file("a").unwrap(), b"x");
+        disk.submit(5, DiskOp::Delete { file: "a".into() });
+        disk.submit(6, sync_dir(""));
+        run(&mut disk);
+        disk.crash();
+        assert!(disk.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_for_missing_files() {
+        let mut disk = disk(false);
+        disk.submit(1, sync("missing"));
+        disk.submit(
+            2,
+            DiskOp::Read {
+                file: "missing".into(),
+                offset: 0,
+                len: 1,
+            },
+        );
+        disk.submit(
+            3,
+            DiskOp::Delete {
+                file: "missing".into(),
+            },
+        );
+        let results: Vec<_> = run(&mut disk).into_iter().map(|c| c.result).collect();
+        assert_eq!(
+            results,
+            vec![
+                Err(DiskError::NotFound),
+                Err(DiskError::NotFound),
+                Ok(DiskOutput::Done)
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_see_earlier_writes() {
+        let mut disk = disk(false);
+        disk.submit(1, write("a", 0, b"abcdef"));
+        disk.submit(
+            2,
+            DiskOp::Read {
+                file: "a".into(),
+                offset: 2,
+                len: 10,
+            },
+        );
+        let completions = run(&mut disk);
+        assert_eq!(
+            completions[1].result,
+            Ok(DiskOutput::Data(b"cdef".to_vec()))
+        );
+    }
+
+    #[test]
+    fn torn_writes_keep_a_sector_prefix() {
+        let mut torn_seen = false;
+        for seed in 0..64 {
+            let mut disk = SimDisk::new(
+                Rng::new(seed),
+                DiskFaults {
+                    torn_writes: true,
+                    ..DiskFaults::default()
+                },
+            );
+            disk.submit(1, write("a", 0, &[1u8; 100]));
+            disk.submit(2, sync("a"));
+            disk.submit(3, sync_dir(""));
+            disk.submit(4, write("a", 100, &[2u8; 2000]));
+            run(&mut disk);
+            let report = disk.crash();
+            let image = disk.read_file("a").unwrap();
+            assert!(image[..100].iter().all(|&b| b == 1), "synced prefix kept");
+            let survived = image.len() - 100;
+            assert!(image[100..].iter().all(|&b| b == 2));
+            assert!(
+                survived == 0
+                    || survived == 2000
+                    || image.len().is_multiple_of(SECTOR_BYTES as usize),
+                "torn at a sector boundary: {}",
+                image.len()
+            );
+            if report.torn_writes > 0 {
+                torn_seen = true;
+                assert!(survived > 0 && survived < 2000);
+            }
+        }
+        assert!(torn_seen);
+    }
+
+    #[test]
+    fn full_disk_refuses_writes() {
+        let mut disk = disk(false);
+        disk.submit(1, write("a", DISK_BYTES_MAX, b"x"));
+        assert_eq!(run(&mut disk)[0].result, Err(DiskError::NoSpace));
+    }
+}

@@ -1,0 +1,1205 @@
+//! One simulation run per seed.
+//!
+//! Sources of events, merged by time: every running node's disk completions
+//! (node order first), then network deliveries, then the global queue (ticks,
+//! client traffic, wake-ups, faults, periodic checks), ties broken by
+//! insertion order. Everything derives from the seed: the plan, and one root
+//! `Rng` forked per component.
+//!
+//! A run has a safety phase under the plan's faults, then a liveness phase:
+//! every fault is healed, crashed nodes restart, paused ones resume, and
+//! every group must elect a leader and acknowledge new appends within the
+//! liveness bound. Checkers run after every event on the views of the groups
+//! the event touched, every simulated second on all logs, and at the end on
+//! the acknowledged appends and the state machines.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use runnel_checkers::{
+    check_acknowledged_appends, check_log_matching, check_state_machine_agreement, CommitMonotonic,
+    CommittedHistory, ElectionSafety, ReplicaLog, Violation,
+};
+use runnel_consensus::Config;
+use runnel_core::{
+    ClientRequest, ClientResponse, Env, Event, GroupView, Node, NodeConfig, Replies, Role,
+};
+use runnel_io::{GroupId, NodeId, Rng};
+
+use crate::clock::SimClock;
+use crate::disk::SimDisk;
+use crate::network::{NetworkStats, NodeNetwork, SimNetwork};
+use crate::queue::TimedQueue;
+use crate::swarm::{Episodes, FaultClass, FaultCounts, FaultPlan, CLOCK_SKEW_MS_MAX};
+use crate::trace::{Trace, TraceKind};
+use crate::workload::{decode_value_id, value_id, Action, GroupStatus, Workload, WorkloadStats};
+
+/// Events one run may process; past it the run fails (a livelock).
+pub const EVENTS_PER_RUN_MAX: u64 = 50_000_000;
+/// Events held for a paused node; more are dropped.
+pub const HELD_EVENTS_MAX: usize = 20_000;
+/// Appends every group must acknowledge in the liveness phase.
+pub const LIVENESS_APPENDS_MIN: u64 = 5;
+/// How often all logs are compared.
+pub const CHECK_INTERVAL_MS: u64 = 1_000;
+/// Violations reported by one run; the run stops at the first anyway.
+pub const VIOLATIONS_MAX: usize = 100;
+/// A restarted node's clock origin moves by up to this much (with skew on).
+pub const RESTART_ORIGIN_SHIFT_MS_MAX: u64 = 60_000;
+
+pub const DEFAULT_SAFETY_MS: u64 = 60_000;
+pub const DEFAULT_LIVENESS_MS: u64 = 30_000;
+
+const STREAM_NETWORK: u64 = 1;
+const STREAM_WORKLOAD: u64 = 2;
+const STREAM_FAULTS: u64 = 3;
+const STREAM_CLIENT_CHANNEL: u64 = 4;
+const STREAM_TICKS: u64 = 5;
+const STREAM_NODE: u64 = 100;
+const STREAM_DISK: u64 = 200;
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Records every panic's message and location for the run report instead of
+/// printing it (set `RUNNEL_SIM_PANIC_PRINT=1` to print as well).
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    let print = std::env::var_os("RUNNEL_SIM_PANIC_PRINT").is_some();
+    std::panic::set_hook(Box::new(move |info| {
+        LAST_PANIC.with(|last| *last.borrow_mut() = Some(info.to_string()));
+        if print {
+            default(info);
+        }
+    }));
+}
+
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = LAST_PANIC.with(|last| last.borrow_mut().take()) {
+        return text;
+    }
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        text.to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+fn violation(invariant: &'static str, spec: &'static str, message: String) -> Violation {
+    Violation {
+        invariant,
+        spec,
+        message,
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    pub safety_ms: u64,
+    pub liveness_ms: u64,
+    pub verbose: bool,
+}
+
+impl SimOptions {
+    pub fn new(seed: u64) -> SimOptions {
+        SimOptions {
+            seed,
+            safety_ms: DEFAULT_SAFETY_MS,
+            liveness_ms: DEFAULT_LIVENESS_MS,
+            verbose: false,
+        }
+    }
+}
+
+/// What a run did and found.
+pub struct Outcome {
+    pub seed: u64,
+    pub simulated_ms: u64,
+    pub events: u64,
+    pub acknowledged: u64,
+    pub faults: FaultCounts,
+    pub violations: Vec<Violation>,
+    pub trace_hash: u64,
+    pub last_events: Vec<String>,
+    pub workload: WorkloadStats,
+    pub network: NetworkStats,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeState {
+    Up,
+    Paused,
+    Crashed,
+}
+
+/// What the checkers already saw of one group on one node incarnation.
+#[derive(Clone, Copy, Debug, Default)]
+struct Track {
+    /// Committed entries up to here were reported.
+    reported: u64,
+    snapshot_index: u64,
+}
+
+struct SimNode {
+    id: NodeId,
+    node: Option<Node>,
+    disk: SimDisk,
+    clock: SimClock,
+    state: NodeState,
+    incarnation: u64,
+    held: VecDeque<Event>,
+    rng: Rng,
+    tracks: Vec<Track>,
+}
+
+#[derive(Clone, Debug, Hash)]
+enum Scheduled {
+    Tick {
+        node: usize,
+    },
+    ClientArrive {
+        node: usize,
+        request: ClientRequest,
+    },
+    ClientReply {
+        response: ClientResponse,
+    },
+    ClientWake {
+        client: usize,
+        token: u64,
+    },
+    OperatorWake {
+        token: u64,
+    },
+    FaultStart {
+        class: FaultClass,
+    },
+    FaultEnd {
+        class: FaultClass,
+        node: Option<usize>,
+    },
+    Check,
+    LivenessStart,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Safety,
+    Liveness { deadline: u64 },
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Disk(usize),
+    Network,
+    Queue,
+}
+
+struct ReplyBuffer(Vec<ClientResponse>);
+
+impl Replies for ReplyBuffer {
+    fn reply(&mut self, response: ClientResponse) {
+        self.0.push(response);
+    }
+}
+
+pub struct Simulation {
+    plan: FaultPlan,
+    options: SimOptions,
+    now: u64,
+    phase: Phase,
+    queue: TimedQueue<Scheduled>,
+    network: SimNetwork<runnel_core::Envelope>,
+    nodes: Vec<SimNode>,
+    groups: Vec<GroupId>,
+    workload: Workload,
+    fault_rng: Rng,
+    client_rng: Rng,
+    election: ElectionSafety,
+    commits: CommitMonotonic,
+    committed: CommittedHistory,
+    violations: Vec<Violation>,
+    trace: Trace,
+    faults: FaultCounts,
+    actions: Vec<Action>,
+    replies: Vec<ClientResponse>,
+    touched: Vec<GroupId>,
+    dropped_to_crashed: u64,
+    held_dropped: u64,
+}
+
+impl Simulation {
+    pub fn new(options: SimOptions) -> Simulation {
+        let plan = FaultPlan::from_seed(options.seed);
+        Simulation::with_plan(plan, options)
+    }
+
+    pub fn with_plan(plan: FaultPlan, options: SimOptions) -> Simulation {
+        let mut root = Rng::new(options.seed);
+        let network = SimNetwork::new(root.fork(STREAM_NETWORK), plan.link);
+        let workload = Workload::new(&plan, root.fork(STREAM_WORKLOAD));
+        let fault_rng = root.fork(STREAM_FAULTS);
+        let client_rng = root.fork(STREAM_CLIENT_CHANNEL);
+        let mut tick_rng = root.fork(STREAM_TICKS);
+        let groups: Vec<GroupId> = plan.groups.iter().map(|g| g.id).collect();
+        let nodes = plan
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(index, &id)| {
+                let clock = plan.clocks[index];
+                SimNode {
+                    id,
+                    node: None,
+                    disk: SimDisk::new(root.fork(STREAM_DISK + id), plan.disk.clone()),
+                    clock: SimClock::new(clock.origin_ms, clock.drift_ppm),
+                    state: NodeState::Crashed,
+                    incarnation: 0,
+                    held: VecDeque::new(),
+                    rng: root.fork(STREAM_NODE + id),
+                    tracks: vec![Track::default(); groups.len()],
+                }
+            })
+            .collect();
+        let mut simulation = Simulation {
+            options,
+            now: 0,
+            phase: Phase::Safety,
+            queue: TimedQueue::new(),
+            network,
+            nodes,
+            groups,
+            workload,
+            fault_rng,
+            client_rng,
+            election: ElectionSafety::new(),
+            commits: CommitMonotonic::new(),
+            committed: CommittedHistory::new(),
+            violations: Vec::new(),
+            trace: Trace::new(),
+            faults: FaultCounts::default(),
+            actions: Vec::new(),
+            replies: Vec::new(),
+            touched: Vec::new(),
+            dropped_to_crashed: 0,
+            held_dropped: 0,
+            plan,
+        };
+        for index in 0..simulation.nodes.len() {
+            let offset = tick_rng.range(0, simulation.plan.timing.tick_interval_ms);
+            simulation
+                .queue
+                .push(offset, Scheduled::Tick { node: index });
+        }
+        simulation
+    }
+
+    pub fn plan(&self) -> &FaultPlan {
+        &self.plan
+    }
+
+    fn node_config(&mut self, index: usize) -> NodeConfig {
+        let id = self.nodes[index].id;
+        let timing = self.plan.timing;
+        NodeConfig {
+            id,
+            groups: self
+                .plan
+                .groups
+                .iter()
+                .filter(|g| g.voters.contains(&id))
+                .map(|g| (g.id, Config::new(g.voters.iter().copied())))
+                .collect(),
+            rng_seed: self.nodes[index].rng.next_u64(),
+            election_timeout_ms: timing.election_timeout_ms,
+            heartbeat_interval_ms: timing.heartbeat_interval_ms,
+            snapshot_interval_entries: timing.snapshot_interval_entries,
+            segment_bytes_max: timing.segment_bytes_max,
+        }
+    }
+
+    fn episodes(&self, class: FaultClass) -> Option<Episodes> {
+        match class {
+            FaultClass::Partition => self.plan.partition,
+            FaultClass::OneWay => self.plan.one_way,
+            FaultClass::Isolate => self.plan.isolate,
+            FaultClass::Clog => self.plan.clog,
+            FaultClass::Crash => self.plan.crash,
+            FaultClass::Pause => self.plan.pause,
+            FaultClass::ClockJump => self.plan.clock_jumps,
+            _ => None,
+        }
+    }
+
+    fn draw(&mut self, range: (u64, u64)) -> u64 {
+        self.fault_rng.range(range.0, range.1 + 1)
+    }
+
+    fn schedule_fault_start(&mut self, class: FaultClass) {
+        if let Some(episodes) = self.episodes(class) {
+            let at = self.now + self.draw(episodes.gap_ms);
+            if at < self.options.safety_ms {
+                self.queue.push(at, Scheduled::FaultStart { class });
+            }
+        }
+    }
+
+    fn fault_line(&mut self, description: String) {
+        if self.options.verbose {
+            println!(
+                "{:>6}.{:03}s FAULT {description}",
+                self.now / 1000,
+                self.now % 1000
+            );
+        }
+        self.trace
+            .line(self.now, None, TraceKind::Fault(description));
+    }
+
+    fn push_violation(&mut self, violation: Violation) {
+        if self.violations.len() < VIOLATIONS_MAX {
+            self.violations.push(violation);
+        }
+    }
+
+    fn note(&mut self, result: Result<(), Violation>) {
+        if let Err(violation) = result {
+            self.push_violation(violation);
+        }
+    }
+
+    // ---- running ---------------------------------------------------------
+
+    pub fn run(mut self) -> Outcome {
+        for index in 0..self.nodes.len() {
+            self.start_node(index);
+        }
+        let mut actions = std::mem::take(&mut self.actions);
+        self.workload.start(0, &mut actions);
+        self.actions = actions;
+        self.apply_actions();
+        self.queue.push(CHECK_INTERVAL_MS, Scheduled::Check);
+        self.queue
+            .push(self.options.safety_ms, Scheduled::LivenessStart);
+        for class in [
+            FaultClass::Partition,
+            FaultClass::OneWay,
+            FaultClass::Isolate,
+            FaultClass::Clog,
+            FaultClass::Crash,
+            FaultClass::Pause,
+            FaultClass::ClockJump,
+        ] {
+            self.schedule_fault_start(class);
+        }
+
+        while self.violations.is_empty() && self.phase != Phase::Done {
+            if self.trace.events() >= EVENTS_PER_RUN_MAX {
+                let message = format!(
+                    "{} events by {} ms of simulated time: a livelock?",
+                    self.trace.events(),
+                    self.now
+                );
+                self.push_violation(violation("event-budget", "sim/runner.rs", message));
+                break;
+            }
+            let Some((at, source)) = self.next_source() else {
+                break;
+            };
+            if let Phase::Liveness { deadline } = self.phase {
+                if at > deadline {
+                    self.now = deadline;
+                    self.liveness_failed();
+                    break;
+                }
+            }
+            self.now = at;
+            self.step(source);
+        }
+        self.finish()
+    }
+
+    fn next_source(&self) -> Option<(u64, Source)> {
+        let mut best: Option<(u64, Source)> = None;
+        let mut consider = |at: Option<u64>, source: Source| {
+            if let Some(at) = at {
+                if best.is_none_or(|(best_at, _)| at < best_at) {
+                    best = Some((at, source));
+                }
+            }
+        };
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.state == NodeState::Up {
+                consider(node.disk.next_completion_at(), Source::Disk(index));
+            }
+        }
+        consider(self.network.next_delivery_at(), Source::Network);
+        consider(self.queue.next_at(), Source::Queue);
+        best
+    }
+
+    fn step(&mut self, source: Source) {
+        let now = self.now;
+        match source {
+            Source::Disk(index) => {
+                if let Some(completion) = self.nodes[index].disk.pop_completion(now) {
+                    self.trace.hash_event(1, now, &(index, &completion));
+                    self.trace.line(
+                        now,
+                        Some(self.nodes[index].id),
+                        TraceKind::disk(&completion),
+                    );
+                    self.handle(index, Event::Disk(completion));
+                }
+            }
+            Source::Network => {
+                if let Some((from, to, envelope)) = self.network.pop_due(now) {
+                    self.trace.hash_event(2, now, &(from, to, &envelope));
+                    match self.index_of(to) {
+                        Some(index) => self.node_event(index, Event::Peer(envelope)),
+                        None => panic!("n{from} sent to unknown node {to}"),
+                    }
+                }
+            }
+            Source::Queue => {
+                if let Some((_, scheduled)) = self.queue.pop_due(now) {
+                    self.trace.hash_event(3, now, &scheduled);
+                    self.scheduled(scheduled);
+                }
+            }
+        }
+    }
+
+    fn index_of(&self, node: NodeId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == node)
+    }
+
+    fn scheduled(&mut self, scheduled: Scheduled) {
+        let now = self.now;
+        match scheduled {
+            Scheduled::Tick { node } => {
+                self.queue.push(
+                    now + self.plan.timing.tick_interval_ms,
+                    Scheduled::Tick { node },
+                );
+                if self.nodes[node].state == NodeState::Up {
+                    self.handle(node, Event::Tick);
+                }
+            }
+            Scheduled::ClientArrive { node, request } => {
+                self.node_event(node, Event::Client(request));
+            }
+            Scheduled::ClientReply { response } => {
+                self.trace.line(now, None, TraceKind::response(&response));
+                let mut actions = std::mem::take(&mut self.actions);
+                self.workload.on_response(now, response, &mut actions);
+                self.actions = actions;
+                self.apply_actions();
+                if matches!(self.phase, Phase::Liveness { .. }) {
+                    self.check_liveness();
+                }
+            }
+            Scheduled::ClientWake { client, token } => {
+                let mut actions = std::mem::take(&mut self.actions);
+                self.workload.on_wake(now, client, token, &mut actions);
+                self.actions = actions;
+                self.apply_actions();
+            }
+            Scheduled::OperatorWake { token } => {
+                if self.workload.operator_wake_is_current(token) {
+                    let status = self.group_statuses();
+                    let mut actions = std::mem::take(&mut self.actions);
+                    self.workload
+                        .on_operator_wake(now, token, &status, &mut actions);
+                    self.actions = actions;
+                    self.apply_actions();
+                }
+            }
+            Scheduled::FaultStart { class } => {
+                if self.phase == Phase::Safety {
+                    self.fault_start(class);
+                }
+            }
+            Scheduled::FaultEnd { class, node } => self.fault_end(class, node),
+            Scheduled::Check => {
+                self.queue.push(now + CHECK_INTERVAL_MS, Scheduled::Check);
+                self.observe_everything();
+                self.check_log_matching_now();
+                if self.options.verbose {
+                    self.print_status();
+                }
+            }
+            Scheduled::LivenessStart => self.start_liveness(),
+        }
+    }
+
+    fn apply_actions(&mut self) {
+        let now = self.now;
+        let base = self.plan.workload.client_delay_base_ms;
+        let jitter = self.plan.workload.client_delay_jitter_ms;
+        for action in std::mem::take(&mut self.actions) {
+            match action {
+                Action::Send { node, request } => {
+                    let Some(index) = self.index_of(node) else {
+                        continue;
+                    };
+                    let delay = base + self.client_rng.range(0, jitter + 1);
+                    self.queue.push(
+                        now + delay,
+                        Scheduled::ClientArrive {
+                            node: index,
+                            request,
+                        },
+                    );
+                }
+                Action::Wake { at, client, token } => {
+                    self.queue.push(at, Scheduled::ClientWake { client, token })
+                }
+                Action::WakeOperator { at, token } => {
+                    self.queue.push(at, Scheduled::OperatorWake { token })
+                }
+            }
+        }
+        for class in self.workload.take_accepted() {
+            self.faults.add(class, 1);
+        }
+    }
+
+    // ---- nodes -----------------------------------------------------------
+
+    /// An event for a node from outside: dropped if it is down, held if paused.
+    fn node_event(&mut self, index: usize, event: Event) {
+        match self.nodes[index].state {
+            NodeState::Up => self.handle(index, event),
+            NodeState::Crashed => {
+                self.dropped_to_crashed += 1;
+                self.trace.line(
+                    self.now,
+                    Some(self.nodes[index].id),
+                    TraceKind::Note("dropped: node is down"),
+                );
+            }
+            NodeState::Paused => {
+                let node = &mut self.nodes[index];
+                if node.held.len() < HELD_EVENTS_MAX {
+                    node.held.push_back(event);
+                } else {
+                    self.held_dropped += 1;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, index: usize, event: Event) {
+        let now = self.now;
+        self.touched.clear();
+        let kind = match &event {
+            Event::Tick => {
+                self.touched.extend_from_slice(&self.groups);
+                TraceKind::Tick
+            }
+            Event::Disk(completion) => {
+                self.touched.extend_from_slice(&self.groups);
+                TraceKind::disk(completion)
+            }
+            Event::Peer(envelope) => {
+                for (group, _) in &envelope.messages {
+                    if !self.touched.contains(group) {
+                        self.touched.push(*group);
+                    }
+                }
+                TraceKind::peer(envelope)
+            }
+            Event::Client(request) => {
+                self.touched.push(request.group);
+                TraceKind::request(request)
+            }
+        };
+        if !matches!(event, Event::Disk(_)) {
+            self.trace.line(now, Some(self.nodes[index].id), kind);
+        }
+
+        let sim_node = &mut self.nodes[index];
+        let Some(node) = sim_node.node.as_mut() else {
+            return;
+        };
+        sim_node.clock.set_global(now);
+        sim_node.disk.set_now(now);
+        let mut network = NodeNetwork {
+            network: &mut self.network,
+            from: sim_node.id,
+            now,
+        };
+        let mut replies = ReplyBuffer(std::mem::take(&mut self.replies));
+        let result = {
+            let mut env = Env {
+                disk: &mut sim_node.disk,
+                network: &mut network,
+                clock: &sim_node.clock,
+                replies: &mut replies,
+            };
+            catch_unwind(AssertUnwindSafe(|| node.handle(event, &mut env)))
+        };
+        let id = sim_node.id;
+        if let Err(payload) = result {
+            let message = format!(
+                "n{id} (incarnation {}) panicked at {} ms: {}",
+                sim_node.incarnation,
+                now,
+                panic_text(payload.as_ref())
+            );
+            sim_node.node = None;
+            self.push_violation(violation("node-panic", "DESIGN.md: The shape", message));
+            return;
+        }
+        let base = self.plan.workload.client_delay_base_ms;
+        let jitter = self.plan.workload.client_delay_jitter_ms;
+        for response in replies.0.drain(..) {
+            let delay = base + self.client_rng.range(0, jitter + 1);
+            self.queue
+                .push(now + delay, Scheduled::ClientReply { response });
+        }
+        self.replies = replies.0;
+        let touched = std::mem::take(&mut self.touched);
+        self.observe(index, &touched);
+        self.touched = touched;
+    }
+
+    /// Starts (or restarts) a node from its disk.
+    fn start_node(&mut self, index: usize) {
+        let now = self.now;
+        let config = self.node_config(index);
+        let skew = self.plan.clock_skew;
+        let sim_node = &mut self.nodes[index];
+        sim_node.incarnation += 1;
+        if sim_node.incarnation > 1 {
+            let origin = self.plan.clocks[index].origin_ms;
+            let origin = if skew {
+                origin + sim_node.rng.range(0, RESTART_ORIGIN_SHIFT_MS_MAX)
+            } else {
+                origin
+            };
+            sim_node.clock.restart(origin);
+        }
+        sim_node.clock.set_global(now);
+        sim_node.disk.set_now(now);
+        sim_node.held.clear();
+        sim_node.tracks.fill(Track::default());
+        let id = sim_node.id;
+        let incarnation = sim_node.incarnation;
+        let started = catch_unwind(AssertUnwindSafe(|| Node::start(config, &mut sim_node.disk)));
+        match started {
+            Ok(Ok(node)) => {
+                sim_node.node = Some(node);
+                sim_node.state = NodeState::Up;
+                let groups = self.groups.clone();
+                self.observe(index, &groups);
+            }
+            Ok(Err(error)) => {
+                let message = format!(
+                    "n{id} could not start (incarnation {incarnation}) at {now} ms: {error:?}"
+                );
+                self.push_violation(violation("node-start", "DESIGN.md: The simulator", message));
+            }
+            Err(payload) => {
+                let message = format!(
+                    "n{id} panicked while starting (incarnation {incarnation}) at {now} ms: {}",
+                    panic_text(payload.as_ref())
+                );
+                self.push_violation(violation("node-panic", "DESIGN.md: The shape", message));
+            }
+        }
+    }
+
+    fn crash(&mut self, index: usize) {
+        let sim_node = &mut self.nodes[index];
+        sim_node.node = None;
+        sim_node.state = NodeState::Crashed;
+        sim_node.held.clear();
+        let report = sim_node.disk.crash();
+        let id = sim_node.id;
+        self.faults.add(FaultClass::Crash, 1);
+        self.faults.add(FaultClass::TornWrite, report.torn_writes);
+        self.fault_line(format!(
+            "crash n{id}: {} queued ops dropped, {} unsynced lost, {} kept, {} torn",
+            report.dropped_queued, report.lost_unsynced, report.kept_unsynced, report.torn_writes
+        ));
+    }
+
+    fn resume(&mut self, index: usize) {
+        let id = self.nodes[index].id;
+        self.nodes[index].state = NodeState::Up;
+        let held = std::mem::take(&mut self.nodes[index].held);
+        self.fault_line(format!("resume n{id} ({} held events)", held.len()));
+        for event in held {
+            if self.nodes[index].state != NodeState::Up || !self.violations.is_empty() {
+                break;
+            }
+            self.handle(index, event);
+        }
+    }
+
+    fn down_count(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.state != NodeState::Up)
+            .count()
+    }
+
+    fn up_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].state == NodeState::Up)
+            .collect()
+    }
+
+    fn pick_index(&mut self, candidates: &[usize]) -> Option<usize> {
+        self.fault_rng.pick(candidates).copied()
+    }
+
+    // ---- faults ----------------------------------------------------------
+
+    fn fault_start(&mut self, class: FaultClass) {
+        let Some(episodes) = self.episodes(class) else {
+            return;
+        };
+        let duration = self.draw(episodes.duration_ms);
+        let ids: Vec<NodeId> = self.plan.nodes.clone();
+        let mut target = None;
+        match class {
+            FaultClass::Partition => {
+                let mut shuffled = ids.clone();
+                for i in (1..shuffled.len()).rev() {
+                    let j = self.fault_rng.range(0, i as u64 + 1) as usize;
+                    shuffled.swap(i, j);
+                }
+                let cut = self.fault_rng.range(1, shuffled.len() as u64) as usize;
+                let sides = vec![shuffled[..cut].to_vec(), shuffled[cut..].to_vec()];
+                self.network.set_partition(&sides);
+                self.faults.add(class, 1);
+                self.fault_line(format!(
+                    "partition {:?} | {:?} for {duration} ms",
+                    sides[0], sides[1]
+                ));
+            }
+            FaultClass::OneWay => {
+                let pairs = self.fault_rng.range(1, 3);
+                let mut described = Vec::new();
+                for _ in 0..pairs {
+                    let from = *self.fault_rng.pick(&ids).expect("nodes");
+                    let others: Vec<NodeId> = ids.iter().copied().filter(|n| *n != from).collect();
+                    let to = *self.fault_rng.pick(&others).expect("nodes");
+                    self.network.block_one_way(from, to);
+                    described.push(format!("n{from}->n{to}"));
+                }
+                self.faults.add(class, 1);
+                self.fault_line(format!(
+                    "one-way block {} for {duration} ms",
+                    described.join(" ")
+                ));
+            }
+            FaultClass::Isolate => {
+                let node = *self.fault_rng.pick(&ids).expect("nodes");
+                self.network.isolate(node);
+                self.faults.add(class, 1);
+                self.fault_line(format!("isolate n{node} for {duration} ms"));
+            }
+            FaultClass::Clog => {
+                let from = *self.fault_rng.pick(&ids).expect("nodes");
+                let others: Vec<NodeId> = ids.iter().copied().filter(|n| *n != from).collect();
+                let to = *self.fault_rng.pick(&others).expect("nodes");
+                let both = self.fault_rng.chance(0.5);
+                self.network.clog(from, to, self.now + duration);
+                if both {
+                    self.network.clog(to, from, self.now + duration);
+                }
+                self.faults.add(class, 1);
+                self.fault_line(format!(
+                    "clog n{from}{}n{to} for {duration} ms",
+                    if both { "<->" } else { "->" }
+                ));
+            }
+            FaultClass::Crash | FaultClass::Pause => {
+                if self.down_count() < self.plan.down_max {
+                    let up = self.up_nodes();
+                    if let Some(index) = self.pick_index(&up) {
+                        target = Some(index);
+                        if class == FaultClass::Crash {
+                            self.crash(index);
+                        } else {
+                            self.nodes[index].state = NodeState::Paused;
+                            self.faults.add(class, 1);
+                            let id = self.nodes[index].id;
+                            self.fault_line(format!("pause n{id} for {duration} ms"));
+                        }
+                    }
+                }
+            }
+            FaultClass::ClockJump => {
+                let index = self.fault_rng.range(0, ids.len() as u64) as usize;
+                self.nodes[index].clock.jump(duration);
+                self.faults.add(class, 1);
+                self.fault_line(format!(
+                    "clock of n{} jumps {duration} ms forward",
+                    ids[index]
+                ));
+                self.schedule_fault_start(class);
+                return;
+            }
+            _ => return,
+        }
+        self.queue.push(
+            self.now + duration,
+            Scheduled::FaultEnd {
+                class,
+                node: target,
+            },
+        );
+    }
+
+    fn fault_end(&mut self, class: FaultClass, node: Option<usize>) {
+        match class {
+            FaultClass::Partition => self.network.clear_partition(),
+            FaultClass::OneWay => self.network.clear_one_way(),
+            FaultClass::Isolate => self.network.clear_isolation(),
+            FaultClass::Crash => {
+                if let Some(index) = node {
+                    if self.nodes[index].state == NodeState::Crashed {
+                        let id = self.nodes[index].id;
+                        self.fault_line(format!("restart n{id}"));
+                        self.start_node(index);
+                    }
+                }
+            }
+            FaultClass::Pause => {
+                if let Some(index) = node {
+                    if self.nodes[index].state == NodeState::Paused {
+                        self.resume(index);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.phase == Phase::Safety {
+            self.schedule_fault_start(class);
+        }
+    }
+
+    fn start_liveness(&mut self) {
+        self.phase = Phase::Liveness {
+            deadline: self.now + self.options.liveness_ms,
+        };
+        self.network.heal();
+        self.fault_line("liveness phase: heal the network, restart and resume every node".into());
+        for index in 0..self.nodes.len() {
+            match self.nodes[index].state {
+                NodeState::Crashed => {
+                    let id = self.nodes[index].id;
+                    self.fault_line(format!("restart n{id}"));
+                    self.start_node(index);
+                }
+                NodeState::Paused => self.resume(index),
+                NodeState::Up => {}
+            }
+        }
+        self.workload.start_liveness();
+    }
+
+    fn check_liveness(&mut self) {
+        if !self
+            .workload
+            .groups_without_progress(LIVENESS_APPENDS_MIN)
+            .is_empty()
+        {
+            return;
+        }
+        if self.group_statuses().iter().all(|s| s.leader.is_some()) {
+            self.phase = Phase::Done;
+        }
+    }
+
+    fn liveness_failed(&mut self) {
+        let stuck = self.workload.groups_without_progress(LIVENESS_APPENDS_MIN);
+        let statuses = self.group_statuses();
+        let mut message = format!(
+            "{} ms after healing every fault, groups {:?} had not acknowledged {} new appends (or had no leader).",
+            self.options.liveness_ms, stuck, LIVENESS_APPENDS_MIN
+        );
+        for status in &statuses {
+            message.push_str(&format!(
+                "\n    group {}: leader {:?}, leader commit {}, commits {:?}",
+                status.group, status.leader, status.leader_commit, status.commits
+            ));
+        }
+        for sim_node in &self.nodes {
+            let Some(node) = &sim_node.node else {
+                message.push_str(&format!("\n    n{}: not running", sim_node.id));
+                continue;
+            };
+            for &group in &self.groups {
+                if let Some(view) = node.view(group) {
+                    message.push_str(&format!(
+                        "\n    n{} g{}: {:?} term {} leader {:?} commit {} applied {} persisted {} last {} snapshot {} voters {:?} learners {:?}",
+                        sim_node.id,
+                        group,
+                        view.role,
+                        view.term,
+                        view.leader,
+                        view.commit_index,
+                        view.applied_index,
+                        view.persisted_index,
+                        view.last_index,
+                        view.snapshot_index,
+                        view.config.voters,
+                        view.config.learners
+                    ));
+                }
+            }
+        }
+        self.push_violation(violation("liveness", "DESIGN.md: The simulator", message));
+    }
+
+    fn group_statuses(&self) -> Vec<GroupStatus> {
+        self.groups
+            .iter()
+            .map(|&group| {
+                let mut status = GroupStatus {
+                    group,
+                    ..GroupStatus::default()
+                };
+                let mut leader_term = 0;
+                for sim_node in &self.nodes {
+                    if sim_node.state != NodeState::Up {
+                        continue;
+                    }
+                    let Some(view) = sim_node.node.as_ref().and_then(|n| n.view(group)) else {
+                        continue;
+                    };
+                    status.commits.push((sim_node.id, view.commit_index));
+                    if view.role == Role::Leader
+                        && (status.leader.is_none() || view.term > leader_term)
+                    {
+                        leader_term = view.term;
+                        status.leader = Some(sim_node.id);
+                        status.leader_commit = view.commit_index;
+                        status.config = Some(view.config.clone());
+                    }
+                }
+                status
+            })
+            .collect()
+    }
+
+    // ---- checkers --------------------------------------------------------
+
+    fn group_slot(&self, group: GroupId) -> Option<usize> {
+        self.groups.iter().position(|g| *g == group)
+    }
+
+    /// Feeds the incremental checkers with the views of `groups` on a node.
+    fn observe(&mut self, index: usize, groups: &[GroupId]) {
+        for &group in groups {
+            let Some(slot) = self.group_slot(group) else {
+                continue;
+            };
+            let sim_node = &self.nodes[index];
+            let Some(view) = sim_node.node.as_ref().and_then(|n| n.view(group)) else {
+                continue;
+            };
+            self.observe_view(index, slot, &view);
+        }
+    }
+
+    fn observe_view(&mut self, index: usize, slot: usize, view: &GroupView) {
+        let id = self.nodes[index].id;
+        let incarnation = self.nodes[index].incarnation;
+        let group = view.group;
+        if view.role == Role::Leader {
+            let result = self.election.observe_leader(group, view.term, id);
+            self.note(result);
+        }
+        let result = self
+            .commits
+            .observe_commit(id, incarnation, group, view.commit_index);
+        self.note(result);
+        let mut track = self.nodes[index].tracks[slot];
+        if view.snapshot_index > track.snapshot_index {
+            let result =
+                self.committed
+                    .observe_snapshot(id, group, view.snapshot_index, view.snapshot_term);
+            self.note(result);
+            track.snapshot_index = view.snapshot_index;
+        }
+        let from = track.reported.max(view.snapshot_index) + 1;
+        if view.commit_index >= from {
+            let start = view.entries.partition_point(|(index, _, _)| *index < from);
+            for &(index, term, hash) in &view.entries[start..] {
+                if index > view.commit_index {
+                    break;
+                }
+                let result = self
+                    .committed
+                    .observe_committed(id, group, index, term, hash);
+                self.note(result);
+                track.reported = index;
+            }
+        }
+        self.nodes[index].tracks[slot] = track;
+    }
+
+    fn observe_everything(&mut self) {
+        let groups = self.groups.clone();
+        for index in 0..self.nodes.len() {
+            self.observe(index, &groups);
+        }
+    }
+
+    fn check_log_matching_now(&mut self) {
+        for &group in &self.groups.clone() {
+            let views: Vec<(NodeId, GroupView)> = self
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n.id, n.node.as_ref()?.view(group)?)))
+                .collect();
+            let logs: Vec<ReplicaLog> = views
+                .iter()
+                .map(|(node, view)| ReplicaLog {
+                    node: *node,
+                    entries: &view.entries,
+                })
+                .collect();
+            let result = check_log_matching(group, &logs);
+            self.note(result);
+        }
+    }
+
+    fn final_checks(&mut self) {
+        self.observe_everything();
+        self.check_log_matching_now();
+        for &group in &self.groups.clone() {
+            let mut logs: Vec<(NodeId, Vec<u64>)> = Vec::new();
+            let mut mismatches = Vec::new();
+            for sim_node in &self.nodes {
+                let Some(records) = sim_node.node.as_ref().and_then(|n| n.records(group)) else {
+                    continue;
+                };
+                let mut ids = Vec::with_capacity(records.len());
+                let mut mismatch = None;
+                for (position, record) in records.iter().enumerate() {
+                    let decoded = decode_value_id(&record.value);
+                    let expected = value_id(record.client, record.seq);
+                    if decoded != Some(expected) && mismatch.is_none() {
+                        mismatch = Some(format!(
+                            "n{} g{group} record at position {position}: client {} seq {} but the value says {:?}",
+                            sim_node.id, record.client, record.seq, decoded
+                        ));
+                    }
+                    ids.push(decoded.unwrap_or(u64::MAX));
+                }
+                mismatches.extend(mismatch);
+                logs.push((sim_node.id, ids));
+            }
+            for message in mismatches {
+                self.push_violation(violation(
+                    "record-identity",
+                    "sim/workload.rs: value encoding",
+                    message,
+                ));
+            }
+            let mut longest: &[u64] = &[];
+            for (_, ids) in &logs {
+                if ids.len() > longest.len() {
+                    longest = ids;
+                }
+            }
+            let found = check_acknowledged_appends(self.workload.history(), group, longest);
+            for violation in found {
+                self.push_violation(violation);
+            }
+            let pairs: Vec<(NodeId, &[u64])> = logs
+                .iter()
+                .map(|(node, ids)| (*node, ids.as_slice()))
+                .collect();
+            let result = check_state_machine_agreement(group, &pairs);
+            self.note(result);
+        }
+    }
+
+    fn finish(mut self) -> Outcome {
+        let stopped_early = !self.violations.is_empty();
+        if !stopped_early || self.violations.iter().all(|v| v.invariant == "liveness") {
+            self.final_checks();
+        }
+        let network = self.network.stats();
+        self.faults.add(FaultClass::Loss, network.lost);
+        self.faults.add(FaultClass::Duplication, network.duplicated);
+        if self.plan.delay {
+            self.faults.add(FaultClass::Delay, 1);
+        }
+        let base = CLOCK_SKEW_MS_MAX;
+        let skewed = self
+            .plan
+            .clocks
+            .iter()
+            .filter(|c| c.origin_ms != base)
+            .count();
+        let drifting = self.plan.clocks.iter().filter(|c| c.drift_ppm != 0).count();
+        self.faults.add(FaultClass::ClockSkew, skewed as u64);
+        self.faults.add(FaultClass::ClockDrift, drifting as u64);
+        Outcome {
+            seed: self.options.seed,
+            simulated_ms: self.now,
+            events: self.trace.events(),
+            acknowledged: self.workload.history().acknowledged(),
+            faults: self.faults,
+            trace_hash: self.trace.hash(),
+            last_events: self.trace.last_lines(),
+            workload: self.workload.stats(),
+            network,
+            violations: self.violations,
+        }
+    }
+
+    fn print_status(&self) {
+        let mut line = format!(
+            "{:>6}.{:03}s events {} acked {} in-flight {}",
+            self.now / 1000,
+            self.now % 1000,
+            self.trace.events(),
+            self.workload.history().acknowledged(),
+            self.network.in_flight()
+        );
+        for status in self.group_statuses() {
+            line.push_str(&format!(
+                " | g{} leader {:?} commit {}",
+                status.group, status.leader, status.leader_commit
+            ));
+        }
+        let down: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.state != NodeState::Up)
+            .map(|n| format!("n{} {:?}", n.id, n.state))
+            .collect();
+        if !down.is_empty() {
+            line.push_str(&format!(" | down: {}", down.join(", ")));
+        }
+        println!("{line}");
+    }
+}
+
+/// Runs one seed.
+pub fn run_seed(options: SimOptions) -> Outcome {
+    Simulation::new(options).run()
+}
