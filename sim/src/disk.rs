@@ -12,10 +12,12 @@
 //!
 //! Crash (`crash`): the queue vanishes (those operations never happened), the
 //! names revert to their durable map, and every file to its durable image.
-//! With `DiskFaults::torn_writes`, a random prefix of each file's unsynced
-//! data operations survives, and the first one lost, if a write, may leave a
-//! prefix of itself at 512-byte sector granularity (a torn write). Both are
-//! allowed by the `Disk` durability contract.
+//! With `DiskFaults::torn_writes`, the device first performs a random prefix
+//! of the queue (operations whose completions the node never sees), then a
+//! random prefix of each file's unsynced data operations survives, and the
+//! first one lost, if a write, may leave a prefix of itself at 512-byte
+//! sector granularity (a torn write). All of this is allowed by the `Disk`
+//! durability contract: only what a completed sync covers must survive.
 //!
 //! `list` and `read_file` read the current image synchronously.
 
@@ -57,6 +59,9 @@ impl Default for DiskFaults {
 pub struct CrashReport {
     /// Queued operations that never happened.
     pub dropped_queued: u64,
+    /// Queued operations that happened, though their completions were never
+    /// delivered (only with `torn_writes`).
+    pub performed_queued: u64,
     /// Completed but unsynced data operations lost (name operations are not counted).
     pub lost_unsynced: u64,
     /// Unsynced data operations that survived whole.
@@ -101,6 +106,18 @@ struct Queued {
     /// `Err` when the operation fails without running (queue full).
     op: Result<DiskOp, DiskError>,
     complete_at: u64,
+}
+
+/// Where a torn write of `len` bytes at `offset` ends: a random sector
+/// boundary strictly inside it, as a length; `None` if it has none.
+fn tear_point(rng: &mut Rng, offset: u64, len: usize) -> Option<usize> {
+    let first = offset / SECTOR_BYTES + 1;
+    let last = (offset + len as u64).div_ceil(SECTOR_BYTES);
+    if first < last {
+        Some((rng.range(first, last) * SECTOR_BYTES - offset) as usize)
+    } else {
+        None
+    }
 }
 
 /// The directory of a path: everything before the last `/`, or "".
@@ -300,13 +317,50 @@ impl SimDisk {
         }
     }
 
+    fn tear_point(&mut self, offset: u64, len: usize) -> Option<usize> {
+        tear_point(&mut self.rng, offset, len)
+    }
+
     /// The node crashed: queued operations vanish, and every file and name
     /// reverts to what was synced (see the module doc for torn writes).
     pub fn crash(&mut self) -> CrashReport {
-        let mut report = CrashReport {
-            dropped_queued: self.queue.len() as u64,
-            ..CrashReport::default()
-        };
+        let mut report = CrashReport::default();
+        if self.faults.torn_writes && !self.queue.is_empty() {
+            // The device may have performed some queued operations whose
+            // completions the node never saw: they count as unsynced below
+            // unless a performed sync covers them.
+            let performed = self.rng.range(0, self.queue.len() as u64 + 1) as usize;
+            for queued in self.queue.drain(..performed).collect::<Vec<_>>() {
+                if let Ok(op) = queued.op {
+                    let _ = self.apply(op);
+                }
+            }
+            report.performed_queued = performed as u64;
+            // The write in progress may be torn.
+            let in_progress = matches!(
+                self.queue.front(),
+                Some(Queued {
+                    op: Ok(DiskOp::Write { .. }),
+                    ..
+                })
+            );
+            if let Some(Queued {
+                op: Ok(DiskOp::Write { file, offset, data }),
+                ..
+            }) = in_progress.then(|| self.queue.pop_front()).flatten()
+            {
+                if let Some(cut) = self.tear_point(offset, data.len()) {
+                    let _ = self.apply(DiskOp::Write {
+                        file,
+                        offset,
+                        data: data[..cut].to_vec(),
+                    });
+                    report.torn_writes += 1;
+                }
+                report.dropped_queued += 1;
+            }
+        }
+        report.dropped_queued += self.queue.len() as u64;
         self.queue.clear();
         self.names = self.durable_names.clone();
         let live: Vec<u64> = {
@@ -332,12 +386,7 @@ impl SimDisk {
             }
             if let Some(DataOp::Write { offset, data }) = ops.get(kept) {
                 if torn_writes {
-                    // Sector boundaries strictly inside the write.
-                    let first = offset / SECTOR_BYTES + 1;
-                    let last = (offset + data.len() as u64).div_ceil(SECTOR_BYTES);
-                    if first < last {
-                        let boundary = self.rng.range(first, last) * SECTOR_BYTES;
-                        let cut = (boundary - offset) as usize;
+                    if let Some(cut) = tear_point(&mut self.rng, *offset, data.len()) {
                         write_at(&mut image, *offset, &data[..cut]);
                         report.torn_writes += 1;
                     }
@@ -650,6 +699,37 @@ mod tests {
             }
         }
         assert!(torn_seen);
+    }
+
+    #[test]
+    fn crash_may_perform_queued_operations_without_completing_them() {
+        let mut performed_seen = false;
+        for seed in 0..64 {
+            let mut disk = SimDisk::new(
+                Rng::new(seed),
+                DiskFaults {
+                    torn_writes: true,
+                    ..DiskFaults::default()
+                },
+            );
+            disk.submit(1, write("a", 0, b"old"));
+            disk.submit(2, sync("a"));
+            disk.submit(3, sync_dir(""));
+            run(&mut disk);
+            disk.submit(4, write("a", 0, b"new"));
+            disk.submit(5, sync("a"));
+            let report = disk.crash();
+            assert_eq!(report.performed_queued + report.dropped_queued, 2);
+            let image = disk.read_file("a").unwrap();
+            if report.performed_queued == 2 {
+                performed_seen = true;
+                assert_eq!(image, b"new", "a performed sync makes the write durable");
+            } else {
+                assert!(image == b"old" || image == b"new");
+            }
+            assert_eq!(disk.next_completion_at(), None);
+        }
+        assert!(performed_seen);
     }
 
     #[test]

@@ -169,6 +169,8 @@ struct SimNode {
     held: VecDeque<Event>,
     rng: Rng,
     tracks: Vec<Track>,
+    /// Crash as soon as the disk has an operation in progress.
+    crash_armed: bool,
 }
 
 #[derive(Clone, Debug, Hash)]
@@ -278,6 +280,7 @@ impl Simulation {
                     held: VecDeque::new(),
                     rng: root.fork(STREAM_NODE + id),
                     tracks: vec![Track::default(); groups.len()],
+                    crash_armed: false,
                 }
             })
             .collect();
@@ -431,7 +434,9 @@ impl Simulation {
                     break;
                 }
             }
-            self.now = at;
+            // A resumed node's disk may hold completions that fell due while
+            // it was paused: time never goes back.
+            self.now = self.now.max(at);
             self.step(source);
         }
         self.finish()
@@ -690,6 +695,11 @@ impl Simulation {
         let touched = std::mem::take(&mut self.touched);
         self.observe(index, &touched);
         self.touched = touched;
+        let sim_node = &mut self.nodes[index];
+        if sim_node.crash_armed && sim_node.disk.queued() > 0 {
+            sim_node.crash_armed = false;
+            self.crash(index);
+        }
     }
 
     /// Starts (or restarts) a node from its disk.
@@ -748,8 +758,12 @@ impl Simulation {
         self.faults.add(FaultClass::Crash, 1);
         self.faults.add(FaultClass::TornWrite, report.torn_writes);
         self.fault_line(format!(
-            "crash n{id}: {} queued ops dropped, {} unsynced lost, {} kept, {} torn",
-            report.dropped_queued, report.lost_unsynced, report.kept_unsynced, report.torn_writes
+            "crash n{id}: {} queued ops performed unacknowledged, {} dropped; {} unsynced lost, {} kept, {} torn",
+            report.performed_queued,
+            report.dropped_queued,
+            report.lost_unsynced,
+            report.kept_unsynced,
+            report.torn_writes
         ));
     }
 
@@ -769,13 +783,13 @@ impl Simulation {
     fn down_count(&self) -> usize {
         self.nodes
             .iter()
-            .filter(|n| n.state != NodeState::Up)
+            .filter(|n| n.state != NodeState::Up || n.crash_armed)
             .count()
     }
 
     fn up_nodes(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].state == NodeState::Up)
+            .filter(|&i| self.nodes[i].state == NodeState::Up && !self.nodes[i].crash_armed)
             .collect()
     }
 
@@ -851,7 +865,16 @@ impl Simulation {
                     if let Some(index) = self.pick_index(&up) {
                         target = Some(index);
                         if class == FaultClass::Crash {
-                            self.crash(index);
+                            if self.plan.disk.torn_writes && self.fault_rng.chance(0.5) {
+                                // Strike in the middle of a write.
+                                self.nodes[index].crash_armed = true;
+                                let id = self.nodes[index].id;
+                                self.fault_line(format!(
+                                    "crash n{id} at its next disk operation, restart after {duration} ms"
+                                ));
+                            } else {
+                                self.crash(index);
+                            }
                         } else {
                             self.nodes[index].state = NodeState::Paused;
                             self.faults.add(class, 1);
@@ -890,6 +913,7 @@ impl Simulation {
             FaultClass::Isolate => self.network.clear_isolation(),
             FaultClass::Crash => {
                 if let Some(index) = node {
+                    self.nodes[index].crash_armed = false;
                     if self.nodes[index].state == NodeState::Crashed {
                         let id = self.nodes[index].id;
                         self.fault_line(format!("restart n{id}"));
@@ -916,6 +940,9 @@ impl Simulation {
             deadline: self.now + self.options.liveness_ms,
         };
         self.network.heal();
+        for node in &mut self.nodes {
+            node.crash_armed = false;
+        }
         self.fault_line("liveness phase: heal the network, restart and resume every node".into());
         for index in 0..self.nodes.len() {
             match self.nodes[index].state {

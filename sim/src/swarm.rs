@@ -17,7 +17,7 @@ pub const GROUPS_MAX: u64 = 4;
 /// Voters of every group at the start.
 pub const GROUP_VOTERS: usize = 3;
 /// Writing clients per group a plan may choose.
-pub const WRITERS_PER_GROUP_MAX: u64 = 4;
+pub const WRITERS_PER_GROUP_MAX: u64 = 8;
 /// The largest forward jump of a node's clock.
 pub const CLOCK_JUMP_MS_MAX: u64 = 20_000;
 /// The largest skew between a node's clock and the others.
@@ -277,16 +277,6 @@ impl FaultPlan {
             snapshot_interval_entries: pick(&mut rng, &[16, 64, 256, 1024]),
             segment_bytes_max: pick(&mut rng, &[4 << 10, 64 << 10, 1 << 20]),
         };
-        let workload = WorkloadPlan {
-            writers_per_group: rng.range(2, WRITERS_PER_GROUP_MAX + 1),
-            readers_per_group: rng.range(0, 2),
-            think_time_ms_max: rng.range(0, 21),
-            request_timeout_ms: (3 * election_timeout_ms).max(1_000),
-            padding_bytes: rng.range(0, 57),
-            client_delay_base_ms: rng.range(1, 6),
-            client_delay_jitter_ms: rng.range(0, 11),
-        };
-
         let loss = rng.chance(0.5);
         let duplication = rng.chance(0.5);
         let delay = rng.chance(0.5);
@@ -303,6 +293,24 @@ impl FaultPlan {
             } else {
                 rng.range(0, 3)
             },
+        };
+        // Enough writers for about a thousand acknowledged appends a run even
+        // on slow links: more when messages are delayed or there is one group.
+        let mut writers = rng.range(2, 5);
+        if delay {
+            writers *= 2;
+        }
+        if group_count == 1 {
+            writers *= 2;
+        }
+        let workload = WorkloadPlan {
+            writers_per_group: writers.min(WRITERS_PER_GROUP_MAX),
+            readers_per_group: rng.range(0, 2),
+            think_time_ms_max: rng.range(0, 21),
+            request_timeout_ms: (3 * election_timeout_ms).max(1_000),
+            padding_bytes: rng.range(0, 57),
+            client_delay_base_ms: rng.range(1, 6),
+            client_delay_jitter_ms: rng.range(0, 11),
         };
         let partition = episodes(&mut rng, (1_000, 10_000), (200, 8_000));
         let one_way = episodes(&mut rng, (1_000, 10_000), (200, 8_000));
