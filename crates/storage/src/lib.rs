@@ -1,1 +1,942 @@
-//! Storage: see docs/storage.md.
+//! The on-disk state of one replication group: checksummed log segments, the
+//! two-slot vote record and the snapshot (docs/storage.md).
+//!
+//! Storage does no IO of its own while the node runs. Every mutating method
+//! is a pure *plan*: it updates the in-memory picture of the files and returns
+//! the `DiskOp`s that make the disk match, which the node core submits, in
+//! order, to the node's FIFO `Disk`. Storage never sees their completions, so
+//! every plan is written to be correct under the `Disk` ordering contract
+//! alone: an op takes effect only after every op planned before it, and a
+//! completed `Sync`/`SyncDir` makes every earlier op it covers durable.
+//!
+//! Recovery (`GroupStore::recover`) is the one place that reads, through the
+//! synchronous `Disk::list` and `Disk::read_file`, before the node handles any
+//! event.
+//!
+//! The rule that keeps recovery unambiguous (docs/storage.md, "Invariants"):
+//! bytes or files that are no longer part of the log are removed *durably*
+//! before anything is written where they could be mistaken for log data. So a
+//! crash leaves unsynced data only at the end of the last segment, where
+//! recovery can treat damage as a torn tail; damage anywhere else is
+//! corruption of data that was durable, and is reported, never dropped.
+
+#![forbid(unsafe_code)]
+
+mod codec;
+mod recovery;
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use runnel_consensus::{Entry, HardState, Index, Snapshot, Term};
+use runnel_io::{Disk, DiskError, DiskOp, GroupId};
+
+pub use codec::{FRAME_HEADER_BYTES, VOTE_RECORD_BYTES};
+
+/// The largest frame (header included) a segment may hold. A frame length
+/// field above it is corruption, never an allocation size.
+pub const FRAME_BYTES_MAX: usize = 16 << 20;
+/// The largest `Payload::Data` an entry may carry. The node must reject
+/// larger proposals with a clear error before they reach the log.
+pub const ENTRY_DATA_BYTES_MAX: usize = FRAME_BYTES_MAX - FRAME_HEADER_BYTES;
+/// The most voters, and separately the most learners, a config may list.
+pub const CONFIG_NODES_MAX: usize = 256;
+/// The smallest allowed `StoreOptions::segment_bytes_max`: one empty frame.
+/// Small values are only useful in tests, to exercise segment rolling.
+pub const SEGMENT_BYTES_MIN: u64 = FRAME_HEADER_BYTES as u64;
+/// The largest allowed `StoreOptions::segment_bytes_max`.
+pub const SEGMENT_BYTES_MAX_LIMIT: u64 = 1 << 30;
+/// The default `StoreOptions::segment_bytes_max`.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// The largest snapshot file. Recovery reads the whole file into memory, so
+/// this also bounds the memory recovery needs for it.
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
+
+// The bounds must be consistent with each other: a frame of the largest size
+// must be writable into an empty segment, a segment (which may exceed
+// `segment_bytes_max` by at most one frame, when that frame alone is bigger)
+// must be addressable by the u32 frame offsets kept in memory, and the
+// largest config must fit in a frame.
+const _: () = {
+    assert!(SEGMENT_BYTES_MIN >= FRAME_HEADER_BYTES as u64);
+    assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+    assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX_LIMIT);
+    assert!(SEGMENT_BYTES_MAX_LIMIT + FRAME_BYTES_MAX as u64 <= u32::MAX as u64);
+    assert!(FRAME_HEADER_BYTES + 8 + 16 * CONFIG_NODES_MAX <= FRAME_BYTES_MAX);
+    assert!(FRAME_HEADER_BYTES + 8 + 16 * CONFIG_NODES_MAX <= SNAPSHOT_BYTES_MAX as usize);
+};
+
+/// Tunables of a group's store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// A segment is rolled (a new file started) when appending the next frame
+    /// would take it past this many bytes. A frame larger than this on its
+    /// own still goes into a segment, alone. Must be within
+    /// `SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX_LIMIT`.
+    pub segment_bytes_max: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+        }
+    }
+}
+
+impl StoreOptions {
+    fn check(&self) {
+        assert!(
+            (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX_LIMIT).contains(&self.segment_bytes_max),
+            "segment_bytes_max {} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX_LIMIT}",
+            self.segment_bytes_max
+        );
+    }
+}
+
+/// What recovery found and did not hand back as log entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes at the end of the last segment that did not hold a whole, intact
+    /// frame and were not followed by any good frame: the trace of a write
+    /// that a crash interrupted. They were never synced (or, indistinguishably,
+    /// the very last frame was damaged at rest), and are not part of the log.
+    pub torn_tail_bytes: u64,
+    /// Set when the returned log stops before the end of what is on disk
+    /// (a torn tail, or corruption): the index of the last entry returned,
+    /// or the snapshot index when none is.
+    pub truncated_after_index: Option<u64>,
+    /// Indexes, above the snapshot, of entries that are damaged or missing
+    /// before the tail: a bad frame followed by good ones, or an unreadable
+    /// segment. Such an entry may have been committed. Only the entries before
+    /// the first of them are returned; the data after it stays on disk until
+    /// the node next appends (see `GroupStore::append`).
+    pub corrupt_entries: Vec<u64>,
+    /// How many of the two vote slots held an intact record (1 or 2). With 1,
+    /// the other slot was torn by a crash during an unsynced save (harmless),
+    /// or damaged at rest, in which case the record returned may be older
+    /// than the newest one ever synced.
+    pub hard_state_copies_valid: u8,
+}
+
+/// Everything recovery read back for one group.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Positioned after the last entry returned, ready to plan more ops.
+    pub store: GroupStore,
+    pub hard_state: HardState,
+    pub snapshot: Option<Snapshot>,
+    /// Every entry after the snapshot, contiguous from `snapshot index + 1`,
+    /// up to the first damage (see `report`).
+    pub entries: Vec<Entry>,
+    pub report: RecoveryReport,
+}
+
+/// Why a group could not be recovered at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryError {
+    /// Listing the disk, or reading the snapshot, failed.
+    Disk(DiskError),
+    /// The group has files but neither vote slot holds an intact record: the
+    /// node does not know which term it is in or whom it voted for.
+    NoValidHardState,
+    /// The files contradict each other or the format in a way that is not a
+    /// torn tail or a damaged entry (a damaged snapshot, a gap between
+    /// segments, an unexpected file name).
+    Corrupt(String),
+}
+
+impl fmt::Display for RecoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryError::Disk(error) => write!(f, "disk error during recovery: {error}"),
+            RecoveryError::NoValidHardState => {
+                write!(f, "no intact vote record, but the group has files")
+            }
+            RecoveryError::Corrupt(what) => write!(f, "corrupt group storage: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for RecoveryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RecoveryError::Disk(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<DiskError> for RecoveryError {
+    fn from(error: DiskError) -> RecoveryError {
+        RecoveryError::Disk(error)
+    }
+}
+
+/// Names of a group's files, relative to the data directory.
+#[derive(Clone, Debug)]
+pub(crate) struct Paths {
+    pub(crate) group_dir: String,
+    pub(crate) log_dir: String,
+    pub(crate) votes: [String; 2],
+    pub(crate) snapshot: String,
+    pub(crate) snapshot_tmp: String,
+}
+
+/// The directory holding every group's directory.
+pub(crate) const GROUPS_DIR: &str = "groups";
+/// The data directory itself, as `DiskOp::SyncDir` names it.
+pub(crate) const DATA_DIR: &str = "";
+pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
+
+impl Paths {
+    pub(crate) fn new(group: GroupId) -> Paths {
+        let group_dir = format!("{GROUPS_DIR}/{group:020}");
+        Paths {
+            log_dir: format!("{group_dir}/log"),
+            votes: [format!("{group_dir}/vote-a"), format!("{group_dir}/vote-b")],
+            snapshot: format!("{group_dir}/snapshot"),
+            snapshot_tmp: format!("{group_dir}/snapshot.tmp"),
+            group_dir,
+        }
+    }
+
+    pub(crate) fn segment(&self, first_index: Index) -> String {
+        format!("{}/{first_index:020}{SEGMENT_SUFFIX}", self.log_dir)
+    }
+}
+
+/// Parses a 20-digit decimal file-name component.
+pub(crate) fn parse_20_digits(text: &str) -> Option<u64> {
+    if text.len() == 20 && text.bytes().all(|byte| byte.is_ascii_digit()) {
+        text.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// What the store remembers of one segment file: enough to plan appends and
+/// truncations without reading the disk.
+#[derive(Clone, Debug)]
+struct Segment {
+    /// The index in the file name: the first frame the file holds, or would
+    /// hold when it is empty.
+    name: Index,
+    /// The index of the frame at `offsets[0]`. Equal to `name` unless frames
+    /// at the start, all at or below the snapshot, were dropped from memory.
+    base: Index,
+    /// Byte offset of each frame from `base` on.
+    offsets: Vec<u32>,
+    /// Bytes of the file that belong to the log: where the next frame goes.
+    len: u64,
+}
+
+impl Segment {
+    fn empty(name: Index) -> Segment {
+        Segment {
+            name,
+            base: name,
+            offsets: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// One past the last index held.
+    fn end(&self) -> Index {
+        self.base + self.offsets.len() as u64
+    }
+}
+
+/// Which vote slot holds the newest record, and whether that record may still
+/// be undurable. Index 0 is `vote-a`, 1 is `vote-b`.
+#[derive(Clone, Debug)]
+struct VoteSlots {
+    newest: usize,
+    sequence: u64,
+    /// True when the newest record was written after the last planned sync of
+    /// its slot. Then the *other* slot holds the newest durable record, so
+    /// the next save must overwrite the newest slot again rather than the
+    /// other one (see `save_hard_state`).
+    newest_unsynced: bool,
+}
+
+/// The durable state of one replication group, as a planner of disk ops.
+#[derive(Debug)]
+pub struct GroupStore {
+    group: GroupId,
+    options: StoreOptions,
+    paths: Paths,
+    snapshot_index: Index,
+    snapshot_term: Term,
+    last_index: Index,
+    /// Segments holding the log, ascending. Frames at or below the snapshot
+    /// may remain at the start of the first one.
+    segments: Vec<Segment>,
+    /// `(first index, term)` of each run of equal terms among the entries
+    /// after the snapshot, so that terms can be checked without reading.
+    terms: Vec<(Index, Term)>,
+    hard_state: HardState,
+    vote: VoteSlots,
+    /// Segments (by name) written or truncated since their last planned sync.
+    dirty_segments: BTreeSet<Index>,
+    /// Vote slots written since their last planned sync.
+    dirty_votes: [bool; 2],
+    /// Entries created or removed in the log directory since its last sync.
+    dirty_log_dir: bool,
+    /// Entries created or removed in the group directory since its last sync.
+    dirty_group_dir: bool,
+    /// Whether the log directory exists (it is created by the first segment
+    /// write, which then also dirties the group directory).
+    log_dir_exists: bool,
+    /// After recovery: ops that make what recovery read durable and remove
+    /// torn and stale data, prepended to the first plan (see `repair_ops`).
+    repair: Option<Vec<DiskOp>>,
+    /// After recovery found corruption: ops that remove the damaged log
+    /// suffix, prepended to the first plan that writes the log.
+    cut: Option<Vec<DiskOp>>,
+}
+
+impl GroupStore {
+    /// Creates an empty store for a new group: returns the store and the ops
+    /// that durably create its files.
+    ///
+    /// The ops write `initial` into both vote slots (sequences 1 and 2), sync
+    /// them, and sync the group directory, `groups/` and the data directory,
+    /// so that the group's existence is durable.
+    ///
+    /// Durability contract: when the last op completes, the group exists and
+    /// `initial` is its durable vote record. A crash before that can leave
+    /// nothing, or a group directory whose vote slots are missing or torn;
+    /// recovery then reports `NoValidHardState` (the node must treat such a
+    /// group as one that lost its disk, which is safe because the node never
+    /// acted on a group whose creation had not completed). Logs start empty;
+    /// no segment exists until the first append.
+    ///
+    /// Precondition: the group has no files on disk (see `groups_on_disk`);
+    /// files of an earlier incarnation would be mixed into this one.
+    pub fn create(
+        group: GroupId,
+        options: StoreOptions,
+        initial: &HardState,
+    ) -> (GroupStore, Vec<DiskOp>) {
+        options.check();
+        let paths = Paths::new(group);
+        let mut ops = Vec::new();
+        for (slot, sequence) in [(0, 1), (1, 2)] {
+            ops.push(DiskOp::Write {
+                file: paths.votes[slot].clone(),
+                offset: 0,
+                data: codec::encode_vote(&codec::VoteRecord {
+                    sequence,
+                    state: *initial,
+                }),
+            });
+        }
+        for slot in 0..2 {
+            ops.push(DiskOp::Sync {
+                file: paths.votes[slot].clone(),
+            });
+        }
+        for dir in [paths.group_dir.as_str(), GROUPS_DIR, DATA_DIR] {
+            ops.push(DiskOp::SyncDir {
+                dir: dir.to_string(),
+            });
+        }
+        let store = GroupStore {
+            group,
+            options,
+            paths,
+            snapshot_index: 0,
+            snapshot_term: 0,
+            last_index: 0,
+            segments: Vec::new(),
+            terms: Vec::new(),
+            hard_state: *initial,
+            vote: VoteSlots {
+                newest: 1,
+                sequence: 2,
+                newest_unsynced: false,
+            },
+            dirty_segments: BTreeSet::new(),
+            dirty_votes: [false; 2],
+            dirty_log_dir: false,
+            dirty_group_dir: false,
+            log_dir_exists: false,
+            repair: None,
+            cut: None,
+        };
+        (store, ops)
+    }
+
+    /// Recovers group `group` from disk, reading synchronously through
+    /// `Disk::list` and `Disk::read_file` and writing nothing. `Ok(None)` if
+    /// the group has no files at all.
+    ///
+    /// The vote record is the intact slot with the higher sequence. The log
+    /// is every intact frame after the snapshot, in order, up to the first
+    /// damage: damage at the very end of the last segment is a torn tail
+    /// (reported in `torn_tail_bytes`), damage followed by any intact frame is
+    /// corruption (reported in `corrupt_entries`). Segments wholly at or below
+    /// the snapshot, and segments left over from a log that the snapshot
+    /// replaced (their entry at the snapshot index has another term), are
+    /// ignored. See docs/storage.md, "Recovery".
+    ///
+    /// What recovery read may itself not be durable yet (a process crash
+    /// keeps unsynced data in the page cache). The returned store therefore
+    /// has repair ops pending (`repair_ops`), which it also puts in front of
+    /// the first ops it plans: the node must not act on the recovered state
+    /// (vote, acknowledge) before those ops have completed.
+    pub fn recover(
+        disk: &mut dyn Disk,
+        group: GroupId,
+        options: StoreOptions,
+    ) -> Result<Option<Recovered>, RecoveryError> {
+        options.check();
+        recovery::recover(disk, group, options)
+    }
+
+    /// Groups that have files on disk (from `Disk::list`), ascending.
+    pub fn groups_on_disk(disk: &mut dyn Disk) -> Result<Vec<GroupId>, DiskError> {
+        let mut groups = BTreeSet::new();
+        for file in disk.list()? {
+            let Some(rest) = file
+                .strip_prefix(GROUPS_DIR)
+                .and_then(|r| r.strip_prefix('/'))
+            else {
+                continue;
+            };
+            if let Some((name, _)) = rest.split_once('/') {
+                if let Some(group) = parse_20_digits(name) {
+                    groups.insert(group);
+                }
+            }
+        }
+        Ok(groups.into_iter().collect())
+    }
+
+    /// Ops that make the state recovery returned durable and remove what
+    /// recovery found to be no part of it. Empty for a store that was created
+    /// rather than recovered, and once the store has planned any other ops
+    /// (which then began with these same ops, so submitting them is optional
+    /// but lets the node learn when the recovered state is durable).
+    ///
+    /// In order: a `Sync` of every file recovery kept and a `SyncDir` of the
+    /// log, group, `groups/` and data directories (so a vote, snapshot or
+    /// entry recovery read from the page cache cannot be lost by a later power
+    /// failure); the emptying of a damaged vote slot (so that no later torn
+    /// write can complete its remains into a record that was never durable);
+    /// then the truncation of a torn tail, the removal of a leftover
+    /// `snapshot.tmp`, of segments wholly covered by the snapshot and of
+    /// segments of a log the snapshot replaced, each made durable by the
+    /// syncs that follow it (docs/storage.md, "`repair_ops()` and the cut").
+    ///
+    /// Durability contract: once they complete, everything `recover` returned
+    /// is durable and the files hold nothing else, except that after
+    /// corruption the damaged suffix stays on disk (as evidence, until the
+    /// next append replaces it). A crash part-way leaves a state that
+    /// recovery reads back as the same `Recovered` (minus the torn tail).
+    pub fn repair_ops(&self) -> Vec<DiskOp> {
+        self.repair.clone().unwrap_or_default()
+    }
+
+    /// Ops that append `entries` to the log.
+    ///
+    /// `entries` are contiguous. `entries[0].index` may be at most
+    /// `last_index() + 1`, and at least `first_index()`; when it is at or
+    /// below `last_index()`, every stored entry from `entries[0].index` on is
+    /// removed first (conflict truncation). Panics (programmer error) on
+    /// non-contiguous entries, a gap after the log, an append below
+    /// `first_index()`, or a term lower than the term of the entry before.
+    ///
+    /// The ops are `Write`s, one per segment touched, and no sync of the new
+    /// data, with three exceptions that exist so that recovery never has to
+    /// guess which data is stale (docs/storage.md, "Invariants"):
+    /// - conflict truncation first `Delete`s every later segment, newest
+    ///   first, each followed by a `SyncDir` of the log directory (so a crash
+    ///   part-way leaves a prefix of the old log, never a gap), then
+    ///   `Truncate`s the segment holding `entries[0].index` at that frame and
+    ///   `Sync`s it, all before any new frame is written, so new frames never
+    ///   land on top of stale ones that a crash could bring back;
+    /// - rolling to a new segment `Sync`s the full one (and the log directory,
+    ///   if that segment was new) before the new segment is written, so
+    ///   unsynced data can only ever be in the last segment;
+    /// - the first plan after recovery starts with the repair ops (see
+    ///   `repair_ops`) and, after corruption, with the removal of the damaged
+    ///   suffix.
+    ///
+    /// Durability contract: when the ops complete, nothing new is durable
+    /// (except the full segments synced on a roll, and the truncation);
+    /// entries are durable once a later `sync_ops` completes. A crash before
+    /// that can lose any suffix of the new entries, and may tear the last
+    /// frame written; recovery reads back the previous log (after a conflict
+    /// truncation: the truncated one, or during its deletions a prefix of the
+    /// old log reaching at least the truncation point) followed by some
+    /// prefix of `entries`, and reports a torn frame as a torn tail. A crash
+    /// that keeps a later unsynced write but loses an earlier one leaves a
+    /// hole that recovery conservatively reports as corruption.
+    pub fn append(&mut self, entries: &[Entry]) -> Vec<DiskOp> {
+        let Some(first) = entries.first() else {
+            return Vec::new();
+        };
+        for pair in entries.windows(2) {
+            assert_eq!(
+                pair[1].index,
+                pair[0].index + 1,
+                "append of non-contiguous entries"
+            );
+            assert!(
+                pair[1].term >= pair[0].term,
+                "append with a decreasing term at index {}",
+                pair[1].index
+            );
+        }
+        assert!(
+            first.index >= self.first_index(),
+            "append at index {} below first_index {}",
+            first.index,
+            self.first_index()
+        );
+        assert!(
+            first.index <= self.last_index + 1,
+            "append at index {} leaves a gap after last_index {}",
+            first.index,
+            self.last_index
+        );
+        let mut ops = self.take_prelude(true);
+        if first.index <= self.last_index {
+            self.truncate_from(first.index, &mut ops);
+        }
+        let previous_term = self
+            .term_at(first.index - 1)
+            .expect("the entry before an append is in the log or the snapshot");
+        assert!(
+            first.term >= previous_term,
+            "append at index {} with term {} after term {previous_term}",
+            first.index,
+            first.term
+        );
+
+        // Frames bound for the last segment, written with one Write each
+        // time the segment changes.
+        let mut pending: Vec<u8> = Vec::new();
+        let mut pending_offset = 0;
+        for entry in entries {
+            let frame_bytes = codec::frame_bytes(entry) as u64;
+            let roll = match self.segments.last() {
+                None => true,
+                Some(last) => {
+                    last.len > 0 && last.len + frame_bytes > self.options.segment_bytes_max
+                }
+            };
+            if roll {
+                self.flush_pending(&mut pending, pending_offset, &mut ops);
+                if !self.segments.is_empty() {
+                    // Make the full segment and its name durable before the
+                    // next one exists: see the doc comment.
+                    self.flush_log(&mut ops);
+                }
+                self.segments.push(Segment::empty(entry.index));
+                self.dirty_log_dir = true;
+                if !self.log_dir_exists {
+                    self.log_dir_exists = true;
+                    self.dirty_group_dir = true;
+                }
+            }
+            let last = self.segments.last_mut().expect("a segment to append to");
+            if pending.is_empty() {
+                pending_offset = last.len;
+            }
+            debug_assert_eq!(last.end(), entry.index);
+            last.offsets.push(
+                u32::try_from(last.len).expect("segment offsets fit in u32 (see the bounds)"),
+            );
+            last.len += frame_bytes;
+            codec::encode_frame(entry, &mut pending);
+            self.dirty_segments.insert(last.name);
+            match self.terms.last() {
+                Some(&(_, term)) if term == entry.term => {}
+                _ => self.terms.push((entry.index, entry.term)),
+            }
+            self.last_index = entry.index;
+        }
+        self.flush_pending(&mut pending, pending_offset, &mut ops);
+        ops
+    }
+
+    /// Ops that write the vote record, no sync.
+    ///
+    /// Two slot files, `vote-a` and `vote-b`, each hold one fixed-size,
+    /// checksummed record with a sequence number. A save writes the next
+    /// sequence into the slot *not* holding the newest record, unless the
+    /// newest record has not been synced yet, in which case it overwrites
+    /// that same slot: either way the slot being written never holds the
+    /// last durable record, so a torn write can never lose it.
+    ///
+    /// Panics (programmer error) if the term decreases or the vote changes
+    /// within a term: a node that did either could vote twice.
+    ///
+    /// Durability contract: durable once a later `sync_ops` completes. A
+    /// crash before that leaves the slot with the old record, the new one, or
+    /// a torn mix that fails its checksum; recovery then returns the new
+    /// record or the last durable one.
+    pub fn save_hard_state(&mut self, state: &HardState) -> Vec<DiskOp> {
+        assert!(
+            state.term >= self.hard_state.term,
+            "hard state term goes back from {} to {}",
+            self.hard_state.term,
+            state.term
+        );
+        if state.term == self.hard_state.term && self.hard_state.voted_for.is_some() {
+            assert_eq!(
+                state.voted_for, self.hard_state.voted_for,
+                "vote changed within term {}",
+                state.term
+            );
+        }
+        let mut ops = self.take_prelude(false);
+        let slot = if self.vote.newest_unsynced {
+            self.vote.newest
+        } else {
+            1 - self.vote.newest
+        };
+        self.vote.sequence += 1;
+        ops.push(DiskOp::Write {
+            file: self.paths.votes[slot].clone(),
+            offset: 0,
+            data: codec::encode_vote(&codec::VoteRecord {
+                sequence: self.vote.sequence,
+                state: *state,
+            }),
+        });
+        self.vote.newest = slot;
+        self.vote.newest_unsynced = true;
+        self.dirty_votes[slot] = true;
+        self.hard_state = *state;
+        ops
+    }
+
+    /// Ops that make every earlier write of this store durable: a `Sync` of
+    /// each file written or truncated since the last `sync_ops` (segments,
+    /// vote slots), then a `SyncDir` of the log directory and the group
+    /// directory where files were created or deleted since.
+    ///
+    /// Durability contract: after these ops complete, everything planned
+    /// before them is durable (the node may then acknowledge the entries and
+    /// send messages that depend on the vote). A crash before they complete
+    /// leaves what the contracts of the earlier plans describe. If a `Sync`
+    /// fails, what it covered is in an unknown state: the node must stop,
+    /// never retry as if it had succeeded.
+    pub fn sync_ops(&mut self) -> Vec<DiskOp> {
+        let mut ops = self.take_prelude(false);
+        self.flush_log(&mut ops);
+        for slot in 0..2 {
+            if std::mem::take(&mut self.dirty_votes[slot]) {
+                ops.push(DiskOp::Sync {
+                    file: self.paths.votes[slot].clone(),
+                });
+            }
+        }
+        self.vote.newest_unsynced = false;
+        ops
+    }
+
+    /// Durably installs `snapshot` and compacts the log. Panics (programmer
+    /// error) unless `snapshot.meta.index` is above the current snapshot's.
+    ///
+    /// The ops, in order: delete any leftover `snapshot.tmp`, write the
+    /// snapshot to `snapshot.tmp`, `Sync` it, `Rename` it over `snapshot`,
+    /// `SyncDir` the group directory. Then:
+    /// - if the log holds `(index, term)` of the snapshot, `Delete` every
+    ///   segment whose entries are all at or below the index, then `SyncDir`
+    ///   the log directory; the entries after the index stay;
+    /// - otherwise the whole log is discarded: first the segments that start
+    ///   after the snapshot index are deleted and the directory synced, then
+    ///   the rest and the directory synced again, so that a crash part-way
+    ///   always leaves the segment holding the snapshot index (whose term
+    ///   shows the log is stale) if any segment past it survives. The next
+    ///   append starts at `index + 1`.
+    ///
+    /// Durability contract: when the ops complete, the snapshot is durable
+    /// and the deleted segments are durably gone. A crash before the rename
+    /// is durable leaves the previous snapshot and the whole log; after it,
+    /// the new snapshot with any subset of the segments it makes redundant,
+    /// which recovery ignores. Entries appended but not yet synced stay
+    /// unsynced (a later `sync_ops` covers them).
+    pub fn save_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiskOp> {
+        let index = snapshot.meta.index;
+        let term = snapshot.meta.term;
+        assert!(
+            index > self.snapshot_index,
+            "snapshot at index {index} does not advance past snapshot {}",
+            self.snapshot_index
+        );
+        let mut ops = self.take_prelude(true);
+        let contains = index <= self.last_index && self.term_at(index) == Some(term);
+        ops.push(DiskOp::Delete {
+            file: self.paths.snapshot_tmp.clone(),
+        });
+        ops.push(DiskOp::Write {
+            file: self.paths.snapshot_tmp.clone(),
+            offset: 0,
+            data: codec::encode_snapshot(snapshot),
+        });
+        ops.push(DiskOp::Sync {
+            file: self.paths.snapshot_tmp.clone(),
+        });
+        ops.push(DiskOp::Rename {
+            from: self.paths.snapshot_tmp.clone(),
+            to: self.paths.snapshot.clone(),
+        });
+        ops.push(DiskOp::SyncDir {
+            dir: self.paths.group_dir.clone(),
+        });
+        self.dirty_group_dir = false;
+
+        if contains {
+            // A segment is wholly covered when the next one starts at or
+            // below index + 1, or, for the last one, when it ends at or below
+            // the index (an empty last segment is named last_index + 1, which
+            // is above the index here, so it stays).
+            let covered = self
+                .segments
+                .iter()
+                .enumerate()
+                .take_while(|(k, segment)| match self.segments.get(k + 1) {
+                    Some(next) => next.name <= index + 1,
+                    None => segment.end() <= index + 1 && segment.name <= index,
+                })
+                .count();
+            let removed: Vec<Segment> = self.segments.drain(..covered).collect();
+            self.delete_segments(&removed, &mut ops);
+            if let Some(first) = self.segments.first_mut() {
+                if first.base <= index {
+                    let drop = (index + 1 - first.base) as usize;
+                    first.offsets.drain(..drop);
+                    first.base = index + 1;
+                }
+            }
+            // Keep only the runs of entries after the index: the run that
+            // covers index + 1 restarts there unless a new run starts there.
+            let keep_from = self.terms.partition_point(|&(start, _)| start <= index);
+            let covering_term = self.terms[keep_from - 1].1;
+            self.terms.drain(..keep_from);
+            let next_run_starts_after = self
+                .terms
+                .first()
+                .is_none_or(|&(start, _)| start > index + 1);
+            if index < self.last_index && next_run_starts_after {
+                self.terms.insert(0, (index + 1, covering_term));
+            }
+        } else {
+            let segments = std::mem::take(&mut self.segments);
+            let (after, rest): (Vec<Segment>, Vec<Segment>) = segments
+                .into_iter()
+                .partition(|segment| segment.name > index);
+            self.delete_segments(&after, &mut ops);
+            self.delete_segments(&rest, &mut ops);
+            self.terms.clear();
+            self.last_index = index;
+        }
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        ops
+    }
+
+    /// The last index in the log, or the snapshot index when the log is empty.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// The first index the log can hold: the snapshot index + 1 (1 without
+    /// a snapshot). When `last_index() < first_index()` the log is empty.
+    pub fn first_index(&self) -> u64 {
+        self.snapshot_index + 1
+    }
+
+    /// The term of the entry at `index`, for `index` from the snapshot index
+    /// (whose term is the snapshot's) to `last_index()`; None outside.
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        if index == self.snapshot_index {
+            return Some(self.snapshot_term);
+        }
+        if index < self.snapshot_index || index > self.last_index {
+            return None;
+        }
+        let run = self.terms.partition_point(|&(start, _)| start <= index);
+        Some(self.terms[run - 1].1)
+    }
+
+    /// The index of the current snapshot, 0 when there is none.
+    pub fn snapshot_index(&self) -> Index {
+        self.snapshot_index
+    }
+
+    /// The group this store belongs to.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The last hard state saved (or recovered).
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// The ops recovery left pending, consumed by the first plan. The repair
+    /// goes first for every plan; the cut of a corrupt suffix only for plans
+    /// that write the log, because until then that suffix is the only
+    /// evidence of the corruption.
+    fn take_prelude(&mut self, writes_log: bool) -> Vec<DiskOp> {
+        let mut ops = self.repair.take().unwrap_or_default();
+        if writes_log {
+            ops.extend(self.cut.take().unwrap_or_default());
+        }
+        ops
+    }
+
+    /// Emits one Write for the frames gathered for the last segment.
+    fn flush_pending(&self, pending: &mut Vec<u8>, offset: u64, ops: &mut Vec<DiskOp>) {
+        if pending.is_empty() {
+            return;
+        }
+        let last = self.segments.last().expect("pending frames have a segment");
+        ops.push(DiskOp::Write {
+            file: self.paths.segment(last.name),
+            offset,
+            data: std::mem::take(pending),
+        });
+    }
+
+    /// Syncs every dirty segment, then the log directory and the group
+    /// directory if their entries changed.
+    fn flush_log(&mut self, ops: &mut Vec<DiskOp>) {
+        for name in std::mem::take(&mut self.dirty_segments) {
+            ops.push(DiskOp::Sync {
+                file: self.paths.segment(name),
+            });
+        }
+        if std::mem::take(&mut self.dirty_log_dir) {
+            ops.push(DiskOp::SyncDir {
+                dir: self.paths.log_dir.clone(),
+            });
+        }
+        if std::mem::take(&mut self.dirty_group_dir) {
+            ops.push(DiskOp::SyncDir {
+                dir: self.paths.group_dir.clone(),
+            });
+        }
+    }
+
+    /// Deletes `segments` and syncs the log directory (if there were any).
+    fn delete_segments(&mut self, segments: &[Segment], ops: &mut Vec<DiskOp>) {
+        if segments.is_empty() {
+            return;
+        }
+        for segment in segments {
+            self.dirty_segments.remove(&segment.name);
+            ops.push(DiskOp::Delete {
+                file: self.paths.segment(segment.name),
+            });
+        }
+        ops.push(DiskOp::SyncDir {
+            dir: self.paths.log_dir.clone(),
+        });
+        self.dirty_log_dir = false;
+    }
+
+    /// Removes every entry from `index` on, durably (see `append`).
+    fn truncate_from(&mut self, index: Index, ops: &mut Vec<DiskOp>) {
+        assert!(index > self.snapshot_index && index <= self.last_index);
+        let k = self
+            .segments
+            .iter()
+            .rposition(|segment| segment.base <= index && index < segment.end())
+            .expect("a segment holds every index in the log");
+        // Later segments go first, newest first, each deletion durable before
+        // the next: a crash part-way then leaves a prefix of the old log,
+        // never a gap between segments nor a truncated segment followed by
+        // later ones.
+        let later: Vec<Segment> = self.segments.drain(k + 1..).collect();
+        for segment in later.iter().rev() {
+            self.dirty_segments.remove(&segment.name);
+            ops.push(DiskOp::Delete {
+                file: self.paths.segment(segment.name),
+            });
+            ops.push(DiskOp::SyncDir {
+                dir: self.paths.log_dir.clone(),
+            });
+            self.dirty_log_dir = false;
+        }
+        let segment = &mut self.segments[k];
+        let position = (index - segment.base) as usize;
+        let offset = u64::from(segment.offsets[position]);
+        segment.offsets.truncate(position);
+        segment.len = offset;
+        let name = segment.name;
+        ops.push(DiskOp::Truncate {
+            file: self.paths.segment(name),
+            len: offset,
+        });
+        self.dirty_segments.insert(name);
+        self.flush_log(ops);
+        let run = self.terms.partition_point(|&(start, _)| start < index);
+        self.terms.truncate(run);
+        self.last_index = index - 1;
+    }
+}
+
+/// Exposed to recovery, which builds a store from what it found.
+pub(crate) struct RecoveredParts {
+    pub group: GroupId,
+    pub options: StoreOptions,
+    pub snapshot_index: Index,
+    pub snapshot_term: Term,
+    pub segments: Vec<(Index, Index, Vec<u32>, u64)>,
+    pub entries_terms: Vec<(Index, Term)>,
+    pub last_index: Index,
+    pub hard_state: HardState,
+    pub newest_slot: usize,
+    pub sequence: u64,
+    pub log_dir_exists: bool,
+    pub repair: Vec<DiskOp>,
+    pub cut: Vec<DiskOp>,
+}
+
+impl GroupStore {
+    pub(crate) fn from_recovery(parts: RecoveredParts) -> GroupStore {
+        GroupStore {
+            group: parts.group,
+            paths: Paths::new(parts.group),
+            options: parts.options,
+            snapshot_index: parts.snapshot_index,
+            snapshot_term: parts.snapshot_term,
+            last_index: parts.last_index,
+            segments: parts
+                .segments
+                .into_iter()
+                .map(|(name, base, offsets, len)| Segment {
+                    name,
+                    base,
+                    offsets,
+                    len,
+                })
+                .collect(),
+            terms: parts.entries_terms,
+            hard_state: parts.hard_state,
+            vote: VoteSlots {
+                newest: parts.newest_slot,
+                sequence: parts.sequence,
+                // The repair ops, which precede every other op, sync both
+                // slots, so the newest record is durable by the time the
+                // next save's write takes effect.
+                newest_unsynced: false,
+            },
+            dirty_segments: BTreeSet::new(),
+            dirty_votes: [false; 2],
+            dirty_log_dir: false,
+            dirty_group_dir: false,
+            log_dir_exists: parts.log_dir_exists,
+            repair: Some(parts.repair),
+            cut: (!parts.cut.is_empty()).then_some(parts.cut),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Storage tests against an in-memory disk that can crash (see `support`).
+//!
+//! `scenarios` walks through each part of the format and each kind of damage
+//! on purpose; `model` runs random sequences of appends, truncations,
+//! snapshots, vote saves and crashes against a model of what must survive.
+
+mod model;
+mod scenarios;
+mod support;
