@@ -89,6 +89,8 @@ struct Pending {
     value_id: u64,
     /// The first request id sent for this operation: any later id answers it.
     first_request_id: u64,
+    /// Invoked after the liveness phase began.
+    in_liveness: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -133,10 +135,10 @@ pub struct Workload {
     next_request_id: u64,
     history: AppendHistory,
     stats: WorkloadStats,
-    /// Per group (same order as `groups`): acknowledged appends, and the
-    /// count when the liveness phase began.
-    acked: Vec<u64>,
-    acked_at_liveness: Option<Vec<u64>>,
+    /// Per group (same order as `groups`): appends invoked after the
+    /// liveness phase began and acknowledged.
+    acked_in_liveness: Vec<u64>,
+    in_liveness: bool,
     /// Per group: one past the highest acknowledged position.
     known_len: Vec<u64>,
     /// Operator changes accepted, per class.
@@ -184,8 +186,8 @@ impl Workload {
             next_request_id: 1,
             history: AppendHistory::new(),
             stats: WorkloadStats::default(),
-            acked: vec![0; plan.groups.len()],
-            acked_at_liveness: None,
+            acked_in_liveness: vec![0; plan.groups.len()],
+            in_liveness: false,
             known_len: vec![0; plan.groups.len()],
             accepted: Vec::new(),
             operator_enabled: true,
@@ -224,25 +226,22 @@ impl Workload {
         self.schedule_operator(now, out);
     }
 
-    /// The liveness phase begins: the operator stops, and progress is counted
-    /// from here.
+    /// The liveness phase begins: the operator stops, and progress counts
+    /// only appends invoked from here on.
     pub fn start_liveness(&mut self) {
-        self.acked_at_liveness = Some(self.acked.clone());
+        self.in_liveness = true;
         self.operator_enabled = false;
         self.operator.wake_token += 1;
     }
 
-    /// Groups that acknowledged fewer than `min` appends since the liveness
-    /// phase began.
+    /// Groups that acknowledged fewer than `min` appends invoked since the
+    /// liveness phase began.
     pub fn groups_without_progress(&self, min: u64) -> Vec<GroupId> {
-        let Some(base) = &self.acked_at_liveness else {
-            return self.groups.clone();
-        };
         self.groups
             .iter()
-            .enumerate()
-            .filter(|(slot, _)| self.acked[*slot] - base[*slot] < min)
-            .map(|(_, group)| *group)
+            .zip(&self.acked_in_liveness)
+            .filter(|(_, acked)| **acked < min)
+            .map(|(group, _)| *group)
             .collect()
     }
 
@@ -355,6 +354,7 @@ impl Workload {
             op,
             value_id,
             first_request_id: request_id,
+            in_liveness: self.in_liveness,
         });
         self.send(now, index, out);
     }
@@ -385,7 +385,9 @@ impl Workload {
                 self.history.ok_append(group, pending.value_id, position);
                 self.stats.acknowledged += 1;
                 let slot = self.group_slot(group);
-                self.acked[slot] += 1;
+                if pending.in_liveness {
+                    self.acked_in_liveness[slot] += 1;
+                }
                 self.known_len[slot] = self.known_len[slot].max(position + 1);
                 self.clients[index].pending = None;
                 self.think(now, index, out);
