@@ -170,6 +170,12 @@ pub struct Replica {
     /// ready to serve reads and membership changes (§5.4, §6.2).
     term_start_index: Index,
     transfer: Option<(NodeId, u64)>,
+    /// §3.1: set while this replica leads a term it won with its own vote
+    /// alone (a single voter), before that vote is known durable: nothing of
+    /// the term may leave until then, so everything it sends waits for
+    /// persistence. Cleared once its term-start entry is durable (it is
+    /// written with or after the vote record).
+    self_vote_unsynced: bool,
     /// The latest snapshot with data, kept to send to lagging followers.
     latest_snapshot: Option<Snapshot>,
     // Outputs not yet taken.
@@ -236,6 +242,7 @@ impl Replica {
             progress: BTreeMap::new(),
             term_start_index: 0,
             transfer: None,
+            self_vote_unsynced: false,
             latest_snapshot: snapshot.clone(),
             hard_state_dirty,
             unstable_from: None,
@@ -354,7 +361,23 @@ impl Replica {
     fn can_campaign(&self) -> bool {
         // §7.2: only voters campaign; a replica that does not know its
         // membership yet (a new, empty replica) waits to be contacted.
-        self.config.voters.contains(&self.id()) && self.snapshot_to_persist.is_none()
+        if self.snapshot_to_persist.is_some() {
+            return false;
+        }
+        let id = self.id();
+        if self.config.voters.contains(&id) {
+            return true;
+        }
+        // §7.3: a voter removed by a change not known to be committed may be
+        // the only one holding it (a two-voter group removing its leader):
+        // it still campaigns, counting only the new voters, so that it can
+        // commit the change and then step down.
+        self.config_index > self.commit
+            && self
+                .log
+                .config_at(self.config_index - 1)
+                .voters
+                .contains(&id)
     }
 
     /// Handles one message from a peer of the same group.
@@ -616,6 +639,7 @@ impl Replica {
         self.votes.clear();
         self.progress.clear();
         self.transfer = None;
+        self.self_vote_unsynced = false;
         self.reset_election_deadline();
     }
 
@@ -633,6 +657,13 @@ impl Replica {
         assert_eq!(self.voted_for, Some(self.id()));
         self.role = Role::Leader;
         self.leader = Some(self.id());
+        // §3.1: with no other voter's grant, nothing has made our own vote
+        // durable yet (grants answer requests sent only after it was).
+        let id = self.id();
+        self.self_vote_unsynced = !self
+            .votes
+            .iter()
+            .any(|(node, granted)| *granted && *node != id);
         self.votes.clear();
         self.transfer = None;
         self.progress.clear();
@@ -665,12 +696,17 @@ impl Replica {
     }
 
     fn send(&mut self, to: NodeId, body: Body) {
-        self.messages.push(Message {
+        let message = Message {
             from: self.id(),
             to,
             term: self.term,
             body,
-        });
+        };
+        if self.self_vote_unsynced {
+            self.persisted_messages.push(message);
+        } else {
+            self.messages.push(message);
+        }
     }
 
     // ----- Replication (§5) -----
@@ -729,12 +765,14 @@ impl Replica {
 
     /// Sends the next Append (or snapshot) to `peer` if its flow-control
     /// state allows, or an empty one when `heartbeat` is set (§5.1, §5.5).
-    fn send_append(&mut self, peer: NodeId, heartbeat: bool) {
+    /// Returns true when it sent entries, so that the caller may call again
+    /// to fill the window.
+    fn send_append(&mut self, peer: NodeId, heartbeat: bool) -> bool {
         let now_ms = self.now_ms;
         let election_timeout_ms = self.options.election_timeout_ms;
         let last_index = self.log.last_index();
         let Some(progress) = self.progress.get_mut(&peer) else {
-            return;
+            return false;
         };
         match progress.state {
             ProgressState::Snapshot { sent_ms, .. } => {
@@ -742,16 +780,16 @@ impl Replica {
                     // The snapshot or its answer was lost: probe again.
                     progress.state = ProgressState::Probe { sent: false };
                 } else {
-                    return;
+                    return false;
                 }
             }
-            ProgressState::Probe { sent: true } if !heartbeat => return,
+            ProgressState::Probe { sent: true } if !heartbeat => return false,
             ProgressState::Replicate
                 if !heartbeat
                     && (progress.inflight.len() >= self.options.inflight_appends_max
                         || progress.next_index > last_index) =>
             {
-                return
+                return false
             }
             _ => {}
         }
@@ -759,7 +797,7 @@ impl Replica {
         let prev_index = next_index - 1;
         let Some(prev_term) = self.log.term_at(prev_index) else {
             self.send_snapshot(peer);
-            return;
+            return false;
         };
         let window_full = matches!(progress.state, ProgressState::Replicate)
             && progress.inflight.len() >= self.options.inflight_appends_max;
@@ -788,6 +826,7 @@ impl Replica {
         }
         // §5.1: the follower may commit only what it knows matches ours.
         let commit = self.commit;
+        let sent_entries = !entries.is_empty();
         self.send(
             peer,
             Body::Append {
@@ -797,6 +836,7 @@ impl Replica {
                 commit,
             },
         );
+        sent_entries
     }
 
     fn send_snapshot(&mut self, peer: NodeId) {
@@ -1000,16 +1040,19 @@ impl Replica {
     fn handle_install_snapshot(&mut self, leader: NodeId, snapshot: Snapshot) {
         let meta = snapshot.meta.clone();
         if meta.index <= self.commit {
-            // We already have everything it holds.
-            let commit = self.commit;
-            self.send(
-                leader,
-                Body::AppendResponse {
+            // We already have everything it holds. §3.1: like every
+            // acknowledgment, this one waits until our log up to the commit
+            // point is durable (it may not be yet).
+            self.persisted_messages.push(Message {
+                from: self.id(),
+                to: leader,
+                term: self.term,
+                body: Body::AppendResponse {
                     success: true,
-                    match_index: commit,
+                    match_index: self.commit,
                     reject_hint: 0,
                 },
-            );
+            });
             return;
         }
         // §8: keep our suffix only when it continues the snapshot.
@@ -1164,6 +1207,11 @@ impl Replica {
         // planned; only a point that still matches counts.
         if self.log.term_at(index) == Some(term) && index > self.persisted {
             self.persisted = index;
+            if self.persisted >= self.term_start_index {
+                // §3.1: the term-start entry is durable, and so is the vote
+                // record written with or before it.
+                self.self_vote_unsynced = false;
+            }
             if self.role == Role::Leader {
                 self.maybe_commit();
             }
@@ -1198,7 +1246,8 @@ impl Replica {
         if self.role == Role::Leader {
             let peers: Vec<NodeId> = self.progress.keys().copied().collect();
             for peer in peers {
-                self.send_append(peer, false);
+                // §5.5: fill the follower's window, not just one Append.
+                while self.send_append(peer, false) {}
             }
             // A single-voter group commits on its own durability.
             self.maybe_commit();

@@ -1,0 +1,270 @@
+//! Randomized interaction test (docs/protocol.md §11): a group of up to five
+//! nodes under random ticks, message delivery, loss, duplication and
+//! reordering, slow and instant disks, crashes and restarts, proposals,
+//! membership changes, snapshots and leadership transfers. The harness
+//! checks after every step: at most one leader per term, log matching, that
+//! what any replica knows committed never changes, that leaders hold every
+//! earlier-term committed entry, that replicas apply the same entries in the
+//! same order, and that a replica's commit index never decreases. At the end
+//! the network heals, every node restarts if down, and the group must elect
+//! a leader and commit a new entry.
+
+mod harness;
+
+use harness::{test_options, Cluster, ELECTION_TIMEOUT_MS, HEARTBEAT_MS};
+use proptest::prelude::*;
+use runnel_consensus::{Config, Role};
+use runnel_io::NodeId;
+
+const NODES: u64 = 5;
+
+#[derive(Clone, Debug)]
+enum Action {
+    /// Advance the clock and tick every live node.
+    TickAll(u64),
+    /// Advance the clock and tick one node (the others' clocks lag).
+    Tick {
+        node: u64,
+        ms: u64,
+    },
+    /// Deliver one of the eight oldest in-flight messages (mostly FIFO,
+    /// with some reordering).
+    Deliver(usize),
+    /// Deliver every message in flight, oldest first.
+    DeliverAll,
+    Duplicate(usize),
+    Drop(usize),
+    /// Propose to this node, or (when the node is 0) to the leader of the
+    /// highest term, if any.
+    Propose(u64),
+    /// Complete one pending write of a node with a slow disk.
+    Persist(u64),
+    Crash(u64),
+    /// Restart one of the crashed nodes (this one mod their count).
+    Restart(usize),
+    Snapshot(u64),
+    /// Ask this node (0: the leader of the highest term) to change
+    /// membership: add, promote or remove `target`.
+    Membership {
+        node: u64,
+        target: u64,
+        kind: u8,
+    },
+    Transfer {
+        node: u64,
+        target: u64,
+    },
+}
+
+fn node() -> impl Strategy<Value = u64> {
+    1..=NODES
+}
+
+/// A node, or 0 for "the leader", half of the time.
+fn node_or_leader() -> impl Strategy<Value = u64> {
+    prop_oneof![node(), Just(0)]
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        15 => (0..2 * HEARTBEAT_MS).prop_map(Action::TickAll),
+        5 => (node(), 0..ELECTION_TIMEOUT_MS / 2).prop_map(|(node, ms)| Action::Tick { node, ms }),
+        40 => any::<usize>().prop_map(Action::Deliver),
+        5 => Just(Action::DeliverAll),
+        3 => any::<usize>().prop_map(Action::Duplicate),
+        5 => any::<usize>().prop_map(Action::Drop),
+        10 => node_or_leader().prop_map(Action::Propose),
+        15 => node().prop_map(Action::Persist),
+        1 => node().prop_map(Action::Crash),
+        3 => any::<usize>().prop_map(Action::Restart),
+        2 => node().prop_map(Action::Snapshot),
+        3 => (node_or_leader(), node(), 0..3u8)
+            .prop_map(|(node, target, kind)| Action::Membership { node, target, kind }),
+        2 => (node_or_leader(), node())
+            .prop_map(|(node, target)| Action::Transfer { node, target }),
+    ]
+}
+
+fn membership_change(current: &Config, target: NodeId, kind: u8) -> Config {
+    let mut config = current.clone();
+    match kind {
+        0 => {
+            config.learners.insert(target);
+        }
+        1 => {
+            if config.learners.remove(&target) {
+                config.voters.insert(target);
+            }
+        }
+        _ => {
+            config.voters.remove(&target);
+            config.learners.remove(&target);
+        }
+    }
+    config
+}
+
+fn run(voters: u64, slow_disks: Vec<bool>, seed: u64, actions: Vec<Action>) {
+    let voter_ids: Vec<NodeId> = (1..=voters).collect();
+    let mut c = Cluster::with_seed(&voter_ids, test_options, seed);
+    for id in voters + 1..=NODES {
+        c.add_empty_node(id, test_options(id));
+    }
+    for (id, slow) in (1..=NODES).zip(slow_disks) {
+        c.set_auto_persist(id, !slow);
+    }
+    c.record_delivered = false;
+    let mut proposal = 0u64;
+    let count = actions.len();
+    for action in actions {
+        let leader = c.leader().unwrap_or(1);
+        let pick = |node: u64| if node == 0 { leader } else { node };
+        match action {
+            Action::TickAll(ms) => c.tick_all(ms),
+            Action::Tick { node, ms } => {
+                c.now_ms += ms;
+                if c.nodes[&node].is_up() {
+                    c.tick(node);
+                }
+            }
+            Action::Deliver(position) => {
+                if !c.network.is_empty() {
+                    c.deliver_at(position % c.network.len().min(8));
+                }
+            }
+            Action::DeliverAll => {
+                for message in std::mem::take(&mut c.network) {
+                    c.deliver_message(message);
+                }
+            }
+            Action::Duplicate(position) => {
+                if !c.network.is_empty() {
+                    let message = c.network[position % c.network.len()].clone();
+                    c.deliver_message(message);
+                }
+            }
+            Action::Drop(position) => {
+                if !c.network.is_empty() {
+                    let position = position % c.network.len();
+                    c.network.remove(position);
+                }
+            }
+            Action::Propose(node) => {
+                let node = pick(node);
+                if c.nodes[&node].is_up() {
+                    proposal += 1;
+                    let _ = c.node_mut(node).propose(proposal.to_le_bytes().to_vec());
+                    c.check();
+                }
+            }
+            Action::Persist(node) => {
+                if c.nodes[&node].is_up() {
+                    c.persist_one(node);
+                }
+            }
+            Action::Crash(node) => {
+                if c.nodes[&node].is_up() {
+                    c.crash(node);
+                }
+            }
+            Action::Restart(which) => {
+                let down: Vec<NodeId> = c
+                    .ids()
+                    .into_iter()
+                    .filter(|id| !c.nodes[id].is_up())
+                    .collect();
+                if !down.is_empty() {
+                    c.restart(down[which % down.len()]);
+                }
+            }
+            Action::Snapshot(node) => {
+                if c.nodes[&node].is_up() {
+                    let replica = c.node(node);
+                    if replica.applied_index() > replica.log().snapshot().index {
+                        c.take_snapshot(node);
+                    }
+                }
+            }
+            Action::Membership { node, target, kind } => {
+                let node = pick(node);
+                if c.nodes[&node].is_up() {
+                    let config = membership_change(c.node(node).config(), target, kind);
+                    let _ = c.node_mut(node).propose_config(config);
+                    c.check();
+                }
+            }
+            Action::Transfer { node, target } => {
+                let node = pick(node);
+                if c.nodes[&node].is_up() {
+                    let _ = c.node_mut(node).transfer_leader(target);
+                    c.check();
+                }
+            }
+        }
+        // Every node drains its outputs after each event, as the node core
+        // does; slow disks keep their writes pending.
+        c.ready_all();
+    }
+
+    if std::env::var_os("CONSENSUS_STATS").is_some() {
+        eprintln!(
+            "STATS voters {voters} actions {} terms {} committed {} max-snapshot {:?}",
+            count,
+            c.leaders.len(),
+            c.committed.len(),
+            c.up_ids()
+                .iter()
+                .map(|id| c.node(*id).log().snapshot().index)
+                .max()
+        );
+    }
+    // Liveness once the faults stop: everything up, disks instant, no loss.
+    for id in c.ids() {
+        if !c.nodes[&id].is_up() {
+            c.restart(id);
+        }
+        c.set_auto_persist(id, true);
+        c.persist_all(id);
+    }
+    // A leader emerges and commits a new entry (it may first finish a
+    // leadership transfer, or lose its leadership and retry).
+    let mut proposed: Option<(NodeId, u64, u64)> = None;
+    for _ in 0..(60 * ELECTION_TIMEOUT_MS / HEARTBEAT_MS) {
+        c.run_for(HEARTBEAT_MS);
+        if let Some((leader, index, term)) = proposed {
+            let replica = c.node(leader);
+            if replica.commit_index() >= index && replica.log().term_at(index) == Some(term) {
+                return;
+            }
+            if replica.role() != Role::Leader || replica.term() != term {
+                proposed = None;
+            }
+        }
+        if proposed.is_none() {
+            if let Some(leader) = c.leader().filter(|id| c.node(*id).is_leader_ready()) {
+                if let Ok((index, term)) = c.node_mut(leader).propose(b"final".to_vec()) {
+                    proposed = Some((leader, index, term));
+                }
+            }
+        }
+    }
+    panic!("no entry committed after the faults stopped (proposed: {proposed:?})");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        max_shrink_iters: 4096,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_faults_never_break_safety(
+        voters in 1..=3u64,
+        slow_disks in proptest::collection::vec(any::<bool>(), NODES as usize),
+        seed in any::<u64>(),
+        actions in proptest::collection::vec(action(), 1..1500),
+    ) {
+        run(voters, slow_disks, seed, actions);
+    }
+}
