@@ -197,7 +197,7 @@ enum Scheduled {
     },
     FaultEnd {
         class: FaultClass,
-        node: Option<usize>,
+        nodes: Vec<usize>,
     },
     Check,
     LivenessStart,
@@ -543,7 +543,7 @@ impl Simulation {
                     self.fault_start(class);
                 }
             }
-            Scheduled::FaultEnd { class, node } => self.fault_end(class, node),
+            Scheduled::FaultEnd { class, nodes } => self.fault_end(class, &nodes),
             Scheduled::Check => {
                 self.queue.push(now + CHECK_INTERVAL_MS, Scheduled::Check);
                 self.observe_everything();
@@ -793,10 +793,6 @@ impl Simulation {
             .collect()
     }
 
-    fn pick_index(&mut self, candidates: &[usize]) -> Option<usize> {
-        self.fault_rng.pick(candidates).copied()
-    }
-
     // ---- faults ----------------------------------------------------------
 
     fn fault_start(&mut self, class: FaultClass) {
@@ -805,7 +801,7 @@ impl Simulation {
         };
         let duration = self.draw(episodes.duration_ms);
         let ids: Vec<NodeId> = self.plan.nodes.clone();
-        let mut target = None;
+        let mut targets = Vec::new();
         match class {
             FaultClass::Partition => {
                 let mut shuffled = ids.clone();
@@ -813,13 +809,33 @@ impl Simulation {
                     let j = self.fault_rng.range(0, i as u64 + 1) as usize;
                     shuffled.swap(i, j);
                 }
-                let cut = self.fault_rng.range(1, shuffled.len() as u64) as usize;
-                let sides = vec![shuffled[..cut].to_vec(), shuffled[cut..].to_vec()];
+                // A bridge node (on no side) talks to both sides: the shape
+                // that makes leaders flap. Otherwise two or three sides.
+                let bridge = self.fault_rng.chance(0.3);
+                let bridged = if bridge { shuffled.pop() } else { None };
+                let three = !bridge && shuffled.len() >= 5 && self.fault_rng.chance(0.3);
+                let mut sides = Vec::new();
+                if three {
+                    let first = self.fault_rng.range(1, shuffled.len() as u64 - 1) as usize;
+                    let second = self
+                        .fault_rng
+                        .range(first as u64 + 1, shuffled.len() as u64)
+                        as usize;
+                    sides.push(shuffled[..first].to_vec());
+                    sides.push(shuffled[first..second].to_vec());
+                    sides.push(shuffled[second..].to_vec());
+                } else {
+                    let cut = self.fault_rng.range(1, shuffled.len() as u64) as usize;
+                    sides.push(shuffled[..cut].to_vec());
+                    sides.push(shuffled[cut..].to_vec());
+                }
                 self.network.set_partition(&sides);
                 self.faults.add(class, 1);
+                let shown: Vec<String> = sides.iter().map(|side| format!("{side:?}")).collect();
+                let bridge_text = bridged.map_or(String::new(), |b| format!(", n{b} bridges"));
                 self.fault_line(format!(
-                    "partition {:?} | {:?} for {duration} ms",
-                    sides[0], sides[1]
+                    "partition {}{bridge_text} for {duration} ms",
+                    shown.join(" | ")
                 ));
             }
             FaultClass::OneWay => {
@@ -860,27 +876,32 @@ impl Simulation {
                 ));
             }
             FaultClass::Crash | FaultClass::Pause => {
-                if self.down_count() < self.plan.down_max {
-                    let up = self.up_nodes();
-                    if let Some(index) = self.pick_index(&up) {
-                        target = Some(index);
-                        if class == FaultClass::Crash {
-                            if self.plan.disk.torn_writes && self.fault_rng.chance(0.5) {
-                                // Strike in the middle of a write.
-                                self.nodes[index].crash_armed = true;
-                                let id = self.nodes[index].id;
-                                self.fault_line(format!(
-                                    "crash n{id} at its next disk operation, restart after {duration} ms"
-                                ));
-                            } else {
-                                self.crash(index);
-                            }
-                        } else {
-                            self.nodes[index].state = NodeState::Paused;
-                            self.faults.add(class, 1);
-                            let id = self.nodes[index].id;
-                            self.fault_line(format!("pause n{id} for {duration} ms"));
-                        }
+                // Usually one node; sometimes several at once, up to the
+                // plan's bound on nodes down together (a majority, or all).
+                let room = self.plan.down_max.saturating_sub(self.down_count());
+                let mut up = self.up_nodes();
+                let count = if room > 1 && self.fault_rng.chance(0.3) {
+                    self.fault_rng.range(2, room.min(up.len()) as u64 + 1) as usize
+                } else {
+                    room.min(1)
+                };
+                for _ in 0..count.min(up.len()) {
+                    let at = self.fault_rng.range(0, up.len() as u64) as usize;
+                    let index = up.remove(at);
+                    targets.push(index);
+                    let id = self.nodes[index].id;
+                    if class == FaultClass::Pause {
+                        self.nodes[index].state = NodeState::Paused;
+                        self.faults.add(class, 1);
+                        self.fault_line(format!("pause n{id} for {duration} ms"));
+                    } else if self.plan.disk.torn_writes && self.fault_rng.chance(0.5) {
+                        // Strike in the middle of a write.
+                        self.nodes[index].crash_armed = true;
+                        self.fault_line(format!(
+                            "crash n{id} at its next disk operation, restart after {duration} ms"
+                        ));
+                    } else {
+                        self.crash(index);
                     }
                 }
             }
@@ -901,18 +922,18 @@ impl Simulation {
             self.now + duration,
             Scheduled::FaultEnd {
                 class,
-                node: target,
+                nodes: targets,
             },
         );
     }
 
-    fn fault_end(&mut self, class: FaultClass, node: Option<usize>) {
+    fn fault_end(&mut self, class: FaultClass, nodes: &[usize]) {
         match class {
             FaultClass::Partition => self.network.clear_partition(),
             FaultClass::OneWay => self.network.clear_one_way(),
             FaultClass::Isolate => self.network.clear_isolation(),
             FaultClass::Crash => {
-                if let Some(index) = node {
+                for &index in nodes {
                     self.nodes[index].crash_armed = false;
                     if self.nodes[index].state == NodeState::Crashed {
                         let id = self.nodes[index].id;
@@ -922,7 +943,7 @@ impl Simulation {
                 }
             }
             FaultClass::Pause => {
-                if let Some(index) = node {
+                for &index in nodes {
                     if self.nodes[index].state == NodeState::Paused {
                         self.resume(index);
                     }
