@@ -16,8 +16,10 @@
 //! of the queue (operations whose completions the node never sees), then a
 //! random prefix of each file's unsynced data operations survives, and the
 //! first one lost, if a write, may leave a prefix of itself at 512-byte
-//! sector granularity (a torn write). All of this is allowed by the `Disk`
-//! durability contract: only what a completed sync covers must survive.
+//! sector granularity (a torn write); likewise a random prefix of the
+//! unsynced name operations (creates, deletes, renames: each atomic)
+//! survives. All of this is allowed by the `Disk` durability contract: only
+//! what a completed sync covers must survive.
 //!
 //! `list` and `read_file` read the current image synchronously.
 
@@ -68,6 +70,8 @@ pub struct CrashReport {
     pub kept_unsynced: u64,
     /// Writes of which a strict, non-empty prefix survived.
     pub torn_writes: u64,
+    /// Unsynced creates, deletes and renames that survived.
+    pub kept_name_ops: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +96,55 @@ fn write_at(image: &mut Vec<u8>, offset: u64, data: &[u8]) {
         image.resize(end, 0);
     }
     image[offset..end].copy_from_slice(data);
+}
+
+/// A name operation not yet covered by a `SyncDir`.
+#[derive(Clone, Debug)]
+enum NameOp {
+    Create {
+        name: String,
+        inode: u64,
+    },
+    Delete {
+        name: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+        inode: u64,
+    },
+}
+
+impl NameOp {
+    /// Whether a `SyncDir` of `dir` covers this operation entirely.
+    fn covered_by(&self, dir: &str) -> bool {
+        match self {
+            NameOp::Create { name, .. } | NameOp::Delete { name } => dir_of(name) == dir,
+            NameOp::Rename { from, to, .. } => dir_of(from) == dir && dir_of(to) == dir,
+        }
+    }
+
+    fn inode(&self) -> Option<u64> {
+        match self {
+            NameOp::Create { inode, .. } | NameOp::Rename { inode, .. } => Some(*inode),
+            NameOp::Delete { .. } => None,
+        }
+    }
+
+    fn apply(&self, names: &mut BTreeMap<String, u64>) {
+        match self {
+            NameOp::Create { name, inode } => {
+                names.insert(name.clone(), *inode);
+            }
+            NameOp::Delete { name } => {
+                names.remove(name);
+            }
+            NameOp::Rename { from, to, inode } => {
+                names.remove(from);
+                names.insert(to.clone(), *inode);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +187,8 @@ pub struct SimDisk {
     next_inode: u64,
     names: BTreeMap<String, u64>,
     durable_names: BTreeMap<String, u64>,
+    /// Name operations since the `SyncDir` that covers them, in order.
+    unsynced_names: Vec<NameOp>,
     /// Sum of the current sizes of all inodes.
     bytes: u64,
     completed: u64,
@@ -150,6 +205,7 @@ impl SimDisk {
             next_inode: 1,
             names: BTreeMap::new(),
             durable_names: BTreeMap::new(),
+            unsynced_names: Vec::new(),
             bytes: 0,
             completed: 0,
         }
@@ -214,13 +270,21 @@ impl SimDisk {
         self.next_inode += 1;
         self.inodes.insert(inode, Inode::default());
         self.names.insert(name.to_string(), inode);
+        self.unsynced_names.push(NameOp::Create {
+            name: name.to_string(),
+            inode,
+        });
         inode
     }
 
-    /// Drops inodes that no name, current or durable, refers to.
+    /// Drops inodes that no name (current, durable or unsynced) refers to.
     fn collect_garbage(&mut self, inode: u64) {
         let referenced = self.names.values().any(|&i| i == inode)
-            || self.durable_names.values().any(|&i| i == inode);
+            || self.durable_names.values().any(|&i| i == inode)
+            || self
+                .unsynced_names
+                .iter()
+                .any(|op| op.inode() == Some(inode));
         if !referenced {
             if let Some(node) = self.inodes.remove(&inode) {
                 self.bytes -= node.current.len() as u64;
@@ -271,12 +335,18 @@ impl SimDisk {
             }
             DiskOp::Delete { file } => {
                 if let Some(inode) = self.names.remove(&file) {
+                    self.unsynced_names.push(NameOp::Delete { name: file });
                     self.collect_garbage(inode);
                 }
                 Ok(DiskOutput::Done)
             }
             DiskOp::Rename { from, to } => {
                 let inode = self.names.remove(&from).ok_or(DiskError::NotFound)?;
+                self.unsynced_names.push(NameOp::Rename {
+                    from,
+                    to: to.clone(),
+                    inode,
+                });
                 if let Some(replaced) = self.names.insert(to, inode) {
                     if replaced != inode {
                         self.collect_garbage(replaced);
@@ -302,6 +372,15 @@ impl SimDisk {
                         self.durable_names.insert(name.clone(), inode);
                     }
                 }
+                let mut released = Vec::new();
+                self.unsynced_names.retain(|op| {
+                    let covered = op.covered_by(&dir);
+                    if covered {
+                        released.extend(op.inode());
+                    }
+                    !covered
+                });
+                unreferenced.extend(released);
                 for inode in unreferenced {
                     self.collect_garbage(inode);
                 }
@@ -362,6 +441,15 @@ impl SimDisk {
         }
         report.dropped_queued += self.queue.len() as u64;
         self.queue.clear();
+        let name_ops = std::mem::take(&mut self.unsynced_names);
+        if self.faults.torn_writes && !name_ops.is_empty() {
+            // A prefix of the unsynced name operations reached the disk.
+            let kept = self.rng.range(0, name_ops.len() as u64 + 1) as usize;
+            for op in &name_ops[..kept] {
+                op.apply(&mut self.durable_names);
+            }
+            report.kept_name_ops = kept as u64;
+        }
         self.names = self.durable_names.clone();
         let live: Vec<u64> = {
             let mut live: Vec<u64> = self.durable_names.values().copied().collect();
@@ -730,6 +818,47 @@ mod tests {
             assert_eq!(disk.next_completion_at(), None);
         }
         assert!(performed_seen);
+    }
+
+    #[test]
+    fn unsynced_name_operations_may_survive_as_a_prefix() {
+        let mut outcomes = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            let mut disk = SimDisk::new(
+                Rng::new(seed),
+                DiskFaults {
+                    torn_writes: true,
+                    ..DiskFaults::default()
+                },
+            );
+            disk.submit(1, write("state", 0, b"old"));
+            disk.submit(2, sync("state"));
+            disk.submit(3, sync_dir(""));
+            disk.submit(4, write("tmp", 0, b"new"));
+            disk.submit(5, sync("tmp"));
+            disk.submit(
+                6,
+                DiskOp::Rename {
+                    from: "tmp".into(),
+                    to: "state".into(),
+                },
+            );
+            run(&mut disk);
+            disk.crash();
+            let names = disk.list().unwrap();
+            let state = disk.read_file("state").unwrap();
+            // Never both names for the new file, never no state at all.
+            match names.as_slice() {
+                [only] if only == "state" => assert!(state == b"old" || state == b"new"),
+                [state_name, tmp] if state_name == "state" && tmp == "tmp" => {
+                    assert_eq!(state, b"old");
+                    assert_eq!(disk.read_file("tmp").unwrap(), b"new");
+                }
+                other => panic!("impossible names after crash: {other:?}"),
+            }
+            outcomes.insert((names.len(), state));
+        }
+        assert_eq!(outcomes.len(), 3, "old, old + tmp, new: {outcomes:?}");
     }
 
     #[test]

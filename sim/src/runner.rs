@@ -758,12 +758,13 @@ impl Simulation {
         self.faults.add(FaultClass::Crash, 1);
         self.faults.add(FaultClass::TornWrite, report.torn_writes);
         self.fault_line(format!(
-            "crash n{id}: {} queued ops performed unacknowledged, {} dropped; {} unsynced lost, {} kept, {} torn",
+            "crash n{id}: {} queued ops performed unacknowledged, {} dropped; {} unsynced lost, {} kept, {} torn; {} unsynced name ops kept",
             report.performed_queued,
             report.dropped_queued,
             report.lost_unsynced,
             report.kept_unsynced,
-            report.torn_writes
+            report.torn_writes,
+            report.kept_name_ops
         ));
     }
 
