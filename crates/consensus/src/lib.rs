@@ -13,4 +13,6 @@ pub mod types;
 
 pub use message::{Body, Message};
 pub use replica::{Options, ProposeError, Ready, Replica, Role};
-pub use types::{Config, Entry, HardState, Index, Payload, Snapshot, SnapshotMeta, Term};
+pub use types::{
+    Config, Entry, HardState, Index, Payload, Snapshot, SnapshotMeta, Term, REPAIR_INDEX_UNKNOWN,
+};

@@ -23,7 +23,11 @@ impl Log {
         for (offset, entry) in self.entries.iter().enumerate() {
             assert_eq!(entry.index, self.snapshot.index + 1 + offset as u64);
             // §5.2: terms never decrease along a log.
-            assert!(entry.term >= previous_term, "log terms decrease at {}", entry.index);
+            assert!(
+                entry.term >= previous_term,
+                "log terms decrease at {}",
+                entry.index
+            );
             previous_term = entry.term;
         }
     }
@@ -45,7 +49,9 @@ impl Log {
     }
 
     pub fn last_term(&self) -> Term {
-        self.entries.last().map_or(self.snapshot.term, |entry| entry.term)
+        self.entries
+            .last()
+            .map_or(self.snapshot.term, |entry| entry.term)
     }
 
     /// The term of the entry at `index`, if the log still knows it (the
@@ -87,8 +93,15 @@ impl Log {
 
     /// Appends one entry at the end.
     pub fn push(&mut self, entry: Entry) {
-        assert_eq!(entry.index, self.last_index() + 1, "append must be contiguous");
-        assert!(entry.term >= self.last_term(), "append must not decrease the term");
+        assert_eq!(
+            entry.index,
+            self.last_index() + 1,
+            "append must be contiguous"
+        );
+        assert!(
+            entry.term >= self.last_term(),
+            "append must not decrease the term"
+        );
         self.entries.push(entry);
     }
 
@@ -104,7 +117,10 @@ impl Log {
     /// after it are kept when the log holds `(meta.index, meta.term)`;
     /// otherwise the whole log is discarded (§8).
     pub fn compact_to(&mut self, meta: SnapshotMeta) {
-        assert!(meta.index >= self.snapshot.index, "snapshot moves backwards");
+        assert!(
+            meta.index >= self.snapshot.index,
+            "snapshot moves backwards"
+        );
         if self.term_at(meta.index) == Some(meta.term) && meta.index <= self.last_index() {
             let drop = (meta.index - self.snapshot.index) as usize;
             self.entries.drain(..drop);

@@ -17,8 +17,13 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Body {
     /// §4.2: would you vote for me in `term`? Changes no state on receipt.
-    PreVote { last_index: Index, last_term: Term },
-    PreVoteResponse { granted: bool },
+    PreVote {
+        last_index: Index,
+        last_term: Term,
+    },
+    PreVoteResponse {
+        granted: bool,
+    },
     /// §4.3: vote for me in `term`. `transfer` is set when a leadership
     /// transfer asked for this election, which overrides leader stickiness (§9).
     Vote {
@@ -26,7 +31,9 @@ pub enum Body {
         last_term: Term,
         transfer: bool,
     },
-    VoteResponse { granted: bool },
+    VoteResponse {
+        granted: bool,
+    },
     /// §5.1: entries following (`prev_index`, `prev_term`); empty for a
     /// heartbeat.
     Append {
@@ -44,7 +51,9 @@ pub enum Body {
         reject_hint: Index,
     },
     /// §8: the leader's snapshot, for a follower that needs compacted entries.
-    InstallSnapshot { snapshot: Snapshot },
+    InstallSnapshot {
+        snapshot: Snapshot,
+    },
     /// §9: start an election now, skipping pre-vote.
     TimeoutNow,
 }

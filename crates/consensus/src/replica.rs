@@ -13,7 +13,9 @@ use runnel_io::{NodeId, Rng};
 
 use crate::log::Log;
 use crate::message::{Body, Message};
-use crate::types::{Config, Entry, HardState, Index, Payload, Snapshot, SnapshotMeta, Term};
+use crate::types::{
+    Config, Entry, HardState, Index, Payload, Snapshot, SnapshotMeta, Term, REPAIR_INDEX_UNKNOWN,
+};
 
 /// Bounds on what one replica sends and holds. Checked against each other in
 /// `Options::validate`.
@@ -77,7 +79,9 @@ pub enum Role {
 /// reports to its client, not programmer errors.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposeError {
-    NotLeader { leader_hint: Option<NodeId> },
+    NotLeader {
+        leader_hint: Option<NodeId>,
+    },
     /// A leadership transfer is under way (§9).
     Transferring,
     /// Too many uncommitted entries (§6).
@@ -147,6 +151,8 @@ pub struct Replica {
     // Durable state (§3.1).
     term: Term,
     voted_for: Option<NodeId>,
+    /// §10.3: non-zero while this replica must not vote or campaign.
+    repair_index: Index,
     log: Log,
     // Volatile state.
     role: Role,
@@ -218,11 +224,20 @@ impl Replica {
         }
         let (config_index, config) = log.latest_config();
         let persisted = log.last_index();
+        if hard_state.repair_index != REPAIR_INDEX_UNKNOWN
+            && hard_state.repair_index != 0
+            && persisted >= hard_state.repair_index
+        {
+            // The repair finished before a crash lost the record saying so.
+            hard_state.repair_index = 0;
+            hard_state_dirty = true;
+        }
         let mut replica = Replica {
             options,
             rng,
             term: hard_state.term,
             voted_for: hard_state.voted_for,
+            repair_index: hard_state.repair_index,
             log,
             role: Role::Follower,
             leader: None,
@@ -291,7 +306,7 @@ impl Replica {
         HardState {
             term: self.term,
             voted_for: self.voted_for,
-            commit: self.commit,
+            repair_index: self.repair_index,
         }
     }
     pub fn transfer_target(&self) -> Option<NodeId> {
@@ -306,7 +321,9 @@ impl Replica {
 
     /// The leader's match index for `node` (for status output and checks).
     pub fn match_index(&self, node: NodeId) -> Option<Index> {
-        self.progress.get(&node).map(|progress| progress.match_index)
+        self.progress
+            .get(&node)
+            .map(|progress| progress.match_index)
     }
 
     // ----- Inputs -----
@@ -358,10 +375,39 @@ impl Replica {
         self.config.is_quorum(active.iter())
     }
 
+    /// §10.3: a replica repairing lost state takes no part in elections.
+    pub fn is_repairing(&self) -> bool {
+        self.repair_index != 0
+    }
+
+    /// The index a repairing replica's durable log must reach before it
+    /// votes again (0 when healthy; `REPAIR_INDEX_UNKNOWN` until a leader
+    /// tells it).
+    pub fn repair_index(&self) -> Index {
+        self.repair_index
+    }
+
+    /// §10.3: a replica that lost its vote record learns from the first
+    /// leader it hears how far it must catch up, and records that it voted
+    /// for that leader in its term, so that it cannot vote twice in it.
+    fn learn_repair_target(&mut self, leader: NodeId, leader_commit: Index) {
+        if self.repair_index != REPAIR_INDEX_UNKNOWN {
+            return;
+        }
+        if self.voted_for.is_none() {
+            self.voted_for = Some(leader);
+        }
+        self.repair_index = leader_commit.max(1);
+        if self.persisted >= self.repair_index {
+            self.repair_index = 0;
+        }
+        self.hard_state_dirty = true;
+    }
+
     fn can_campaign(&self) -> bool {
         // §7.2: only voters campaign; a replica that does not know its
         // membership yet (a new, empty replica) waits to be contacted.
-        if self.snapshot_to_persist.is_some() {
+        if self.snapshot_to_persist.is_some() || self.is_repairing() {
             return false;
         }
         let id = self.id();
@@ -382,7 +428,11 @@ impl Replica {
 
     /// Handles one message from a peer of the same group.
     pub fn step(&mut self, message: Message) {
-        assert_eq!(message.to, self.id(), "message delivered to the wrong replica");
+        assert_eq!(
+            message.to,
+            self.id(),
+            "message delivered to the wrong replica"
+        );
         if message.from == self.id() {
             return;
         }
@@ -432,6 +482,7 @@ impl Replica {
                 commit,
             } => {
                 self.accept_leader(message.from);
+                self.learn_repair_target(message.from, commit);
                 self.handle_append(message.from, prev_index, prev_term, entries, commit);
             }
             Body::AppendResponse {
@@ -441,6 +492,7 @@ impl Replica {
             } => self.handle_append_response(message.from, success, match_index, reject_hint),
             Body::InstallSnapshot { snapshot } => {
                 self.accept_leader(message.from);
+                self.learn_repair_target(message.from, snapshot.meta.index);
                 self.handle_install_snapshot(message.from, snapshot);
             }
             Body::TimeoutNow => {
@@ -496,6 +548,7 @@ impl Replica {
         // §4.2: grant without changing any state when we would grant a real
         // vote in that term and we do not hear from a leader.
         let granted = message.term > self.term
+            && !self.is_repairing()
             && !self.in_leader_lease()
             && self.log_is_up_to_date(last_index, last_term);
         let response_term = if granted { message.term } else { self.term };
@@ -509,8 +562,12 @@ impl Replica {
 
     fn handle_vote(&mut self, message: &Message, last_index: Index, last_term: Term) {
         debug_assert_eq!(message.term, self.term);
+        // §10.3: a repairing replica may have lost entries it acknowledged,
+        // or the record of a vote it cast, so its vote could elect a leader
+        // missing a committed entry, or be a second vote in one term.
         let can_vote = self.voted_for.is_none_or(|voted| voted == message.from)
-            && self.role != Role::Leader;
+            && self.role != Role::Leader
+            && !self.is_repairing();
         let granted = can_vote && self.log_is_up_to_date(last_index, last_term);
         if granted {
             // §3.1: the vote is durable before the grant leaves this node.
@@ -616,7 +673,12 @@ impl Replica {
 
     fn other_voters(&self) -> Vec<NodeId> {
         let id = self.id();
-        self.config.voters.iter().copied().filter(|node| *node != id).collect()
+        self.config
+            .voters
+            .iter()
+            .copied()
+            .filter(|node| *node != id)
+            .collect()
     }
 
     fn other_members(&self) -> Vec<NodeId> {
@@ -879,7 +941,10 @@ impl Replica {
                 return;
             }
             let commit = self.commit;
-            let commit_term = self.log.term_at(commit).expect("commit point is in the log");
+            let commit_term = self
+                .log
+                .term_at(commit)
+                .expect("commit point is in the log");
             let rest = entries[skip..].to_vec();
             return self.handle_append(leader, commit, commit_term, rest, leader_commit);
         }
@@ -888,7 +953,8 @@ impl Replica {
             let hint = if prev_index > self.log.last_index() {
                 self.log.last_index() + 1
             } else {
-                self.log.first_index_of_term_run(prev_index, self.commit + 1)
+                self.log
+                    .first_index_of_term_run(prev_index, self.commit + 1)
             };
             self.send(
                 leader,
@@ -987,7 +1053,23 @@ impl Replica {
                 ProgressState::Probe { .. } => match_index + 1 != progress.next_index,
                 ProgressState::Snapshot { .. } => true,
             };
-            if stale || match_index == 0 {
+            if match_index == 0 {
+                return;
+            }
+            if reject_hint != 0 && reject_hint <= progress.match_index {
+                // §10.3: the follower's log ends below what it acknowledged:
+                // it lost entries to a disk fault (or the rejection is an old
+                // one, overtaken on the way). Either way lowering the match
+                // is safe: commit never moves back, and the follower's next
+                // answer restores the truth.
+                progress.match_index = reject_hint - 1;
+                progress.next_index = reject_hint;
+                progress.state = ProgressState::Probe { sent: false };
+                progress.inflight.clear();
+                self.send_append(from, false);
+                return;
+            }
+            if stale {
                 return;
             }
             let hint = reject_hint.min(match_index).max(progress.match_index + 1);
@@ -1010,7 +1092,9 @@ impl Replica {
                 if *voter == self.id() {
                     self.persisted
                 } else {
-                    self.progress.get(voter).map_or(0, |progress| progress.match_index)
+                    self.progress
+                        .get(voter)
+                        .map_or(0, |progress| progress.match_index)
                 }
             })
             .collect();
@@ -1139,7 +1223,12 @@ impl Replica {
         if config.voters.is_empty() {
             return Err("a group needs at least one voter".into());
         }
-        if config.voters.intersection(&config.learners).next().is_some() {
+        if config
+            .voters
+            .intersection(&config.learners)
+            .next()
+            .is_some()
+        {
             return Err("a node cannot be both voter and learner".into());
         }
         let added_voters: Vec<_> = config.voters.difference(&old.voters).collect();
@@ -1207,6 +1296,12 @@ impl Replica {
         // planned; only a point that still matches counts.
         if self.log.term_at(index) == Some(term) && index > self.persisted {
             self.persisted = index;
+            if self.repair_index != 0 && self.persisted >= self.repair_index {
+                // §10.3: the log again holds everything this replica may
+                // have acknowledged before its disk failed it.
+                self.repair_index = 0;
+                self.hard_state_dirty = true;
+            }
             if self.persisted >= self.term_start_index {
                 // §3.1: the term-start entry is durable, and so is the vote
                 // record written with or before it.
@@ -1236,7 +1331,10 @@ impl Replica {
     pub fn snapshot_meta_at_applied(&self) -> SnapshotMeta {
         SnapshotMeta {
             index: self.applied,
-            term: self.log.term_at(self.applied).expect("applied entry in log"),
+            term: self
+                .log
+                .term_at(self.applied)
+                .expect("applied entry in log"),
             config: self.log.config_at(self.applied),
         }
     }
@@ -1264,9 +1362,8 @@ impl Replica {
         if let Some(from) = self.unstable_from.take() {
             let from = from.max(self.log.first_index());
             if from <= self.log.last_index() {
-                ready.entries = self.log.entries()
-                    [(from - self.log.first_index()) as usize..]
-                    .to_vec();
+                ready.entries =
+                    self.log.entries()[(from - self.log.first_index()) as usize..].to_vec();
             }
         }
         if ready.has_writes() {

@@ -86,10 +86,17 @@ impl Entry {
 pub struct HardState {
     pub term: Term,
     pub voted_for: Option<NodeId>,
-    /// The highest index known committed when the record was written. Only a
-    /// hint for restart: commit is re-learned from the leader.
-    pub commit: Index,
+    /// Protocol-aware recovery (§10.3): while non-zero, this replica lost
+    /// entries it may have acknowledged (or its vote record), and neither
+    /// votes nor campaigns until its durable log reaches this index.
+    /// `REPAIR_INDEX_UNKNOWN` means the target is not known yet: the replica
+    /// waits for a leader to tell it.
+    pub repair_index: Index,
 }
+
+/// `HardState::repair_index` of a replica that lost its vote record and
+/// does not yet know how far it must catch up (§10.3).
+pub const REPAIR_INDEX_UNKNOWN: Index = Index::MAX;
 
 /// Describes the prefix of the log that a snapshot replaces (§8).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

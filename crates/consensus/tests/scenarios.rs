@@ -229,7 +229,7 @@ fn a_vote_grant_waits_for_the_durable_vote_record() {
         Some(HardState {
             term: 1,
             voted_for: Some(1),
-            commit: 0
+            repair_index: 0
         })
     );
     assert!(record

@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use runnel_consensus::{
     Body, Config, Entry, HardState, Index, Message, Options, Payload, ProposeError, Ready, Replica,
-    Snapshot, SnapshotMeta, Term,
+    Snapshot, SnapshotMeta, Term, REPAIR_INDEX_UNKNOWN,
 };
 use runnel_io::{Disk, DiskError, DiskOp, GroupId, NodeId, Rng};
-use runnel_storage::{GroupStore, StoreOptions};
+use runnel_storage::{GroupStore, RecoveryError, StoreOptions};
 
 use crate::api::{
     ClientError, ClientOp, ClientReply, ClientRequest, ClientResponse, Env, Envelope, Event,
@@ -116,6 +116,8 @@ pub struct Node {
     /// Set when the node hit an error it must not continue from (a failed
     /// fsync): it then ignores every event until restarted.
     failed: Option<String>,
+    /// What recovery found and did, for the operator's log.
+    recovery_notes: Vec<String>,
 }
 
 impl Node {
@@ -127,31 +129,67 @@ impl Node {
         };
         let mut dormant = BTreeMap::new();
         let mut startup_ops = Vec::new();
+        let mut recovery_notes = Vec::new();
         for group in GroupStore::groups_on_disk(disk).map_err(StartError::Disk)? {
-            let Some(recovered) = GroupStore::recover(disk, group, store_options.clone())
-                .map_err(|error| StartError::Corrupt(format!("group {group}: {error}")))?
-            else {
-                continue;
-            };
-            if !recovered.report.corrupt_entries.is_empty() {
-                // Protocol-aware repair of possibly committed entries comes
-                // with the storage-fault work; until then refuse to start
-                // rather than drop an entry silently.
-                return Err(StartError::Corrupt(format!(
-                    "group {group}: entries {:?} fail their checksum",
-                    recovered.report.corrupt_entries
-                )));
+            match GroupStore::recover(disk, group, store_options.clone()) {
+                Ok(None) => {}
+                Ok(Some(recovered)) => {
+                    let report = &recovered.report;
+                    let mut hard_state = recovered.hard_state;
+                    if report.hard_state_copies_valid < 2 {
+                        // §10.3: one vote slot was damaged; the intact one may
+                        // be older than the newest vote this replica cast.
+                        hard_state.repair_index = REPAIR_INDEX_UNKNOWN;
+                    } else if !report.corrupt_entries.is_empty() {
+                        // §10.3: entries this replica may have acknowledged
+                        // (and that may be committed) fail their checksums.
+                        // They are repaired from the leader, never dropped
+                        // silently: until the log reaches them again, this
+                        // replica does not vote.
+                        hard_state.repair_index =
+                            hard_state.repair_index.max(report.highest_index_on_disk);
+                    }
+                    startup_ops.extend(recovered.store.repair_ops());
+                    dormant.insert(
+                        group,
+                        Dormant {
+                            store: recovered.store,
+                            hard_state,
+                            snapshot: recovered.snapshot,
+                            entries: recovered.entries,
+                        },
+                    );
+                }
+                Err(RecoveryError::Disk(error)) => return Err(StartError::Disk(error)),
+                Err(error) => {
+                    // §10.3: the vote record or the snapshot is lost. The
+                    // replica starts over empty, rejoins as a non-voter and
+                    // catches up from the leader.
+                    let prefix = format!("groups/{group:020}/");
+                    for file in disk.list().map_err(StartError::Disk)? {
+                        if file.starts_with(&prefix) {
+                            startup_ops.push(DiskOp::Delete { file });
+                        }
+                    }
+                    let hard_state = HardState {
+                        repair_index: REPAIR_INDEX_UNKNOWN,
+                        ..HardState::default()
+                    };
+                    let (store, ops) =
+                        GroupStore::create(group, store_options.clone(), &hard_state);
+                    startup_ops.extend(ops);
+                    recovery_notes.push(format!("group {group}: {error}; rejoining empty"));
+                    dormant.insert(
+                        group,
+                        Dormant {
+                            store,
+                            hard_state,
+                            snapshot: None,
+                            entries: Vec::new(),
+                        },
+                    );
+                }
             }
-            startup_ops.extend(recovered.store.repair_ops());
-            dormant.insert(
-                group,
-                Dormant {
-                    store: recovered.store,
-                    hard_state: recovered.hard_state,
-                    snapshot: recovered.snapshot,
-                    entries: recovered.entries,
-                },
-            );
         }
         for (group, _) in &config.groups {
             if dormant.contains_key(group) {
@@ -183,11 +221,17 @@ impl Node {
             after_persist: VecDeque::new(),
             outbox: BTreeMap::new(),
             failed: None,
+            recovery_notes,
         })
     }
 
     pub fn id(&self) -> NodeId {
         self.config.id
+    }
+
+    /// What recovery found and repaired at start, one line per finding.
+    pub fn recovery_notes(&self) -> &[String] {
+        &self.recovery_notes
     }
 
     /// Why the node stopped handling events, if it did.

@@ -212,7 +212,7 @@ pub struct VoteRecord {
 }
 
 /// `[u32 magic][u32 version][u64 sequence][u64 term][u64 voted_for + 1 or 0]
-/// [u64 commit][u32 crc32c of the preceding 40 bytes]`.
+/// [u64 repair index][u32 crc32c of the preceding 40 bytes]`.
 pub fn encode_vote(record: &VoteRecord) -> Vec<u8> {
     // Node ids are operator-assigned small numbers; u64::MAX cannot be
     // encoded because 0 stands for "no vote".
@@ -228,7 +228,7 @@ pub fn encode_vote(record: &VoteRecord) -> Vec<u8> {
     put_u64(&mut out, record.sequence);
     put_u64(&mut out, record.state.term);
     put_u64(&mut out, voted_for);
-    put_u64(&mut out, record.state.commit);
+    put_u64(&mut out, record.state.repair_index);
     let crc = crc32c::crc32c(&out);
     put_u32(&mut out, crc);
     debug_assert_eq!(out.len(), VOTE_RECORD_BYTES);
@@ -260,7 +260,7 @@ pub fn decode_vote(bytes: &[u8]) -> Option<VoteRecord> {
         state: HardState {
             term: get_u64(bytes, 16),
             voted_for,
-            commit: get_u64(bytes, 32),
+            repair_index: get_u64(bytes, 32),
         },
     })
 }
@@ -473,12 +473,12 @@ mod tests {
             HardState {
                 term: 9,
                 voted_for: Some(0),
-                commit: 44,
+                repair_index: 44,
             },
             HardState {
                 term: u64::MAX,
                 voted_for: Some(u64::MAX - 1),
-                commit: u64::MAX,
+                repair_index: u64::MAX,
             },
         ] {
             let record = VoteRecord { sequence: 3, state };

@@ -112,6 +112,11 @@ pub struct RecoveryReport {
     /// the first of them are returned; the data after it stays on disk until
     /// the node next appends (see `GroupStore::append`).
     pub corrupt_entries: Vec<u64>,
+    /// The highest index this replica's disk shows it once held: of any
+    /// intact frame (also past a corruption), of any damaged entry, or the
+    /// snapshot's. A replica that lost entries catches up to at least this
+    /// before it votes again (docs/protocol.md §10.3).
+    pub highest_index_on_disk: u64,
     /// How many of the two vote slots held an intact record (1 or 2). With 1,
     /// the other slot was torn by a crash during an unsynced save (harmless),
     /// or damaged at rest, in which case the record returned may be older

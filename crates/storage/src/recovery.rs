@@ -314,6 +314,10 @@ pub(crate) fn recover(
     let report = RecoveryReport {
         torn_tail_bytes: log.torn_tail_bytes,
         truncated_after_index: truncated.then_some(last_index),
+        highest_index_on_disk: log
+            .highest_index
+            .max(log.corrupt.last().copied().unwrap_or(0))
+            .max(last_index),
         corrupt_entries: log.corrupt,
         hard_state_copies_valid: copies_valid,
     };
@@ -360,6 +364,9 @@ struct LogScan {
     dead: Vec<Index>,
     torn_tail_bytes: u64,
     corrupt: Vec<Index>,
+    /// The highest index of any intact frame, including frames past a
+    /// corruption that are not returned.
+    highest_index: Index,
 }
 
 fn scan_log(
@@ -479,6 +486,7 @@ fn scan_log(
         for item in &segment.items {
             match *item {
                 Item::Frame { ref entry, .. } => {
+                    scan.highest_index = scan.highest_index.max(entry.index);
                     if end.is_none() && entry.index > snapshot_index {
                         scan.entries.push(entry.clone());
                     }

@@ -245,7 +245,7 @@ impl Harness {
                 } else if hard.voted_for.is_none() {
                     hard.voted_for = vote.map(u64::from);
                 }
-                hard.commit = u64::from(commit);
+                hard.repair_index = u64::from(commit);
                 next.hard = hard;
                 self.store.save_hard_state(&hard)
             }

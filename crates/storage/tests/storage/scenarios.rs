@@ -100,9 +100,10 @@ fn snapshot(index: u64, term: u64) -> Snapshot {
     }
 }
 
-fn clean_report() -> RecoveryReport {
+fn clean_report(recovered: &Recovered) -> RecoveryReport {
     RecoveryReport {
         hard_state_copies_valid: 2,
+        highest_index_on_disk: recovered.store.last_index(),
         ..RecoveryReport::default()
     }
 }
@@ -124,7 +125,7 @@ fn entries_hard_state_and_snapshot_round_trip() {
     let state = HardState {
         term: 2,
         voted_for: Some(3),
-        commit: 15,
+        repair_index: 15,
     };
     let mut ops = store.append(&log);
     ops.extend(store.save_hard_state(&state));
@@ -137,7 +138,7 @@ fn entries_hard_state_and_snapshot_round_trip() {
     assert_eq!(recovered.entries, log);
     assert_eq!(recovered.hard_state, state);
     assert_eq!(recovered.snapshot, None);
-    assert_eq!(recovered.report, clean_report());
+    assert_eq!(recovered.report, clean_report(&recovered));
     assert_eq!(recovered.store.last_index(), 20);
     assert_eq!(recovered.store.first_index(), 1);
     assert_eq!(recovered.store.term_at(12), Some(1));
@@ -152,7 +153,7 @@ fn entries_hard_state_and_snapshot_round_trip() {
     let state = HardState {
         term: 3,
         voted_for: None,
-        commit: 22,
+        repair_index: 22,
     };
     ops.extend(store.save_hard_state(&state));
     ops.extend(store.sync_ops());
@@ -166,7 +167,7 @@ fn entries_hard_state_and_snapshot_round_trip() {
     let mut expected = log[10..].to_vec();
     expected.extend(more);
     assert_eq!(recovered.entries, expected);
-    assert_eq!(recovered.report, clean_report());
+    assert_eq!(recovered.report, clean_report(&recovered));
     assert_eq!(recovered.store.first_index(), 11);
     assert_eq!(recovered.store.last_index(), 25);
 }
@@ -243,7 +244,7 @@ fn segments_roll_at_the_size_limit_and_a_big_frame_goes_alone() {
     let mut all = log;
     all.extend([big, after]);
     assert_eq!(recovered.entries, all);
-    assert_eq!(recovered.report, clean_report());
+    assert_eq!(recovered.report, clean_report(&recovered));
 }
 
 #[test]
@@ -305,7 +306,7 @@ fn conflict_truncation_inside_a_segment_deletes_later_segments_durably() {
     let mut expected: Vec<Entry> = (1..=11).map(|i| data_entry(i, 1, 20)).collect();
     expected.extend(new);
     assert_eq!(recovered.entries, expected);
-    assert_eq!(recovered.report, clean_report());
+    assert_eq!(recovered.report, clean_report(&recovered));
 }
 
 #[test]
@@ -398,7 +399,7 @@ fn snapshot_compaction_deletes_covered_segments_and_keeps_the_suffix() {
     assert_eq!(recovered.snapshot, Some(installed));
     let suffix: Vec<Entry> = (18..=30).map(|i| data_entry(i, 1, 20)).collect();
     assert_eq!(recovered.entries, suffix);
-    assert_eq!(recovered.report, clean_report());
+    assert_eq!(recovered.report, clean_report(&recovered));
 
     // Snapshot at a segment's last entry: that segment goes too. Conflict
     // truncation right after the snapshot still works.
@@ -574,7 +575,7 @@ fn check_torn_tail(segment_bytes_max: u64, sync_names: bool, tail_segment: u64) 
         let mut expected = log.clone();
         expected.push(replacement);
         assert_eq!(recovered.entries, expected, "tear {tear}");
-        assert_eq!(recovered.report, clean_report());
+        assert_eq!(recovered.report, clean_report(&recovered));
     }
     // The whole frame surviving is just a longer log.
     let mut disk = reference.clone();
@@ -616,7 +617,7 @@ fn torn_tail_without_repair_ops_is_still_removed_before_the_next_append() {
     let ops = store.save_hard_state(&HardState {
         term: 1,
         voted_for: None,
-        commit: 0,
+        repair_index: 0,
     });
     assert_eq!(&ops[..repair.len()], &repair[..]);
     assert!(store.repair_ops().is_empty());
@@ -654,6 +655,9 @@ fn a_flipped_bit_in_a_middle_frame_is_reported_not_dropped() {
             assert_eq!(recovered.report.truncated_after_index, Some(4));
             assert_eq!(recovered.report.torn_tail_bytes, 0);
             assert_eq!(recovered.store.last_index(), 4);
+            // The frames past the damage still tell how far the log reached,
+            // which is how far the replica must repair before it votes.
+            assert_eq!(recovered.report.highest_index_on_disk, 10);
 
             // The repair keeps the evidence: the file is not truncated.
             let mut store = recovered.store;
@@ -681,7 +685,7 @@ fn a_flipped_bit_in_a_middle_frame_is_reported_not_dropped() {
             disk.crash(Crash::DropUnsynced);
             let recovered = recover(&mut disk, BIG);
             assert_eq!(recovered.entries, log);
-            assert_eq!(recovered.report, clean_report());
+            assert_eq!(recovered.report, clean_report(&recovered));
         }
     }
 }
@@ -757,7 +761,7 @@ fn a_torn_vote_write_keeps_the_previous_record() {
     let first = HardState {
         term: 1,
         voted_for: Some(1),
-        commit: 0,
+        repair_index: 0,
     };
     let mut ops = store.save_hard_state(&first);
     ops.extend(store.sync_ops());
@@ -765,7 +769,7 @@ fn a_torn_vote_write_keeps_the_previous_record() {
     let second = HardState {
         term: 2,
         voted_for: Some(2),
-        commit: 1,
+        repair_index: 1,
     };
     disk.run(store.save_hard_state(&second));
     for tear in 0..VOTE_RECORD_BYTES {
@@ -785,7 +789,7 @@ fn a_torn_vote_write_keeps_the_previous_record() {
         let third = HardState {
             term: 3,
             voted_for: None,
-            commit: 1,
+            repair_index: 1,
         };
         crashed.run(store.save_hard_state(&third));
         crashed.crash(Crash::Prefix {
@@ -809,7 +813,7 @@ fn saves_without_a_sync_between_never_overwrite_the_durable_record() {
     let durable = HardState {
         term: 4,
         voted_for: Some(9),
-        commit: 0,
+        repair_index: 0,
     };
     let mut ops = store.save_hard_state(&durable);
     ops.extend(store.sync_ops());
@@ -818,7 +822,7 @@ fn saves_without_a_sync_between_never_overwrite_the_durable_record() {
         .map(|term| HardState {
             term,
             voted_for: None,
-            commit: 0,
+            repair_index: 0,
         })
         .collect();
     for state in &later {
@@ -852,7 +856,7 @@ fn an_unreadable_vote_slot_falls_back_to_the_other() {
     let state = HardState {
         term: 1,
         voted_for: None,
-        commit: 0,
+        repair_index: 0,
     };
     let mut ops = store.save_hard_state(&state);
     ops.extend(store.sync_ops());
@@ -974,12 +978,12 @@ fn changing_the_vote_within_a_term_panics() {
     store.save_hard_state(&HardState {
         term: 1,
         voted_for: Some(1),
-        commit: 0,
+        repair_index: 0,
     });
     store.save_hard_state(&HardState {
         term: 1,
         voted_for: Some(2),
-        commit: 0,
+        repair_index: 0,
     });
 }
 
