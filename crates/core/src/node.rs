@@ -503,19 +503,8 @@ impl Node {
                         Err(ClientError::Rejected("too many requests in flight".into())),
                     );
                 }
-                match replica.propose(encode_append(request.client, *seq, value)) {
-                    Ok((index, term)) => {
-                        group.pending.insert(
-                            index,
-                            Pending {
-                                client: request.client,
-                                request_id: request.request_id,
-                                term,
-                            },
-                        );
-                    }
-                    Err(error) => reply(env, &request, Err(propose_error(error))),
-                }
+                let proposed = replica.propose(encode_append(request.client, *seq, value));
+                track_proposal(&mut group.pending, &request, proposed, env);
             }
             ClientOp::Read {
                 from_position,
@@ -538,19 +527,10 @@ impl Node {
                     }),
                 );
             }
-            ClientOp::ChangeConfig { config } => match replica.propose_config(config.clone()) {
-                Ok((index, term)) => {
-                    group.pending.insert(
-                        index,
-                        Pending {
-                            client: request.client,
-                            request_id: request.request_id,
-                            term,
-                        },
-                    );
-                }
-                Err(error) => reply(env, &request, Err(propose_error(error))),
-            },
+            ClientOp::ChangeConfig { config } => {
+                let proposed = replica.propose_config(config.clone());
+                track_proposal(&mut group.pending, &request, proposed, env);
+            }
             ClientOp::TransferLeader { to } => match replica.transfer_leader(*to) {
                 Ok(()) => reply(env, &request, Ok(ClientReply::Accepted)),
                 Err(error) => reply(env, &request, Err(propose_error(error))),
@@ -753,6 +733,29 @@ fn apply_entry(group: &mut Group, group_id: GroupId, entry: Entry, env: &mut Env
     };
     if let Some(pending) = pending {
         reply_pending(env, group_id, &pending, result);
+    }
+}
+
+/// Remembers a proposed entry so that its client is answered when it
+/// commits, or answers at once when the proposal was refused.
+fn track_proposal(
+    pending: &mut BTreeMap<Index, Pending>,
+    request: &ClientRequest,
+    proposed: Result<(Index, Term), ProposeError>,
+    env: &mut Env<'_>,
+) {
+    match proposed {
+        Ok((index, term)) => {
+            pending.insert(
+                index,
+                Pending {
+                    client: request.client,
+                    request_id: request.request_id,
+                    term,
+                },
+            );
+        }
+        Err(error) => reply(env, request, Err(propose_error(error))),
     }
 }
 
