@@ -239,7 +239,9 @@ impl FileDisk {
         data_dir: impl Into<PathBuf>,
         options: FileDiskOptions,
     ) -> io::Result<(FileDisk, mpsc::Receiver<DiskCompletion>)> {
-        let root = data_dir.into();
+        // Absolute, so that a later change of the process's working
+        // directory cannot move the data directory under the disk thread.
+        let root = std::path::absolute(data_dir.into())?;
         create_durably(&root)?;
         if !fs::metadata(&root)?.is_dir() {
             return Err(io::Error::new(
@@ -283,7 +285,7 @@ impl FileDisk {
         ))
     }
 
-    /// The data directory.
+    /// The data directory, as an absolute path.
     pub fn data_dir(&self) -> &Path {
         &self.root
     }
