@@ -127,8 +127,12 @@ pub struct DiskCompletion {
 /// Durability contract: a crash may lose any operation that no later
 /// completed `Sync` (for data: writes and truncates of that file) or
 /// `SyncDir` (for names: creating, deleting and renaming files in that
-/// directory) covers. A lost write may also be torn: a prefix of it, at
-/// sector granularity, may survive. What a completed sync covers survives a
+/// directory) covers. Unsynced operations are lost independently of each
+/// other: a later unsynced write may survive while an earlier one is lost,
+/// leaving a hole that recovery must detect (real page-cache writeback has
+/// no order, and group commit may hand several writes to one fsync). A lost
+/// write may also be torn: a prefix of it, at sector granularity, may
+/// survive. What a completed sync covers survives a
 /// crash, unless the disk itself corrupts it at rest (bit flips, latent
 /// sector errors), which checksums must detect.
 ///
