@@ -10,6 +10,7 @@
 pub mod api;
 mod node;
 pub mod state_machine;
+pub mod wire;
 
 pub use api::*;
 pub use node::{
