@@ -496,8 +496,10 @@ impl Replica {
                 self.handle_install_snapshot(message.from, snapshot);
             }
             Body::TimeoutNow => {
-                // §9: the leader asks us to take over; skip pre-vote.
-                if self.config.voters.contains(&self.id()) {
+                // §9: the leader asks us to take over; skip pre-vote. §10.3:
+                // not while repairing: the leader's match for us may predate
+                // our loss, and our log may lack entries it counted us for.
+                if self.config.voters.contains(&self.id()) && !self.is_repairing() {
                     self.campaign(true);
                 }
             }

@@ -1,7 +1,9 @@
 //! Randomized interaction test (docs/protocol.md §11): a group of up to five
 //! nodes under random ticks, message delivery, loss, duplication and
-//! reordering, slow and instant disks, crashes and restarts, proposals,
-//! membership changes, snapshots and leadership transfers. The harness
+//! reordering, slow and instant disks, crashes and restarts, lost log
+//! tails (§10.3: a disk fault on a minority of the voters, found when the
+//! node restarts), proposals, membership changes, snapshots and leadership
+//! transfers. The harness
 //! checks after every step: at most one leader per term, log matching, that
 //! what any replica knows committed never changes, that leaders hold every
 //! earlier-term committed entry, that replicas apply the same entries in the
@@ -11,9 +13,11 @@
 
 mod harness;
 
+use std::collections::BTreeSet;
+
 use harness::{test_options, Cluster, ELECTION_TIMEOUT_MS, HEARTBEAT_MS};
 use proptest::prelude::*;
-use runnel_consensus::{Config, Role};
+use runnel_consensus::{Config, Payload, Role};
 use runnel_io::NodeId;
 
 const NODES: u64 = 5;
@@ -42,6 +46,15 @@ enum Action {
     Crash(u64),
     /// Restart one of the crashed nodes (this one mod their count).
     Restart(usize),
+    /// §10.3: one of the crashed nodes (this one mod their count) loses the
+    /// entries after a point of its durable log (`keep` mod their count),
+    /// and will restart repairing, as the node core's recovery would set it.
+    /// Only while no other node is repairing and every node's config has at
+    /// least three voters, so that a majority keeps good copies.
+    LoseTail {
+        which: usize,
+        keep: u64,
+    },
     Snapshot(u64),
     /// Ask this node (0: the leader of the highest term) to change
     /// membership: add, promote or remove `target`.
@@ -77,6 +90,7 @@ fn action() -> impl Strategy<Value = Action> {
         15 => node().prop_map(Action::Persist),
         1 => node().prop_map(Action::Crash),
         3 => any::<usize>().prop_map(Action::Restart),
+        3 => (any::<usize>(), any::<u64>()).prop_map(|(which, keep)| Action::LoseTail { which, keep }),
         2 => node().prop_map(Action::Snapshot),
         3 => (node_or_leader(), node(), 0..3u8)
             .prop_map(|(node, target, kind)| Action::Membership { node, target, kind }),
@@ -104,6 +118,47 @@ fn membership_change(current: &Config, target: NodeId, kind: u8) -> Config {
     config
 }
 
+/// Every config that is or may come into force somewhere: each live
+/// replica's, and the latest one in each crashed node's durable log.
+fn configs_in_play(c: &Cluster) -> Vec<Config> {
+    c.nodes
+        .values()
+        .map(|node| match &node.replica {
+            Some(replica) => replica.config().clone(),
+            None => node
+                .disk
+                .entries
+                .iter()
+                .rev()
+                .find_map(|entry| match &entry.payload {
+                    Payload::Config(config) => Some(config.clone()),
+                    _ => None,
+                })
+                .or_else(|| node.disk.snapshot.as_ref().map(|s| s.meta.config.clone()))
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Nodes that lost entries and have not repaired them yet (§10.3).
+fn repairing(c: &Cluster) -> BTreeSet<NodeId> {
+    c.nodes
+        .values()
+        .filter(|node| match &node.replica {
+            Some(replica) => replica.is_repairing(),
+            None => node.disk.hard_state.repair_index != 0,
+        })
+        .map(|node| node.id)
+        .collect()
+}
+
+/// Whether `config` keeps a majority of voters that are not repairing, so
+/// that the group can still elect leaders once the faults stop.
+fn keeps_a_healthy_majority(config: &Config, repairing: &BTreeSet<NodeId>) -> bool {
+    let abstaining = config.voters.intersection(repairing).count();
+    abstaining + config.quorum() <= config.voters.len().max(1)
+}
+
 fn run(voters: u64, slow_disks: Vec<bool>, seed: u64, actions: Vec<Action>) {
     let voter_ids: Vec<NodeId> = (1..=voters).collect();
     let mut c = Cluster::with_seed(&voter_ids, test_options, seed);
@@ -115,6 +170,7 @@ fn run(voters: u64, slow_disks: Vec<bool>, seed: u64, actions: Vec<Action>) {
     }
     c.record_delivered = false;
     let mut proposal = 0u64;
+    let mut lost_tails = 0u64;
     let count = actions.len();
     for action in actions {
         let leader = c.leader().unwrap_or(1);
@@ -177,6 +233,28 @@ fn run(voters: u64, slow_disks: Vec<bool>, seed: u64, actions: Vec<Action>) {
                     c.restart(down[which % down.len()]);
                 }
             }
+            Action::LoseTail { which, keep } => {
+                let down: Vec<NodeId> = c
+                    .ids()
+                    .into_iter()
+                    .filter(|id| !c.nodes[id].is_up())
+                    .collect();
+                if !down.is_empty()
+                    && repairing(&c).is_empty()
+                    && configs_in_play(&c)
+                        .iter()
+                        .all(|config| config.voters.is_empty() || config.voters.len() >= 3)
+                {
+                    let id = down[which % down.len()];
+                    let disk = &c.nodes[&id].disk;
+                    let base = disk.snapshot.as_ref().map_or(0, |s| s.meta.index);
+                    let stored = disk.entries.len() as u64;
+                    if stored > 0 {
+                        c.lose_log_tail(id, base + keep % stored);
+                        lost_tails += 1;
+                    }
+                }
+            }
             Action::Snapshot(node) => {
                 if c.nodes[&node].is_up() {
                     let replica = c.node(node);
@@ -189,8 +267,12 @@ fn run(voters: u64, slow_disks: Vec<bool>, seed: u64, actions: Vec<Action>) {
                 let node = pick(node);
                 if c.nodes[&node].is_up() {
                     let config = membership_change(c.node(node).config(), target, kind);
-                    let _ = c.node_mut(node).propose_config(config);
-                    c.check();
+                    // A change that would leave too few healthy voters is
+                    // the operator's mistake, not a fault to survive.
+                    if keeps_a_healthy_majority(&config, &repairing(&c)) {
+                        let _ = c.node_mut(node).propose_config(config);
+                        c.check();
+                    }
                 }
             }
             Action::Transfer { node, target } => {
@@ -208,7 +290,8 @@ fn run(voters: u64, slow_disks: Vec<bool>, seed: u64, actions: Vec<Action>) {
 
     if std::env::var_os("CONSENSUS_STATS").is_some() {
         eprintln!(
-            "STATS voters {voters} actions {} terms {} committed {} max-snapshot {:?}",
+            "STATS voters {voters} actions {} terms {} committed {} lost-tails {lost_tails} \
+             max-snapshot {:?}",
             count,
             c.leaders.len(),
             c.committed.len(),

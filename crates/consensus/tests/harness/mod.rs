@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use runnel_consensus::{
     Body, Config, Entry, HardState, Index, Message, Options, Payload, Ready, Replica, Role,
-    Snapshot, SnapshotMeta, Term,
+    Snapshot, SnapshotMeta, Term, REPAIR_INDEX_UNKNOWN,
 };
 use runnel_io::{NodeId, Rng};
 
@@ -135,6 +135,10 @@ pub struct Node {
     last_commit: Index,
     /// Every Ready this incarnation produced (for assertions on outputs).
     pub readys: Vec<ReadyRecord>,
+    /// The snapshot the node's disk started with (the bootstrap membership,
+    /// or none for a node added empty): what a wiped disk restarts from, as
+    /// in the node core (§10.3).
+    bootstrap: Option<Snapshot>,
 }
 
 /// What a test may want to inspect about a Ready after the fact.
@@ -257,13 +261,14 @@ impl Cluster {
             id,
             options,
             replica: None,
-            disk,
             pending: VecDeque::new(),
             auto_persist: true,
             applied: Vec::new(),
             incarnation: 0,
             last_commit: 0,
             readys: Vec::new(),
+            bootstrap: disk.snapshot.clone(),
+            disk,
         };
         self.nodes.insert(id, node);
         self.start(id);
@@ -351,6 +356,63 @@ impl Cluster {
         self.check();
     }
 
+    // ----- Storage faults (docs/protocol.md §10.3) -----
+    //
+    // Each emulates what the node core's recovery hands a crashed node's
+    // replica after a disk fault; restart the node afterwards.
+
+    /// The disk lost every entry after `keep` (a corrupt entry at `keep + 1`,
+    /// say): the durable log keeps the prefix up to `keep`, and, if that
+    /// dropped anything, `repair_index` becomes the highest index the disk
+    /// held (or stays, if higher or unknown). Returns the repair index.
+    pub fn lose_log_tail(&mut self, id: NodeId, keep: Index) -> Index {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(!node.is_up(), "recovery runs before the replica starts");
+        let disk = &mut node.disk;
+        let base = disk.snapshot_index();
+        assert!(keep >= base, "the snapshot is not part of the log tail");
+        let highest = base + disk.entries.len() as u64;
+        if highest > keep {
+            disk.entries.truncate((keep - base) as usize);
+            disk.hard_state.repair_index = disk.hard_state.repair_index.max(highest);
+        }
+        if tracing() {
+            eprintln!(
+                "LOSE TAIL {id}: keep {keep} of {highest}, repair {}",
+                disk.hard_state.repair_index
+            );
+        }
+        disk.hard_state.repair_index
+    }
+
+    /// The group could not be read back (no valid vote record, a corrupt
+    /// snapshot): the disk is wiped and the replica starts empty, from the
+    /// bootstrap membership if the node had one, with its repair target
+    /// unknown.
+    pub fn wipe_disk(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(!node.is_up(), "recovery runs before the replica starts");
+        node.disk = Disk {
+            hard_state: HardState {
+                repair_index: REPAIR_INDEX_UNKNOWN,
+                ..HardState::default()
+            },
+            snapshot: node.bootstrap.clone(),
+            entries: Vec::new(),
+        };
+    }
+
+    /// One vote slot was damaged; the intact one holds `older`, an earlier
+    /// record. The log is intact; the repair target is unknown.
+    pub fn lose_vote_record(&mut self, id: NodeId, older: HardState) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(!node.is_up(), "recovery runs before the replica starts");
+        node.disk.hard_state = HardState {
+            repair_index: REPAIR_INDEX_UNKNOWN,
+            ..older
+        };
+    }
+
     /// Cuts both directions between every node of `a` and every node of `b`.
     pub fn partition(&mut self, a: &[NodeId], b: &[NodeId]) {
         for &x in a {
@@ -411,7 +473,13 @@ impl Cluster {
         else {
             return false;
         };
+        // A repair only ever ends within an incarnation, so a replica
+        // repairing now has been repairing since it started.
+        let repairing = replica.is_repairing();
         let ready = replica.take_ready();
+        if repairing {
+            check_abstains(id, &ready);
+        }
         if tracing() {
             eprintln!(
                 "READY {id}: hard state {:?} snapshot {:?} entries {:?} point {:?} \
@@ -858,6 +926,23 @@ impl Cluster {
     /// Every message in flight, for assertions.
     pub fn in_flight(&self, pick: impl Fn(&Message) -> bool) -> Vec<Message> {
         self.network.iter().filter(|m| pick(m)).cloned().collect()
+    }
+}
+
+/// §10.3: a repairing replica neither campaigns nor grants a vote or a
+/// pre-vote.
+fn check_abstains(id: NodeId, ready: &Ready) {
+    for message in ready.messages.iter().chain(&ready.persisted_messages) {
+        assert!(
+            !matches!(
+                message.body,
+                Body::PreVote { .. }
+                    | Body::Vote { .. }
+                    | Body::PreVoteResponse { granted: true }
+                    | Body::VoteResponse { granted: true }
+            ),
+            "node {id} took part in an election while repairing: {message:?}"
+        );
     }
 }
 
