@@ -83,6 +83,8 @@ impl MessageLine {
                 0,
             ),
             Body::TimeoutNow => ("TimeoutNow", 0, 0, 0),
+            Body::TermQuery => ("TermQuery", 0, 0, 0),
+            Body::TermReport => ("TermReport", 0, 0, 0),
         };
         MessageLine {
             group,

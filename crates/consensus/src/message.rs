@@ -41,6 +41,9 @@ pub enum Body {
         prev_term: Term,
         entries: Vec<Entry>,
         commit: Index,
+        /// The leader's last log index when it sent this: how far a replica
+        /// that lost its vote record must catch up before it votes (§10.3).
+        leader_last_index: Index,
     },
     /// §5.3: `success` with the highest index now known to match the
     /// leader's log (and durable), or a rejection with a hint where the
@@ -56,4 +59,10 @@ pub enum Body {
     },
     /// §9: start an election now, skipping pre-vote.
     TimeoutNow,
+    /// §10.3: a replica that lost its vote record asks a voter for its
+    /// current term. The receiver changes no state and answers with
+    /// `TermReport` carrying its term in `Message::term`.
+    TermQuery,
+    /// §10.3: the answer to `TermQuery`.
+    TermReport,
 }

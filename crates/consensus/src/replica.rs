@@ -153,6 +153,13 @@ pub struct Replica {
     voted_for: Option<NodeId>,
     /// §10.3: non-zero while this replica must not vote or campaign.
     repair_index: Index,
+    /// §10.3: while rejoining after losing the vote record, the highest term
+    /// heard from each other voter; `None` otherwise.
+    rejoin_terms: Option<BTreeMap<NodeId, Term>>,
+    /// §10.3: the catch-up target learned from the first leader, and whether
+    /// the term floor is known, while rejoining (memory only).
+    rejoin_target: Option<Index>,
+    rejoin_floor_known: bool,
     log: Log,
     // Volatile state.
     role: Role,
@@ -238,6 +245,9 @@ impl Replica {
             term: hard_state.term,
             voted_for: hard_state.voted_for,
             repair_index: hard_state.repair_index,
+            rejoin_terms: None,
+            rejoin_target: None,
+            rejoin_floor_known: false,
             log,
             role: Role::Follower,
             leader: None,
@@ -331,6 +341,28 @@ impl Replica {
     /// Time has advanced to `now_ms` on this node's clock (§4.1, §4.4).
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        if self.rejoin_terms.is_some() && self.now_ms >= self.heartbeat_due_ms {
+            // §10.3: followers do not talk to each other, so a rejoining
+            // replica asks every voter it has not heard from for its term.
+            self.heartbeat_due_ms = self.now_ms + self.options.heartbeat_interval_ms;
+            let id = self.id();
+            let unheard: Vec<NodeId> = self
+                .config
+                .voters
+                .iter()
+                .copied()
+                .filter(|voter| {
+                    *voter != id
+                        && !self
+                            .rejoin_terms
+                            .as_ref()
+                            .is_some_and(|terms| terms.contains_key(voter))
+                })
+                .collect();
+            for voter in unheard {
+                self.send(voter, Body::TermQuery);
+            }
+        }
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.now_ms >= self.election_deadline_ms {
@@ -390,17 +422,86 @@ impl Replica {
     /// §10.3: a replica that lost its vote record learns from the first
     /// leader it hears how far it must catch up, and records that it voted
     /// for that leader in its term, so that it cannot vote twice in it.
-    fn learn_repair_target(&mut self, leader: NodeId, leader_commit: Index) {
+    ///
+    /// The target is the leader's last index, not its commit: an
+    /// acknowledgment this replica sent before it lost its state may still
+    /// be on its way and commit entries above the leader's commit point.
+    /// The leader's log holds every entry this replica acknowledged to it.
+    ///
+    /// The replica also may not vote until it has heard the current term of
+    /// every other voter (`rejoin_terms`): a vote it cast and lost went to
+    /// a candidate whose own term is at least that of the vote, so the
+    /// highest term every voter reports bounds every term it may have voted
+    /// in. It then adopts that term with a vote for itself, which blocks a
+    /// second vote in it.
+    fn learn_repair_target(&mut self, leader: NodeId, leader_last_index: Index) {
         if self.repair_index != REPAIR_INDEX_UNKNOWN {
             return;
         }
         if self.voted_for.is_none() {
             self.voted_for = Some(leader);
+            self.hard_state_dirty = true;
         }
-        self.repair_index = leader_commit.max(1);
-        if self.persisted >= self.repair_index {
-            self.repair_index = 0;
+        // The repair index stays `REPAIR_INDEX_UNKNOWN` on disk until the
+        // repair ends: a crash in between makes the replica learn both the
+        // target and the term floor again, which is safe.
+        if self.rejoin_target.is_none() {
+            self.rejoin_target = Some(leader_last_index.max(1));
+            self.rejoin_terms = Some(BTreeMap::new());
         }
+        self.maybe_finish_repair();
+    }
+
+    /// §10.3: records the term a voter reported while this replica rejoins
+    /// after losing its vote record; see `learn_repair_target`.
+    fn note_rejoin_term(&mut self, from: NodeId, term: Term) {
+        let Some(terms) = self.rejoin_terms.as_mut() else {
+            return;
+        };
+        let entry = terms.entry(from).or_insert(term);
+        *entry = (*entry).max(term);
+        let id = self.options.id;
+        // A replica that does not know its membership yet cannot tell whom
+        // it must hear from.
+        let heard_all = !self.config.voters.is_empty()
+            && self
+                .config
+                .voters
+                .iter()
+                .all(|voter| *voter == id || terms.contains_key(voter));
+        if !heard_all {
+            return;
+        }
+        let floor = terms.values().copied().max().unwrap_or(0);
+        self.rejoin_terms = None;
+        self.rejoin_floor_known = true;
+        if floor > self.term {
+            self.term = floor;
+            self.voted_for = Some(id);
+        } else if floor == self.term && self.voted_for.is_none() {
+            self.voted_for = Some(id);
+        }
+        self.hard_state_dirty = true;
+        self.maybe_finish_repair();
+    }
+
+    /// §10.3: a repair ends once the durable log reaches the target and, for
+    /// a replica that lost its vote record, once it knows the term floor.
+    fn maybe_finish_repair(&mut self) {
+        let target = if self.repair_index == REPAIR_INDEX_UNKNOWN {
+            match self.rejoin_target {
+                Some(target) if self.rejoin_floor_known => target,
+                _ => return,
+            }
+        } else {
+            self.repair_index
+        };
+        if self.repair_index == 0 || self.persisted < target {
+            return;
+        }
+        self.repair_index = 0;
+        self.rejoin_target = None;
+        self.rejoin_floor_known = false;
         self.hard_state_dirty = true;
     }
 
@@ -435,6 +536,23 @@ impl Replica {
         );
         if message.from == self.id() {
             return;
+        }
+        match message.body {
+            // A pre-vote carries the term its sender would campaign in, one
+            // above its own; a pre-vote answer carries the asker's term.
+            Body::PreVote { .. } => self.note_rejoin_term(message.from, message.term - 1),
+            Body::PreVoteResponse { .. } => {}
+            // §10.3: a term query changes nothing here, whatever its term:
+            // the asker's own term is not to be trusted.
+            Body::TermQuery => {
+                self.send(message.from, Body::TermReport);
+                return;
+            }
+            Body::TermReport => {
+                self.note_rejoin_term(message.from, message.term);
+                return;
+            }
+            _ => self.note_rejoin_term(message.from, message.term),
         }
         if message.term > self.term {
             match &message.body {
@@ -480,9 +598,10 @@ impl Replica {
                 prev_term,
                 entries,
                 commit,
+                leader_last_index,
             } => {
                 self.accept_leader(message.from);
-                self.learn_repair_target(message.from, commit);
+                self.learn_repair_target(message.from, leader_last_index);
                 self.handle_append(message.from, prev_index, prev_term, entries, commit);
             }
             Body::AppendResponse {
@@ -492,9 +611,9 @@ impl Replica {
             } => self.handle_append_response(message.from, success, match_index, reject_hint),
             Body::InstallSnapshot { snapshot } => {
                 self.accept_leader(message.from);
-                self.learn_repair_target(message.from, snapshot.meta.index);
                 self.handle_install_snapshot(message.from, snapshot);
             }
+            Body::TermQuery | Body::TermReport => unreachable!("answered before the term rules"),
             Body::TimeoutNow => {
                 // §9: the leader asks us to take over; skip pre-vote. §10.3:
                 // not while repairing: the leader's match for us may predate
@@ -898,6 +1017,7 @@ impl Replica {
                 prev_term,
                 entries,
                 commit,
+                leader_last_index: last_index,
             },
         );
         sent_entries
@@ -1298,12 +1418,9 @@ impl Replica {
         // planned; only a point that still matches counts.
         if self.log.term_at(index) == Some(term) && index > self.persisted {
             self.persisted = index;
-            if self.repair_index != 0 && self.persisted >= self.repair_index {
-                // §10.3: the log again holds everything this replica may
-                // have acknowledged before its disk failed it.
-                self.repair_index = 0;
-                self.hard_state_dirty = true;
-            }
+            // §10.3: the log may again hold everything this replica may
+            // have acknowledged before its disk failed it.
+            self.maybe_finish_repair();
             if self.persisted >= self.term_start_index {
                 // §3.1: the term-start entry is durable, and so is the vote
                 // record written with or before it.

@@ -154,11 +154,13 @@ fn encode_message(out: &mut Vec<u8>, message: &Message) {
             prev_term,
             entries,
             commit,
+            leader_last_index,
         } => {
             out.push(5);
             put_u64(out, *prev_index);
             put_u64(out, *prev_term);
             put_u64(out, *commit);
+            put_u64(out, *leader_last_index);
             put_u32(
                 out,
                 u32::try_from(entries.len()).expect("entry count fits u32"),
@@ -187,6 +189,8 @@ fn encode_message(out: &mut Vec<u8>, message: &Message) {
             put_bytes(out, &snapshot.data);
         }
         Body::TimeoutNow => out.push(8),
+        Body::TermQuery => out.push(9),
+        Body::TermReport => out.push(10),
     }
 }
 
@@ -215,6 +219,7 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
             let prev_index = reader.u64()?;
             let prev_term = reader.u64()?;
             let commit = reader.u64()?;
+            let leader_last_index = reader.u64()?;
             // An entry takes at least 17 bytes (index, term, payload tag).
             let count = reader.count(ENVELOPE_MESSAGES_MAX, 17, "entries")?;
             let mut entries = Vec::with_capacity(count);
@@ -233,6 +238,7 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
                 prev_term,
                 entries,
                 commit,
+                leader_last_index,
             }
         }
         6 => Body::AppendResponse {
@@ -257,6 +263,8 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
             }
         }
         8 => Body::TimeoutNow,
+        9 => Body::TermQuery,
+        10 => Body::TermReport,
         other => return Err(WireError::BadTag(other)),
     };
     Ok(Message {
@@ -450,6 +458,7 @@ mod tests {
                                 },
                             ],
                             commit: 10,
+                            leader_last_index: 13,
                         },
                     ),
                 ),
@@ -481,6 +490,8 @@ mod tests {
                     ),
                 ),
                 (9, message(5, Body::TimeoutNow)),
+                (9, message(5, Body::TermQuery)),
+                (9, message(6, Body::TermReport)),
             ],
         }
     }
@@ -552,7 +563,7 @@ mod tests {
                 from: 3,
                 to: 1,
                 messages: vec![(1, Message { from: 3, to: 1, term, body: Body::Append {
-                    prev_index: 0, prev_term: 0, entries, commit: 0 } })],
+                    prev_index: 0, prev_term: 0, entries, commit: 0, leader_last_index: 0 } })],
             };
             prop_assert_eq!(decode_envelope(&encode_envelope(&envelope)), Ok(envelope));
         }
