@@ -94,10 +94,8 @@ fn log(dir: &Path, batch: usize) -> Measure {
             }
         }
     };
-    let options = StoreOptions {
-        segment_bytes_max: 64 << 20,
-        ..StoreOptions::default()
-    };
+    let mut options = StoreOptions::default();
+    options.segment_bytes_max = 64 << 20;
     let (mut store, ops) = GroupStore::create(1, options, &HardState::default());
     submit_and_wait(&mut disk, ops);
     let mut next_index = 1u64;
