@@ -94,8 +94,8 @@ fn log(dir: &Path, batch: usize) -> Measure {
             }
         }
     };
-    let mut options = StoreOptions::default();
-    options.segment_bytes_max = 64 << 20;
+    // The default segment size (64 MiB) holds a whole slice: no roll.
+    let options = StoreOptions::default();
     let (mut store, ops) = GroupStore::create(1, options, &HardState::default());
     submit_and_wait(&mut disk, ops);
     let mut next_index = 1u64;
