@@ -1,5 +1,8 @@
 //! The in-memory view of a replica's log: a snapshot point followed by
-//! contiguous entries (docs/protocol.md §2.1, §8).
+//! contiguous entries (docs/protocol.md §2.1, §8), and the terms of entries
+//! below the snapshot point that storage still holds on disk (§8.1), which a
+//! leader reads back to catch up a lagging follower instead of sending a
+//! snapshot.
 
 use crate::types::{Config, Entry, Index, Payload, SnapshotMeta, Term};
 
@@ -9,11 +12,20 @@ pub struct Log {
     snapshot: SnapshotMeta,
     /// `entries[k].index == snapshot.index + 1 + k`.
     entries: Vec<Entry>,
+    /// Entries at or below the snapshot point still readable from disk, as
+    /// runs of `(first index, term)`, ascending, covering
+    /// `[retained_first(), snapshot.index]` without a gap. Empty when none
+    /// are retained.
+    retained: Vec<(Index, Term)>,
 }
 
 impl Log {
     pub fn new(snapshot: SnapshotMeta, entries: Vec<Entry>) -> Log {
-        let log = Log { snapshot, entries };
+        let log = Log {
+            snapshot,
+            entries,
+            retained: Vec::new(),
+        };
         log.assert_contiguous();
         log
     }
@@ -60,7 +72,65 @@ impl Log {
         if index == self.snapshot.index {
             return Some(self.snapshot.term);
         }
+        if index < self.snapshot.index {
+            return self.retained_term_at(index);
+        }
         self.entry(index).map(|entry| entry.term)
+    }
+
+    fn retained_term_at(&self, index: Index) -> Option<Term> {
+        let first = self.retained.first()?.0;
+        if index < first || index > self.snapshot.index {
+            return None;
+        }
+        let run = self.retained.partition_point(|(start, _)| *start <= index) - 1;
+        Some(self.retained[run].1)
+    }
+
+    /// The first index still readable from disk: below the snapshot point
+    /// when storage retains older entries, else `snapshot.index + 1`.
+    pub fn retained_first(&self) -> Index {
+        self.retained
+            .first()
+            .map_or(self.snapshot.index + 1, |(first, _)| *first)
+    }
+
+    /// Declares that storage holds the entries from `first` up to the
+    /// snapshot point, with these term runs (recovery's report). Runs must
+    /// start at `first`, ascend, and stay at or below the snapshot point.
+    pub fn set_retained(&mut self, runs: Vec<(Index, Term)>) {
+        for pair in runs.windows(2) {
+            assert!(
+                pair[0].0 < pair[1].0 && pair[0].1 < pair[1].1,
+                "runs ascend"
+            );
+        }
+        if let Some(last) = runs.last() {
+            assert!(
+                last.0 <= self.snapshot.index,
+                "retained runs above the snapshot"
+            );
+            assert!(
+                last.1 <= self.snapshot.term,
+                "retained terms above the snapshot's"
+            );
+        }
+        self.retained = runs;
+    }
+
+    /// Storage deleted every entry below `index`: forget their terms.
+    pub fn discard_retained_below(&mut self, index: Index) {
+        if index > self.snapshot.index {
+            self.retained.clear();
+            return;
+        }
+        let keep_from = self.retained.partition_point(|(start, _)| *start <= index);
+        if keep_from == 0 {
+            return;
+        }
+        let (_, term) = self.retained[keep_from - 1];
+        self.retained.drain(..keep_from);
+        self.retained.insert(0, (index, term));
     }
 
     pub fn entry(&self, index: Index) -> Option<&Entry> {
@@ -123,9 +193,20 @@ impl Log {
         );
         if self.term_at(meta.index) == Some(meta.term) && meta.index <= self.last_index() {
             let drop = (meta.index - self.snapshot.index) as usize;
-            self.entries.drain(..drop);
+            // The compacted entries stay on disk until storage deletes them
+            // (`discard_retained_below`): remember their terms.
+            for entry in self.entries.drain(..drop) {
+                if self
+                    .retained
+                    .last()
+                    .is_none_or(|(_, term)| *term != entry.term)
+                {
+                    self.retained.push((entry.index, entry.term));
+                }
+            }
         } else {
             self.entries.clear();
+            self.retained.clear();
         }
         self.snapshot = meta;
         self.assert_contiguous();
@@ -200,7 +281,13 @@ mod tests {
         });
         assert_eq!(log.first_index(), 3);
         assert_eq!(log.term_at(2), Some(1));
+        // Compacted entries stay known, as retained on disk, until storage
+        // deletes them.
+        assert_eq!(log.term_at(1), Some(1));
+        assert_eq!(log.retained_first(), 1);
+        log.discard_retained_below(2);
         assert_eq!(log.term_at(1), None);
+        assert_eq!(log.retained_first(), 2);
         assert_eq!(log.entries().len(), 1);
         // A snapshot whose point the log does not hold discards the log.
         log.compact_to(SnapshotMeta {
@@ -210,6 +297,34 @@ mod tests {
         });
         assert_eq!(log.last_index(), 3);
         assert!(log.entries().is_empty());
+        assert_eq!(log.retained_first(), 4, "nothing below it is consistent");
+        assert_eq!(log.term_at(2), None);
+    }
+
+    #[test]
+    fn retained_runs_answer_terms_below_the_snapshot() {
+        let mut log = Log::default();
+        for (index, term) in [(1, 1), (2, 1), (3, 2), (4, 3), (5, 3), (6, 3)] {
+            log.push(entry(index, term));
+        }
+        log.compact_to(SnapshotMeta {
+            index: 5,
+            term: 3,
+            config: Config::default(),
+        });
+        let terms: Vec<Option<Term>> = (0..=6).map(|index| log.term_at(index)).collect();
+        assert_eq!(
+            terms,
+            vec![None, Some(1), Some(1), Some(2), Some(3), Some(3), Some(3)]
+        );
+        log.discard_retained_below(3);
+        assert_eq!(log.term_at(2), None);
+        assert_eq!(log.term_at(3), Some(2));
+        assert_eq!(log.term_at(4), Some(3));
+        log.discard_retained_below(6);
+        assert_eq!(log.term_at(4), None);
+        assert_eq!(log.term_at(5), Some(3));
+        assert_eq!(log.retained_first(), 6);
     }
 
     #[test]

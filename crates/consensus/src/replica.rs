@@ -39,6 +39,10 @@ pub struct Options {
     /// Proposals are refused while this many entries are appended but not
     /// committed, so that an isolated leader cannot grow without bound (§6).
     pub uncommitted_entries_max: u64,
+    /// §8.1: storage keeps entries below the snapshot point until the node
+    /// deletes them (`discard_retained_below`), so a lagging follower can be
+    /// sent them from disk. When false, a snapshot forgets them at once.
+    pub retain_log_below_snapshot: bool,
 }
 
 impl Options {
@@ -52,6 +56,7 @@ impl Options {
             inflight_appends_max: 32,
             promote_lag_max: 64,
             uncommitted_entries_max: 16_384,
+            retain_log_below_snapshot: false,
         }
     }
 
@@ -113,6 +118,9 @@ enum ProgressState {
     Replicate,
     /// A snapshot at `index` was sent at `sent_ms`.
     Snapshot { index: Index, sent_ms: u64 },
+    /// §8.1: entries from `from`, below the snapshot point, are being read
+    /// from disk (asked at `sent_ms`); `entries_loaded` sends them.
+    Loading { from: Index, sent_ms: u64 },
 }
 
 /// What the caller must do after feeding inputs (docs/protocol.md §10).
@@ -137,6 +145,17 @@ pub struct Ready {
     /// The (index, term) to pass to `on_persisted` once this `Ready`'s writes
     /// are durable.
     pub persist_point: Option<(Index, Term)>,
+    /// §8.1: read these entries from disk and pass them to
+    /// `entries_loaded`.
+    pub reads: Vec<LogRead>,
+}
+
+/// A request to read entries from `from` on, below the snapshot point, for
+/// the follower `peer` (§8.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRead {
+    pub peer: NodeId,
+    pub from: Index,
 }
 
 impl Ready {
@@ -198,6 +217,7 @@ pub struct Replica {
     snapshot_to_apply: Option<Snapshot>,
     messages: Vec<Message>,
     persisted_messages: Vec<Message>,
+    reads: Vec<LogRead>,
 }
 
 impl Replica {
@@ -275,6 +295,7 @@ impl Replica {
             snapshot_to_apply: snapshot,
             messages: Vec::new(),
             persisted_messages: Vec::new(),
+            reads: Vec::new(),
         };
         replica.reset_election_deadline();
         replica
@@ -958,9 +979,10 @@ impl Replica {
             return false;
         };
         match progress.state {
-            ProgressState::Snapshot { sent_ms, .. } => {
+            ProgressState::Snapshot { sent_ms, .. } | ProgressState::Loading { sent_ms, .. } => {
                 if heartbeat && now_ms >= sent_ms + election_timeout_ms {
-                    // The snapshot or its answer was lost: probe again.
+                    // The snapshot, the read or an answer was lost: probe
+                    // again.
                     progress.state = ProgressState::Probe { sent: false };
                 } else {
                     return false;
@@ -982,6 +1004,21 @@ impl Replica {
             self.send_snapshot(peer);
             return false;
         };
+        if next_index <= self.log.snapshot().index {
+            // §8.1: the entries are compacted from memory but still on disk
+            // (their term is known): read them back rather than send the
+            // whole snapshot.
+            progress.state = ProgressState::Loading {
+                from: next_index,
+                sent_ms: now_ms,
+            };
+            progress.inflight.clear();
+            self.reads.push(LogRead {
+                peer,
+                from: next_index,
+            });
+            return false;
+        }
         let window_full = matches!(progress.state, ProgressState::Replicate)
             && progress.inflight.len() >= self.options.inflight_appends_max;
         let entries = if window_full {
@@ -1002,7 +1039,9 @@ impl Replica {
                     progress.inflight.push(last.index);
                 }
                 ProgressState::Probe { .. } => progress.state = ProgressState::Probe { sent: true },
-                ProgressState::Snapshot { .. } => unreachable!("snapshot state returns early"),
+                ProgressState::Snapshot { .. } | ProgressState::Loading { .. } => {
+                    unreachable!("snapshot and loading states return early")
+                }
             }
         } else if let ProgressState::Probe { .. } = progress.state {
             progress.state = ProgressState::Probe { sent: true };
@@ -1021,6 +1060,76 @@ impl Replica {
             },
         );
         sent_entries
+    }
+
+    /// §8.1: the entries a `LogRead` asked for, or `None` when storage could
+    /// not read them intact (damaged, or deleted meanwhile): the follower
+    /// then gets the snapshot instead. Damaged data is never sent.
+    pub fn entries_loaded(&mut self, peer: NodeId, from: Index, entries: Option<Vec<Entry>>) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let loading = matches!(
+            self.progress.get(&peer).map(|progress| progress.state),
+            Some(ProgressState::Loading { from: asked, .. }) if asked == from
+        );
+        if !loading {
+            return;
+        }
+        let prev_term = self.log.term_at(from - 1);
+        let usable = entries.filter(|entries| {
+            !entries.is_empty()
+                && entries.iter().enumerate().all(|(offset, entry)| {
+                    entry.index == from + offset as u64
+                        && self.log.term_at(entry.index) == Some(entry.term)
+                })
+        });
+        let (Some(mut entries), Some(prev_term)) = (usable, prev_term) else {
+            self.send_snapshot(peer);
+            return;
+        };
+        let mut bytes = 0;
+        let mut keep = 0;
+        for entry in &entries {
+            bytes += entry.size_bytes();
+            if keep > 0
+                && (keep >= self.options.append_entries_max
+                    || bytes > self.options.append_bytes_max)
+            {
+                break;
+            }
+            keep += 1;
+        }
+        entries.truncate(keep);
+        let progress = self
+            .progress
+            .get_mut(&peer)
+            .expect("loading peer has progress");
+        progress.state = ProgressState::Probe { sent: true };
+        progress.next_index = from;
+        let commit = self.commit;
+        let leader_last_index = self.log.last_index();
+        self.send(
+            peer,
+            Body::Append {
+                prev_index: from - 1,
+                prev_term,
+                entries,
+                commit,
+                leader_last_index,
+            },
+        );
+    }
+
+    /// Storage deleted every entry below `index` (retention, §8.1).
+    pub fn discard_retained_below(&mut self, index: Index) {
+        self.log.discard_retained_below(index);
+    }
+
+    /// At start: storage still holds the entries from the first run's index
+    /// up to the snapshot point, with these term runs (§8.1).
+    pub fn set_retained(&mut self, runs: Vec<(Index, Term)>) {
+        self.log.set_retained(runs);
     }
 
     fn send_snapshot(&mut self, peer: NodeId) {
@@ -1156,6 +1265,14 @@ impl Replica {
             progress.inflight.retain(|last| *last > match_index);
             match progress.state {
                 ProgressState::Probe { .. } => progress.state = ProgressState::Replicate,
+                ProgressState::Loading { .. }
+                    if progress.match_index >= self.log.snapshot().index =>
+                {
+                    // An answer overtook the read: the follower needs
+                    // nothing below the snapshot point any more.
+                    progress.state = ProgressState::Replicate;
+                    progress.inflight.clear();
+                }
                 ProgressState::Snapshot { index, .. } if progress.match_index >= index => {
                     progress.state = ProgressState::Replicate;
                     progress.inflight.clear();
@@ -1173,7 +1290,7 @@ impl Replica {
             let stale = match progress.state {
                 ProgressState::Replicate => match_index < progress.match_index + 1,
                 ProgressState::Probe { .. } => match_index + 1 != progress.next_index,
-                ProgressState::Snapshot { .. } => true,
+                ProgressState::Snapshot { .. } | ProgressState::Loading { .. } => true,
             };
             if match_index == 0 {
                 return;
@@ -1265,6 +1382,9 @@ impl Replica {
         let old_commit = self.commit;
         let keeps_suffix = self.log.term_at(meta.index) == Some(meta.term);
         self.log.compact_to(meta.clone());
+        if !self.options.retain_log_below_snapshot {
+            self.log.discard_retained_below(meta.index + 1);
+        }
         if !keeps_suffix {
             self.persisted = self.persisted.min(old_commit);
             self.unstable_from = None;
@@ -1440,6 +1560,9 @@ impl Replica {
         assert_eq!(self.log.term_at(meta.index), Some(meta.term));
         assert!(meta.index > self.log.snapshot().index);
         self.log.compact_to(meta.clone());
+        if !self.options.retain_log_below_snapshot {
+            self.log.discard_retained_below(meta.index + 1);
+        }
         self.latest_snapshot = Some(snapshot);
         if let Some(from) = self.unstable_from {
             assert!(from > meta.index, "compacting entries that are not durable");
@@ -1472,6 +1595,7 @@ impl Replica {
         let mut ready = Ready {
             messages: std::mem::take(&mut self.messages),
             persisted_messages: std::mem::take(&mut self.persisted_messages),
+            reads: std::mem::take(&mut self.reads),
             ..Ready::default()
         };
         if std::mem::take(&mut self.hard_state_dirty) {

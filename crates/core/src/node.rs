@@ -563,7 +563,8 @@ impl Node {
                 || !ready.messages.is_empty()
                 || !ready.persisted_messages.is_empty()
                 || !ready.committed.is_empty()
-                || ready.apply_snapshot.is_some();
+                || ready.apply_snapshot.is_some()
+                || !ready.reads.is_empty();
             self.process_ready(group_id, ready, env);
             self.maybe_snapshot(group_id, env);
             self.fail_orphaned_requests(group_id, env);
@@ -633,6 +634,13 @@ impl Node {
         }
         for entry in ready.committed {
             apply_entry(group, group_id, entry, env);
+        }
+        // §8.1: this node's storage deletes what a snapshot covers (the
+        // replicas run without `retain_log_below_snapshot`), so a read of
+        // entries below the snapshot point cannot be served: the replica
+        // sends the snapshot instead.
+        for read in ready.reads {
+            group.replica.entries_loaded(read.peer, read.from, None);
         }
     }
 
