@@ -338,10 +338,6 @@ impl Simulation {
             heartbeat_interval_ms: timing.heartbeat_interval_ms,
             snapshot_interval_entries: timing.snapshot_interval_entries,
             segment_bytes_max: timing.segment_bytes_max,
-            // Derived from the seed's segment size (256 B to 64 KiB), so
-            // that snapshots, a few KiB to some hundred KiB here, often take
-            // many chunks.
-            snapshot_chunk_bytes_max: (timing.segment_bytes_max / 16) as usize,
         }
     }
 

@@ -125,14 +125,8 @@ enum ProgressState {
     Probe { sent: bool },
     /// Streaming: Appends are sent optimistically, up to the inflight window.
     Replicate,
-    /// A snapshot at `index` is being sent: the chunk `[offset, end)` was
-    /// sent at `sent_ms`; an ack for `end` asks for the next one.
-    Snapshot {
-        index: Index,
-        sent_ms: u64,
-        offset: u64,
-        end: u64,
-    },
+    /// A snapshot at `index` was sent at `sent_ms`.
+    Snapshot { index: Index, sent_ms: u64 },
     /// §8.1: entries from `from`, below the snapshot point, are being read
     /// from disk (asked at `sent_ms`); `entries_loaded` sends them.
     Loading { from: Index, sent_ms: u64 },
@@ -1006,18 +1000,6 @@ impl Replica {
             return false;
         };
         match progress.state {
-            ProgressState::Snapshot {
-                sent_ms, offset, ..
-            } if heartbeat
-                && now_ms < sent_ms + election_timeout_ms
-                && now_ms >= sent_ms + self.options.heartbeat_interval_ms =>
-            {
-                // §8: the chunk or its ack may be lost: send it again. Only
-                // time resends a chunk, never an ack, so duplicated acks
-                // cannot multiply the chunks in flight.
-                self.send_snapshot_chunk(peer, offset);
-                return false;
-            }
             ProgressState::Snapshot { sent_ms, .. } | ProgressState::Loading { sent_ms, .. } => {
                 if heartbeat && now_ms >= sent_ms + election_timeout_ms {
                     // The snapshot, the read or an answer was lost: probe
@@ -1195,8 +1177,6 @@ impl Replica {
         progress.state = ProgressState::Snapshot {
             index,
             sent_ms: self.now_ms,
-            offset: start as u64,
-            end: end as u64,
         };
         progress.inflight.clear();
         self.send(peer, body);
@@ -1211,10 +1191,8 @@ impl Replica {
             return;
         };
         progress.last_ack_ms = now_ms;
-        // Only the ack of the last chunk sent moves the transfer on; any
-        // other (duplicated, delayed) is ignored.
-        let sending = matches!(progress.state,
-            ProgressState::Snapshot { index: sent, end, .. } if sent == index && end == offset);
+        let sending =
+            matches!(progress.state, ProgressState::Snapshot { index: sent, .. } if sent == index);
         let latest = self
             .latest_snapshot
             .as_ref()

@@ -59,8 +59,6 @@ struct Pair {
     fail_reads: bool,
     /// Sizes of the snapshot chunks delivered.
     chunks: Vec<usize>,
-    /// Delivers every message twice.
-    duplicate: bool,
 }
 
 impl Pair {
@@ -93,7 +91,6 @@ impl Pair {
             now_ms: 0,
             fail_reads: false,
             chunks: Vec::new(),
-            duplicate: false,
         }
     }
 
@@ -166,14 +163,6 @@ impl Pair {
                     self.chunks.push(chunk.len());
                 }
                 let to = message.to;
-                if self.duplicate {
-                    self.nodes
-                        .get_mut(&to)
-                        .unwrap()
-                        .replica
-                        .step(message.clone());
-                    self.drain(to);
-                }
                 self.nodes.get_mut(&to).unwrap().replica.step(message);
                 self.drain(to);
             }
@@ -354,23 +343,4 @@ fn without_retention_a_snapshot_forgets_the_compacted_entries() {
     });
     assert_eq!(replica.log().retained_first(), index + 1);
     assert_eq!(replica.log().term_at(index - 1), None);
-}
-
-/// §8: duplicated acks must not multiply the chunks in flight (the simulator
-/// found a livelock where every duplicated ack sent one more chunk, and every
-/// duplicated chunk one more ack).
-#[test]
-fn duplicated_chunks_and_acks_do_not_multiply() {
-    let mut pair = lagging_follower(true);
-    pair.duplicate = true;
-    let leader = pair.leader();
-    let follower = 3 - leader;
-    pair.tick(10 * ELECTION_TIMEOUT_MS, None);
-    assert_eq!(pair.nodes[&follower].snapshots_installed, 1);
-    let needed = SNAPSHOT_BYTES.div_ceil(CHUNK_BYTES);
-    assert!(
-        pair.chunks.len() <= 4 * needed,
-        "{} chunks delivered for {needed} needed",
-        pair.chunks.len()
-    );
 }

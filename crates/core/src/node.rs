@@ -47,9 +47,6 @@ pub struct NodeConfig {
     pub snapshot_interval_entries: u64,
     /// Roll to a new log segment past this size.
     pub segment_bytes_max: u64,
-    /// Send snapshots to lagging followers in chunks of at most this size
-    /// (docs/protocol.md §8).
-    pub snapshot_chunk_bytes_max: usize,
 }
 
 /// Why a node could not start.
@@ -354,7 +351,6 @@ impl Node {
         let mut options = Options::new(self.config.id);
         options.election_timeout_ms = self.config.election_timeout_ms;
         options.heartbeat_interval_ms = self.config.heartbeat_interval_ms;
-        options.snapshot_chunk_bytes_max = self.config.snapshot_chunk_bytes_max;
         options
     }
 
