@@ -76,10 +76,12 @@ impl MessageLine {
                 match_index,
                 reject_hint,
             } => ("AppendResp", *success as u64, *match_index, *reject_hint),
-            Body::InstallSnapshot { meta, offset, .. } => {
-                ("InstallSnapshot", meta.index, meta.term, *offset)
-            }
-            Body::SnapshotAck { index, offset } => ("SnapshotAck", *index, *offset, 0),
+            Body::InstallSnapshot { snapshot } => (
+                "InstallSnapshot",
+                snapshot.meta.index,
+                snapshot.meta.term,
+                0,
+            ),
             Body::TimeoutNow => ("TimeoutNow", 0, 0, 0),
             Body::TermQuery => ("TermQuery", 0, 0, 0),
             Body::TermReport => ("TermReport", 0, 0, 0),
@@ -108,8 +110,7 @@ impl fmt::Display for MessageLine {
             "PreVoteResp" | "VoteResp" => write!(f, "granted={}", a == 1),
             "Append" => write!(f, "prev={a} n={b} commit={c}"),
             "AppendResp" => write!(f, "ok={} match={b} hint={c}", a == 1),
-            "InstallSnapshot" => write!(f, "index={a} term={b} offset={c}"),
-            "SnapshotAck" => write!(f, "index={a} offset={b}"),
+            "InstallSnapshot" => write!(f, "index={a} term={b}"),
             _ => Ok(()),
         }
     }

