@@ -1159,16 +1159,7 @@ impl Replica {
             // Skip what we already have and answer from the commit point.
             let skip = (self.commit - prev_index) as usize;
             if skip >= entries.len() {
-                self.persisted_messages.push(Message {
-                    from: self.id(),
-                    to: leader,
-                    term: self.term,
-                    body: Body::AppendResponse {
-                        success: true,
-                        match_index: self.commit,
-                        reject_hint: 0,
-                    },
-                });
+                self.acknowledge(leader, self.commit);
                 return;
             }
             let commit = self.commit;
@@ -1230,13 +1221,20 @@ impl Replica {
             self.commit = new_commit;
         }
         // §3.1: acknowledged only once durable.
+        self.acknowledge(leader, last_new_index);
+    }
+
+    /// §3.1: a successful answer to the leader, claiming the log matches
+    /// up to `match_index`; it leaves only once everything this replica was
+    /// asked to persist so far is durable.
+    fn acknowledge(&mut self, leader: NodeId, match_index: Index) {
         self.persisted_messages.push(Message {
             from: self.id(),
             to: leader,
             term: self.term,
             body: Body::AppendResponse {
                 success: true,
-                match_index: last_new_index,
+                match_index,
                 reject_hint: 0,
             },
         });
@@ -1366,16 +1364,7 @@ impl Replica {
             // We already have everything it holds. §3.1: like every
             // acknowledgment, this one waits until our log up to the commit
             // point is durable (it may not be yet).
-            self.persisted_messages.push(Message {
-                from: self.id(),
-                to: leader,
-                term: self.term,
-                body: Body::AppendResponse {
-                    success: true,
-                    match_index: self.commit,
-                    reject_hint: 0,
-                },
-            });
+            self.acknowledge(leader, self.commit);
             return;
         }
         // §8: keep our suffix only when it continues the snapshot.
@@ -1403,16 +1392,7 @@ impl Replica {
         self.latest_snapshot = Some(snapshot.clone());
         self.snapshot_to_persist = Some(snapshot.clone());
         self.snapshot_to_apply = Some(snapshot);
-        self.persisted_messages.push(Message {
-            from: self.id(),
-            to: leader,
-            term: self.term,
-            body: Body::AppendResponse {
-                success: true,
-                match_index: meta.index,
-                reject_hint: 0,
-            },
-        });
+        self.acknowledge(leader, meta.index);
     }
 
     // ----- Proposals and commands (§6, §7, §9) -----
