@@ -338,6 +338,7 @@ impl Simulation {
             heartbeat_interval_ms: timing.heartbeat_interval_ms,
             snapshot_interval_entries: timing.snapshot_interval_entries,
             segment_bytes_max: timing.segment_bytes_max,
+            machines: runnel_core::MachineLayout::Records,
         }
     }
 

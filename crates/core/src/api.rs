@@ -49,6 +49,10 @@ pub enum ClientOp {
         from_position: u64,
         max_records: u64,
     },
+    /// Propose a command for the group's machine (a Kafka partition or the
+    /// metadata group), encoded by its module. Answered with
+    /// [`ClientReply::Applied`] once committed and applied.
+    Propose { data: Vec<u8> },
     /// Membership change (docs/protocol.md §7): the leader proposes `config`,
     /// which must differ from the current one by one node.
     ChangeConfig { config: Config },
@@ -83,6 +87,15 @@ pub enum ClientReply {
     },
     /// The membership change or leadership transfer was accepted.
     Accepted,
+    /// A proposed command was committed and applied with this outcome.
+    Applied(Applied),
+}
+
+/// What applying a proposed command did.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Applied {
+    Produce(crate::partition::ProduceOutcome),
+    Metadata(crate::metadata::MetadataOutcome),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

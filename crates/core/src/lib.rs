@@ -1,18 +1,23 @@
 //! The Runnel node core: a single-threaded, deterministic state machine.
 //!
 //! It hosts one consensus replica per group, stores each group's log through
-//! `runnel-storage`, applies committed entries to the group's state machine,
-//! and answers clients. It never does IO except through `Env`, never reads
-//! global time or randomness, and iterates only ordered maps.
+//! `runnel-storage`, applies committed entries to the group's state machine
+//! (a record log, a Kafka partition, or the cluster metadata), and answers
+//! clients. It never does IO except through `Env`, never reads global time or
+//! randomness, and iterates only ordered maps.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod machine;
+pub mod metadata;
 mod node;
+pub mod partition;
 pub mod state_machine;
 pub mod wire;
 
 pub use api::*;
+pub use machine::{Machine, MachineLayout};
 pub use node::{
     entry_hash, Node, NodeConfig, StartError, GROUPS_MAX, PENDING_REQUESTS_MAX, READ_RECORDS_MAX,
 };

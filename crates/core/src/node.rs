@@ -16,10 +16,13 @@ use runnel_io::{Disk, DiskError, DiskOp, GroupId, NodeId, Rng};
 use runnel_storage::{GroupStore, RecoveryError, StoreOptions};
 
 use crate::api::{
-    ClientError, ClientOp, ClientReply, ClientRequest, ClientResponse, Env, Envelope, Event,
-    GroupView, Record, Role,
+    Applied, ClientError, ClientOp, ClientReply, ClientRequest, ClientResponse, Env, Envelope,
+    Event, GroupView, Record, Role,
 };
-use crate::state_machine::{decode_append, encode_append, AppendOutcome, StateMachine};
+use crate::machine::{Machine, MachineLayout};
+use crate::metadata::MetadataCommand;
+use crate::partition::PartitionCommand;
+use crate::state_machine::{decode_append, encode_append, AppendOutcome};
 
 /// At most this many records in one read response.
 pub const READ_RECORDS_MAX: u64 = 1_024;
@@ -47,6 +50,8 @@ pub struct NodeConfig {
     pub snapshot_interval_entries: u64,
     /// Roll to a new log segment past this size.
     pub segment_bytes_max: u64,
+    /// Which state machine each group runs.
+    pub machines: MachineLayout,
 }
 
 /// Why a node could not start.
@@ -78,7 +83,7 @@ struct Pending {
 struct Group {
     replica: Replica,
     store: GroupStore,
-    machine: StateMachine,
+    machine: Machine,
     /// Keyed by the index of the proposed entry.
     pending: BTreeMap<Index, Pending>,
 }
@@ -118,6 +123,9 @@ pub struct Node {
     failed: Option<String>,
     /// What recovery found and did, for the operator's log.
     recovery_notes: Vec<String>,
+    /// Initial memberships given after start (`bootstrap_group`), beside
+    /// those of `config.groups`.
+    bootstrap_configs: BTreeMap<GroupId, Config>,
 }
 
 impl Node {
@@ -222,6 +230,7 @@ impl Node {
             outbox: BTreeMap::new(),
             failed: None,
             recovery_notes,
+            bootstrap_configs: BTreeMap::new(),
         })
     }
 
@@ -274,7 +283,11 @@ impl Node {
             last_index: log.last_index(),
             config: replica.config().clone(),
             entries: Vec::new(),
-            records_len: group_state.machine.records().len() as u64,
+            records_len: match &group_state.machine {
+                Machine::Records(machine) => machine.records().len() as u64,
+                Machine::Partition(log) => log.high_watermark() as u64,
+                Machine::Metadata(state) => state.topics().len() as u64,
+            },
         })
     }
 
@@ -295,7 +308,68 @@ impl Node {
 
     /// The records applied to `group`'s state machine so far, by position.
     pub fn records(&self, group: GroupId) -> Option<&[Record]> {
-        self.groups.get(&group).map(|group| group.machine.records())
+        self.groups
+            .get(&group)
+            .and_then(|group| group.machine.records())
+            .map(|machine| machine.records())
+    }
+
+    /// The state machine of `group`, if this node runs it.
+    pub fn machine(&self, group: GroupId) -> Option<&Machine> {
+        self.groups.get(&group).map(|group| &group.machine)
+    }
+
+    /// Whether this node leads `group` and has committed an entry of its
+    /// term, so that its state machine holds every committed entry (§5).
+    pub fn leader_ready(&self, group: GroupId) -> bool {
+        self.groups
+            .get(&group)
+            .is_some_and(|group| group.replica.is_leader_ready())
+    }
+
+    /// Whether this node has `group`, running or waiting for its membership.
+    pub fn hosts(&self, group: GroupId) -> bool {
+        self.groups.contains_key(&group) || self.dormant.contains_key(&group)
+    }
+
+    /// Starts hosting `group` with initial membership `config`, unless it
+    /// runs already. A group recovered from disk that waits for its
+    /// membership (it never took a snapshot) starts now, from its disk.
+    pub fn bootstrap_group(&mut self, group: GroupId, config: Config, env: &mut Env<'_>) {
+        if self.failed.is_some() || self.groups.contains_key(&group) {
+            return;
+        }
+        self.bootstrap_configs.insert(group, config.clone());
+        let now_ms = env.clock.now_ms();
+        if let Some(dormant) = self.dormant.remove(&group) {
+            self.wake_group(group, dormant, now_ms);
+        } else if self.groups.len() < GROUPS_MAX {
+            self.create_group(group, Some(bootstrap_snapshot(config)), now_ms, env);
+        }
+        self.drain(group, env);
+        self.flush(env);
+    }
+
+    /// Stops hosting `group` and deletes its files (the cluster deleted it).
+    /// Requests waiting on it are answered `UnknownGroup`.
+    pub fn remove_group(&mut self, group: GroupId, env: &mut Env<'_>) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.bootstrap_configs.remove(&group);
+        let store = if let Some(group_state) = self.groups.remove(&group) {
+            for (_, pending) in group_state.pending {
+                reply_pending(env, group, &pending, Err(ClientError::UnknownGroup));
+            }
+            group_state.store
+        } else if let Some(dormant) = self.dormant.remove(&group) {
+            dormant.store
+        } else {
+            return;
+        };
+        for op in store.delete_ops() {
+            self.submit(op, env);
+        }
     }
 
     pub fn handle(&mut self, event: Event, env: &mut Env<'_>) {
@@ -362,43 +436,56 @@ impl Node {
             self.submit(op, env);
         }
         let now_ms = env.clock.now_ms();
-        for (group, dormant) in std::mem::take(&mut self.dormant) {
-            let bootstrap = self
-                .config
-                .groups
-                .iter()
-                .find(|(id, _)| *id == group)
-                .map(|(_, config)| config.clone());
-            // A group never snapshotted starts from its bootstrap membership
-            // (the operator's initial configuration); a snapshot carries its own.
-            let snapshot = dormant.snapshot.or_else(|| {
-                bootstrap.map(|config| Snapshot {
-                    meta: SnapshotMeta {
-                        index: 0,
-                        term: 0,
-                        config,
-                    },
-                    data: Vec::new(),
-                })
-            });
-            let replica = Replica::new(
-                self.replica_options(),
-                self.rng.fork(group),
-                dormant.hard_state,
-                snapshot,
-                dormant.entries,
-                now_ms,
-            );
-            self.groups.insert(
-                group,
-                Group {
-                    replica,
-                    store: dormant.store,
-                    machine: StateMachine::default(),
-                    pending: BTreeMap::new(),
-                },
-            );
+        let groups: Vec<GroupId> = self.dormant.keys().copied().collect();
+        for group in groups {
+            let dormant = &self.dormant[&group];
+            // In the broker layout a partition group that never took a
+            // snapshot learns its initial membership from the metadata
+            // group (`bootstrap_group`); until then it waits, untouched.
+            let waits = self.config.machines == MachineLayout::Broker
+                && dormant.snapshot.is_none()
+                && self.bootstrap_config(group).is_none();
+            if waits {
+                continue;
+            }
+            let dormant = self.dormant.remove(&group).expect("listed above");
+            self.wake_group(group, dormant, now_ms);
         }
+    }
+
+    fn bootstrap_config(&self, group: GroupId) -> Option<Config> {
+        self.config
+            .groups
+            .iter()
+            .find(|(id, _)| *id == group)
+            .map(|(_, config)| config.clone())
+            .or_else(|| self.bootstrap_configs.get(&group).cloned())
+    }
+
+    fn wake_group(&mut self, group: GroupId, dormant: Dormant, now_ms: u64) {
+        let bootstrap = self.bootstrap_config(group);
+        // A group never snapshotted starts from its bootstrap membership
+        // (the operator's initial configuration); a snapshot carries its own.
+        let snapshot = dormant
+            .snapshot
+            .or_else(|| bootstrap.map(bootstrap_snapshot));
+        let replica = Replica::new(
+            self.replica_options(),
+            self.rng.fork(group),
+            dormant.hard_state,
+            snapshot,
+            dormant.entries,
+            now_ms,
+        );
+        self.groups.insert(
+            group,
+            Group {
+                replica,
+                store: dormant.store,
+                machine: Machine::new(self.config.machines, group),
+                pending: BTreeMap::new(),
+            },
+        );
     }
 
     fn handle_envelope(
@@ -419,14 +506,17 @@ impl Node {
                 // §12: a leader reaching a node that does not host the group
                 // yet (a learner being added) creates an empty replica, which
                 // learns its membership from the leader's log or snapshot.
+                // In the broker layout the metadata group says which groups
+                // a node hosts, and a group waiting for its membership stays
+                // untouched; the leader retries until then.
                 let creates = matches!(
                     message.body,
                     Body::Append { .. } | Body::InstallSnapshot { .. }
-                );
+                ) && self.config.machines == MachineLayout::Records;
                 if !creates || self.groups.len() >= GROUPS_MAX {
                     continue;
                 }
-                self.create_group(group_id, now_ms, env);
+                self.create_group(group_id, None, now_ms, env);
             }
             let group = self.groups.get_mut(&group_id).expect("group exists");
             group.replica.tick(now_ms);
@@ -435,7 +525,13 @@ impl Node {
         }
     }
 
-    fn create_group(&mut self, group_id: GroupId, now_ms: u64, env: &mut Env<'_>) {
+    fn create_group(
+        &mut self,
+        group_id: GroupId,
+        bootstrap: Option<Snapshot>,
+        now_ms: u64,
+        env: &mut Env<'_>,
+    ) {
         let (store, ops) = GroupStore::create(
             group_id,
             StoreOptions {
@@ -450,7 +546,7 @@ impl Node {
             self.replica_options(),
             self.rng.fork(group_id),
             HardState::default(),
-            None,
+            bootstrap,
             Vec::new(),
             now_ms,
         );
@@ -459,7 +555,7 @@ impl Node {
             Group {
                 replica,
                 store,
-                machine: StateMachine::default(),
+                machine: Machine::new(self.config.machines, group_id),
                 pending: BTreeMap::new(),
             },
         );
@@ -478,7 +574,10 @@ impl Node {
                 if replica.role() != runnel_consensus::Role::Leader {
                     return reply(env, &request, Err(not_leader()));
                 }
-                match group.machine.classify(request.client, *seq) {
+                let Machine::Records(machine) = &group.machine else {
+                    return reply(env, &request, Err(wrong_machine()));
+                };
+                match machine.classify(request.client, *seq) {
                     AppendOutcome::Duplicate(position) => {
                         return reply(env, &request, Ok(ClientReply::Appended { position }));
                     }
@@ -513,7 +612,10 @@ impl Node {
                 if !replica.is_leader_ready() {
                     return reply(env, &request, Err(not_leader()));
                 }
-                let records = group.machine.records();
+                let Machine::Records(machine) = &group.machine else {
+                    return reply(env, &request, Err(wrong_machine()));
+                };
+                let records = machine.records();
                 let start = (*from_position).min(records.len() as u64) as usize;
                 let count = (*max_records).min(READ_RECORDS_MAX) as usize;
                 let end = (start + count).min(records.len());
@@ -526,6 +628,20 @@ impl Node {
                         records: reply_records,
                     }),
                 );
+            }
+            ClientOp::Propose { data } => {
+                if matches!(group.machine, Machine::Records(_)) {
+                    return reply(env, &request, Err(wrong_machine()));
+                }
+                if group.pending.len() >= PENDING_REQUESTS_MAX {
+                    return reply(
+                        env,
+                        &request,
+                        Err(ClientError::Rejected("too many requests in flight".into())),
+                    );
+                }
+                let proposed = replica.propose(data.clone());
+                track_proposal(&mut group.pending, &request, proposed, env);
             }
             ClientOp::ChangeConfig { config } => {
                 let proposed = replica.propose_config(config.clone());
@@ -617,9 +733,10 @@ impl Node {
                     .push((group_id, message));
             }
         }
+        let machines = self.config.machines;
         let group = self.groups.get_mut(&group_id).expect("group exists");
         if let Some(snapshot) = ready.apply_snapshot {
-            group.machine = StateMachine::decode(&snapshot.data);
+            group.machine = Machine::decode(machines, group_id, &snapshot.data);
             // Requests whose entries the snapshot covers cannot be matched to
             // an outcome any more.
             let covered: Vec<Index> = group
@@ -724,9 +841,24 @@ fn apply_entry(group: &mut Group, group_id: GroupId, entry: Entry, env: &mut Env
     let result = match &entry.payload {
         Payload::Noop => return,
         Payload::Config(_) => Ok(ClientReply::Accepted),
-        Payload::Data(data) => match decode_append(data) {
+        Payload::Data(data) => apply_data(&mut group.machine, &entry, data),
+    };
+    if let Some(pending) = pending {
+        reply_pending(env, group_id, &pending, result);
+    }
+}
+
+/// Applies a committed data entry to the group's machine; the result
+/// answers the client that proposed it.
+fn apply_data(
+    machine: &mut Machine,
+    entry: &Entry,
+    data: &[u8],
+) -> Result<ClientReply, ClientError> {
+    match machine {
+        Machine::Records(machine) => match decode_append(data) {
             None => Err(ClientError::Rejected("malformed append".into())),
-            Some(record) => match group.machine.apply(record) {
+            Some(record) => match machine.apply(record) {
                 AppendOutcome::Appended(position) | AppendOutcome::Duplicate(position) => {
                     Ok(ClientReply::Appended { position })
                 }
@@ -738,9 +870,39 @@ fn apply_entry(group: &mut Group, group_id: GroupId, entry: Entry, env: &mut Env
                 }
             },
         },
-    };
-    if let Some(pending) = pending {
-        reply_pending(env, group_id, &pending, result);
+        // Commands are checked before they are proposed; one that does not
+        // decode is refused alike on every replica and changes nothing.
+        Machine::Partition(log) => match PartitionCommand::decode(data) {
+            None => Err(ClientError::Rejected("malformed partition command".into())),
+            Some(command) => Ok(ClientReply::Applied(Applied::Produce(
+                log.apply(command, entry.term),
+            ))),
+        },
+        Machine::Metadata(state) => match MetadataCommand::decode(data) {
+            None => Err(ClientError::Rejected("malformed metadata command".into())),
+            Some(command) => Ok(ClientReply::Applied(Applied::Metadata(state.apply(
+                command,
+                entry.index,
+                entry.term,
+            )))),
+        },
+    }
+}
+
+fn wrong_machine() -> ClientError {
+    ClientError::Rejected("the group's state machine does not take this request".into())
+}
+
+/// The snapshot a group starts from before it has one of its own: index 0,
+/// holding only the initial membership.
+fn bootstrap_snapshot(config: Config) -> Snapshot {
+    Snapshot {
+        meta: SnapshotMeta {
+            index: 0,
+            term: 0,
+            config,
+        },
+        data: Vec::new(),
     }
 }
 

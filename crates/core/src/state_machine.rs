@@ -86,7 +86,7 @@ impl StateMachine {
         if data.is_empty() {
             return StateMachine::default();
         }
-        let mut reader = Reader { data, offset: 0 };
+        let mut reader = Reader::new(data);
         let version = reader.u32();
         assert_eq!(
             version, SNAPSHOT_VERSION,
@@ -109,7 +109,7 @@ impl StateMachine {
             let position = reader.u64();
             sessions.insert(client, (seq, position));
         }
-        assert_eq!(reader.offset, data.len(), "trailing bytes in snapshot");
+        reader.finish();
         StateMachine { records, sessions }
     }
 }
@@ -137,23 +137,31 @@ pub fn decode_append(data: &[u8]) -> Option<Record> {
     })
 }
 
-struct Reader<'a> {
+/// Reads snapshot data this crate wrote. Snapshots are checksummed by
+/// storage, so data that does not parse is a programmer error: it panics.
+pub(crate) struct Reader<'a> {
     data: &'a [u8],
     offset: usize,
 }
 
-impl Reader<'_> {
-    fn bytes(&mut self, length: usize) -> &[u8] {
+impl<'a> Reader<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Reader<'a> {
+        Reader { data, offset: 0 }
+    }
+    pub(crate) fn finish(&self) {
+        assert_eq!(self.offset, self.data.len(), "trailing bytes in snapshot");
+    }
+    pub(crate) fn bytes(&mut self, length: usize) -> &[u8] {
         let end = self.offset.checked_add(length).expect("length overflow");
         assert!(end <= self.data.len(), "snapshot truncated");
         let slice = &self.data[self.offset..end];
         self.offset = end;
         slice
     }
-    fn u32(&mut self) -> u32 {
+    pub(crate) fn u32(&mut self) -> u32 {
         u32::from_le_bytes(self.bytes(4).try_into().expect("4 bytes"))
     }
-    fn u64(&mut self) -> u64 {
+    pub(crate) fn u64(&mut self) -> u64 {
         u64::from_le_bytes(self.bytes(8).try_into().expect("8 bytes"))
     }
 }

@@ -113,6 +113,7 @@ impl Cluster {
                 heartbeat_interval_ms: 50,
                 snapshot_interval_entries: 20,
                 segment_bytes_max: 4096,
+                machines: runnel_core::MachineLayout::Records,
             };
             let node = Node::start(config, &mut disk).expect("start");
             nodes.insert(*id, (node, disk));
@@ -310,6 +311,7 @@ fn a_restarted_cluster_recovers_its_records_from_disk() {
             heartbeat_interval_ms: 50,
             snapshot_interval_entries: 20,
             segment_bytes_max: 4096,
+            machines: runnel_core::MachineLayout::Records,
         };
         let node = Node::start(config, &mut disk).expect("restart");
         cluster.nodes.insert(id, (node, disk));

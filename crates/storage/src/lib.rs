@@ -748,6 +748,42 @@ impl GroupStore {
     }
 
     /// The last index in the log, or the snapshot index when the log is empty.
+    /// Ops that remove the group's files, for a group the cluster deleted.
+    ///
+    /// Durability contract: the vote slots go first, so a crash part-way
+    /// leaves a group that recovery reports as `NoValidHardState`; the node
+    /// treats that as a lost disk and rejoins empty, and since the group no
+    /// longer exists, nothing ever wakes it. Directories stay (empty).
+    pub fn delete_ops(&self) -> Vec<DiskOp> {
+        let mut ops = Vec::new();
+        for slot in &self.paths.votes {
+            ops.push(DiskOp::Delete { file: slot.clone() });
+        }
+        ops.push(DiskOp::SyncDir {
+            dir: self.paths.group_dir.clone(),
+        });
+        for segment in &self.segments {
+            ops.push(DiskOp::Delete {
+                file: self.paths.segment(segment.name),
+            });
+        }
+        ops.push(DiskOp::Delete {
+            file: self.paths.snapshot.clone(),
+        });
+        ops.push(DiskOp::Delete {
+            file: self.paths.snapshot_tmp.clone(),
+        });
+        if self.log_dir_exists {
+            ops.push(DiskOp::SyncDir {
+                dir: self.paths.log_dir.clone(),
+            });
+        }
+        ops.push(DiskOp::SyncDir {
+            dir: self.paths.group_dir.clone(),
+        });
+        ops
+    }
+
     pub fn last_index(&self) -> u64 {
         self.last_index
     }

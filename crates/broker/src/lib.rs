@@ -1,0 +1,175 @@
+//! The broker: Kafka requests in, Kafka responses out, on top of the node
+//! core. Every topic partition is a replication group of the core (a group of
+//! one on a single node); topics and their partitions live in the metadata
+//! group. Like the core, the broker does no IO of its own and reads no global
+//! time or randomness: the shell (tokio in production, a simulator in tests)
+//! feeds it events and carries out what it asks through [`BrokerEnv`].
+
+use bytes::Bytes;
+use runnel_core::Envelope;
+use runnel_io::{Clock, Disk, DiskCompletion, Network, NodeId};
+
+/// Identifies one client connection; chosen by the shell, never reused while
+/// the process runs.
+pub type ConnectionId = u64;
+
+/// One input to the broker.
+#[derive(Debug)]
+pub enum BrokerEvent {
+    /// Time has passed; the broker reads the time from `BrokerEnv::clock`.
+    /// The shell sends one at least every [`TICK_INTERVAL_MS`].
+    Tick,
+    /// An envelope from a peer node.
+    Peer(Envelope),
+    /// A disk operation submitted earlier completed.
+    Disk(DiskCompletion),
+    /// One request frame from a client: the bytes after the 4-byte length
+    /// prefix (at most [`runnel_kafka::frame::FRAME_BYTES_MAX`]).
+    Request {
+        connection: ConnectionId,
+        frame: Bytes,
+    },
+    /// The client connection is gone; its unanswered requests are dropped.
+    Closed { connection: ConnectionId },
+}
+
+/// How often the shell must send [`BrokerEvent::Tick`] at the least.
+pub const TICK_INTERVAL_MS: u64 = 10;
+
+/// Where responses go.
+pub trait Responses {
+    /// Called exactly once per request, in request order per connection.
+    /// `frame` is the whole response including its 4-byte length prefix, or
+    /// `None` for a request that gets no response (Produce with acks=0):
+    /// the shell counts the request as answered either way.
+    fn respond(&mut self, connection: ConnectionId, frame: Option<Bytes>);
+    /// The connection must be closed (for example after a request that
+    /// cannot be parsed, where Kafka closes the connection too).
+    fn close(&mut self, connection: ConnectionId, reason: &str);
+}
+
+/// The IO the broker may do while handling one event.
+pub struct BrokerEnv<'a> {
+    pub disk: &'a mut dyn Disk,
+    pub network: &'a mut dyn Network<Envelope>,
+    pub clock: &'a dyn Clock,
+    pub responses: &'a mut dyn Responses,
+}
+
+/// Topic settings used when a request does not give them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicDefaults {
+    pub partitions: i32,
+    pub replication_factor: i16,
+    /// `retention.ms`; -1 keeps data forever.
+    pub retention_ms: i64,
+    /// `retention.bytes` per partition; -1 means no size limit.
+    pub retention_bytes: i64,
+    /// `segment.bytes`.
+    pub segment_bytes: i64,
+    /// Create a topic on first use (Metadata or Produce), as Kafka's
+    /// `auto.create.topics.enable`.
+    pub auto_create: bool,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        TopicDefaults {
+            partitions: 1,
+            replication_factor: 1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            segment_bytes: 1 << 30,
+            auto_create: true,
+        }
+    }
+}
+
+/// A node of the cluster as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub node_id: NodeId,
+    /// The advertised Kafka listener host and port.
+    pub host: String,
+    pub port: u16,
+}
+
+/// How a broker is set up.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub node_id: NodeId,
+    /// Every node of the cluster, this one included, with the Kafka address
+    /// it advertises. One entry for a single node.
+    pub cluster: Vec<BrokerAddress>,
+    /// Reported in Metadata and DescribeCluster.
+    pub cluster_id: String,
+    /// Seeds the broker's only source of randomness.
+    pub rng_seed: u64,
+    pub election_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub snapshot_interval_entries: u64,
+    pub segment_bytes_max: u64,
+    pub topic_defaults: TopicDefaults,
+}
+
+impl BrokerConfig {
+    /// A one-node broker advertising `host:port`.
+    pub fn single_node(host: &str, port: u16) -> BrokerConfig {
+        BrokerConfig {
+            node_id: 1,
+            cluster: vec![BrokerAddress {
+                node_id: 1,
+                host: host.to_string(),
+                port,
+            }],
+            cluster_id: "runnel-cluster".to_string(),
+            rng_seed: 1,
+            election_timeout_ms: 1_000,
+            heartbeat_interval_ms: 100,
+            snapshot_interval_entries: 10_000,
+            segment_bytes_max: 64 << 20,
+            topic_defaults: TopicDefaults::default(),
+        }
+    }
+}
+
+pub use runnel_core::StartError;
+
+/// The broker of one node. See the crate documentation.
+pub struct Broker {
+    config: BrokerConfig,
+}
+
+impl Broker {
+    /// Recovers the node's state from `disk` (reading synchronously).
+    pub fn start(config: BrokerConfig, disk: &mut dyn Disk) -> Result<Broker, StartError> {
+        let _ = disk;
+        Ok(Broker { config })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Handles one event to completion.
+    pub fn handle(&mut self, event: BrokerEvent, env: &mut BrokerEnv<'_>) {
+        let _ = (event, env);
+        unimplemented!("being written")
+    }
+
+    /// Set when the node hit an error it must not go on from (a failed
+    /// fsync); it then ignores every event and the process should exit.
+    pub fn failed(&self) -> Option<&str> {
+        None
+    }
+
+    /// What recovery found and did, for the operator's log.
+    pub fn recovery_notes(&self) -> &[String] {
+        &[]
+    }
+
+    /// Requests received and not answered yet, over all connections.
+    pub fn requests_in_flight(&self) -> usize {
+        0
+    }
+}

@@ -1,0 +1,583 @@
+//! The replicated state machine of the metadata group: topics, their
+//! partitions and where they live, topic configurations, and the producer id
+//! counter. Every node applies the same commands in the same order, so every
+//! node agrees on which replication group serves which partition.
+
+use std::collections::BTreeMap;
+
+use runnel_io::{GroupId, NodeId};
+
+use crate::state_machine::Reader;
+
+/// The metadata group's id. Partition groups are numbered from 1.
+pub const METADATA_GROUP: GroupId = 0;
+/// Most partitions one topic may have.
+pub const TOPIC_PARTITIONS_MAX: u32 = 10_000;
+/// Most topics in a cluster.
+pub const TOPICS_MAX: usize = 10_000;
+/// Most bytes of a topic name (Kafka's limit).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// Most configuration entries on one topic.
+pub const TOPIC_CONFIGS_MAX: usize = 64;
+
+/// Kafka error codes the metadata machine answers with.
+pub mod error_code {
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const POLICY_VIOLATION: i16 = 44;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionPlacement {
+    pub group: GroupId,
+    /// The nodes that host the partition's replicas; all are voters.
+    pub replicas: Vec<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topic {
+    pub name: String,
+    pub id: [u8; 16],
+    pub partitions: Vec<PartitionPlacement>,
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataCommand {
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: u16,
+        configs: BTreeMap<String, String>,
+        /// The cluster's nodes, to place replicas on.
+        nodes: Vec<NodeId>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        count: u32,
+        nodes: Vec<NodeId>,
+    },
+    AllocateProducerId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MetadataOutcome {
+    Done,
+    ProducerId(i64),
+    Refused { error_code: i16, message: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataState {
+    topics: BTreeMap<String, Topic>,
+    next_group: GroupId,
+    next_producer_id: i64,
+}
+
+impl Default for MetadataState {
+    fn default() -> Self {
+        MetadataState {
+            topics: BTreeMap::new(),
+            next_group: METADATA_GROUP + 1,
+            next_producer_id: 1_000,
+        }
+    }
+}
+
+/// Checks a topic name as Kafka does: 1 to 249 characters of ASCII
+/// letters, digits, '.', '_' and '-', and not "." or "..".
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name cannot be \"{name}\""));
+    }
+    if name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!(
+            "topic name is {} characters, over the limit of {TOPIC_NAME_BYTES_MAX}",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "topic name \"{}\" contains '{}'; only ASCII letters, digits, '.', '_' and '-' are allowed",
+            name.escape_debug(),
+            bad.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+impl MetadataState {
+    pub fn topics(&self) -> &BTreeMap<String, Topic> {
+        &self.topics
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    pub fn topic_by_id(&self, id: &[u8; 16]) -> Option<&Topic> {
+        self.topics.values().find(|topic| &topic.id == id)
+    }
+
+    /// Every partition group and its replicas.
+    pub fn partition_groups(&self) -> impl Iterator<Item = (&Topic, &PartitionPlacement)> {
+        self.topics
+            .values()
+            .flat_map(|topic| topic.partitions.iter().map(move |p| (topic, p)))
+    }
+
+    /// Applies a committed command; `index` and `term` identify its entry
+    /// (they seed the topic id, so that every node derives the same one).
+    pub fn apply(&mut self, command: MetadataCommand, index: u64, term: u64) -> MetadataOutcome {
+        match command {
+            MetadataCommand::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                nodes,
+            } => {
+                if let Err(message) = validate_topic_name(&name) {
+                    return refused(error_code::INVALID_TOPIC_EXCEPTION, message);
+                }
+                if self.topics.contains_key(&name) {
+                    return refused(
+                        error_code::TOPIC_ALREADY_EXISTS,
+                        format!("topic \"{name}\" already exists"),
+                    );
+                }
+                if self.topics.len() >= TOPICS_MAX {
+                    return refused(
+                        error_code::POLICY_VIOLATION,
+                        format!("the cluster has the most topics allowed ({TOPICS_MAX})"),
+                    );
+                }
+                if partitions == 0 || partitions > TOPIC_PARTITIONS_MAX {
+                    return refused(
+                        error_code::INVALID_PARTITIONS,
+                        format!("partitions must be 1 to {TOPIC_PARTITIONS_MAX}"),
+                    );
+                }
+                if replication_factor == 0 || usize::from(replication_factor) > nodes.len() {
+                    return refused(
+                        error_code::INVALID_REPLICATION_FACTOR,
+                        format!(
+                            "replication factor {replication_factor} needs that many nodes; the cluster has {}",
+                            nodes.len()
+                        ),
+                    );
+                }
+                let id = topic_id(&name, index, term);
+                let mut topic = Topic {
+                    name: name.clone(),
+                    id,
+                    partitions: Vec::new(),
+                    configs,
+                };
+                self.add_partitions(&mut topic, partitions, replication_factor, &nodes);
+                self.topics.insert(name, topic);
+                MetadataOutcome::Done
+            }
+            MetadataCommand::DeleteTopic { name } => match self.topics.remove(&name) {
+                Some(_) => MetadataOutcome::Done,
+                None => refused(
+                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic \"{name}\" does not exist"),
+                ),
+            },
+            MetadataCommand::CreatePartitions { name, count, nodes } => {
+                let Some(mut topic) = self.topics.remove(&name) else {
+                    return refused(
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic \"{name}\" does not exist"),
+                    );
+                };
+                let current = topic.partitions.len() as u32;
+                let outcome = if count <= current || count > TOPIC_PARTITIONS_MAX {
+                    refused(
+                        error_code::INVALID_PARTITIONS,
+                        format!(
+                            "topic \"{name}\" has {current} partitions; the new count must be more, and at most {TOPIC_PARTITIONS_MAX}"
+                        ),
+                    )
+                } else {
+                    let replication_factor = topic.partitions[0].replicas.len() as u16;
+                    self.add_partitions(&mut topic, count - current, replication_factor, &nodes);
+                    MetadataOutcome::Done
+                };
+                self.topics.insert(name, topic);
+                outcome
+            }
+            MetadataCommand::AllocateProducerId => {
+                let id = self.next_producer_id;
+                self.next_producer_id += 1;
+                MetadataOutcome::ProducerId(id)
+            }
+        }
+    }
+
+    /// Places new partitions: each on `replication_factor` consecutive nodes
+    /// starting at a different node, so that leaders spread.
+    fn add_partitions(
+        &mut self,
+        topic: &mut Topic,
+        count: u32,
+        replication_factor: u16,
+        nodes: &[NodeId],
+    ) {
+        let mut nodes = nodes.to_vec();
+        nodes.sort_unstable();
+        nodes.dedup();
+        for _ in 0..count {
+            let group = self.next_group;
+            self.next_group += 1;
+            let start = (group as usize) % nodes.len();
+            let replicas = (0..usize::from(replication_factor).min(nodes.len()))
+                .map(|i| nodes[(start + i) % nodes.len()])
+                .collect();
+            topic
+                .partitions
+                .push(PartitionPlacement { group, replicas });
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&self.next_group.to_le_bytes());
+        out.extend_from_slice(&self.next_producer_id.to_le_bytes());
+        out.extend_from_slice(&(self.topics.len() as u64).to_le_bytes());
+        for topic in self.topics.values() {
+            put_str(&mut out, &topic.name);
+            out.extend_from_slice(&topic.id);
+            out.extend_from_slice(&(topic.partitions.len() as u64).to_le_bytes());
+            for partition in &topic.partitions {
+                out.extend_from_slice(&partition.group.to_le_bytes());
+                put_nodes(&mut out, &partition.replicas);
+            }
+            put_configs(&mut out, &topic.configs);
+        }
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> MetadataState {
+        let mut reader = Reader::new(data);
+        assert_eq!(reader.u32(), 1, "metadata snapshot version");
+        let next_group = reader.u64();
+        let next_producer_id = reader.u64() as i64;
+        let mut topics = BTreeMap::new();
+        for _ in 0..reader.u64() {
+            let name = get_str(&mut reader).expect("checksummed snapshot");
+            let id: [u8; 16] = reader.bytes(16).try_into().expect("16 bytes");
+            let mut partitions = Vec::new();
+            for _ in 0..reader.u64() {
+                let group = reader.u64();
+                let replicas = get_nodes(&mut reader);
+                partitions.push(PartitionPlacement { group, replicas });
+            }
+            let configs = get_configs(&mut reader).expect("checksummed snapshot");
+            topics.insert(
+                name.clone(),
+                Topic {
+                    name,
+                    id,
+                    partitions,
+                    configs,
+                },
+            );
+        }
+        reader.finish();
+        MetadataState {
+            topics,
+            next_group,
+            next_producer_id,
+        }
+    }
+}
+
+fn refused(error_code: i16, message: String) -> MetadataOutcome {
+    MetadataOutcome::Refused {
+        error_code,
+        message,
+    }
+}
+
+/// A topic id derived from what every node sees alike: the name and the
+/// entry that created it. Never all zeros (Kafka's "no id").
+fn topic_id(name: &str, index: u64, term: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    for (half, seed) in [0xcbf2_9ce4_8422_2325u64, 0x6c62_272e_07bb_0142]
+        .into_iter()
+        .enumerate()
+    {
+        let mut hash = seed;
+        for byte in name
+            .bytes()
+            .chain(index.to_le_bytes())
+            .chain(term.to_le_bytes())
+        {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        id[half * 8..half * 8 + 8].copy_from_slice(&hash.to_be_bytes());
+    }
+    if id == [0; 16] {
+        id[15] = 1;
+    }
+    id
+}
+
+const COMMAND_CREATE_TOPIC: u8 = 1;
+const COMMAND_DELETE_TOPIC: u8 = 2;
+const COMMAND_CREATE_PARTITIONS: u8 = 3;
+const COMMAND_ALLOCATE_PRODUCER_ID: u8 = 4;
+
+impl MetadataCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            MetadataCommand::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                nodes,
+            } => {
+                out.push(COMMAND_CREATE_TOPIC);
+                put_str(&mut out, name);
+                out.extend_from_slice(&partitions.to_le_bytes());
+                out.extend_from_slice(&u32::from(*replication_factor).to_le_bytes());
+                put_configs(&mut out, configs);
+                put_nodes(&mut out, nodes);
+            }
+            MetadataCommand::DeleteTopic { name } => {
+                out.push(COMMAND_DELETE_TOPIC);
+                put_str(&mut out, name);
+            }
+            MetadataCommand::CreatePartitions { name, count, nodes } => {
+                out.push(COMMAND_CREATE_PARTITIONS);
+                put_str(&mut out, name);
+                out.extend_from_slice(&count.to_le_bytes());
+                put_nodes(&mut out, nodes);
+            }
+            MetadataCommand::AllocateProducerId => out.push(COMMAND_ALLOCATE_PRODUCER_ID),
+        }
+        out
+    }
+
+    /// Decodes an entry payload. Entries are checksummed by storage and
+    /// written only by this module, so `None` means a programmer error or a
+    /// newer format; the caller refuses the command on every node alike.
+    pub fn decode(data: &[u8]) -> Option<MetadataCommand> {
+        let (&tag, rest) = data.split_first()?;
+        let mut cursor = Cursor { data: rest };
+        let command = match tag {
+            COMMAND_CREATE_TOPIC => MetadataCommand::CreateTopic {
+                name: cursor.string()?,
+                partitions: cursor.u32()?,
+                replication_factor: u16::try_from(cursor.u32()?).ok()?,
+                configs: cursor.configs()?,
+                nodes: cursor.nodes()?,
+            },
+            COMMAND_DELETE_TOPIC => MetadataCommand::DeleteTopic {
+                name: cursor.string()?,
+            },
+            COMMAND_CREATE_PARTITIONS => MetadataCommand::CreatePartitions {
+                name: cursor.string()?,
+                count: cursor.u32()?,
+                nodes: cursor.nodes()?,
+            },
+            COMMAND_ALLOCATE_PRODUCER_ID => MetadataCommand::AllocateProducerId,
+            _ => return None,
+        };
+        cursor.data.is_empty().then_some(command)
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, value: &str) {
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value.as_bytes());
+}
+
+fn put_nodes(out: &mut Vec<u8>, nodes: &[NodeId]) {
+    out.extend_from_slice(&(nodes.len() as u32).to_le_bytes());
+    for node in nodes {
+        out.extend_from_slice(&node.to_le_bytes());
+    }
+}
+
+fn put_configs(out: &mut Vec<u8>, configs: &BTreeMap<String, String>) {
+    out.extend_from_slice(&(configs.len() as u32).to_le_bytes());
+    for (key, value) in configs {
+        put_str(out, key);
+        put_str(out, value);
+    }
+}
+
+fn get_str(reader: &mut Reader<'_>) -> Option<String> {
+    let length = reader.u32() as usize;
+    String::from_utf8(reader.bytes(length).to_vec()).ok()
+}
+
+fn get_nodes(reader: &mut Reader<'_>) -> Vec<NodeId> {
+    (0..reader.u32()).map(|_| reader.u64()).collect()
+}
+
+fn get_configs(reader: &mut Reader<'_>) -> Option<BTreeMap<String, String>> {
+    let mut configs = BTreeMap::new();
+    for _ in 0..reader.u32() {
+        let key = get_str(reader)?;
+        let value = get_str(reader)?;
+        configs.insert(key, value);
+    }
+    Some(configs)
+}
+
+/// A reader of entry payloads that returns `None` instead of panicking.
+struct Cursor<'a> {
+    data: &'a [u8],
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, length: usize) -> Option<&[u8]> {
+        if length > self.data.len() {
+            return None;
+        }
+        let (head, rest) = self.data.split_at(length);
+        self.data = rest;
+        Some(head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn string(&mut self) -> Option<String> {
+        let length = self.u32()? as usize;
+        String::from_utf8(self.take(length)?.to_vec()).ok()
+    }
+    fn nodes(&mut self) -> Option<Vec<NodeId>> {
+        let count = self.u32()? as usize;
+        if count > self.data.len() / 8 {
+            return None;
+        }
+        (0..count).map(|_| self.u64()).collect()
+    }
+    fn configs(&mut self) -> Option<BTreeMap<String, String>> {
+        let count = self.u32()? as usize;
+        if count > TOPIC_CONFIGS_MAX {
+            return None;
+        }
+        let mut configs = BTreeMap::new();
+        for _ in 0..count {
+            let key = self.string()?;
+            let value = self.string()?;
+            configs.insert(key, value);
+        }
+        Some(configs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str, partitions: u32) -> MetadataCommand {
+        MetadataCommand::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            configs: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
+            nodes: vec![1],
+        }
+    }
+
+    #[test]
+    fn topics_get_groups_and_stable_ids() {
+        let mut state = MetadataState::default();
+        assert_eq!(
+            state.apply(create("orders", 3), 5, 1),
+            MetadataOutcome::Done
+        );
+        let topic = state.topic("orders").expect("created");
+        let groups: Vec<GroupId> = topic.partitions.iter().map(|p| p.group).collect();
+        assert_eq!(groups, vec![1, 2, 3]);
+        assert_ne!(topic.id, [0; 16]);
+        assert!(matches!(
+            state.apply(create("orders", 1), 6, 1),
+            MetadataOutcome::Refused {
+                error_code: error_code::TOPIC_ALREADY_EXISTS,
+                ..
+            }
+        ));
+        assert!(matches!(
+            state.apply(create("bad/name", 1), 7, 1),
+            MetadataOutcome::Refused {
+                error_code: error_code::INVALID_TOPIC_EXCEPTION,
+                ..
+            }
+        ));
+        let grow = MetadataCommand::CreatePartitions {
+            name: "orders".into(),
+            count: 5,
+            nodes: vec![1],
+        };
+        assert_eq!(state.apply(grow, 8, 1), MetadataOutcome::Done);
+        assert_eq!(state.topic("orders").unwrap().partitions.len(), 5);
+        assert_eq!(
+            state.apply(MetadataCommand::AllocateProducerId, 9, 1),
+            MetadataOutcome::ProducerId(1_000)
+        );
+        let decoded = MetadataState::decode(&state.encode());
+        assert_eq!(decoded, state);
+        let delete = MetadataCommand::DeleteTopic {
+            name: "orders".into(),
+        };
+        assert_eq!(state.apply(delete, 10, 1), MetadataOutcome::Done);
+        assert!(state.topics().is_empty());
+    }
+
+    #[test]
+    fn commands_round_trip_and_garbage_is_refused() {
+        for command in [
+            create("a", 2),
+            MetadataCommand::DeleteTopic { name: "a".into() },
+            MetadataCommand::CreatePartitions {
+                name: "a".into(),
+                count: 3,
+                nodes: vec![1, 2],
+            },
+            MetadataCommand::AllocateProducerId,
+        ] {
+            let encoded = command.encode();
+            assert_eq!(MetadataCommand::decode(&encoded), Some(command));
+            for length in 0..encoded.len() {
+                assert_eq!(MetadataCommand::decode(&encoded[..length]), None);
+            }
+        }
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders-v1.eu_west").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "é"] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+        assert!(validate_topic_name(&"x".repeat(249)).is_ok());
+    }
+}

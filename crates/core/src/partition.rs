@@ -1,0 +1,643 @@
+//! The replicated state machine of a Kafka partition: its record batches at
+//! their offsets, and the idempotent producers' sequence state.
+//!
+//! Every replica applies the same committed entries in the same order, so
+//! every replica assigns the same offsets: the offset of a batch is decided
+//! when its entry is applied, from the entries before it. The high watermark
+//! is therefore simply the next offset: nothing uncommitted is ever applied.
+//! The partition leader epoch stamped into a batch is the term of its entry.
+//!
+//! Limits, stated plainly: the retained batches are held in memory and a
+//! snapshot carries them all; retention (by time and by size) bounds both.
+//! Serving old batches from the segment files instead is storage work still
+//! open (issue 3).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use runnel_kafka::batch::{self, BatchHeader};
+
+/// Kafka error codes a partition answers with.
+pub mod error_code {
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+}
+
+/// How many recent batches per producer are remembered to answer a retried
+/// batch with its original offset (Kafka keeps five: a producer has at most
+/// five requests in flight with idempotence on).
+pub const PRODUCER_BATCHES_REMEMBERED_MAX: usize = 5;
+/// At most this many producers are remembered per partition; the one that
+/// wrote least recently is forgotten first.
+pub const PRODUCERS_MAX: usize = 100_000;
+
+/// One batch in the log, stamped with its offset and leader epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBatch {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The batch's max timestamp (the append time for LogAppendTime).
+    pub max_timestamp_ms: i64,
+    /// The time the leader proposed it: retention by time counts from here
+    /// when the producer's timestamps cannot be trusted (they may be old).
+    pub append_time_ms: i64,
+    pub leader_epoch: i32,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ProducerState {
+    epoch: i16,
+    /// Recent batches: (base sequence, last sequence, base offset).
+    recent: VecDeque<(i32, i32, i64)>,
+    /// The log position of the producer's last write, for eviction order.
+    last_write_offset: i64,
+}
+
+/// What applying a produce did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProduceOutcome {
+    Appended {
+        base_offset: i64,
+        /// The broker's time for LogAppendTime topics, else -1.
+        log_append_time_ms: i64,
+        log_start_offset: i64,
+    },
+    /// A retry of a batch already in the log: answered with its offset.
+    Duplicate { base_offset: i64 },
+    /// Refused with this Kafka error code.
+    Refused { error_code: i16 },
+}
+
+/// A produce as it travels in a log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProduceCommand {
+    /// The leader's clock when it proposed the batch.
+    pub append_time_ms: i64,
+    /// Stamp LogAppendTime into the batch.
+    pub log_append_time: bool,
+    pub batch: Vec<u8>,
+}
+
+/// Retention settings of a partition (from its topic's configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// -1: keep forever.
+    pub retention_ms: i64,
+    /// -1: no size limit.
+    pub retention_bytes: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionLog {
+    batches: VecDeque<StoredBatch>,
+    log_start_offset: i64,
+    next_offset: i64,
+    retained_bytes: u64,
+    producers: BTreeMap<i64, ProducerState>,
+}
+
+const COMMAND_PRODUCE: u8 = 1;
+const COMMAND_RETAIN: u8 = 2;
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// A command for a partition's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartitionCommand {
+    Produce(ProduceCommand),
+    /// Drop what retention no longer keeps, as of `now_ms` on the leader's
+    /// clock. Proposed by the leader so that every replica drops the same.
+    Retain {
+        now_ms: i64,
+        retention: Retention,
+    },
+}
+
+impl PartitionCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            PartitionCommand::Produce(produce) => {
+                out.push(COMMAND_PRODUCE);
+                out.extend_from_slice(&produce.append_time_ms.to_le_bytes());
+                out.push(u8::from(produce.log_append_time));
+                out.extend_from_slice(&produce.batch);
+            }
+            PartitionCommand::Retain { now_ms, retention } => {
+                out.push(COMMAND_RETAIN);
+                out.extend_from_slice(&now_ms.to_le_bytes());
+                out.extend_from_slice(&retention.retention_ms.to_le_bytes());
+                out.extend_from_slice(&retention.retention_bytes.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Option<PartitionCommand> {
+        let (&tag, rest) = data.split_first()?;
+        let i64_at = |at: usize| -> Option<i64> {
+            Some(i64::from_le_bytes(rest.get(at..at + 8)?.try_into().ok()?))
+        };
+        match tag {
+            COMMAND_PRODUCE => Some(PartitionCommand::Produce(ProduceCommand {
+                append_time_ms: i64_at(0)?,
+                log_append_time: *rest.get(8)? != 0,
+                batch: rest.get(9..)?.to_vec(),
+            })),
+            COMMAND_RETAIN if rest.len() == 24 => Some(PartitionCommand::Retain {
+                now_ms: i64_at(0)?,
+                retention: Retention {
+                    retention_ms: i64_at(8)?,
+                    retention_bytes: i64_at(16)?,
+                },
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl PartitionLog {
+    /// The first offset still in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// The offset the next batch gets: the high watermark, since only
+    /// committed entries are applied.
+    pub fn high_watermark(&self) -> i64 {
+        self.next_offset
+    }
+
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained_bytes
+    }
+
+    pub fn batches(&self) -> impl Iterator<Item = &StoredBatch> {
+        self.batches.iter()
+    }
+
+    /// What a produce of `header` would do now, before it is proposed: a
+    /// retry of a batch already applied is answered at once.
+    pub fn precheck(&self, header: &BatchHeader) -> Option<ProduceOutcome> {
+        if !header.is_idempotent() {
+            return None;
+        }
+        let state = self.producers.get(&header.producer_id)?;
+        if header.producer_epoch < state.epoch {
+            return Some(ProduceOutcome::Refused {
+                error_code: error_code::INVALID_PRODUCER_EPOCH,
+            });
+        }
+        if header.producer_epoch != state.epoch {
+            return None;
+        }
+        state
+            .recent
+            .iter()
+            .find(|(base, last, _)| {
+                *base == header.base_sequence && *last == header.last_sequence()
+            })
+            .map(|(_, _, base_offset)| ProduceOutcome::Duplicate {
+                base_offset: *base_offset,
+            })
+    }
+
+    /// Applies a committed command. `term` is the entry's term, stamped as
+    /// the partition leader epoch.
+    pub fn apply(&mut self, command: PartitionCommand, term: u64) -> ProduceOutcome {
+        match command {
+            PartitionCommand::Produce(produce) => self.apply_produce(produce, term),
+            PartitionCommand::Retain { now_ms, retention } => {
+                self.retain(now_ms, retention);
+                ProduceOutcome::Appended {
+                    base_offset: self.next_offset,
+                    log_append_time_ms: -1,
+                    log_start_offset: self.log_start_offset,
+                }
+            }
+        }
+    }
+
+    fn apply_produce(&mut self, produce: ProduceCommand, term: u64) -> ProduceOutcome {
+        // The leader validated the batch before proposing it, and storage
+        // checksums the entry; a batch that fails here was damaged in a way
+        // both missed, and is refused on every replica alike.
+        let header = match batch::validate(&produce.batch) {
+            Ok(header) => header,
+            Err(_) => {
+                return ProduceOutcome::Refused {
+                    error_code: error_code::CORRUPT_MESSAGE,
+                }
+            }
+        };
+        if let Some(outcome) = self.check_sequence(&header) {
+            return outcome;
+        }
+        let base_offset = self.next_offset;
+        let last_offset = base_offset + i64::from(header.last_offset_delta);
+        let leader_epoch = i32::try_from(term).unwrap_or(i32::MAX);
+        let log_append_time_ms = produce.log_append_time.then_some(produce.append_time_ms);
+        let mut bytes = produce.batch;
+        batch::stamp(&mut bytes, base_offset, leader_epoch, log_append_time_ms);
+        let max_timestamp_ms = log_append_time_ms.unwrap_or(header.max_timestamp_ms);
+        if header.is_idempotent() {
+            self.remember_producer(&header, base_offset);
+        }
+        self.retained_bytes += bytes.len() as u64;
+        self.batches.push_back(StoredBatch {
+            base_offset,
+            last_offset,
+            max_timestamp_ms,
+            append_time_ms: produce.append_time_ms,
+            leader_epoch,
+            bytes,
+        });
+        self.next_offset = last_offset + 1;
+        ProduceOutcome::Appended {
+            base_offset,
+            log_append_time_ms: log_append_time_ms.unwrap_or(-1),
+            log_start_offset: self.log_start_offset,
+        }
+    }
+
+    /// Kafka's idempotent producer rules: a batch from a known producer and
+    /// epoch must continue its sequence; a retried batch is answered with
+    /// its original offset; a new epoch starts at sequence 0.
+    fn check_sequence(&self, header: &BatchHeader) -> Option<ProduceOutcome> {
+        if !header.is_idempotent() {
+            return None;
+        }
+        let out_of_order = Some(ProduceOutcome::Refused {
+            error_code: error_code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        });
+        let Some(state) = self.producers.get(&header.producer_id) else {
+            return if header.base_sequence == 0 {
+                None
+            } else {
+                out_of_order
+            };
+        };
+        if header.producer_epoch < state.epoch {
+            return Some(ProduceOutcome::Refused {
+                error_code: error_code::INVALID_PRODUCER_EPOCH,
+            });
+        }
+        if header.producer_epoch > state.epoch {
+            return if header.base_sequence == 0 {
+                None
+            } else {
+                out_of_order
+            };
+        }
+        if let Some(outcome) = self.precheck(header) {
+            return Some(outcome);
+        }
+        let expected = match state.recent.back() {
+            Some((_, last, _)) if *last == i32::MAX => 0,
+            Some((_, last, _)) => last + 1,
+            None => 0,
+        };
+        if header.base_sequence != expected {
+            return out_of_order;
+        }
+        None
+    }
+
+    fn remember_producer(&mut self, header: &BatchHeader, base_offset: i64) {
+        let state = self.producers.entry(header.producer_id).or_default();
+        if header.producer_epoch != state.epoch {
+            state.epoch = header.producer_epoch;
+            state.recent.clear();
+        }
+        state
+            .recent
+            .push_back((header.base_sequence, header.last_sequence(), base_offset));
+        while state.recent.len() > PRODUCER_BATCHES_REMEMBERED_MAX {
+            state.recent.pop_front();
+        }
+        state.last_write_offset = base_offset;
+        if self.producers.len() > PRODUCERS_MAX {
+            let oldest = self
+                .producers
+                .iter()
+                .min_by_key(|(id, state)| (state.last_write_offset, **id))
+                .map(|(id, _)| *id)
+                .expect("not empty");
+            self.producers.remove(&oldest);
+        }
+    }
+
+    /// Drops whole batches from the front while retention no longer keeps
+    /// them: older than `retention_ms` (by the time they were appended), or
+    /// beyond `retention_bytes`. The last batch is always kept so that the
+    /// log start never passes the high watermark unobserved.
+    fn retain(&mut self, now_ms: i64, retention: Retention) {
+        while self.batches.len() > 1 {
+            let front = self.batches.front().expect("not empty");
+            let too_old = retention.retention_ms >= 0
+                && front.append_time_ms.saturating_add(retention.retention_ms) < now_ms;
+            let too_big = retention.retention_bytes >= 0
+                && self.retained_bytes > retention.retention_bytes as u64;
+            if !too_old && !too_big {
+                break;
+            }
+            let dropped = self.batches.pop_front().expect("not empty");
+            self.retained_bytes -= dropped.bytes.len() as u64;
+            self.log_start_offset = dropped.last_offset + 1;
+        }
+    }
+
+    /// Whether retention would drop anything now.
+    pub fn retention_due(&self, now_ms: i64, retention: Retention) -> bool {
+        let Some(front) = self.batches.front() else {
+            return false;
+        };
+        if self.batches.len() < 2 {
+            return false;
+        }
+        (retention.retention_ms >= 0
+            && front.append_time_ms.saturating_add(retention.retention_ms) < now_ms)
+            || (retention.retention_bytes >= 0
+                && self.retained_bytes > retention.retention_bytes as u64)
+    }
+
+    /// Batches from the one holding `offset`, up to `max_bytes` (at least one
+    /// batch, as Kafka does, so that a large batch is never stuck).
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Vec<&StoredBatch> {
+        let start = self
+            .batches
+            .partition_point(|batch| batch.last_offset < offset);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for batch in self.batches.range(start..) {
+            if !out.is_empty() && bytes + batch.bytes.len() > max_bytes {
+                break;
+            }
+            bytes += batch.bytes.len();
+            out.push(batch);
+        }
+        out
+    }
+
+    /// The first batch whose max timestamp is at or after `timestamp_ms`.
+    pub fn batch_at_time(&self, timestamp_ms: i64) -> Option<&StoredBatch> {
+        self.batches
+            .iter()
+            .find(|batch| batch.max_timestamp_ms >= timestamp_ms)
+    }
+
+    /// The largest leader epoch at or below `epoch` and the offset where the
+    /// next epoch starts (the high watermark if none), for
+    /// OffsetForLeaderEpoch.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let mut found = -1;
+        for batch in &self.batches {
+            if batch.leader_epoch > epoch {
+                let end_offset = if found < 0 { -1 } else { batch.base_offset };
+                return (found, end_offset);
+            }
+            found = batch.leader_epoch;
+        }
+        (found, self.next_offset)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.log_start_offset.to_le_bytes());
+        out.extend_from_slice(&self.next_offset.to_le_bytes());
+        out.extend_from_slice(&(self.batches.len() as u64).to_le_bytes());
+        for batch in &self.batches {
+            out.extend_from_slice(&batch.base_offset.to_le_bytes());
+            out.extend_from_slice(&batch.last_offset.to_le_bytes());
+            out.extend_from_slice(&batch.max_timestamp_ms.to_le_bytes());
+            out.extend_from_slice(&batch.append_time_ms.to_le_bytes());
+            out.extend_from_slice(&batch.leader_epoch.to_le_bytes());
+            out.extend_from_slice(&(batch.bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(&batch.bytes);
+        }
+        out.extend_from_slice(&(self.producers.len() as u64).to_le_bytes());
+        for (id, state) in &self.producers {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&state.epoch.to_le_bytes());
+            out.extend_from_slice(&state.last_write_offset.to_le_bytes());
+            out.extend_from_slice(&(state.recent.len() as u64).to_le_bytes());
+            for (base, last, offset) in &state.recent {
+                out.extend_from_slice(&base.to_le_bytes());
+                out.extend_from_slice(&last.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Decodes what `encode` wrote. Snapshots are checksummed by storage, so
+    /// malformed data here is a programmer error.
+    pub fn decode(data: &[u8]) -> PartitionLog {
+        let mut reader = crate::state_machine::Reader::new(data);
+        assert_eq!(reader.u32(), SNAPSHOT_VERSION, "partition snapshot version");
+        let log_start_offset = reader.u64() as i64;
+        let next_offset = reader.u64() as i64;
+        let count = reader.u64();
+        let mut batches = VecDeque::new();
+        let mut retained_bytes = 0;
+        for _ in 0..count {
+            let base_offset = reader.u64() as i64;
+            let last_offset = reader.u64() as i64;
+            let max_timestamp_ms = reader.u64() as i64;
+            let append_time_ms = reader.u64() as i64;
+            let leader_epoch = reader.u32() as i32;
+            let length = reader.u64() as usize;
+            let bytes = reader.bytes(length).to_vec();
+            retained_bytes += bytes.len() as u64;
+            batches.push_back(StoredBatch {
+                base_offset,
+                last_offset,
+                max_timestamp_ms,
+                append_time_ms,
+                leader_epoch,
+                bytes,
+            });
+        }
+        let mut producers = BTreeMap::new();
+        for _ in 0..reader.u64() {
+            let id = reader.u64() as i64;
+            let epoch = i16::from_le_bytes(reader.bytes(2).try_into().expect("2 bytes"));
+            let last_write_offset = reader.u64() as i64;
+            let mut recent = VecDeque::new();
+            for _ in 0..reader.u64() {
+                let base = reader.u32() as i32;
+                let last = reader.u32() as i32;
+                let offset = reader.u64() as i64;
+                recent.push_back((base, last, offset));
+            }
+            producers.insert(
+                id,
+                ProducerState {
+                    epoch,
+                    recent,
+                    last_write_offset,
+                },
+            );
+        }
+        reader.finish();
+        PartitionLog {
+            batches,
+            log_start_offset,
+            next_offset,
+            retained_bytes,
+            producers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_kafka::batch::build_uncompressed;
+
+    fn produce(
+        log: &mut PartitionLog,
+        records: usize,
+        producer: Option<(i64, i16, i32)>,
+    ) -> ProduceOutcome {
+        let values: Vec<Vec<u8>> = (0..records).map(|i| vec![i as u8; 4]).collect();
+        let records: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+            values.iter().map(|v| (None, Some(v.as_slice()))).collect();
+        let batch = build_uncompressed(&records, 1_000, producer);
+        log.apply(
+            PartitionCommand::Produce(ProduceCommand {
+                append_time_ms: 5_000,
+                log_append_time: false,
+                batch,
+            }),
+            3,
+        )
+    }
+
+    #[test]
+    fn offsets_are_contiguous_across_batches() {
+        let mut log = PartitionLog::default();
+        assert!(matches!(
+            produce(&mut log, 3, None),
+            ProduceOutcome::Appended { base_offset: 0, .. }
+        ));
+        assert!(matches!(
+            produce(&mut log, 2, None),
+            ProduceOutcome::Appended { base_offset: 3, .. }
+        ));
+        assert_eq!(log.high_watermark(), 5);
+        let read = log.read(4, 1);
+        assert_eq!(read.len(), 1, "at least one batch even over max_bytes");
+        assert_eq!(read[0].base_offset, 3);
+        let header = batch::validate(&read[0].bytes).expect("stamped batch stays valid");
+        assert_eq!(header.base_offset, 3);
+        assert_eq!(header.partition_leader_epoch, 3);
+    }
+
+    #[test]
+    fn idempotent_producers_get_kafka_sequence_rules() {
+        let mut log = PartitionLog::default();
+        assert!(matches!(
+            produce(&mut log, 2, Some((9, 0, 0))),
+            ProduceOutcome::Appended { base_offset: 0, .. }
+        ));
+        // A retry of the same batch gets its original offset.
+        assert_eq!(
+            produce(&mut log, 2, Some((9, 0, 0))),
+            ProduceOutcome::Duplicate { base_offset: 0 }
+        );
+        // A gap is out of order.
+        assert_eq!(
+            produce(&mut log, 1, Some((9, 0, 5))),
+            ProduceOutcome::Refused {
+                error_code: error_code::OUT_OF_ORDER_SEQUENCE_NUMBER
+            }
+        );
+        assert!(matches!(
+            produce(&mut log, 1, Some((9, 0, 2))),
+            ProduceOutcome::Appended { base_offset: 2, .. }
+        ));
+        // An older epoch is fenced; a newer one starts at 0.
+        assert!(matches!(
+            produce(&mut log, 1, Some((9, 1, 0))),
+            ProduceOutcome::Appended { .. }
+        ));
+        assert_eq!(
+            produce(&mut log, 1, Some((9, 0, 3))),
+            ProduceOutcome::Refused {
+                error_code: error_code::INVALID_PRODUCER_EPOCH
+            }
+        );
+        // A new producer must start at 0.
+        assert_eq!(
+            produce(&mut log, 1, Some((10, 0, 1))),
+            ProduceOutcome::Refused {
+                error_code: error_code::OUT_OF_ORDER_SEQUENCE_NUMBER
+            }
+        );
+        assert_eq!(log.high_watermark(), 4);
+    }
+
+    #[test]
+    fn retention_drops_whole_batches_from_the_front() {
+        let mut log = PartitionLog::default();
+        for _ in 0..5 {
+            produce(&mut log, 2, None);
+        }
+        let size = log.retained_bytes();
+        let one = size / 5;
+        log.apply(
+            PartitionCommand::Retain {
+                now_ms: 5_000,
+                retention: Retention {
+                    retention_ms: -1,
+                    retention_bytes: (2 * one) as i64,
+                },
+            },
+            3,
+        );
+        assert_eq!(log.log_start_offset(), 6);
+        assert_eq!(log.high_watermark(), 10);
+        log.apply(
+            PartitionCommand::Retain {
+                now_ms: 1_000_000,
+                retention: Retention {
+                    retention_ms: 10,
+                    retention_bytes: -1,
+                },
+            },
+            3,
+        );
+        assert_eq!(log.log_start_offset(), 8, "the last batch is kept");
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let mut log = PartitionLog::default();
+        produce(&mut log, 2, Some((1, 0, 0)));
+        produce(&mut log, 3, None);
+        let decoded = PartitionLog::decode(&log.encode());
+        assert_eq!(decoded, log);
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        let command = PartitionCommand::Produce(ProduceCommand {
+            append_time_ms: 77,
+            log_append_time: true,
+            batch: vec![1, 2, 3],
+        });
+        assert_eq!(PartitionCommand::decode(&command.encode()), Some(command));
+        let retain = PartitionCommand::Retain {
+            now_ms: 1,
+            retention: Retention {
+                retention_ms: 2,
+                retention_bytes: 3,
+            },
+        };
+        assert_eq!(PartitionCommand::decode(&retain.encode()), Some(retain));
+        assert_eq!(PartitionCommand::decode(&[9]), None);
+    }
+}
