@@ -28,6 +28,15 @@ pub type GroupId = u64;
 pub trait Clock {
     /// Milliseconds since an arbitrary, per-node origin.
     fn now_ms(&self) -> u64;
+
+    /// Milliseconds since the Unix epoch by the node's wall clock, for the
+    /// times Kafka shows users: LogAppendTime stamps, retention by time,
+    /// offsets by timestamp. It may jump either way and differ between
+    /// nodes; it is never used for timeouts or safety. The default (for
+    /// simulated clocks) is the monotonic time itself.
+    fn wall_clock_ms(&self) -> i64 {
+        self.now_ms() as i64
+    }
 }
 
 /// An unreliable, message-oriented link to every other node.

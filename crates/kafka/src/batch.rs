@@ -427,10 +427,13 @@ pub fn stamp(
     }
 }
 
+/// A record's key and value, either of which may be null.
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// Builds an uncompressed batch of `records` (key, value) for tests and
 /// tools; timestamps are `timestamp_ms` for every record.
 pub fn build_uncompressed(
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
+    records: &[KeyValue<'_>],
     timestamp_ms: i64,
     producer: Option<(i64, i16, i32)>,
 ) -> Vec<u8> {
