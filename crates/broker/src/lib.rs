@@ -135,41 +135,30 @@ impl BrokerConfig {
 
 pub use runnel_core::StartError;
 
-/// The broker of one node. See the crate documentation.
-pub struct Broker {
-    config: BrokerConfig,
+mod broker;
+pub mod configs;
+mod fetch;
+
+/// Kafka error codes the broker answers with.
+pub mod error_code {
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const NOT_CONTROLLER: i16 = 41;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub const INVALID_RECORD: i16 = 87;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
 
-impl Broker {
-    /// Recovers the node's state from `disk` (reading synchronously).
-    pub fn start(config: BrokerConfig, disk: &mut dyn Disk) -> Result<Broker, StartError> {
-        let _ = disk;
-        Ok(Broker { config })
-    }
-
-    pub fn config(&self) -> &BrokerConfig {
-        &self.config
-    }
-
-    /// Handles one event to completion.
-    pub fn handle(&mut self, event: BrokerEvent, env: &mut BrokerEnv<'_>) {
-        let _ = (event, env);
-        unimplemented!("being written")
-    }
-
-    /// Set when the node hit an error it must not go on from (a failed
-    /// fsync); it then ignores every event and the process should exit.
-    pub fn failed(&self) -> Option<&str> {
-        None
-    }
-
-    /// What recovery found and did, for the operator's log.
-    pub fn recovery_notes(&self) -> &[String] {
-        &[]
-    }
-
-    /// Requests received and not answered yet, over all connections.
-    pub fn requests_in_flight(&self) -> usize {
-        0
-    }
-}
+pub use broker::Broker;

@@ -503,7 +503,7 @@ mod tests {
         producer: Option<(i64, i16, i32)>,
     ) -> ProduceOutcome {
         let values: Vec<Vec<u8>> = (0..records).map(|i| vec![i as u8; 4]).collect();
-        let records: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+        let records: Vec<runnel_kafka::batch::KeyValue<'_>> =
             values.iter().map(|v| (None, Some(v.as_slice()))).collect();
         let batch = build_uncompressed(&records, 1_000, producer);
         log.apply(

@@ -1,0 +1,1722 @@
+//! The broker of one node: Kafka requests decoded, answered from the node
+//! core's state machines or turned into proposals, and answered in order
+//! per connection.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_partitions_response::{
+    CreatePartitionsResponse, CreatePartitionsTopicResult,
+};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
+};
+use kafka_protocol::messages::delete_topics_response::{
+    DeletableTopicResult, DeleteTopicsResponse,
+};
+use kafka_protocol::messages::describe_cluster_response::{
+    DescribeClusterBroker, DescribeClusterResponse,
+};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+};
+use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::init_producer_id_response::InitProducerIdResponse;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, InitProducerIdRequest, ListOffsetsRequest,
+    MetadataRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, RequestKind,
+    ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use runnel_consensus::Config;
+use runnel_core::metadata::{
+    validate_topic_name, MetadataCommand, MetadataOutcome, MetadataState, Topic, METADATA_GROUP,
+};
+use runnel_core::partition::{PartitionCommand, ProduceCommand, ProduceOutcome};
+use runnel_core::{
+    Applied, ClientError, ClientOp, ClientReply, ClientRequest, ClientResponse, Env, Event,
+    MachineLayout, Node, NodeConfig, Replies, Role,
+};
+use runnel_io::{GroupId, NodeId};
+use runnel_kafka::codec::{self, DecodeError};
+use uuid::Uuid;
+
+use crate::fetch::{self, FetchResult};
+use crate::{configs, error_code, BrokerConfig, BrokerEnv, BrokerEvent, ConnectionId, StartError};
+
+/// Most requests waiting for an answer over all connections; beyond it new
+/// requests that must wait are answered with REQUEST_TIMED_OUT at once.
+pub const PENDING_REQUESTS_MAX: usize = 65_536;
+/// The longest a Fetch long-polls, whatever it asks.
+pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
+/// The longest a request waits for its proposals to commit.
+pub const REQUEST_TIMEOUT_MS_MAX: u64 = 120_000;
+/// How often the leader of a partition checks its retention.
+pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1_000;
+
+/// A response slot: answered in the order the requests came.
+struct Slot {
+    id: u64,
+    /// `None` while waiting.
+    output: Option<SlotOutput>,
+}
+
+enum SlotOutput {
+    /// A response frame, or `None` for a request without a response.
+    Respond(Option<Bytes>),
+    /// The response could not be encoded: the connection is closed, since
+    /// the client would wait for it forever otherwise.
+    Close(String),
+}
+
+struct Pending {
+    connection: ConnectionId,
+    header: RequestHeader,
+    api_key: ApiKey,
+    version: i16,
+    deadline_ms: u64,
+    outstanding: usize,
+    kind: PendingKind,
+}
+
+enum PendingKind {
+    Produce {
+        response: ProduceResponse,
+        /// Per proposal part: (topic index, partition index) in `response`.
+        parts: Vec<(usize, usize)>,
+        no_response: bool,
+    },
+    Fetch {
+        request: FetchRequest,
+    },
+    CreateTopics {
+        response: CreateTopicsResponse,
+    },
+    DeleteTopics {
+        response: DeleteTopicsResponse,
+    },
+    CreatePartitions {
+        response: CreatePartitionsResponse,
+    },
+    InitProducerId {
+        response: InitProducerIdResponse,
+    },
+}
+
+#[derive(Default)]
+struct Collector {
+    responses: Vec<ClientResponse>,
+}
+
+impl Replies for Collector {
+    fn reply(&mut self, response: ClientResponse) {
+        self.responses.push(response);
+    }
+}
+
+/// The broker of one node. See the crate documentation.
+pub struct Broker {
+    config: BrokerConfig,
+    node: Node,
+    connections: BTreeMap<ConnectionId, VecDeque<Slot>>,
+    pending: BTreeMap<u64, Pending>,
+    /// Core request id -> (pending id, part).
+    proposals: BTreeMap<u64, (u64, usize)>,
+    next_id: u64,
+    /// Partition groups this node hosts, as metadata last said.
+    hosted: BTreeMap<GroupId, Vec<NodeId>>,
+    last_retention_check_ms: u64,
+}
+
+impl Broker {
+    /// Recovers the node's state from `disk` (reading synchronously).
+    pub fn start(
+        config: BrokerConfig,
+        disk: &mut dyn runnel_io::Disk,
+    ) -> Result<Broker, StartError> {
+        let voters: Vec<NodeId> = config.cluster.iter().map(|node| node.node_id).collect();
+        assert!(
+            voters.contains(&config.node_id),
+            "the cluster must list this node"
+        );
+        let node = Node::start(
+            NodeConfig {
+                id: config.node_id,
+                groups: vec![(
+                    METADATA_GROUP,
+                    Config {
+                        voters: voters.into_iter().collect(),
+                        learners: Default::default(),
+                    },
+                )],
+                rng_seed: config.rng_seed,
+                election_timeout_ms: config.election_timeout_ms,
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                snapshot_interval_entries: config.snapshot_interval_entries,
+                segment_bytes_max: config.segment_bytes_max,
+                machines: MachineLayout::Broker,
+            },
+            disk,
+        )?;
+        Ok(Broker {
+            config,
+            node,
+            connections: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            proposals: BTreeMap::new(),
+            next_id: 1,
+            hosted: BTreeMap::new(),
+            last_retention_check_ms: 0,
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The node core, for status output and tests.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Set when the node hit an error it must not go on from (a failed
+    /// fsync); it then ignores every event and the process should exit.
+    pub fn failed(&self) -> Option<&str> {
+        self.node.failed()
+    }
+
+    /// What recovery found and did, for the operator's log.
+    pub fn recovery_notes(&self) -> &[String] {
+        self.node.recovery_notes()
+    }
+
+    /// Requests received and not answered yet, over all connections.
+    pub fn requests_in_flight(&self) -> usize {
+        self.connections.values().map(VecDeque::len).sum()
+    }
+
+    /// Handles one event to completion.
+    pub fn handle(&mut self, event: BrokerEvent, env: &mut BrokerEnv<'_>) {
+        let mut collector = Collector::default();
+        match event {
+            BrokerEvent::Tick => self.node_event(Event::Tick, env, &mut collector),
+            BrokerEvent::Peer(envelope) => {
+                self.node_event(Event::Peer(envelope), env, &mut collector)
+            }
+            BrokerEvent::Disk(completion) => {
+                self.node_event(Event::Disk(completion), env, &mut collector)
+            }
+            BrokerEvent::Request { connection, frame } => {
+                self.request(connection, frame, env, &mut collector)
+            }
+            BrokerEvent::Closed { connection } => {
+                self.connections.remove(&connection);
+                self.pending.retain(|_, pending| {
+                    pending.connection != connection
+                        || !matches!(pending.kind, PendingKind::Fetch { .. })
+                });
+            }
+        }
+        self.settle(env, &mut collector);
+    }
+
+    /// Runs the follow-ups of an event: core replies, group membership from
+    /// metadata, retention, long polls and deadlines, and responses.
+    fn settle(&mut self, env: &mut BrokerEnv<'_>, collector: &mut Collector) {
+        for _ in 0..8 {
+            let responses = std::mem::take(&mut collector.responses);
+            if responses.is_empty() {
+                break;
+            }
+            for response in responses {
+                self.core_reply(response);
+            }
+        }
+        self.sync_groups(env, collector);
+        self.check_retention(env, collector);
+        for response in std::mem::take(&mut collector.responses) {
+            self.core_reply(response);
+        }
+        self.expire(env.clock.now_ms());
+        self.flush(env);
+    }
+
+    fn node_event(&mut self, event: Event, env: &mut BrokerEnv<'_>, collector: &mut Collector) {
+        let mut core_env = Env {
+            disk: &mut *env.disk,
+            network: &mut *env.network,
+            clock: env.clock,
+            replies: collector,
+        };
+        self.node.handle(event, &mut core_env);
+    }
+
+    fn propose(
+        &mut self,
+        group: GroupId,
+        data: Vec<u8>,
+        pending_id: u64,
+        part: usize,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        let request_id = self.next_id();
+        self.proposals.insert(request_id, (pending_id, part));
+        self.node_event(
+            Event::Client(ClientRequest {
+                client: 0,
+                request_id,
+                group,
+                op: ClientOp::Propose { data },
+            }),
+            env,
+            collector,
+        );
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn metadata(&self) -> Option<&MetadataState> {
+        self.node
+            .machine(METADATA_GROUP)
+            .and_then(|machine| machine.metadata())
+    }
+
+    /// Makes the hosted partition groups follow metadata: a group of a new
+    /// partition placed here starts, a group of a deleted topic goes.
+    fn sync_groups(&mut self, env: &mut BrokerEnv<'_>, collector: &mut Collector) {
+        let Some(metadata) = self.metadata() else {
+            return;
+        };
+        let me = self.config.node_id;
+        let wanted: BTreeMap<GroupId, Vec<NodeId>> = metadata
+            .partition_groups()
+            .filter(|(_, placement)| placement.replicas.contains(&me))
+            .map(|(_, placement)| (placement.group, placement.replicas.clone()))
+            .collect();
+        if wanted == self.hosted {
+            return;
+        }
+        let added: Vec<(GroupId, Vec<NodeId>)> = wanted
+            .iter()
+            .filter(|(group, _)| !self.hosted.contains_key(group))
+            .map(|(group, replicas)| (*group, replicas.clone()))
+            .collect();
+        let removed: Vec<GroupId> = self
+            .hosted
+            .keys()
+            .filter(|group| !wanted.contains_key(group))
+            .copied()
+            .collect();
+        self.hosted = wanted;
+        let mut core_env = Env {
+            disk: &mut *env.disk,
+            network: &mut *env.network,
+            clock: env.clock,
+            replies: collector,
+        };
+        for (group, replicas) in added {
+            let config = Config {
+                voters: replicas.into_iter().collect(),
+                learners: Default::default(),
+            };
+            self.node.bootstrap_group(group, config, &mut core_env);
+        }
+        for group in removed {
+            self.node.remove_group(group, &mut core_env);
+        }
+    }
+
+    /// Proposes retention on the partitions this node leads, now and then:
+    /// the leader decides with its wall clock, every replica drops the same.
+    fn check_retention(&mut self, env: &mut BrokerEnv<'_>, collector: &mut Collector) {
+        let now_ms = env.clock.now_ms();
+        if now_ms < self.last_retention_check_ms + RETENTION_CHECK_INTERVAL_MS {
+            return;
+        }
+        self.last_retention_check_ms = now_ms;
+        let wall_ms = env.clock.wall_clock_ms();
+        let Some(metadata) = self.metadata() else {
+            return;
+        };
+        let mut due = Vec::new();
+        for (topic, placement) in metadata.partition_groups() {
+            if !self.node.leader_ready(placement.group) {
+                continue;
+            }
+            let retention = configs::retention(&topic.configs, &self.config.topic_defaults);
+            let log = self
+                .node
+                .machine(placement.group)
+                .and_then(|machine| machine.partition());
+            if log.is_some_and(|log| log.retention_due(wall_ms, retention)) {
+                due.push((placement.group, retention));
+            }
+        }
+        for (group, retention) in due {
+            let command = PartitionCommand::Retain {
+                now_ms: wall_ms,
+                retention,
+            };
+            // Nobody waits for the outcome: a lost proposal is retried at
+            // the next check.
+            self.node_event(
+                Event::Client(ClientRequest {
+                    client: 0,
+                    request_id: 0,
+                    group,
+                    op: ClientOp::Propose {
+                        data: command.encode(),
+                    },
+                }),
+                env,
+                collector,
+            );
+        }
+    }
+
+    fn request(
+        &mut self,
+        connection: ConnectionId,
+        frame: Bytes,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        let decoded = match codec::decode_request(frame) {
+            Ok(decoded) => decoded,
+            Err(DecodeError::UnsupportedVersion {
+                api_key: ApiKey::ApiVersions,
+                correlation_id,
+                ..
+            }) => {
+                // KIP-511: answer in v0 with UNSUPPORTED_VERSION and our
+                // table, so that the client retries with a version we have.
+                let frame = codec::api_versions_unsupported_response(correlation_id);
+                self.answer_now(connection, SlotOutput::Respond(Some(frame)));
+                return;
+            }
+            Err(error) => {
+                // Kafka closes the connection on a request it cannot parse.
+                tracing::warn!(connection, %error, "closing connection after a bad request");
+                self.connections.remove(&connection);
+                env.responses.close(connection, &error.to_string());
+                return;
+            }
+        };
+        let header = decoded.header;
+        let api_key = decoded.api_key;
+        let version = decoded.api_version;
+        let now_ms = env.clock.now_ms();
+        let response = match decoded.body {
+            RequestKind::ApiVersions(_) => Some(ResponseKind::ApiVersions(
+                codec::api_versions_response(version),
+            )),
+            RequestKind::Metadata(request) => Some(ResponseKind::Metadata(
+                self.metadata_response(request, version, env, collector),
+            )),
+            RequestKind::Produce(request) => {
+                self.produce(connection, header, version, request, env, collector);
+                return;
+            }
+            RequestKind::Fetch(request) => {
+                let metadata = self.metadata();
+                let result = fetch::evaluate(&request, version, metadata, &self.node);
+                let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
+                if result.has_error
+                    || result.bytes >= min_bytes.max(1)
+                    || request.max_wait_ms <= 0
+                    || self.pending.len() >= PENDING_REQUESTS_MAX
+                {
+                    Some(ResponseKind::Fetch(result.response))
+                } else {
+                    let wait_ms = (request.max_wait_ms as u64).min(FETCH_WAIT_MS_MAX);
+                    let id = self.next_id();
+                    self.slot(connection, id);
+                    self.pending.insert(
+                        id,
+                        Pending {
+                            connection,
+                            header,
+                            api_key,
+                            version,
+                            deadline_ms: now_ms + wait_ms,
+                            outstanding: 0,
+                            kind: PendingKind::Fetch { request },
+                        },
+                    );
+                    return;
+                }
+            }
+            RequestKind::ListOffsets(request) => Some(ResponseKind::ListOffsets(
+                self.list_offsets(request, version),
+            )),
+            RequestKind::OffsetForLeaderEpoch(request) => Some(ResponseKind::OffsetForLeaderEpoch(
+                self.offset_for_leader_epoch(request),
+            )),
+            RequestKind::CreateTopics(request) => {
+                self.create_topics(connection, header, version, request, env, collector);
+                return;
+            }
+            RequestKind::DeleteTopics(request) => {
+                self.delete_topics(connection, header, version, request, env, collector);
+                return;
+            }
+            RequestKind::CreatePartitions(request) => {
+                self.create_partitions(connection, header, version, request, env, collector);
+                return;
+            }
+            RequestKind::InitProducerId(request) => {
+                self.init_producer_id(connection, header, version, request, env, collector);
+                return;
+            }
+            RequestKind::DescribeConfigs(request) => Some(ResponseKind::DescribeConfigs(
+                self.describe_configs(request),
+            )),
+            RequestKind::DescribeCluster(request) => Some(ResponseKind::DescribeCluster(
+                self.describe_cluster(request),
+            )),
+            _ => None,
+        };
+        match response {
+            Some(body) => {
+                let output = encode(&header, api_key, version, &body);
+                self.answer_now(connection, output);
+            }
+            None => {
+                // The codec only decodes APIs of our version table, so this
+                // is an API listed there without a handler: a programmer
+                // error, but not one worth a crash of the whole node.
+                tracing::error!(?api_key, "no handler for an advertised API");
+                self.connections.remove(&connection);
+                env.responses.close(connection, "unsupported API");
+            }
+        }
+    }
+
+    fn slot(&mut self, connection: ConnectionId, id: u64) {
+        self.connections
+            .entry(connection)
+            .or_default()
+            .push_back(Slot { id, output: None });
+    }
+
+    fn answer_now(&mut self, connection: ConnectionId, output: SlotOutput) {
+        let id = self.next_id();
+        self.connections
+            .entry(connection)
+            .or_default()
+            .push_back(Slot {
+                id,
+                output: Some(output),
+            });
+    }
+
+    fn fill(&mut self, connection: ConnectionId, id: u64, output: SlotOutput) {
+        if let Some(slots) = self.connections.get_mut(&connection) {
+            if let Some(slot) = slots.iter_mut().find(|slot| slot.id == id) {
+                slot.output = Some(output);
+            }
+        }
+    }
+
+    fn flush(&mut self, env: &mut BrokerEnv<'_>) {
+        let mut closed = Vec::new();
+        for (connection, slots) in self.connections.iter_mut() {
+            while slots.front().is_some_and(|slot| slot.output.is_some()) {
+                let slot = slots.pop_front().expect("front exists");
+                match slot.output.expect("checked above") {
+                    SlotOutput::Respond(frame) => env.responses.respond(*connection, frame),
+                    SlotOutput::Close(reason) => {
+                        env.responses.close(*connection, &reason);
+                        closed.push(*connection);
+                        break;
+                    }
+                }
+            }
+        }
+        for connection in closed {
+            self.connections.remove(&connection);
+        }
+        self.connections.retain(|_, slots| !slots.is_empty());
+    }
+
+    // ---------------------------------------------------------------- Metadata
+
+    fn leader_of(&self, group: GroupId) -> (i32, i32) {
+        match self.node.view(group) {
+            Some(view) => match view.leader {
+                Some(leader) if view.role != Role::Leader || self.node.leader_ready(group) => {
+                    (leader as i32, view.term as i32)
+                }
+                _ => (-1, view.term as i32),
+            },
+            None => (-1, -1),
+        }
+    }
+
+    fn metadata_response(
+        &mut self,
+        request: MetadataRequest,
+        version: i16,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) -> MetadataResponse {
+        let brokers = self
+            .config
+            .cluster
+            .iter()
+            .map(|node| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(node.node_id as i32))
+                    .with_host(StrBytes::from_string(node.host.clone()))
+                    .with_port(i32::from(node.port))
+            })
+            .collect();
+        let (controller, _) = self.leader_of(METADATA_GROUP);
+        let auto_create = self.config.topic_defaults.auto_create
+            && (version < 4 || request.allow_auto_topic_creation);
+        let mut to_create = Vec::new();
+        let mut topics = Vec::new();
+        {
+            let metadata = self.metadata();
+            let wanted: Vec<(Option<String>, Uuid)> = match &request.topics {
+                None => metadata
+                    .map(|metadata| {
+                        metadata
+                            .topics()
+                            .keys()
+                            .map(|name| (Some(name.clone()), Uuid::nil()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                Some(list) if list.is_empty() && version == 0 => metadata
+                    .map(|metadata| {
+                        metadata
+                            .topics()
+                            .keys()
+                            .map(|name| (Some(name.clone()), Uuid::nil()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                Some(list) => list
+                    .iter()
+                    .map(|topic| {
+                        (
+                            topic.name.as_ref().map(|name| name.0.to_string()),
+                            topic.topic_id,
+                        )
+                    })
+                    .collect(),
+            };
+            for (name, id) in wanted {
+                let found = match (&name, metadata) {
+                    (Some(name), Some(metadata)) => metadata.topic(name),
+                    (None, Some(metadata)) => metadata.topic_by_id(id.as_bytes()),
+                    _ => None,
+                };
+                let mut topic_response = MetadataResponseTopic::default();
+                match found {
+                    Some(topic) => {
+                        topic_response = self.describe_topic(topic);
+                    }
+                    None => {
+                        topic_response.name =
+                            name.clone().map(|n| TopicName(StrBytes::from_string(n)));
+                        topic_response.topic_id = id;
+                        topic_response.error_code = match &name {
+                            None => error_code::UNKNOWN_TOPIC_ID,
+                            Some(name) if validate_topic_name(name).is_err() => {
+                                error_code::INVALID_TOPIC_EXCEPTION
+                            }
+                            Some(name) if auto_create => {
+                                to_create.push(name.clone());
+                                error_code::LEADER_NOT_AVAILABLE
+                            }
+                            Some(_) => error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                        };
+                    }
+                }
+                topics.push(topic_response);
+            }
+        }
+        for name in to_create {
+            self.auto_create(name, env, collector);
+        }
+        MetadataResponse::default()
+            .with_brokers(brokers)
+            .with_cluster_id(Some(StrBytes::from_string(self.config.cluster_id.clone())))
+            .with_controller_id(BrokerId(if controller < 0 {
+                // Clients send CreateTopics to the controller: before an
+                // election ends, name this node, which answers NOT_CONTROLLER
+                // if it turns out not to lead.
+                self.config.node_id as i32
+            } else {
+                controller
+            }))
+            .with_topics(topics)
+    }
+
+    fn describe_topic(&self, topic: &Topic) -> MetadataResponseTopic {
+        let partitions = topic
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(index, placement)| {
+                let (leader, epoch) = self.leader_of(placement.group);
+                let replicas: Vec<BrokerId> = placement
+                    .replicas
+                    .iter()
+                    .map(|node| BrokerId(*node as i32))
+                    .collect();
+                let mut partition = MetadataResponsePartition::default()
+                    .with_partition_index(index as i32)
+                    .with_leader_id(BrokerId(leader))
+                    .with_leader_epoch(epoch.max(0))
+                    .with_replica_nodes(replicas.clone())
+                    .with_isr_nodes(replicas);
+                if leader < 0 {
+                    partition.error_code = error_code::LEADER_NOT_AVAILABLE;
+                }
+                partition
+            })
+            .collect();
+        MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
+            .with_topic_id(Uuid::from_bytes(topic.id))
+            .with_partitions(partitions)
+    }
+
+    fn auto_create(&mut self, name: String, env: &mut BrokerEnv<'_>, collector: &mut Collector) {
+        if !self.node.leader_ready(METADATA_GROUP) {
+            return;
+        }
+        let defaults = &self.config.topic_defaults;
+        let command = MetadataCommand::CreateTopic {
+            name,
+            partitions: defaults.partitions.max(1) as u32,
+            replication_factor: defaults
+                .replication_factor
+                .clamp(1, self.config.cluster.len() as i16) as u16,
+            configs: BTreeMap::new(),
+            nodes: self.cluster_nodes(),
+        };
+        // Nobody waits for the outcome: the client retries its Metadata.
+        self.node_event(
+            Event::Client(ClientRequest {
+                client: 0,
+                request_id: 0,
+                group: METADATA_GROUP,
+                op: ClientOp::Propose {
+                    data: command.encode(),
+                },
+            }),
+            env,
+            collector,
+        );
+    }
+
+    fn cluster_nodes(&self) -> Vec<NodeId> {
+        self.config
+            .cluster
+            .iter()
+            .map(|node| node.node_id)
+            .collect()
+    }
+
+    // ----------------------------------------------------------------- Produce
+
+    fn produce(
+        &mut self,
+        connection: ConnectionId,
+        header: RequestHeader,
+        version: i16,
+        request: ProduceRequest,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        let now_ms = env.clock.now_ms();
+        let wall_ms = env.clock.wall_clock_ms();
+        let id = self.next_id();
+        let no_response = request.acks == 0;
+        let mut response = ProduceResponse::default();
+        let mut proposals: Vec<(GroupId, Vec<u8>, usize)> = Vec::new();
+        let mut parts = Vec::new();
+        let mut auto_create = Vec::new();
+        let valid_acks = (-1..=1).contains(&request.acks);
+        for (topic_index, topic) in request.topic_data.iter().enumerate() {
+            let name = topic.name.0.to_string();
+            let found = self
+                .metadata()
+                .and_then(|metadata| metadata.topic(&name))
+                .cloned();
+            let mut partition_responses = Vec::new();
+            for (partition_index, partition) in topic.partition_data.iter().enumerate() {
+                let mut answer = PartitionProduceResponse::default()
+                    .with_index(partition.index)
+                    .with_base_offset(-1)
+                    .with_log_append_time_ms(-1)
+                    .with_log_start_offset(-1);
+                let placement = found.as_ref().and_then(|topic| {
+                    usize::try_from(partition.index)
+                        .ok()
+                        .and_then(|index| topic.partitions.get(index))
+                });
+                let outcome: Result<Vec<u8>, (i16, String)> = (|| {
+                    if !valid_acks {
+                        return Err((
+                            error_code::INVALID_REQUIRED_ACKS,
+                            format!("acks must be 0, 1 or -1, not {}", request.acks),
+                        ));
+                    }
+                    if request.transactional_id.is_some() {
+                        return Err((
+                            error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                            "transactions are not supported".into(),
+                        ));
+                    }
+                    let Some(topic) = found.as_ref() else {
+                        if validate_topic_name(&name).is_err() {
+                            return Err((
+                                error_code::INVALID_TOPIC_EXCEPTION,
+                                format!("invalid topic name \"{}\"", name.escape_debug()),
+                            ));
+                        }
+                        if self.config.topic_defaults.auto_create {
+                            auto_create.push(name.clone());
+                        }
+                        return Err((
+                            error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                            format!("topic \"{name}\" does not exist"),
+                        ));
+                    };
+                    let Some(placement) = placement else {
+                        return Err((
+                            error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                            format!("topic \"{name}\" has no partition {}", partition.index),
+                        ));
+                    };
+                    if !self.node.leader_ready(placement.group) {
+                        return Err((
+                            error_code::NOT_LEADER_OR_FOLLOWER,
+                            "this node does not lead the partition".into(),
+                        ));
+                    }
+                    let Some(records) = partition.records.as_ref() else {
+                        return Err((error_code::INVALID_RECORD, "no records".into()));
+                    };
+                    let batch_header = runnel_kafka::batch::validate(records)
+                        .map_err(|error| (error.kafka_error_code(), error.to_string()))?;
+                    let log = self
+                        .node
+                        .machine(placement.group)
+                        .and_then(|machine| machine.partition())
+                        .expect("a leader has its machine");
+                    if let Some(outcome) = log.precheck(&batch_header) {
+                        return match outcome {
+                            ProduceOutcome::Duplicate { base_offset } => {
+                                Err((0, base_offset.to_string()))
+                            }
+                            ProduceOutcome::Refused { error_code } => {
+                                Err((error_code, "refused by the producer state".into()))
+                            }
+                            ProduceOutcome::Appended { .. } => unreachable!("precheck"),
+                        };
+                    }
+                    let command = PartitionCommand::Produce(ProduceCommand {
+                        append_time_ms: wall_ms,
+                        log_append_time: configs::log_append_time(&topic.configs),
+                        batch: records.to_vec(),
+                    });
+                    Ok(command.encode())
+                })();
+                match outcome {
+                    Ok(data) => {
+                        let group = placement.expect("checked").group;
+                        proposals.push((group, data, parts.len()));
+                        parts.push((topic_index, partition_index));
+                    }
+                    Err((0, base_offset)) => {
+                        // A retried batch already in the log.
+                        answer.base_offset = base_offset.parse().unwrap_or(-1);
+                    }
+                    Err((code, message)) => {
+                        tracing::debug!(topic = %name, partition = partition.index, code, %message, "produce refused");
+                        answer.error_code = code;
+                        if version >= 8 {
+                            answer.error_message = Some(StrBytes::from_string(message));
+                        }
+                    }
+                }
+                partition_responses.push(answer);
+            }
+            response.responses.push(
+                TopicProduceResponse::default()
+                    .with_name(topic.name.clone())
+                    .with_partition_responses(partition_responses),
+            );
+        }
+        for name in auto_create {
+            self.auto_create(name, env, collector);
+        }
+        self.slot(connection, id);
+        let timeout_ms = (request.timeout_ms.max(0) as u64).min(REQUEST_TIMEOUT_MS_MAX);
+        self.pending.insert(
+            id,
+            Pending {
+                connection,
+                header,
+                api_key: ApiKey::Produce,
+                version,
+                deadline_ms: now_ms + timeout_ms.max(1),
+                outstanding: proposals.len(),
+                kind: PendingKind::Produce {
+                    response,
+                    parts,
+                    no_response,
+                },
+            },
+        );
+        for (group, data, part) in proposals {
+            self.propose(group, data, id, part, env, collector);
+        }
+        self.finish_if_done(id);
+    }
+
+    // ------------------------------------------------------------ ListOffsets
+
+    fn list_offsets(&self, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+        let metadata = self.metadata();
+        let topics = request
+            .topics
+            .iter()
+            .map(|topic| {
+                let found = metadata.and_then(|metadata| metadata.topic(topic.name.0.as_str()));
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|partition| {
+                        let mut answer = ListOffsetsPartitionResponse::default()
+                            .with_partition_index(partition.partition_index)
+                            .with_timestamp(-1)
+                            .with_offset(-1)
+                            .with_leader_epoch(-1);
+                        let placement = found.and_then(|topic| {
+                            usize::try_from(partition.partition_index)
+                                .ok()
+                                .and_then(|index| topic.partitions.get(index))
+                        });
+                        let Some(placement) = placement else {
+                            answer.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                            return answer;
+                        };
+                        let log = self
+                            .node
+                            .machine(placement.group)
+                            .and_then(|machine| machine.partition());
+                        let Some(log) = log.filter(|_| self.node.leader_ready(placement.group))
+                        else {
+                            answer.error_code = error_code::NOT_LEADER_OR_FOLLOWER;
+                            return answer;
+                        };
+                        if version >= 4 {
+                            answer.leader_epoch = self.leader_of(placement.group).1;
+                        }
+                        match partition.timestamp {
+                            -1 => answer.offset = log.high_watermark(),
+                            -2 => answer.offset = log.log_start_offset(),
+                            -3 => {
+                                if let Some((offset, timestamp)) = max_timestamp(log) {
+                                    answer.offset = offset;
+                                    answer.timestamp = timestamp;
+                                }
+                            }
+                            target if target >= 0 => {
+                                if let Some((offset, timestamp)) = offset_for_time(log, target) {
+                                    answer.offset = offset;
+                                    answer.timestamp = timestamp;
+                                }
+                            }
+                            _ => answer.error_code = error_code::INVALID_REQUEST,
+                        }
+                        answer
+                    })
+                    .collect();
+                ListOffsetsTopicResponse::default()
+                    .with_name(topic.name.clone())
+                    .with_partitions(partitions)
+            })
+            .collect();
+        ListOffsetsResponse::default().with_topics(topics)
+    }
+
+    fn offset_for_leader_epoch(
+        &self,
+        request: OffsetForLeaderEpochRequest,
+    ) -> OffsetForLeaderEpochResponse {
+        let metadata = self.metadata();
+        let topics = request
+            .topics
+            .iter()
+            .map(|topic| {
+                let found = metadata.and_then(|metadata| metadata.topic(topic.topic.0.as_str()));
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|partition| {
+                        let mut answer = EpochEndOffset::default()
+                            .with_partition(partition.partition)
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1);
+                        let placement = found.and_then(|topic| {
+                            usize::try_from(partition.partition)
+                                .ok()
+                                .and_then(|index| topic.partitions.get(index))
+                        });
+                        let Some(placement) = placement else {
+                            answer.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                            return answer;
+                        };
+                        let log = self
+                            .node
+                            .machine(placement.group)
+                            .and_then(|machine| machine.partition());
+                        match log.filter(|_| self.node.leader_ready(placement.group)) {
+                            Some(log) => {
+                                let (epoch, end_offset) =
+                                    log.end_offset_for_epoch(partition.leader_epoch);
+                                answer.leader_epoch = epoch;
+                                answer.end_offset = end_offset;
+                            }
+                            None => answer.error_code = error_code::NOT_LEADER_OR_FOLLOWER,
+                        }
+                        answer
+                    })
+                    .collect();
+                OffsetForLeaderTopicResult::default()
+                    .with_topic(topic.topic.clone())
+                    .with_partitions(partitions)
+            })
+            .collect();
+        OffsetForLeaderEpochResponse::default().with_topics(topics)
+    }
+
+    // ------------------------------------------------------------------ Topics
+
+    fn create_topics(
+        &mut self,
+        connection: ConnectionId,
+        header: RequestHeader,
+        version: i16,
+        request: CreateTopicsRequest,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        let id = self.next_id();
+        let now_ms = env.clock.now_ms();
+        let leader = self.node.leader_ready(METADATA_GROUP);
+        let nodes = self.cluster_nodes();
+        let mut response = CreateTopicsResponse::default();
+        let mut proposals = Vec::new();
+        for (index, topic) in request.topics.iter().enumerate() {
+            let name = topic.name.0.to_string();
+            let partitions = if topic.num_partitions == -1 {
+                self.config.topic_defaults.partitions
+            } else {
+                topic.num_partitions
+            };
+            let replication_factor = if topic.replication_factor == -1 {
+                self.config.topic_defaults.replication_factor
+            } else {
+                topic.replication_factor
+            };
+            let mut result = CreatableTopicResult::default()
+                .with_name(topic.name.clone())
+                .with_num_partitions(partitions)
+                .with_replication_factor(replication_factor);
+            let mut topic_configs = BTreeMap::new();
+            let checked: Result<(), (i16, String)> = (|| {
+                validate_topic_name(&name)
+                    .map_err(|message| (error_code::INVALID_TOPIC_EXCEPTION, message))?;
+                if self
+                    .metadata()
+                    .is_some_and(|metadata| metadata.topic(&name).is_some())
+                {
+                    return Err((
+                        error_code::TOPIC_ALREADY_EXISTS,
+                        format!("topic \"{name}\" already exists"),
+                    ));
+                }
+                if partitions <= 0 {
+                    return Err((
+                        error_code::INVALID_PARTITIONS,
+                        "the number of partitions must be positive".into(),
+                    ));
+                }
+                if replication_factor <= 0 || replication_factor as usize > nodes.len() {
+                    return Err((
+                        error_code::INVALID_REPLICATION_FACTOR,
+                        format!(
+                            "replication factor {replication_factor} is not between 1 and the {} node(s) of the cluster",
+                            nodes.len()
+                        ),
+                    ));
+                }
+                if !topic.assignments.is_empty() {
+                    return Err((
+                        error_code::INVALID_REQUEST,
+                        "manual replica assignments are not supported".into(),
+                    ));
+                }
+                for config in &topic.configs {
+                    let key = config.name.to_string();
+                    let value = config
+                        .value
+                        .as_ref()
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
+                    configs::validate(&key, &value)
+                        .map_err(|message| (error_code::INVALID_CONFIG, message))?;
+                    topic_configs.insert(key, value);
+                }
+                if !leader {
+                    return Err((
+                        error_code::NOT_CONTROLLER,
+                        "this node does not lead the metadata group".into(),
+                    ));
+                }
+                Ok(())
+            })();
+            match checked {
+                Err((code, message)) => {
+                    result.error_code = code;
+                    result.num_partitions = -1;
+                    result.replication_factor = -1;
+                    if version >= 1 {
+                        result.error_message = Some(StrBytes::from_string(message));
+                    }
+                }
+                Ok(()) => {
+                    if version >= 5 {
+                        result.configs = Some(
+                            configs::effective(&topic_configs, &self.config.topic_defaults)
+                                .into_iter()
+                                .map(|(key, value, set)| {
+                                    CreatableTopicConfigs::default()
+                                        .with_name(StrBytes::from_string(key))
+                                        .with_value(Some(StrBytes::from_string(value)))
+                                        .with_config_source(if set { 1 } else { 5 })
+                                })
+                                .collect(),
+                        );
+                    }
+                    if !request.validate_only {
+                        let command = MetadataCommand::CreateTopic {
+                            name: name.clone(),
+                            partitions: partitions as u32,
+                            replication_factor: replication_factor as u16,
+                            configs: topic_configs,
+                            nodes: nodes.clone(),
+                        };
+                        proposals.push((command.encode(), index));
+                    }
+                }
+            }
+            response.topics.push(result);
+        }
+        self.slot(connection, id);
+        self.pending.insert(
+            id,
+            Pending {
+                connection,
+                header,
+                api_key: ApiKey::CreateTopics,
+                version,
+                deadline_ms: now_ms
+                    + (request.timeout_ms.max(1) as u64).min(REQUEST_TIMEOUT_MS_MAX),
+                outstanding: proposals.len(),
+                kind: PendingKind::CreateTopics { response },
+            },
+        );
+        for (data, part) in proposals {
+            self.propose(METADATA_GROUP, data, id, part, env, collector);
+        }
+        self.finish_if_done(id);
+    }
+
+    fn delete_topics(
+        &mut self,
+        connection: ConnectionId,
+        header: RequestHeader,
+        version: i16,
+        request: DeleteTopicsRequest,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        let id = self.next_id();
+        let now_ms = env.clock.now_ms();
+        let leader = self.node.leader_ready(METADATA_GROUP);
+        let mut wanted: Vec<(Option<String>, Uuid)> = request
+            .topic_names
+            .iter()
+            .map(|name| (Some(name.0.to_string()), Uuid::nil()))
+            .collect();
+        wanted.extend(request.topics.iter().map(|topic| {
+            (
+                topic.name.as_ref().map(|name| name.0.to_string()),
+                topic.topic_id,
+            )
+        }));
+        let mut response = DeleteTopicsResponse::default();
+        let mut proposals = Vec::new();
+        for (index, (name, topic_id)) in wanted.into_iter().enumerate() {
+            let found = self.metadata().and_then(|metadata| match &name {
+                Some(name) => metadata.topic(name),
+                None => metadata.topic_by_id(topic_id.as_bytes()),
+            });
+            let mut result = DeletableTopicResult::default()
+                .with_name(name.clone().map(|n| TopicName(StrBytes::from_string(n))))
+                .with_topic_id(topic_id);
+            match found {
+                None => {
+                    result.error_code = if name.is_some() {
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        error_code::UNKNOWN_TOPIC_ID
+                    };
+                }
+                Some(_) if !leader => result.error_code = error_code::NOT_CONTROLLER,
+                Some(topic) => {
+                    result.name = Some(TopicName(StrBytes::from_string(topic.name.clone())));
+                    result.topic_id = Uuid::from_bytes(topic.id);
+                    let command = MetadataCommand::DeleteTopic {
+                        name: topic.name.clone(),
+                    };
+                    proposals.push((command.encode(), index));
+                }
+            }
+            if version >= 5 && result.error_code != 0 {
+                result.error_message = Some(StrBytes::from_static_str("topic not deleted"));
+            }
+            response.responses.push(result);
+        }
+        self.slot(connection, id);
+        self.pending.insert(
+            id,
+            Pending {
+                connection,
+                header,
+                api_key: ApiKey::DeleteTopics,
+                version,
+                deadline_ms: now_ms
+                    + (request.timeout_ms.max(1) as u64).min(REQUEST_TIMEOUT_MS_MAX),
+                outstanding: proposals.len(),
+                kind: PendingKind::DeleteTopics { response },
+            },
+        );
+        for (data, part) in proposals {
+            self.propose(METADATA_GROUP, data, id, part, env, collector);
+        }
+        self.finish_if_done(id);
+    }
+
+    fn create_partitions(
+        &mut self,
+        connection: ConnectionId,
+        header: RequestHeader,
+        version: i16,
+        request: CreatePartitionsRequest,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        let id = self.next_id();
+        let now_ms = env.clock.now_ms();
+        let leader = self.node.leader_ready(METADATA_GROUP);
+        let nodes = self.cluster_nodes();
+        let mut response = CreatePartitionsResponse::default();
+        let mut proposals = Vec::new();
+        for (index, topic) in request.topics.iter().enumerate() {
+            let name = topic.name.0.to_string();
+            let current = self
+                .metadata()
+                .and_then(|metadata| metadata.topic(&name))
+                .map(|topic| topic.partitions.len() as i32);
+            let mut result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+            let error = match current {
+                None => Some((
+                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic \"{name}\" does not exist"),
+                )),
+                Some(current) if topic.count <= current => Some((
+                    error_code::INVALID_PARTITIONS,
+                    format!(
+                        "topic \"{name}\" has {current} partitions; the new count must be more"
+                    ),
+                )),
+                Some(_) if topic.assignments.is_some() => Some((
+                    error_code::INVALID_REQUEST,
+                    "manual replica assignments are not supported".into(),
+                )),
+                Some(_) if !leader => Some((
+                    error_code::NOT_CONTROLLER,
+                    "this node does not lead the metadata group".into(),
+                )),
+                Some(_) => None,
+            };
+            match error {
+                Some((code, message)) => {
+                    result.error_code = code;
+                    result.error_message = Some(StrBytes::from_string(message));
+                }
+                None if request.validate_only => {}
+                None => {
+                    let command = MetadataCommand::CreatePartitions {
+                        name,
+                        count: topic.count as u32,
+                        nodes: nodes.clone(),
+                    };
+                    proposals.push((command.encode(), index));
+                }
+            }
+            response.results.push(result);
+        }
+        self.slot(connection, id);
+        self.pending.insert(
+            id,
+            Pending {
+                connection,
+                header,
+                api_key: ApiKey::CreatePartitions,
+                version,
+                deadline_ms: now_ms
+                    + (request.timeout_ms.max(1) as u64).min(REQUEST_TIMEOUT_MS_MAX),
+                outstanding: proposals.len(),
+                kind: PendingKind::CreatePartitions { response },
+            },
+        );
+        for (data, part) in proposals {
+            self.propose(METADATA_GROUP, data, id, part, env, collector);
+        }
+        self.finish_if_done(id);
+    }
+
+    fn init_producer_id(
+        &mut self,
+        connection: ConnectionId,
+        header: RequestHeader,
+        version: i16,
+        request: InitProducerIdRequest,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        let id = self.next_id();
+        let now_ms = env.clock.now_ms();
+        let mut response = InitProducerIdResponse::default()
+            .with_producer_id((-1).into())
+            .with_producer_epoch(-1);
+        let mut outstanding = 0;
+        if request.transactional_id.is_some() {
+            response.error_code = error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        } else if !self.node.leader_ready(METADATA_GROUP) {
+            response.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
+        } else {
+            outstanding = 1;
+        }
+        self.slot(connection, id);
+        self.pending.insert(
+            id,
+            Pending {
+                connection,
+                header,
+                api_key: ApiKey::InitProducerId,
+                version,
+                deadline_ms: now_ms + 30_000,
+                outstanding,
+                kind: PendingKind::InitProducerId { response },
+            },
+        );
+        if outstanding == 1 {
+            let data = MetadataCommand::AllocateProducerId.encode();
+            self.propose(METADATA_GROUP, data, id, 0, env, collector);
+        }
+        self.finish_if_done(id);
+    }
+
+    fn describe_configs(&self, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+        let metadata = self.metadata();
+        let results = request
+            .resources
+            .iter()
+            .map(|resource| {
+                let mut result = DescribeConfigsResult::default()
+                    .with_resource_type(resource.resource_type)
+                    .with_resource_name(resource.resource_name.clone());
+                let listed: Vec<(String, String, bool)> = match resource.resource_type {
+                    // TOPIC
+                    2 => match metadata.and_then(|m| m.topic(resource.resource_name.as_str())) {
+                        Some(topic) => {
+                            configs::effective(&topic.configs, &self.config.topic_defaults)
+                        }
+                        None => {
+                            result.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                            result.error_message =
+                                Some(StrBytes::from_static_str("the topic does not exist"));
+                            Vec::new()
+                        }
+                    },
+                    // BROKER
+                    4 => {
+                        let defaults = &self.config.topic_defaults;
+                        vec![
+                            ("broker.id".into(), self.config.node_id.to_string(), false),
+                            (
+                                "num.partitions".into(),
+                                defaults.partitions.to_string(),
+                                false,
+                            ),
+                            (
+                                "default.replication.factor".into(),
+                                defaults.replication_factor.to_string(),
+                                false,
+                            ),
+                            (
+                                "log.retention.ms".into(),
+                                defaults.retention_ms.to_string(),
+                                false,
+                            ),
+                            (
+                                "log.retention.bytes".into(),
+                                defaults.retention_bytes.to_string(),
+                                false,
+                            ),
+                            (
+                                "log.segment.bytes".into(),
+                                defaults.segment_bytes.to_string(),
+                                false,
+                            ),
+                            (
+                                "auto.create.topics.enable".into(),
+                                defaults.auto_create.to_string(),
+                                false,
+                            ),
+                        ]
+                    }
+                    _ => {
+                        result.error_code = error_code::INVALID_REQUEST;
+                        result.error_message =
+                            Some(StrBytes::from_static_str("unsupported resource type"));
+                        Vec::new()
+                    }
+                };
+                result.configs = listed
+                    .into_iter()
+                    .filter(|(key, _, _)| match &resource.configuration_keys {
+                        Some(keys) => keys.iter().any(|wanted| wanted.as_str() == key),
+                        None => true,
+                    })
+                    .map(|(key, value, set)| {
+                        DescribeConfigsResourceResult::default()
+                            .with_name(StrBytes::from_string(key))
+                            .with_value(Some(StrBytes::from_string(value)))
+                            .with_read_only(resource.resource_type == 4)
+                            .with_config_source(if set { 1 } else { 5 })
+                    })
+                    .collect();
+                result
+            })
+            .collect();
+        DescribeConfigsResponse::default().with_results(results)
+    }
+
+    fn describe_cluster(&self, _request: DescribeClusterRequest) -> DescribeClusterResponse {
+        let (controller, _) = self.leader_of(METADATA_GROUP);
+        DescribeClusterResponse::default()
+            .with_cluster_id(StrBytes::from_string(self.config.cluster_id.clone()))
+            .with_controller_id(BrokerId(controller))
+            .with_brokers(
+                self.config
+                    .cluster
+                    .iter()
+                    .map(|node| {
+                        DescribeClusterBroker::default()
+                            .with_broker_id(BrokerId(node.node_id as i32))
+                            .with_host(StrBytes::from_string(node.host.clone()))
+                            .with_port(i32::from(node.port))
+                    })
+                    .collect(),
+            )
+    }
+
+    // ------------------------------------------------------- Replies, deadlines
+
+    fn core_reply(&mut self, response: ClientResponse) {
+        let Some((pending_id, part)) = self.proposals.remove(&response.request_id) else {
+            return;
+        };
+        let Some(pending) = self.pending.get_mut(&pending_id) else {
+            return;
+        };
+        let version = pending.version;
+        match &mut pending.kind {
+            PendingKind::Produce {
+                response: produce,
+                parts,
+                ..
+            } => {
+                let (topic, partition) = parts[part];
+                let answer = &mut produce.responses[topic].partition_responses[partition];
+                match response.result {
+                    Ok(ClientReply::Applied(Applied::Produce(outcome))) => match outcome {
+                        ProduceOutcome::Appended {
+                            base_offset,
+                            log_append_time_ms,
+                            log_start_offset,
+                        } => {
+                            answer.base_offset = base_offset;
+                            answer.log_append_time_ms = log_append_time_ms;
+                            answer.log_start_offset = log_start_offset;
+                        }
+                        ProduceOutcome::Duplicate { base_offset } => {
+                            answer.base_offset = base_offset;
+                        }
+                        ProduceOutcome::Refused { error_code } => answer.error_code = error_code,
+                    },
+                    Ok(_) => answer.error_code = error_code::UNKNOWN_SERVER_ERROR,
+                    Err(ClientError::Rejected(message)) => {
+                        answer.error_code = error_code::REQUEST_TIMED_OUT;
+                        if version >= 8 {
+                            answer.error_message = Some(StrBytes::from_string(message));
+                        }
+                    }
+                    // The outcome is unknown or leadership moved: the client
+                    // retries, and idempotence makes the retry safe.
+                    Err(_) => answer.error_code = error_code::NOT_LEADER_OR_FOLLOWER,
+                }
+            }
+            PendingKind::CreateTopics { response: create } => {
+                let result = &mut create.topics[part];
+                metadata_result(
+                    response.result,
+                    &mut result.error_code,
+                    &mut result.error_message,
+                );
+                if result.error_code != 0 {
+                    result.num_partitions = -1;
+                    result.replication_factor = -1;
+                    result.configs = None;
+                } else if let Some(topic) = self
+                    .node
+                    .machine(METADATA_GROUP)
+                    .and_then(|machine| machine.metadata())
+                    .and_then(|metadata| metadata.topic(result.name.0.as_str()))
+                {
+                    result.topic_id = Uuid::from_bytes(topic.id);
+                }
+            }
+            PendingKind::DeleteTopics { response: delete } => {
+                let result = &mut delete.responses[part];
+                metadata_result(
+                    response.result,
+                    &mut result.error_code,
+                    &mut result.error_message,
+                );
+            }
+            PendingKind::CreatePartitions { response: create } => {
+                let result = &mut create.results[part];
+                metadata_result(
+                    response.result,
+                    &mut result.error_code,
+                    &mut result.error_message,
+                );
+            }
+            PendingKind::InitProducerId { response: init } => match response.result {
+                Ok(ClientReply::Applied(Applied::Metadata(MetadataOutcome::ProducerId(id)))) => {
+                    init.producer_id = id.into();
+                    init.producer_epoch = 0;
+                }
+                _ => init.error_code = error_code::COORDINATOR_NOT_AVAILABLE,
+            },
+            PendingKind::Fetch { .. } => {}
+        }
+        pending.outstanding -= 1;
+        self.finish_if_done(pending_id);
+    }
+
+    /// Answers a pending request whose proposals have all been answered.
+    fn finish_if_done(&mut self, id: u64) {
+        let done = self.pending.get(&id).is_some_and(|pending| {
+            pending.outstanding == 0 && !matches!(pending.kind, PendingKind::Fetch { .. })
+        });
+        if done {
+            let pending = self.pending.remove(&id).expect("checked");
+            self.answer_pending(id, pending);
+        }
+    }
+
+    fn answer_pending(&mut self, id: u64, pending: Pending) {
+        let body = match pending.kind {
+            PendingKind::Produce {
+                no_response: true, ..
+            } => {
+                self.fill(pending.connection, id, SlotOutput::Respond(None));
+                return;
+            }
+            PendingKind::Produce { response, .. } => ResponseKind::Produce(response),
+            PendingKind::CreateTopics { response } => ResponseKind::CreateTopics(response),
+            PendingKind::DeleteTopics { response } => ResponseKind::DeleteTopics(response),
+            PendingKind::CreatePartitions { response } => ResponseKind::CreatePartitions(response),
+            PendingKind::InitProducerId { response } => ResponseKind::InitProducerId(response),
+            PendingKind::Fetch { request } => {
+                let FetchResult { response, .. } =
+                    fetch::evaluate(&request, pending.version, self.metadata(), &self.node);
+                ResponseKind::Fetch(response)
+            }
+        };
+        let output = encode(&pending.header, pending.api_key, pending.version, &body);
+        self.fill(pending.connection, id, output);
+    }
+
+    /// Answers long polls that have enough data or reached their wait, and
+    /// requests whose proposals did not commit in time.
+    fn expire(&mut self, now_ms: u64) {
+        let mut ready = Vec::new();
+        for (id, pending) in &self.pending {
+            match &pending.kind {
+                PendingKind::Fetch { request } => {
+                    if now_ms >= pending.deadline_ms {
+                        ready.push(*id);
+                        continue;
+                    }
+                    let result =
+                        fetch::evaluate(request, pending.version, self.metadata(), &self.node);
+                    let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
+                    if result.has_error || result.bytes >= min_bytes.max(1) {
+                        ready.push(*id);
+                    }
+                }
+                _ if now_ms >= pending.deadline_ms => ready.push(*id),
+                _ => {}
+            }
+        }
+        for id in ready {
+            let mut pending = self.pending.remove(&id).expect("listed");
+            // Parts still waiting time out; a late commit of theirs is
+            // harmless (an idempotent retry is answered with its offset).
+            self.proposals
+                .retain(|_, (pending_id, _)| *pending_id != id);
+            match &mut pending.kind {
+                PendingKind::Produce { response, .. } => {
+                    for topic in &mut response.responses {
+                        for partition in &mut topic.partition_responses {
+                            if partition.error_code == 0 && partition.base_offset < 0 {
+                                partition.error_code = error_code::REQUEST_TIMED_OUT;
+                            }
+                        }
+                    }
+                }
+                PendingKind::CreateTopics { response } => {
+                    for topic in &mut response.topics {
+                        if topic.error_code == 0 && topic.topic_id.is_nil() {
+                            topic.error_code = error_code::REQUEST_TIMED_OUT;
+                        }
+                    }
+                }
+                PendingKind::InitProducerId { response } if response.producer_id.0 < 0 => {
+                    response.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
+                }
+                _ => {}
+            }
+            self.answer_pending(id, pending);
+        }
+    }
+}
+
+fn metadata_result(
+    result: Result<ClientReply, ClientError>,
+    error_code: &mut i16,
+    error_message: &mut Option<StrBytes>,
+) {
+    match result {
+        Ok(ClientReply::Applied(Applied::Metadata(MetadataOutcome::Refused {
+            error_code: code,
+            message,
+        }))) => {
+            *error_code = code;
+            *error_message = Some(StrBytes::from_string(message));
+        }
+        Ok(ClientReply::Applied(Applied::Metadata(_))) => {}
+        Ok(_) => *error_code = crate::error_code::UNKNOWN_SERVER_ERROR,
+        Err(_) => *error_code = crate::error_code::NOT_CONTROLLER,
+    }
+}
+
+/// Encodes a response. A failure is a programmer error (a field set that
+/// the version does not have); it is logged and the connection closed
+/// rather than the node stopped, since one client's request caused it.
+fn encode(
+    header: &RequestHeader,
+    api_key: ApiKey,
+    version: i16,
+    body: &ResponseKind,
+) -> SlotOutput {
+    match codec::encode_response(header, api_key, version, body) {
+        Ok(frame) => SlotOutput::Respond(Some(frame)),
+        Err(error) => {
+            tracing::error!(?api_key, version, %error, "cannot encode a response; closing the connection");
+            SlotOutput::Close(format!("cannot encode the {api_key:?} response"))
+        }
+    }
+}
+
+/// The offset and timestamp of the first record at or after `target_ms`.
+fn offset_for_time(
+    log: &runnel_core::partition::PartitionLog,
+    target_ms: i64,
+) -> Option<(i64, i64)> {
+    let batch = log.batch_at_time(target_ms)?;
+    let mut bytes = Bytes::copy_from_slice(&batch.bytes);
+    if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
+        if let Some(record) = set
+            .records
+            .iter()
+            .find(|record| record.timestamp >= target_ms)
+        {
+            return Some((record.offset, record.timestamp));
+        }
+    }
+    Some((batch.base_offset, batch.max_timestamp_ms))
+}
+
+/// The offset and timestamp of the record with the largest timestamp.
+fn max_timestamp(log: &runnel_core::partition::PartitionLog) -> Option<(i64, i64)> {
+    let batch = log.batches().max_by_key(|batch| batch.max_timestamp_ms)?;
+    let mut bytes = Bytes::copy_from_slice(&batch.bytes);
+    if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
+        if let Some(record) = set
+            .records
+            .iter()
+            .rev()
+            .max_by_key(|record| record.timestamp)
+        {
+            return Some((record.offset, record.timestamp));
+        }
+    }
+    Some((batch.last_offset, batch.max_timestamp_ms))
+}

@@ -1,0 +1,150 @@
+//! Reading partitions for Fetch: which batches a fetch gets, within its
+//! limits, and whether a long-polling fetch has enough to answer yet.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_response::{
+    FetchResponse, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::TopicName;
+use runnel_core::metadata::MetadataState;
+use runnel_core::Node;
+use uuid::Uuid;
+
+use crate::error_code;
+
+/// Most bytes one Fetch response carries, whatever the client asks: it
+/// bounds the memory of one response.
+pub const FETCH_RESPONSE_BYTES_MAX: usize = 64 << 20;
+
+/// What a fetch would return now.
+pub struct FetchResult {
+    pub response: FetchResponse,
+    pub bytes: usize,
+    /// A partition answered with an error: Kafka answers at once then.
+    pub has_error: bool,
+}
+
+/// Builds the response to `request` from the node's partitions as they are
+/// now. Only the leader of a partition serves it, and only committed
+/// batches exist in a partition's machine, so nothing uncommitted is ever
+/// returned, whatever the isolation level (the last stable offset is the
+/// high watermark: there are no transactions).
+pub fn evaluate(
+    request: &FetchRequest,
+    version: i16,
+    metadata: Option<&MetadataState>,
+    node: &Node,
+) -> FetchResult {
+    let max_bytes = usize::try_from(request.max_bytes.max(0))
+        .unwrap_or(0)
+        .min(FETCH_RESPONSE_BYTES_MAX);
+    let mut bytes = 0usize;
+    let mut has_error = false;
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let found = metadata.and_then(|metadata| {
+            if version >= 13 {
+                metadata.topic_by_id(topic.topic_id.as_bytes())
+            } else {
+                metadata.topic(topic.topic.0.as_str())
+            }
+        });
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for partition in &topic.partitions {
+            let mut data = PartitionData::default()
+                .with_partition_index(partition.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_aborted_transactions(Some(Vec::new()));
+            let placement = found.and_then(|topic| {
+                usize::try_from(partition.partition)
+                    .ok()
+                    .and_then(|index| topic.partitions.get(index))
+            });
+            let error = match (found, placement) {
+                (None, _) if version >= 13 => Some(error_code::UNKNOWN_TOPIC_ID),
+                (None, _) | (_, None) => Some(error_code::UNKNOWN_TOPIC_OR_PARTITION),
+                (Some(_), Some(placement)) => {
+                    let log = node
+                        .machine(placement.group)
+                        .and_then(|machine| machine.partition());
+                    match log {
+                        Some(log) if node.leader_ready(placement.group) => {
+                            data.high_watermark = log.high_watermark();
+                            data.last_stable_offset = log.high_watermark();
+                            data.log_start_offset = log.log_start_offset();
+                            if partition.fetch_offset < log.log_start_offset()
+                                || partition.fetch_offset > log.high_watermark()
+                            {
+                                Some(error_code::OFFSET_OUT_OF_RANGE)
+                            } else {
+                                let partition_max =
+                                    usize::try_from(partition.partition_max_bytes.max(0))
+                                        .unwrap_or(0);
+                                // KIP-74: the first batch of the response is
+                                // returned even when it is over the limits,
+                                // so that a large batch never blocks a
+                                // consumer.
+                                let room = if bytes == 0 {
+                                    partition_max.min(max_bytes).max(1)
+                                } else {
+                                    partition_max.min(max_bytes.saturating_sub(bytes))
+                                };
+                                let batches = if room == 0 {
+                                    Vec::new()
+                                } else {
+                                    log.read(partition.fetch_offset, room)
+                                };
+                                let batches: Vec<_> = batches
+                                    .into_iter()
+                                    .filter(|batch| {
+                                        bytes == 0
+                                            || batch.bytes.len() <= max_bytes.saturating_sub(bytes)
+                                    })
+                                    .collect();
+                                let mut records = BytesMut::new();
+                                for batch in batches {
+                                    records.extend_from_slice(&batch.bytes);
+                                }
+                                bytes += records.len();
+                                data.records = Some(records.freeze());
+                                None
+                            }
+                        }
+                        _ => Some(error_code::NOT_LEADER_OR_FOLLOWER),
+                    }
+                }
+            };
+            if let Some(code) = error {
+                has_error = true;
+                data.error_code = code;
+                data.records = Some(Bytes::new());
+            }
+            partitions.push(data);
+        }
+        let mut response_topic = FetchableTopicResponse::default().with_partitions(partitions);
+        if version >= 13 {
+            response_topic.topic_id = topic.topic_id;
+        } else {
+            response_topic.topic = topic.topic.clone();
+        }
+        if version >= 13 && found.is_none() {
+            response_topic.topic = TopicName::default();
+            response_topic.topic_id = if topic.topic_id.is_nil() {
+                Uuid::nil()
+            } else {
+                topic.topic_id
+            };
+        }
+        topics.push(response_topic);
+    }
+    FetchResult {
+        response: FetchResponse::default()
+            .with_session_id(0)
+            .with_responses(topics),
+        bytes,
+        has_error,
+    }
+}

@@ -1,0 +1,331 @@
+//! `runnel serve` configuration: flags, a TOML file, and defaults, in that
+//! order of precedence. Every flag can also be set in the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use runnel_broker::{BrokerAddress, BrokerConfig, TopicDefaults};
+use serde::Deserialize;
+
+/// Flags of `runnel serve`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeFlags {
+    /// A TOML file with any of the settings below (flags win over it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's id in the cluster (default 1).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Where the node keeps its data (default ./data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where Kafka clients connect (default 127.0.0.1:9092).
+    #[arg(long)]
+    pub kafka_addr: Option<SocketAddr>,
+    /// The host:port clients are told to use (default: --kafka-addr).
+    #[arg(long)]
+    pub advertise_kafka_addr: Option<String>,
+    /// Where peer nodes connect (default 127.0.0.1:19092).
+    #[arg(long)]
+    pub rpc_addr: Option<SocketAddr>,
+    /// The other nodes, as id@rpc_host:rpc_port=kafka_host:kafka_port, comma
+    /// separated. Empty for a single node.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// error, warn, info, debug or trace (default info; RUST_LOG also works).
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// The cluster id reported to clients (default runnel-cluster).
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+}
+
+/// The file's format: the same settings as the flags, plus topic defaults.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    kafka_addr: Option<SocketAddr>,
+    advertise_kafka_addr: Option<String>,
+    rpc_addr: Option<SocketAddr>,
+    peers: Option<String>,
+    log_level: Option<String>,
+    cluster_id: Option<String>,
+    #[serde(default)]
+    topic_defaults: FileTopicDefaults,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileTopicDefaults {
+    partitions: Option<i32>,
+    replication_factor: Option<i16>,
+    retention_ms: Option<i64>,
+    retention_bytes: Option<i64>,
+    segment_bytes: Option<i64>,
+    auto_create: Option<bool>,
+}
+
+/// A peer node: its id, where its peers reach it, where clients reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub node_id: u64,
+    pub rpc_addr: String,
+    pub kafka_host: String,
+    pub kafka_port: u16,
+}
+
+/// Everything `runnel serve` needs, resolved.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub kafka_addr: SocketAddr,
+    pub rpc_addr: SocketAddr,
+    pub peers: Vec<Peer>,
+    pub log_level: String,
+    pub broker: BrokerConfig,
+}
+
+impl ServeConfig {
+    /// Merges flags over the file over the defaults. Errors are one line,
+    /// for the operator.
+    pub fn resolve(flags: &ServeFlags) -> Result<ServeConfig, String> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    format!("cannot read config file {}: {error}", path.display())
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|error| {
+                    format!(
+                        "config file {}: {}",
+                        path.display(),
+                        error.message().replace('\n', " ")
+                    )
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let node_id = flags.node_id.or(file.node_id).unwrap_or(1);
+        if node_id == 0 || node_id > i32::MAX as u64 {
+            return Err(format!(
+                "node id {node_id} must be between 1 and {}",
+                i32::MAX
+            ));
+        }
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let kafka_addr = flags
+            .kafka_addr
+            .or(file.kafka_addr)
+            .unwrap_or_else(|| "127.0.0.1:9092".parse().expect("valid"));
+        let rpc_addr = flags
+            .rpc_addr
+            .or(file.rpc_addr)
+            .unwrap_or_else(|| "127.0.0.1:19092".parse().expect("valid"));
+        let advertised = flags
+            .advertise_kafka_addr
+            .clone()
+            .or(file.advertise_kafka_addr)
+            .unwrap_or_else(|| kafka_addr.to_string());
+        let (advertised_host, advertised_port) = split_host_port(&advertised)
+            .ok_or_else(|| format!("--advertise-kafka-addr \"{advertised}\" is not host:port"))?;
+        let peers = parse_peers(
+            flags
+                .peers
+                .as_deref()
+                .or(file.peers.as_deref())
+                .unwrap_or(""),
+        )?;
+        if peers.iter().any(|peer| peer.node_id == node_id) {
+            return Err(format!(
+                "--peers lists this node ({node_id}); list only the others"
+            ));
+        }
+        let log_level = flags
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(format!(
+                "log level \"{log_level}\" is not one of error, warn, info, debug, trace"
+            ));
+        }
+        let mut topic_defaults = TopicDefaults::default();
+        let file_defaults = file.topic_defaults;
+        if let Some(partitions) = file_defaults.partitions {
+            if partitions <= 0 {
+                return Err("topic_defaults.partitions must be positive".into());
+            }
+            topic_defaults.partitions = partitions;
+        }
+        if let Some(factor) = file_defaults.replication_factor {
+            if factor <= 0 || factor as usize > peers.len() + 1 {
+                return Err(format!(
+                    "topic_defaults.replication_factor {factor} must be between 1 and the {} node(s)",
+                    peers.len() + 1
+                ));
+            }
+            topic_defaults.replication_factor = factor;
+        }
+        if let Some(value) = file_defaults.retention_ms {
+            topic_defaults.retention_ms = value;
+        }
+        if let Some(value) = file_defaults.retention_bytes {
+            topic_defaults.retention_bytes = value;
+        }
+        if let Some(value) = file_defaults.segment_bytes {
+            topic_defaults.segment_bytes = value;
+        }
+        if let Some(value) = file_defaults.auto_create {
+            topic_defaults.auto_create = value;
+        }
+        let mut cluster = vec![BrokerAddress {
+            node_id,
+            host: advertised_host,
+            port: advertised_port,
+        }];
+        cluster.extend(peers.iter().map(|peer| BrokerAddress {
+            node_id: peer.node_id,
+            host: peer.kafka_host.clone(),
+            port: peer.kafka_port,
+        }));
+        cluster.sort_by_key(|node| node.node_id);
+        let mut broker = BrokerConfig::single_node("127.0.0.1", 9092);
+        broker.node_id = node_id;
+        broker.cluster = cluster;
+        broker.cluster_id = flags
+            .cluster_id
+            .clone()
+            .or(file.cluster_id)
+            .unwrap_or_else(|| "runnel-cluster".into());
+        broker.rng_seed = node_id;
+        broker.topic_defaults = topic_defaults;
+        if peers.is_empty() {
+            // A group of one needs no election timeout to be safe: nobody
+            // else can lead. A short one makes a restarted node serve soon.
+            broker.election_timeout_ms = 150;
+            broker.heartbeat_interval_ms = 50;
+        }
+        Ok(ServeConfig {
+            data_dir,
+            kafka_addr,
+            rpc_addr,
+            peers,
+            log_level,
+            broker,
+        })
+    }
+}
+
+fn split_host_port(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    if host.is_empty() {
+        return None;
+    }
+    Some((
+        host.trim_matches(|c| c == '[' || c == ']').to_string(),
+        port.parse().ok()?,
+    ))
+}
+
+/// Parses `id@rpc_host:rpc_port=kafka_host:kafka_port,...`.
+pub fn parse_peers(text: &str) -> Result<Vec<Peer>, String> {
+    let mut peers = Vec::new();
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let bad = || format!("peer \"{item}\" is not id@rpc_host:rpc_port=kafka_host:kafka_port");
+        let (id, rest) = item.split_once('@').ok_or_else(bad)?;
+        let node_id: u64 = id.parse().map_err(|_| bad())?;
+        let (rpc, kafka) = rest.split_once('=').ok_or_else(bad)?;
+        split_host_port(rpc).ok_or_else(bad)?;
+        let (kafka_host, kafka_port) = split_host_port(kafka).ok_or_else(bad)?;
+        if node_id == 0 || peers.iter().any(|peer: &Peer| peer.node_id == node_id) {
+            return Err(format!("peer id {node_id} is zero or listed twice"));
+        }
+        peers.push(Peer {
+            node_id,
+            rpc_addr: rpc.to_string(),
+            kafka_host,
+            kafka_port,
+        });
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn defaults_run_one_node_on_localhost() {
+        let config = ServeConfig::resolve(&ServeFlags::default()).expect("defaults");
+        assert_eq!(config.kafka_addr.to_string(), "127.0.0.1:9092");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.broker.node_id, 1);
+        assert_eq!(config.broker.cluster.len(), 1);
+        assert_eq!(config.broker.cluster[0].port, 9092);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(
+            file,
+            "node_id = 3\nkafka_addr = \"127.0.0.1:9000\"\nlog_level = \"debug\"\n[topic_defaults]\npartitions = 4\nretention_ms = 60000"
+        )
+        .expect("write");
+        let flags = ServeFlags {
+            config: Some(file.path().to_path_buf()),
+            kafka_addr: Some("127.0.0.1:9100".parse().unwrap()),
+            ..ServeFlags::default()
+        };
+        let config = ServeConfig::resolve(&flags).expect("resolves");
+        assert_eq!(config.broker.node_id, 3);
+        assert_eq!(config.kafka_addr.port(), 9100);
+        assert_eq!(config.log_level, "debug");
+        assert_eq!(config.broker.topic_defaults.partitions, 4);
+        assert_eq!(config.broker.topic_defaults.retention_ms, 60_000);
+    }
+
+    #[test]
+    fn mistakes_get_one_clear_line() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(file, "nod_id = 3").expect("write");
+        let flags = ServeFlags {
+            config: Some(file.path().to_path_buf()),
+            ..ServeFlags::default()
+        };
+        let error = ServeConfig::resolve(&flags).unwrap_err();
+        assert!(error.contains("nod_id"), "{error}");
+        assert!(!error.contains('\n'));
+        let flags = ServeFlags {
+            peers: Some("2@host".into()),
+            ..ServeFlags::default()
+        };
+        assert!(ServeConfig::resolve(&flags).unwrap_err().contains("2@host"));
+        let flags = ServeFlags {
+            log_level: Some("loud".into()),
+            ..ServeFlags::default()
+        };
+        assert!(ServeConfig::resolve(&flags).is_err());
+    }
+
+    #[test]
+    fn peers_parse() {
+        let peers =
+            parse_peers("2@10.0.0.2:19092=10.0.0.2:9092, 3@h3:19092=h3:9092").expect("parses");
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[1].kafka_host, "h3");
+        assert!(parse_peers("2@a:1=b:2,2@a:1=b:2").is_err());
+    }
+}

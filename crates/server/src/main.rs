@@ -1,0 +1,61 @@
+//! `runnel`: the broker and its command-line tools.
+
+mod config;
+mod shell;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ServeConfig, ServeFlags};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "runnel",
+    version,
+    about = "A Kafka-compatible broker whose partitions are consensus-replicated logs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a broker node (one node on 127.0.0.1:9092 with data in ./data by default).
+    Serve(ServeFlags),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // clap prints help and version to stdout with exit code 0, and
+            // usage errors to stderr; usage errors exit with 2.
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Serve(flags) => {
+            let config = match ServeConfig::resolve(&flags) {
+                Ok(config) => config,
+                Err(message) => {
+                    eprintln!("runnel: {message}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&config.log_level);
+            ExitCode::from(shell::serve(config) as u8)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,490 @@
+//! The production shell: tokio sockets for clients, one core thread that
+//! owns the broker and the disk, the OS clock.
+//!
+//! The broker is single-threaded and deterministic, so it runs on its own
+//! thread and everything reaches it as an [`Input`] on one channel: request
+//! frames from connection tasks, disk completions from the disk thread, and
+//! ticks. Responses go back to each connection's writer task in order.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use runnel_broker::{Broker, BrokerEnv, BrokerEvent, ConnectionId, Responses, TICK_INTERVAL_MS};
+use runnel_core::Envelope;
+use runnel_disk::FileDisk;
+use runnel_io::{Clock, DiskCompletion, Network, NodeId};
+use runnel_kafka::frame::frame_length;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc as tokio_mpsc, Notify, Semaphore};
+
+use crate::config::ServeConfig;
+
+/// Most requests one connection may have unanswered; its reader waits for
+/// answers beyond that, so one client cannot fill the broker's memory.
+pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
+/// Most client connections at once; more are accepted and closed at once.
+pub const CONNECTIONS_MAX: usize = 10_000;
+/// How long a shutdown waits for requests in flight to be answered.
+pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
+
+/// What the core thread receives.
+enum Input {
+    Register {
+        connection: ConnectionId,
+        outputs: tokio_mpsc::UnboundedSender<Output>,
+    },
+    Request {
+        connection: ConnectionId,
+        frame: Bytes,
+    },
+    Closed {
+        connection: ConnectionId,
+    },
+    Disk(DiskCompletion),
+    Shutdown,
+}
+
+/// What a connection's writer receives.
+enum Output {
+    /// A response (or `None` for a request without one).
+    Frame(Option<Bytes>),
+    Close,
+}
+
+struct OsClock {
+    start: Instant,
+}
+
+impl Clock for OsClock {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn wall_clock_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// Peer transport for a single node: there is nobody to send to.
+struct NoPeers;
+
+impl Network<Envelope> for NoPeers {
+    fn send(&mut self, to: NodeId, _message: Envelope) {
+        tracing::debug!(to, "no transport to peer; message dropped");
+    }
+}
+
+struct ConnectionOutputs<'a> {
+    outputs: &'a mut BTreeMap<ConnectionId, tokio_mpsc::UnboundedSender<Output>>,
+}
+
+impl Responses for ConnectionOutputs<'_> {
+    fn respond(&mut self, connection: ConnectionId, frame: Option<Bytes>) {
+        if let Some(outputs) = self.outputs.get(&connection) {
+            let _ = outputs.send(Output::Frame(frame));
+        }
+    }
+
+    fn close(&mut self, connection: ConnectionId, reason: &str) {
+        tracing::info!(connection, reason, "closing client connection");
+        if let Some(outputs) = self.outputs.remove(&connection) {
+            let _ = outputs.send(Output::Close);
+        }
+    }
+}
+
+/// An exclusive lock on the data directory, held while the process runs.
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, String> {
+    std::fs::create_dir_all(data_dir).map_err(|error| {
+        format!(
+            "cannot create data directory {}: {error}",
+            data_dir.display()
+        )
+    })?;
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        let mut holder = String::new();
+        let _ = (&file).read_to_string(&mut holder);
+        return Err(format!(
+            "data directory {} is in use by another runnel process",
+            data_dir.display()
+        ));
+    }
+    Ok(DataDirLock { _file: file })
+}
+
+/// Runs `runnel serve` until SIGTERM or SIGINT; returns the exit code.
+pub fn serve(config: ServeConfig) -> i32 {
+    if !config.peers.is_empty() {
+        eprintln!(
+            "runnel: --peers: multi-node clusters are not available yet; run one node without --peers"
+        );
+        return 2;
+    }
+    let _lock = match lock_data_dir(&config.data_dir) {
+        Ok(lock) => lock,
+        Err(message) => {
+            eprintln!("runnel: {message}");
+            return 2;
+        }
+    };
+    let (mut disk, completions) = match FileDisk::new(&config.data_dir) {
+        Ok(opened) => opened,
+        Err(error) => {
+            eprintln!(
+                "runnel: cannot open data directory {}: {error}",
+                config.data_dir.display()
+            );
+            return 2;
+        }
+    };
+    let broker = match Broker::start(config.broker.clone(), &mut disk) {
+        Ok(broker) => broker,
+        Err(error) => {
+            eprintln!(
+                "runnel: cannot recover {}: {error}",
+                config.data_dir.display()
+            );
+            return 1;
+        }
+    };
+    for note in broker.recovery_notes() {
+        tracing::warn!(note, "recovery");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("runnel: cannot start the async runtime: {error}");
+            return 1;
+        }
+    };
+    let listener = match runtime.block_on(TcpListener::bind(config.kafka_addr)) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("runnel: cannot listen on {}: {error}", config.kafka_addr);
+            return 2;
+        }
+    };
+    tracing::info!(
+        node_id = config.broker.node_id,
+        kafka_addr = %config.kafka_addr,
+        rpc_addr = %config.rpc_addr,
+        data_dir = %config.data_dir.display(),
+        "runnel is serving"
+    );
+    let (inputs, input_receiver) = mpsc::channel::<Input>();
+    let disk_inputs = inputs.clone();
+    std::thread::Builder::new()
+        .name("runnel-disk-events".into())
+        .spawn(move || {
+            while let Ok(completion) = completions.recv() {
+                if disk_inputs.send(Input::Disk(completion)).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn the disk event thread");
+    let core = std::thread::Builder::new()
+        .name("runnel-core".into())
+        .spawn(move || {
+            // A panic in the core is a bug; the node must not linger with
+            // its listener open and nobody answering, so the process ends.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_core(broker, disk, input_receiver)
+            }));
+            match outcome {
+                Ok(code) => code,
+                Err(_) => {
+                    tracing::error!("the core panicked; stopping");
+                    std::process::exit(101);
+                }
+            }
+        })
+        .expect("spawn the core thread");
+    let writers = Arc::new(WriterCount::default());
+    let accept_inputs = inputs.clone();
+    let accept_writers = Arc::clone(&writers);
+    let code = runtime.block_on(async move {
+        let accept = tokio::spawn(accept_loop(listener, accept_inputs, accept_writers));
+        let signal = wait_for_signal().await;
+        tracing::info!(
+            signal,
+            "shutting down: no new connections; answering requests in flight"
+        );
+        accept.abort();
+        let _ = inputs.send(Input::Shutdown);
+        let code = tokio::task::spawn_blocking(move || core.join().unwrap_or(1))
+            .await
+            .unwrap_or(1);
+        // The core dropped every writer's channel: each writes what it was
+        // given and ends.
+        let _ = tokio::time::timeout(Duration::from_secs(2), writers.idle()).await;
+        code
+    });
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    if code == 0 {
+        tracing::info!("stopped cleanly");
+    }
+    code
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    }
+}
+
+/// The core loop: one event at a time, a tick at least every
+/// `TICK_INTERVAL_MS`. Returns the exit code.
+fn run_core(mut broker: Broker, mut disk: FileDisk, inputs: mpsc::Receiver<Input>) -> i32 {
+    let clock = OsClock {
+        start: Instant::now(),
+    };
+    let mut network = NoPeers;
+    let mut outputs: BTreeMap<ConnectionId, tokio_mpsc::UnboundedSender<Output>> = BTreeMap::new();
+    let tick = Duration::from_millis(TICK_INTERVAL_MS);
+    let mut last_tick = Instant::now();
+    let mut shutdown_deadline: Option<Instant> = None;
+    loop {
+        let event = match inputs.recv_timeout(tick) {
+            Ok(Input::Register {
+                connection,
+                outputs: sender,
+            }) => {
+                if shutdown_deadline.is_some() {
+                    let _ = sender.send(Output::Close);
+                } else {
+                    outputs.insert(connection, sender);
+                }
+                None
+            }
+            Ok(Input::Request { connection, frame }) => {
+                if shutdown_deadline.is_some() {
+                    // Shutting down: no new work. The client sees the
+                    // connection close and retries elsewhere or later.
+                    if let Some(sender) = outputs.remove(&connection) {
+                        let _ = sender.send(Output::Close);
+                    }
+                    Some(BrokerEvent::Closed { connection })
+                } else {
+                    Some(BrokerEvent::Request { connection, frame })
+                }
+            }
+            Ok(Input::Closed { connection }) => {
+                outputs.remove(&connection);
+                Some(BrokerEvent::Closed { connection })
+            }
+            Ok(Input::Disk(completion)) => Some(BrokerEvent::Disk(completion)),
+            Ok(Input::Shutdown) => {
+                shutdown_deadline = Some(Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS));
+                None
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut responses = ConnectionOutputs {
+            outputs: &mut outputs,
+        };
+        let mut env = BrokerEnv {
+            disk: &mut disk,
+            network: &mut network,
+            clock: &clock,
+            responses: &mut responses,
+        };
+        if let Some(event) = event {
+            broker.handle(event, &mut env);
+        }
+        if last_tick.elapsed() >= tick {
+            last_tick = Instant::now();
+            broker.handle(BrokerEvent::Tick, &mut env);
+        }
+        if let Some(reason) = broker.failed() {
+            // DESIGN.md "Storage": never go on after a failed write or
+            // fsync; a restart recovers from what is durable.
+            tracing::error!(reason, "stopping: the disk failed");
+            return 3;
+        }
+        if let Some(deadline) = shutdown_deadline {
+            let in_flight = broker.requests_in_flight();
+            if in_flight == 0 || Instant::now() >= deadline {
+                if in_flight > 0 {
+                    tracing::warn!(
+                        in_flight,
+                        "shutdown deadline passed with requests unanswered"
+                    );
+                }
+                break;
+            }
+        }
+    }
+    // Dropping the disk performs every operation already submitted.
+    drop(disk);
+    0
+}
+
+#[derive(Default)]
+struct WriterCount {
+    active: AtomicUsize,
+    changed: Notify,
+}
+
+impl WriterCount {
+    async fn idle(&self) {
+        loop {
+            let notified = self.changed.notified();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    inputs: mpsc::Sender<Input>,
+    writers: Arc<WriterCount>,
+) {
+    let mut next_connection: ConnectionId = 1;
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.load(Ordering::SeqCst) >= CONNECTIONS_MAX {
+            tracing::warn!(%peer, CONNECTIONS_MAX, "too many connections; closing a new one");
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let connection = next_connection;
+        next_connection += 1;
+        open.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!(connection, %peer, "client connected");
+        let (sender, receiver) = tokio_mpsc::unbounded_channel();
+        if inputs
+            .send(Input::Register {
+                connection,
+                outputs: sender,
+            })
+            .is_err()
+        {
+            return;
+        }
+        let inputs = inputs.clone();
+        let open = Arc::clone(&open);
+        let writers = Arc::clone(&writers);
+        tokio::spawn(async move {
+            run_connection(connection, stream, inputs, receiver, writers).await;
+            open.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+async fn run_connection(
+    connection: ConnectionId,
+    stream: TcpStream,
+    inputs: mpsc::Sender<Input>,
+    mut outputs: tokio_mpsc::UnboundedReceiver<Output>,
+    writers: Arc<WriterCount>,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let permits = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX));
+    let reader_permits = Arc::clone(&permits);
+    let reader_inputs = inputs.clone();
+    let read_task = tokio::spawn(async move {
+        loop {
+            let Ok(permit) = reader_permits.acquire().await else {
+                return;
+            };
+            permit.forget();
+            let mut prefix = [0u8; 4];
+            if reader.read_exact(&mut prefix).await.is_err() {
+                return;
+            }
+            let length = match frame_length(prefix) {
+                Ok(length) => length,
+                Err(error) => {
+                    // Kafka closes a connection whose frame is over its
+                    // limit; nothing of the frame is read or allocated.
+                    tracing::warn!(connection, %error, "closing connection");
+                    return;
+                }
+            };
+            let mut frame = vec![0u8; length];
+            if reader.read_exact(&mut frame).await.is_err() {
+                return;
+            }
+            if reader_inputs
+                .send(Input::Request {
+                    connection,
+                    frame: Bytes::from(frame),
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let abort = read_task.abort_handle();
+    let closed_inputs = inputs.clone();
+    let watcher = tokio::spawn(async move {
+        let _ = read_task.await;
+        let _ = closed_inputs.send(Input::Closed { connection });
+    });
+    writers.active.fetch_add(1, Ordering::SeqCst);
+    while let Some(output) = outputs.recv().await {
+        match output {
+            Output::Frame(Some(frame)) => {
+                permits.add_permits(1);
+                if writer.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            Output::Frame(None) => permits.add_permits(1),
+            Output::Close => break,
+        }
+    }
+    let _ = writer.shutdown().await;
+    abort.abort();
+    let _ = watcher.await;
+    writers.active.fetch_sub(1, Ordering::SeqCst);
+    writers.changed.notify_waiters();
+}
