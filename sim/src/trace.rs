@@ -233,6 +233,7 @@ impl TraceKind {
             ClientOp::Read { from_position, .. } => ("read from", *from_position),
             ClientOp::ChangeConfig { .. } => ("change-config", 0),
             ClientOp::TransferLeader { to } => ("transfer-leader to", *to),
+            ClientOp::Propose { data } => ("propose bytes", data.len() as u64),
         };
         TraceKind::Request {
             client: request.client,
@@ -248,6 +249,7 @@ impl TraceKind {
             Ok(ClientReply::Appended { position }) => ("appended at", *position),
             Ok(ClientReply::Records { records, .. }) => ("records", records.len() as u64),
             Ok(ClientReply::Accepted) => ("accepted", 0),
+            Ok(ClientReply::Applied(_)) => ("applied", 0),
             Err(ClientError::NotLeader { leader_hint }) => {
                 ("not-leader hint", leader_hint.unwrap_or(0))
             }

@@ -412,7 +412,8 @@ impl Workload {
                 self.clients[index].pending = None;
                 self.think(now, index, out);
             }
-            Ok(ClientReply::Accepted) => {}
+            // The record workload never proposes machine commands.
+            Ok(ClientReply::Accepted) | Ok(ClientReply::Applied(_)) => {}
             Err(error) => {
                 if response.request_id != pending.request_id {
                     return;

@@ -1,0 +1,451 @@
+//! The broker driven deterministically: the simulator's disk and a manual
+//! clock, Kafka requests encoded as a client would, responses decoded.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use runnel_broker::{Broker, BrokerConfig, BrokerEnv, BrokerEvent, ConnectionId, Responses};
+use runnel_core::Envelope;
+use runnel_io::{Clock, Network, NodeId, Rng};
+use runnel_kafka::batch::build_uncompressed;
+use runnel_sim::disk::{DiskFaults, SimDisk};
+
+struct ManualClock {
+    now_ms: u64,
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+    fn wall_clock_ms(&self) -> i64 {
+        1_800_000_000_000 + self.now_ms as i64
+    }
+}
+
+struct NoPeers;
+
+impl Network<Envelope> for NoPeers {
+    fn send(&mut self, _to: NodeId, _message: Envelope) {
+        panic!("a single node has no peers");
+    }
+}
+
+#[derive(Default)]
+struct Collected {
+    frames: BTreeMap<ConnectionId, Vec<Option<Bytes>>>,
+    closed: BTreeSet<ConnectionId>,
+}
+
+impl Responses for Collected {
+    fn respond(&mut self, connection: ConnectionId, frame: Option<Bytes>) {
+        self.frames.entry(connection).or_default().push(frame);
+    }
+    fn close(&mut self, connection: ConnectionId, _reason: &str) {
+        self.closed.insert(connection);
+    }
+}
+
+struct Harness {
+    broker: Broker,
+    disk: SimDisk,
+    clock: ManualClock,
+    collected: Collected,
+    correlation: i32,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let disk = SimDisk::new(Rng::new(7), DiskFaults::default());
+        Harness::start(disk, 0)
+    }
+
+    fn start(mut disk: SimDisk, now_ms: u64) -> Harness {
+        let mut config = BrokerConfig::single_node("127.0.0.1", 9092);
+        config.election_timeout_ms = 150;
+        config.heartbeat_interval_ms = 50;
+        let broker = Broker::start(config, &mut disk).expect("starts");
+        let mut harness = Harness {
+            broker,
+            disk,
+            clock: ManualClock { now_ms },
+            collected: Collected::default(),
+            correlation: 0,
+        };
+        harness.advance(1_000);
+        harness
+    }
+
+    fn event(&mut self, event: BrokerEvent) {
+        self.disk.set_now(self.clock.now_ms);
+        let mut network = NoPeers;
+        let mut env = BrokerEnv {
+            disk: &mut self.disk,
+            network: &mut network,
+            clock: &self.clock,
+            responses: &mut self.collected,
+        };
+        self.broker.handle(event, &mut env);
+    }
+
+    /// Moves time on by `ms`, delivering disk completions and ticks.
+    fn advance(&mut self, ms: u64) {
+        let end = self.clock.now_ms + ms;
+        while self.clock.now_ms < end {
+            self.clock.now_ms += 1;
+            while let Some(completion) = self.disk.pop_completion(self.clock.now_ms) {
+                self.event(BrokerEvent::Disk(completion));
+            }
+            if self.clock.now_ms % 10 == 0 {
+                self.event(BrokerEvent::Tick);
+            }
+        }
+    }
+
+    fn send<T: Encodable>(
+        &mut self,
+        connection: ConnectionId,
+        key: ApiKey,
+        version: i16,
+        body: &T,
+    ) {
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("test")));
+        let mut frame = BytesMut::new();
+        header
+            .encode(&mut frame, key.request_header_version(version))
+            .expect("header");
+        body.encode(&mut frame, version).expect("body");
+        self.event(BrokerEvent::Request {
+            connection,
+            frame: frame.freeze(),
+        });
+    }
+
+    fn take(&mut self, connection: ConnectionId) -> Vec<Option<Bytes>> {
+        self.collected
+            .frames
+            .remove(&connection)
+            .unwrap_or_default()
+    }
+
+    /// The one response `connection` got, decoded.
+    fn response<T: Decodable>(&mut self, connection: ConnectionId, key: ApiKey, version: i16) -> T {
+        let frames = self.take(connection);
+        assert_eq!(frames.len(), 1, "one response expected");
+        decode(frames[0].clone().expect("a response frame"), key, version)
+    }
+
+    fn create_topic(&mut self, name: &str, partitions: i32) {
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic(name))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)])
+            .with_timeout_ms(5_000);
+        self.send(99, ApiKey::CreateTopics, 7, &request);
+        self.advance(50);
+        let response: CreateTopicsResponse = self.response(99, ApiKey::CreateTopics, 7);
+        assert_eq!(response.topics[0].error_code, 0, "{:?}", response.topics[0]);
+        // The partitions' groups elect themselves.
+        self.advance(1_000);
+    }
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+fn decode<T: Decodable>(frame: Bytes, key: ApiKey, version: i16) -> T {
+    let mut body = frame.slice(4..);
+    let header_version = if key == ApiKey::ApiVersions {
+        0
+    } else {
+        key.response_header_version(version)
+    };
+    ResponseHeader::decode(&mut body, header_version).expect("response header");
+    T::decode(&mut body, version).expect("response body")
+}
+
+fn produce_request(name: &str, batch: Vec<u8>, acks: i16) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic(name))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(batch)))])])
+}
+
+fn fetch_request(name: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic(name))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+fn batch(values: &[&[u8]], producer: Option<(i64, i16, i32)>) -> Vec<u8> {
+    let records: Vec<_> = values.iter().map(|value| (None, Some(*value))).collect();
+    build_uncompressed(&records, 1_800_000_000_000, producer)
+}
+
+#[test]
+fn acks_all_is_answered_only_once_the_batch_is_on_disk() {
+    let mut harness = Harness::new();
+    harness.create_topic("orders", 1);
+    harness.send(
+        1,
+        ApiKey::Produce,
+        9,
+        &produce_request("orders", batch(&[b"a", b"b"], None), -1),
+    );
+    assert!(
+        harness.take(1).is_empty(),
+        "no answer before the disk completes the write"
+    );
+    harness.advance(20);
+    let response: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
+    let partition = &response.responses[0].partition_responses[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.base_offset, 0);
+    harness.send(
+        1,
+        ApiKey::Produce,
+        9,
+        &produce_request("orders", batch(&[b"c"], None), 1),
+    );
+    harness.advance(20);
+    let response: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
+    assert_eq!(response.responses[0].partition_responses[0].base_offset, 2);
+    // acks=0 gets no response at all.
+    harness.send(
+        1,
+        ApiKey::Produce,
+        9,
+        &produce_request("orders", batch(&[b"d"], None), 0),
+    );
+    harness.advance(20);
+    assert_eq!(harness.take(1), vec![None]);
+}
+
+#[test]
+fn idempotent_retries_get_their_offset_and_gaps_are_refused() {
+    let mut harness = Harness::new();
+    harness.create_topic("events", 1);
+    let first = batch(&[b"x", b"y"], Some((1_000, 0, 0)));
+    for _ in 0..2 {
+        harness.send(
+            1,
+            ApiKey::Produce,
+            9,
+            &produce_request("events", first.clone(), -1),
+        );
+        harness.advance(20);
+        let response: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!((partition.error_code, partition.base_offset), (0, 0));
+    }
+    let gap = batch(&[b"z"], Some((1_000, 0, 5)));
+    harness.send(1, ApiKey::Produce, 9, &produce_request("events", gap, -1));
+    harness.advance(20);
+    let response: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
+    assert_eq!(response.responses[0].partition_responses[0].error_code, 45);
+}
+
+#[test]
+fn damaged_batches_get_kafka_errors_and_nothing_is_written() {
+    let mut harness = Harness::new();
+    harness.create_topic("raw", 1);
+    let mut corrupt = batch(&[b"payload"], None);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    let mut old_magic = batch(&[b"payload"], None);
+    old_magic[16] = 1;
+    for (damaged, code) in [(corrupt, 2), (old_magic, 43), (vec![0u8; 10], 2)] {
+        harness.send(1, ApiKey::Produce, 9, &produce_request("raw", damaged, -1));
+        harness.advance(20);
+        let response: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
+        assert_eq!(
+            response.responses[0].partition_responses[0].error_code,
+            code
+        );
+    }
+    harness.send(1, ApiKey::Fetch, 12, &fetch_request("raw", 0, 0));
+    let response: FetchResponse = harness.response(1, ApiKey::Fetch, 12);
+    assert_eq!(response.responses[0].partitions[0].high_watermark, 0);
+}
+
+#[test]
+fn a_long_poll_is_answered_when_data_arrives() {
+    let mut harness = Harness::new();
+    harness.create_topic("poll", 1);
+    harness.send(2, ApiKey::Fetch, 12, &fetch_request("poll", 0, 5_000));
+    harness.advance(100);
+    assert!(harness.take(2).is_empty(), "the fetch waits for data");
+    harness.send(
+        1,
+        ApiKey::Produce,
+        9,
+        &produce_request("poll", batch(&[b"hello"], None), -1),
+    );
+    harness.advance(20);
+    let response: FetchResponse = harness.response(2, ApiKey::Fetch, 12);
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.high_watermark, 1);
+    assert_eq!(partition.last_stable_offset, 1);
+    let records = partition.records.clone().expect("records");
+    let header = runnel_kafka::batch::validate(&records).expect("a valid stamped batch");
+    assert_eq!(header.base_offset, 0);
+    // A poll with nothing to read ends at its wait with an empty answer.
+    harness.send(2, ApiKey::Fetch, 12, &fetch_request("poll", 1, 300));
+    harness.advance(299);
+    assert!(harness.take(2).is_empty());
+    harness.advance(2);
+    let response: FetchResponse = harness.response(2, ApiKey::Fetch, 12);
+    assert!(response.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .is_none_or(|records| records.is_empty()));
+}
+
+#[test]
+fn responses_keep_request_order_on_a_connection() {
+    let mut harness = Harness::new();
+    harness.create_topic("ordered", 1);
+    // A produce waiting for the disk, then an ApiVersions answerable at once:
+    // the second must not overtake the first.
+    harness.send(
+        3,
+        ApiKey::Produce,
+        9,
+        &produce_request("ordered", batch(&[b"1"], None), -1),
+    );
+    harness.send(3, ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert!(harness.take(3).is_empty());
+    harness.advance(20);
+    let frames = harness.take(3);
+    assert_eq!(frames.len(), 2);
+    let _: ProduceResponse = decode(frames[0].clone().unwrap(), ApiKey::Produce, 9);
+    let versions: ApiVersionsResponse = decode(frames[1].clone().unwrap(), ApiKey::ApiVersions, 3);
+    assert!(!versions.api_keys.is_empty());
+}
+
+#[test]
+fn bad_frames_close_the_connection_and_the_broker_goes_on() {
+    let mut harness = Harness::new();
+    harness.event(BrokerEvent::Request {
+        connection: 5,
+        frame: Bytes::from_static(b"\x00\x03"),
+    });
+    assert!(harness.collected.closed.contains(&5));
+    // An unknown API key: Kafka closes the connection.
+    harness.event(BrokerEvent::Request {
+        connection: 6,
+        frame: Bytes::from_static(b"\x7f\x00\x00\x00\x00\x00\x00\x01\x00\x00"),
+    });
+    assert!(harness.collected.closed.contains(&6));
+    // An ApiVersions version we do not have: the v0 fallback, error 35.
+    harness.send(7, ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let _ = harness.take(7);
+    let mut frame = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::ApiVersions as i16)
+        .with_request_api_version(9)
+        .with_correlation_id(77)
+        .encode(&mut frame, 1)
+        .unwrap();
+    harness.event(BrokerEvent::Request {
+        connection: 7,
+        frame: frame.freeze(),
+    });
+    let response: ApiVersionsResponse = harness.response(7, ApiKey::ApiVersions, 0);
+    assert_eq!(response.error_code, 35);
+    assert!(!response.api_keys.is_empty());
+    // Bad topic names are refused with INVALID_TOPIC_EXCEPTION.
+    for name in ["bad/name", "..", &"x".repeat(250)] {
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic(name))
+                .with_num_partitions(1)
+                .with_replication_factor(1)])
+            .with_timeout_ms(1_000);
+        harness.send(8, ApiKey::CreateTopics, 7, &request);
+        harness.advance(20);
+        let response: CreateTopicsResponse = harness.response(8, ApiKey::CreateTopics, 7);
+        assert_eq!(response.topics[0].error_code, 17, "{name}");
+    }
+    // And the broker still works.
+    harness.create_topic("fine", 1);
+}
+
+#[test]
+fn acknowledged_batches_survive_a_crash() {
+    let mut harness = Harness::new();
+    harness.create_topic("durable", 2);
+    for value in [b"one".as_slice(), b"two", b"three"] {
+        harness.send(
+            1,
+            ApiKey::Produce,
+            9,
+            &produce_request("durable", batch(&[value], None), -1),
+        );
+        harness.advance(20);
+        let response: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+    }
+    let Harness {
+        mut disk, clock, ..
+    } = harness;
+    disk.crash();
+    let mut harness = Harness::start(disk, clock.now_ms);
+    harness.send(1, ApiKey::Fetch, 12, &fetch_request("durable", 0, 0));
+    let response: FetchResponse = harness.response(1, ApiKey::Fetch, 12);
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.high_watermark, 3);
+}
+
+#[test]
+fn the_same_requests_give_the_same_bytes() {
+    let run = || {
+        let mut harness = Harness::new();
+        harness.create_topic("same", 3);
+        let mut out = Vec::new();
+        for round in 0..20u8 {
+            harness.send(
+                1,
+                ApiKey::Produce,
+                9,
+                &produce_request("same", batch(&[&[round]], None), -1),
+            );
+            harness.advance(7);
+            harness.send(1, ApiKey::Fetch, 12, &fetch_request("same", 0, 0));
+            harness.advance(3);
+            out.extend(harness.take(1));
+        }
+        out
+    };
+    assert_eq!(run(), run());
+}
