@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command (README): unit and integration tests, then a
-# simulator sweep with the determinism check. The sweep's first seed derives
+# The project's test command (README): unit and integration tests, a
+# simulator sweep with the determinism check, then the end-to-end tests that
+# drive the real binary with real Kafka clients (tests/e2e). The sweep's first seed derives
 # from the commit, so every commit explores different seeds while any failure
 # prints the one-line command that replays it. SIM_SEEDS sets the sweep size.
 set -euo pipefail
@@ -20,9 +21,13 @@ fi
 cargo run --release -p runnel-sim -- --seeds "$SIM_SEEDS" --first-seed "$first_seed" \
   --check-determinism 2>&1 | tee "$log_dir/sim.log"
 
+cargo build --release --bin runnel
+bash tests/e2e/run.sh 2>&1 | tee "$log_dir/e2e.log"
+
 # One closing line that counts everything: every unit and integration test,
-# and every simulated seed (each run twice and compared).
+# every simulated seed (each run twice and compared), every end-to-end test.
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log_dir/cargo-test.log" \
   | awk '{sum += $4} END {print sum + 0}')
 seeds=$(grep -Eo '^seeds: [0-9]+ passed' "$log_dir/sim.log" | awk '{print $2}')
-echo "total: $((passed + seeds)) passed, 0 failed"
+e2e=$(grep -Eo '^e2e: [0-9]+ passed, 0 failed' "$log_dir/e2e.log" | awk '{print $2}')
+echo "total: $((passed + seeds + e2e)) passed, 0 failed"

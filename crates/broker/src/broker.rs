@@ -204,6 +204,17 @@ impl Broker {
         self.node.recovery_notes()
     }
 
+    /// Whether the metadata group has a leader this node knows of: before
+    /// that, topic requests could only be refused, so the server waits for
+    /// it (boundedly) before it accepts clients.
+    pub fn metadata_leader_known(&self) -> bool {
+        self.node.leader_ready(METADATA_GROUP)
+            || self
+                .node
+                .view(METADATA_GROUP)
+                .is_some_and(|view| view.leader.is_some() && view.role != Role::Leader)
+    }
+
     /// Requests received and not answered yet, over all connections.
     pub fn requests_in_flight(&self) -> usize {
         self.connections.values().map(VecDeque::len).sum()
@@ -1562,12 +1573,51 @@ impl Broker {
     /// Answers a pending request whose proposals have all been answered.
     fn finish_if_done(&mut self, id: u64) {
         let done = self.pending.get(&id).is_some_and(|pending| {
-            pending.outstanding == 0 && !matches!(pending.kind, PendingKind::Fetch { .. })
+            pending.outstanding == 0
+                && !matches!(pending.kind, PendingKind::Fetch { .. })
+                && self.leaders_settled(pending)
         });
         if done {
             let pending = self.pending.remove(&id).expect("checked");
             self.answer_pending(id, pending);
         }
+    }
+
+    /// Whether the partitions a CreateTopics or CreatePartitions made have
+    /// leaders, where this node hosts them: Kafka answers once its
+    /// controller has elected them, and clients produce right after.
+    fn leaders_settled(&self, pending: &Pending) -> bool {
+        let names: Vec<&str> = match &pending.kind {
+            PendingKind::CreateTopics { response } => response
+                .topics
+                .iter()
+                .filter(|topic| topic.error_code == 0)
+                .map(|topic| topic.name.0.as_str())
+                .collect(),
+            PendingKind::CreatePartitions { response } => response
+                .results
+                .iter()
+                .filter(|topic| topic.error_code == 0)
+                .map(|topic| topic.name.0.as_str())
+                .collect(),
+            _ => return true,
+        };
+        let Some(metadata) = self.metadata() else {
+            return true;
+        };
+        names
+            .into_iter()
+            .filter_map(|name| metadata.topic(name))
+            .flat_map(|topic| topic.partitions.iter())
+            .filter(|placement| placement.replicas.contains(&self.config.node_id))
+            .all(|placement| match self.node.view(placement.group) {
+                // A leader serves once it has committed an entry of its term.
+                Some(view) if view.leader == Some(self.config.node_id) => {
+                    self.node.leader_ready(placement.group)
+                }
+                Some(view) => view.leader.is_some(),
+                None => false,
+            })
     }
 
     fn answer_pending(&mut self, id: u64, pending: Pending) {
@@ -1610,6 +1660,11 @@ impl Broker {
                     if result.has_error || result.bytes >= min_bytes.max(1) {
                         ready.push(*id);
                     }
+                }
+                PendingKind::CreateTopics { .. } | PendingKind::CreatePartitions { .. }
+                    if pending.outstanding == 0 && self.leaders_settled(pending) =>
+                {
+                    ready.push(*id)
                 }
                 _ if now_ms >= pending.deadline_ms => ready.push(*id),
                 _ => {}

@@ -282,7 +282,7 @@ fn damaged_batches_get_kafka_errors_and_nothing_is_written() {
     corrupt[last] ^= 0xff;
     let mut old_magic = batch(&[b"payload"], None);
     old_magic[16] = 1;
-    for (damaged, code) in [(corrupt, 2), (old_magic, 43), (vec![0u8; 10], 2)] {
+    for (damaged, code) in [(corrupt, 2), (old_magic, 87), (vec![0u8; 10], 2)] {
         harness.send(1, ApiKey::Produce, 9, &produce_request("raw", damaged, -1));
         harness.advance(20);
         let response: ProduceResponse = harness.response(1, ApiKey::Produce, 9);

@@ -157,7 +157,6 @@ pub enum BatchError {
 pub mod error_code {
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
-    pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const INVALID_RECORD: i16 = 87;
 }
@@ -170,9 +169,11 @@ impl BatchError {
             | BatchError::LengthMismatch { .. }
             | BatchError::CrcMismatch { .. } => error_code::CORRUPT_MESSAGE,
             BatchError::TooLarge { .. } => error_code::MESSAGE_TOO_LARGE,
-            BatchError::UnsupportedMagic { .. } => error_code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
             BatchError::UnknownCompression { .. } => error_code::UNSUPPORTED_COMPRESSION_TYPE,
-            BatchError::BadRecordCount { .. }
+            // Kafka refuses a Produce v3+ whose batch is not magic 2 as an
+            // invalid record.
+            BatchError::UnsupportedMagic { .. }
+            | BatchError::BadRecordCount { .. }
             | BatchError::BadRecords { .. }
             | BatchError::ControlBatch
             | BatchError::MultipleBatches => error_code::INVALID_RECORD,
@@ -551,10 +552,7 @@ mod tests {
         batch[16] = 1;
         let error = validate(&batch).unwrap_err();
         assert_eq!(error, BatchError::UnsupportedMagic { magic: 1 });
-        assert_eq!(
-            error.kafka_error_code(),
-            error_code::UNSUPPORTED_FOR_MESSAGE_FORMAT
-        );
+        assert_eq!(error.kafka_error_code(), error_code::INVALID_RECORD);
     }
 
     #[test]

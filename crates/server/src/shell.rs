@@ -33,6 +33,9 @@ pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
 pub const CONNECTIONS_MAX: usize = 10_000;
 /// How long a shutdown waits for requests in flight to be answered.
 pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
+/// How long a starting node waits for its metadata group to have a leader
+/// before it accepts clients anyway (they then see retriable errors).
+pub const STARTUP_LEADER_WAIT_MS: u64 = 10_000;
 
 /// What the core thread receives.
 enum Input {
@@ -186,6 +189,47 @@ pub fn serve(config: ServeConfig) -> i32 {
             return 1;
         }
     };
+    let (inputs, input_receiver) = mpsc::channel::<Input>();
+    let disk_inputs = inputs.clone();
+    std::thread::Builder::new()
+        .name("runnel-disk-events".into())
+        .spawn(move || {
+            while let Ok(completion) = completions.recv() {
+                if disk_inputs.send(Input::Disk(completion)).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn the disk event thread");
+    let (ready_sender, ready) = mpsc::channel::<()>();
+    let core = std::thread::Builder::new()
+        .name("runnel-core".into())
+        .spawn(move || {
+            // A panic in the core is a bug; the node must not linger with
+            // its listener open and nobody answering, so the process ends.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_core(broker, disk, input_receiver, ready_sender)
+            }));
+            match outcome {
+                Ok(code) => code,
+                Err(_) => {
+                    tracing::error!("the core panicked; stopping");
+                    std::process::exit(101);
+                }
+            }
+        })
+        .expect("spawn the core thread");
+    // Clients are let in once the metadata group has a leader, so that their
+    // first requests are answered rather than refused.
+    if ready
+        .recv_timeout(Duration::from_millis(STARTUP_LEADER_WAIT_MS))
+        .is_err()
+    {
+        tracing::warn!(
+            STARTUP_LEADER_WAIT_MS,
+            "no metadata leader yet; accepting clients anyway"
+        );
+    }
     let listener = match runtime.block_on(TcpListener::bind(config.kafka_addr)) {
         Ok(listener) => listener,
         Err(error) => {
@@ -200,35 +244,6 @@ pub fn serve(config: ServeConfig) -> i32 {
         data_dir = %config.data_dir.display(),
         "runnel is serving"
     );
-    let (inputs, input_receiver) = mpsc::channel::<Input>();
-    let disk_inputs = inputs.clone();
-    std::thread::Builder::new()
-        .name("runnel-disk-events".into())
-        .spawn(move || {
-            while let Ok(completion) = completions.recv() {
-                if disk_inputs.send(Input::Disk(completion)).is_err() {
-                    return;
-                }
-            }
-        })
-        .expect("spawn the disk event thread");
-    let core = std::thread::Builder::new()
-        .name("runnel-core".into())
-        .spawn(move || {
-            // A panic in the core is a bug; the node must not linger with
-            // its listener open and nobody answering, so the process ends.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_core(broker, disk, input_receiver)
-            }));
-            match outcome {
-                Ok(code) => code,
-                Err(_) => {
-                    tracing::error!("the core panicked; stopping");
-                    std::process::exit(101);
-                }
-            }
-        })
-        .expect("spawn the core thread");
     let writers = Arc::new(WriterCount::default());
     let accept_inputs = inputs.clone();
     let accept_writers = Arc::clone(&writers);
@@ -268,7 +283,13 @@ async fn wait_for_signal() -> &'static str {
 
 /// The core loop: one event at a time, a tick at least every
 /// `TICK_INTERVAL_MS`. Returns the exit code.
-fn run_core(mut broker: Broker, mut disk: FileDisk, inputs: mpsc::Receiver<Input>) -> i32 {
+fn run_core(
+    mut broker: Broker,
+    mut disk: FileDisk,
+    inputs: mpsc::Receiver<Input>,
+    ready: mpsc::Sender<()>,
+) -> i32 {
+    let mut ready = Some(ready);
     let clock = OsClock {
         start: Instant::now(),
     };
@@ -329,6 +350,9 @@ fn run_core(mut broker: Broker, mut disk: FileDisk, inputs: mpsc::Receiver<Input
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
             broker.handle(BrokerEvent::Tick, &mut env);
+        }
+        if ready.is_some() && broker.metadata_leader_known() {
+            let _ = ready.take().expect("checked").send(());
         }
         if let Some(reason) = broker.failed() {
             // DESIGN.md "Storage": never go on after a failed write or

@@ -1,0 +1,127 @@
+"""Fixtures: a real `runnel serve` process on a free port with its own data
+directory, stopped with SIGTERM (which must exit 0) after the tests."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("RUNNEL_BIN", ROOT / "target" / "release" / "runnel"))
+START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 10
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Broker:
+    """One broker process; `start` and `stop` may be called again to restart
+    it on the same data directory."""
+
+    def __init__(self, data_dir, log_path, extra_args=()):
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.port = free_port()
+        self.extra_args = list(extra_args)
+        self.process = None
+
+    @property
+    def bootstrap(self):
+        return f"127.0.0.1:{self.port}"
+
+    def start(self):
+        assert BINARY.exists(), f"{BINARY} is missing: cargo build --release --bin runnel"
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [
+                str(BINARY),
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--kafka-addr",
+                self.bootstrap,
+                "--rpc-addr",
+                f"127.0.0.1:{free_port()}",
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.time() + START_TIMEOUT_S
+        while time.time() < deadline:
+            assert self.process.poll() is None, f"broker exited: {self.log()}"
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"broker did not listen within {START_TIMEOUT_S}s: {self.log()}")
+
+    def stop(self):
+        if self.process is None:
+            return None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"broker did not stop within {STOP_TIMEOUT_S}s after SIGTERM")
+        self.process = None
+        return code
+
+    def alive(self):
+        return self.process is not None and self.process.poll() is None
+
+    def log(self):
+        try:
+            return Path(self.log_path).read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory, request):
+    base = tmp_path_factory.mktemp("broker")
+    instance = Broker(base / "data", base / "broker.log")
+    instance.start()
+    yield instance
+    code = instance.stop()
+    if code != 0:
+        print(instance.log())
+    assert code == 0, f"SIGTERM must stop the broker with exit code 0, not {code}"
+
+
+@pytest.fixture
+def fresh_broker(tmp_path):
+    instance = Broker(tmp_path / "data", tmp_path / "broker.log")
+    instance.start()
+    yield instance
+    if instance.process is not None:
+        assert instance.stop() == 0
+
+
+@pytest.fixture
+def topic_name():
+    return "t-" + uuid.uuid4().hex[:10]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, show the end of the broker's log."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for name in ("broker", "fresh_broker"):
+            instance = item.funcargs.get(name)
+            if instance is not None:
+                report.sections.append(("broker log", instance.log()))
