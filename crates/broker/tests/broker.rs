@@ -157,11 +157,20 @@ impl Harness {
                 .with_replication_factor(1)])
             .with_timeout_ms(5_000);
         self.send(99, ApiKey::CreateTopics, 7, &request);
-        self.advance(50);
+        // The answer comes once the new partitions have elected leaders.
+        self.advance(1_000);
         let response: CreateTopicsResponse = self.response(99, ApiKey::CreateTopics, 7);
         assert_eq!(response.topics[0].error_code, 0, "{:?}", response.topics[0]);
-        // The partitions' groups elect themselves.
-        self.advance(1_000);
+        // So a produce right away finds the leader ready.
+        self.send(
+            99,
+            ApiKey::Produce,
+            9,
+            &produce_request(name, batch(&[b"first"], None), -1),
+        );
+        self.advance(20);
+        let response: ProduceResponse = self.response(99, ApiKey::Produce, 9);
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
     }
 }
 
@@ -228,7 +237,7 @@ fn acks_all_is_answered_only_once_the_batch_is_on_disk() {
     let response: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
     let partition = &response.responses[0].partition_responses[0];
     assert_eq!(partition.error_code, 0);
-    assert_eq!(partition.base_offset, 0);
+    assert_eq!(partition.base_offset, 1);
     harness.send(
         1,
         ApiKey::Produce,
@@ -237,7 +246,7 @@ fn acks_all_is_answered_only_once_the_batch_is_on_disk() {
     );
     harness.advance(20);
     let response: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
-    assert_eq!(response.responses[0].partition_responses[0].base_offset, 2);
+    assert_eq!(response.responses[0].partition_responses[0].base_offset, 3);
     // acks=0 gets no response at all.
     harness.send(
         1,
@@ -264,7 +273,7 @@ fn idempotent_retries_get_their_offset_and_gaps_are_refused() {
         harness.advance(20);
         let response: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
         let partition = &response.responses[0].partition_responses[0];
-        assert_eq!((partition.error_code, partition.base_offset), (0, 0));
+        assert_eq!((partition.error_code, partition.base_offset), (0, 1));
     }
     let gap = batch(&[b"z"], Some((1_000, 0, 5)));
     harness.send(1, ApiKey::Produce, 9, &produce_request("events", gap, -1));
@@ -293,14 +302,14 @@ fn damaged_batches_get_kafka_errors_and_nothing_is_written() {
     }
     harness.send(1, ApiKey::Fetch, 12, &fetch_request("raw", 0, 0));
     let response: FetchResponse = harness.response(1, ApiKey::Fetch, 12);
-    assert_eq!(response.responses[0].partitions[0].high_watermark, 0);
+    assert_eq!(response.responses[0].partitions[0].high_watermark, 1);
 }
 
 #[test]
 fn a_long_poll_is_answered_when_data_arrives() {
     let mut harness = Harness::new();
     harness.create_topic("poll", 1);
-    harness.send(2, ApiKey::Fetch, 12, &fetch_request("poll", 0, 5_000));
+    harness.send(2, ApiKey::Fetch, 12, &fetch_request("poll", 1, 5_000));
     harness.advance(100);
     assert!(harness.take(2).is_empty(), "the fetch waits for data");
     harness.send(
@@ -313,13 +322,13 @@ fn a_long_poll_is_answered_when_data_arrives() {
     let response: FetchResponse = harness.response(2, ApiKey::Fetch, 12);
     let partition = &response.responses[0].partitions[0];
     assert_eq!(partition.error_code, 0);
-    assert_eq!(partition.high_watermark, 1);
-    assert_eq!(partition.last_stable_offset, 1);
+    assert_eq!(partition.high_watermark, 2);
+    assert_eq!(partition.last_stable_offset, 2);
     let records = partition.records.clone().expect("records");
     let header = runnel_kafka::batch::validate(&records).expect("a valid stamped batch");
-    assert_eq!(header.base_offset, 0);
+    assert_eq!(header.base_offset, 1);
     // A poll with nothing to read ends at its wait with an empty answer.
-    harness.send(2, ApiKey::Fetch, 12, &fetch_request("poll", 1, 300));
+    harness.send(2, ApiKey::Fetch, 12, &fetch_request("poll", 2, 300));
     harness.advance(299);
     assert!(harness.take(2).is_empty());
     harness.advance(2);
@@ -424,7 +433,7 @@ fn acknowledged_batches_survive_a_crash() {
     let response: FetchResponse = harness.response(1, ApiKey::Fetch, 12);
     let partition = &response.responses[0].partitions[0];
     assert_eq!(partition.error_code, 0);
-    assert_eq!(partition.high_watermark, 3);
+    assert_eq!(partition.high_watermark, 4);
 }
 
 #[test]
