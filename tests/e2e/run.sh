@@ -9,7 +9,11 @@ venv=target/e2e-venv
 venv2=target/e2e-venv-kafka-python-2
 
 command -v kcat >/dev/null || { echo "e2e: kcat is missing (apt-get install -y kcat)"; exit 1; }
-[ -x target/release/runnel ] || cargo build --release --bin runnel || exit 1
+# The binary under test, wherever cargo puts it.
+RUNNEL_BIN="$(pwd)/${CARGO_TARGET_DIR:-target}/release/runnel"
+case "${CARGO_TARGET_DIR:-}" in /*) RUNNEL_BIN="$CARGO_TARGET_DIR/release/runnel" ;; esac
+export RUNNEL_BIN
+[ -x "$RUNNEL_BIN" ] || cargo build --release --bin runnel || exit 1
 
 setup() {
   local dir=$1 requirements=$2
