@@ -1438,9 +1438,13 @@ impl Broker {
                 };
                 result.configs = listed
                     .into_iter()
+                    // Null asks for every key; so does an empty list, which
+                    // some clients send for "all".
                     .filter(|(key, _, _)| match &resource.configuration_keys {
-                        Some(keys) => keys.iter().any(|wanted| wanted.as_str() == key),
-                        None => true,
+                        Some(keys) if !keys.is_empty() => {
+                            keys.iter().any(|wanted| wanted.as_str() == key)
+                        }
+                        _ => true,
                     })
                     .map(|(key, value, set)| {
                         DescribeConfigsResourceResult::default()

@@ -1,5 +1,7 @@
 //! `runnel`: the broker and its command-line tools.
 
+mod cli;
+mod client;
 mod config;
 mod shell;
 
@@ -24,6 +26,27 @@ struct Cli {
 enum Command {
     /// Run a broker node (one node on 127.0.0.1:9092 with data in ./data by default).
     Serve(ServeFlags),
+    /// Create, list, describe and delete topics on any Kafka broker.
+    Topic {
+        #[command(flatten)]
+        connect: cli::Connect,
+        #[command(subcommand)]
+        command: cli::TopicCommand,
+    },
+    /// Produce the lines of stdin as records.
+    Produce {
+        #[command(flatten)]
+        connect: cli::Connect,
+        #[command(flatten)]
+        args: cli::ProduceArgs,
+    },
+    /// Print the records of a partition.
+    Consume {
+        #[command(flatten)]
+        connect: cli::Connect,
+        #[command(flatten)]
+        args: cli::ConsumeArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +70,21 @@ fn main() -> ExitCode {
             };
             init_logging(&config.log_level);
             ExitCode::from(shell::serve(config) as u8)
+        }
+        Command::Topic { connect, command } => finish(cli::topic(&connect, command)),
+        Command::Produce { connect, args } => finish(cli::produce(&connect, args)),
+        Command::Consume { connect, args } => finish(cli::consume(&connect, args)),
+    }
+}
+
+/// One line on stderr for an error, and the exit code that says what
+/// happened (see `cli`).
+fn finish(result: Result<(), client::ClientError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("runnel: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -1,0 +1,792 @@
+//! `runnel topic|produce|consume`: tools that speak the Kafka protocol to any
+//! broker. Errors are one line on stderr; exit codes: 0 done, 1 the broker
+//! refused (a Kafka error), 2 bad usage, 3 the broker cannot be reached.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use clap::{Args, Subcommand, ValueEnum};
+use indexmap::IndexMap;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataResponse, ProduceRequest, ProduceResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    TimestampType, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
+};
+
+use crate::client::{retriable, ClientError, Cluster};
+
+/// Most records the producer puts in one batch.
+pub const PRODUCE_BATCH_RECORDS_MAX: usize = 1_000;
+/// Most bytes of record data in one batch (below Kafka's 1 MiB default).
+pub const PRODUCE_BATCH_BYTES_MAX: usize = 512 << 10;
+/// How long the tools retry a retriable error (an election, a new topic).
+pub const RETRY_FOR_MS: u64 = 15_000;
+
+#[derive(Args, Debug)]
+pub struct Connect {
+    /// A broker to start from, host:port.
+    #[arg(long, short = 'b', default_value = "127.0.0.1:9092", global = true)]
+    pub bootstrap: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, short = 'p', default_value_t = -1)]
+        partitions: i32,
+        #[arg(long, short = 'r', default_value_t = -1)]
+        replication_factor: i16,
+        /// A topic configuration, key=value; repeat for more.
+        #[arg(long = "config", short = 'c')]
+        configs: Vec<String>,
+    },
+    /// List the topics.
+    List,
+    /// Show a topic's partitions, leaders and configuration.
+    Describe { name: String },
+    /// Delete a topic.
+    Delete { name: String },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Acks {
+    #[value(name = "0")]
+    None,
+    #[value(name = "1")]
+    Leader,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    pub topic: String,
+    /// Send every record to this partition (default: by key, as Kafka's
+    /// default partitioner; keyless records in turn).
+    #[arg(long, short = 'p')]
+    pub partition: Option<i32>,
+    /// Split each line at the first SEP into key and value.
+    #[arg(long, short = 'K')]
+    pub key_separator: Option<String>,
+    /// A header key=value added to every record; repeat for more.
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+    #[arg(long, value_enum, default_value = "all")]
+    pub acks: Acks,
+    #[arg(long, short = 'z', value_enum, default_value = "none")]
+    pub compression: Codec,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    #[arg(long, short = 'p', default_value_t = 0)]
+    pub partition: i32,
+    /// earliest, latest, or an offset.
+    #[arg(long, short = 'o', default_value = "earliest")]
+    pub offset: String,
+    /// Start at the first record at or after this time (ms since the epoch).
+    #[arg(long)]
+    pub timestamp: Option<i64>,
+    /// Stop after this many records.
+    #[arg(long, short = 'n')]
+    pub count: Option<u64>,
+    /// Stop at the end of the partition instead of waiting for more.
+    #[arg(long, short = 'e')]
+    pub exit_at_end: bool,
+    /// Output format: %k key, %v value, %o offset, %t timestamp, %p partition,
+    /// %h headers, \t and \n.
+    #[arg(long, short = 'f', default_value = "%v\\n")]
+    pub format: String,
+}
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+fn kafka_error(code: i16, context: impl Into<String>) -> ClientError {
+    ClientError::Kafka {
+        code,
+        context: context.into(),
+    }
+}
+
+/// Runs `f` until it succeeds or fails with a non-retriable error, for at
+/// most `RETRY_FOR_MS`.
+fn retrying<T>(mut f: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+    let deadline = Instant::now() + Duration::from_millis(RETRY_FOR_MS);
+    loop {
+        match f() {
+            Err(ClientError::Kafka { code, .. })
+                if retriable(code) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The controller's address, where topic changes go.
+fn controller(cluster: &mut Cluster) -> Result<String, ClientError> {
+    let metadata = cluster.bootstrap()?.metadata(Some(&[]))?;
+    Cluster::address_of(&metadata, metadata.controller_id.0)
+        .ok_or_else(|| ClientError::Other("the cluster reports no controller".into()))
+}
+
+fn topic_metadata(cluster: &mut Cluster, name: &str) -> Result<MetadataResponse, ClientError> {
+    retrying(|| {
+        let metadata = cluster.bootstrap()?.metadata(Some(&[name]))?;
+        let topic = metadata
+            .topics
+            .first()
+            .ok_or_else(|| ClientError::Other(format!("no metadata for topic \"{name}\"")))?;
+        if topic.error_code != 0 {
+            return Err(kafka_error(
+                topic.error_code,
+                format!("topic \"{name}\" is not available"),
+            ));
+        }
+        if let Some(partition) = topic.partitions.iter().find(|p| p.error_code != 0) {
+            return Err(kafka_error(
+                partition.error_code,
+                format!(
+                    "partition {} of \"{name}\" has no leader",
+                    partition.partition_index
+                ),
+            ));
+        }
+        Ok(metadata)
+    })
+}
+
+/// The address of the leader of `partition`.
+fn leader(metadata: &MetadataResponse, name: &str, partition: i32) -> Result<String, ClientError> {
+    let topic = &metadata.topics[0];
+    let found = topic
+        .partitions
+        .iter()
+        .find(|p| p.partition_index == partition)
+        .ok_or_else(|| kafka_error(3, format!("topic \"{name}\" has no partition {partition}")))?;
+    Cluster::address_of(metadata, found.leader_id.0).ok_or_else(|| {
+        kafka_error(
+            5,
+            format!("partition {partition} of \"{name}\" has no leader"),
+        )
+    })
+}
+
+pub fn topic(connect: &Connect, command: TopicCommand) -> Result<(), ClientError> {
+    let mut cluster = Cluster::new(&connect.bootstrap);
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        } => {
+            let mut parsed = Vec::new();
+            for config in &configs {
+                let (key, value) = config.split_once('=').ok_or_else(|| {
+                    ClientError::Other(format!("--config \"{config}\" is not key=value"))
+                })?;
+                parsed.push(
+                    CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_string(key.to_string()))
+                        .with_value(Some(StrBytes::from_string(value.to_string()))),
+                );
+            }
+            let request = CreateTopicsRequest::default()
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(topic_name(&name))
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(replication_factor)
+                    .with_configs(parsed)])
+                .with_timeout_ms(30_000);
+            retrying(|| {
+                let address = controller(&mut cluster)?;
+                let connection = cluster.to(&address)?;
+                let version = connection.version(ApiKey::CreateTopics, 7)?;
+                let response: CreateTopicsResponse =
+                    connection.send(ApiKey::CreateTopics, version, &request)?;
+                let result = &response.topics[0];
+                if result.error_code != 0 {
+                    let detail = result
+                        .error_message
+                        .as_ref()
+                        .map(|m| format!(": {}", m.as_str()))
+                        .unwrap_or_default();
+                    return Err(kafka_error(
+                        result.error_code,
+                        format!("cannot create topic \"{name}\"{detail}"),
+                    ));
+                }
+                Ok(())
+            })?;
+            let _ = writeln!(out, "created topic {name}");
+        }
+        TopicCommand::List => {
+            let metadata = cluster.bootstrap()?.metadata(None)?;
+            let mut names: Vec<&str> = metadata
+                .topics
+                .iter()
+                .filter_map(|t| t.name.as_ref().map(|n| n.0.as_str()))
+                .collect();
+            names.sort_unstable();
+            for name in names {
+                let _ = writeln!(out, "{name}");
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let metadata = cluster.bootstrap()?.metadata(Some(&[&name]))?;
+            let topic = &metadata.topics[0];
+            if topic.error_code != 0 {
+                return Err(kafka_error(
+                    topic.error_code,
+                    format!("topic \"{name}\" does not exist"),
+                ));
+            }
+            let id = topic.topic_id;
+            let _ = writeln!(
+                out,
+                "topic {name} id {id} partitions {}",
+                topic.partitions.len()
+            );
+            let mut partitions: Vec<_> = topic.partitions.iter().collect();
+            partitions.sort_by_key(|p| p.partition_index);
+            for partition in partitions {
+                let list = |nodes: &[kafka_protocol::messages::BrokerId]| {
+                    nodes
+                        .iter()
+                        .map(|n| n.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let _ = writeln!(
+                    out,
+                    "  partition {} leader {} epoch {} replicas {} isr {}",
+                    partition.partition_index,
+                    partition.leader_id.0,
+                    partition.leader_epoch,
+                    list(&partition.replica_nodes),
+                    list(&partition.isr_nodes)
+                );
+            }
+            let connection = cluster.bootstrap()?;
+            if let Ok(version) = connection.version(ApiKey::DescribeConfigs, 4) {
+                let request = DescribeConfigsRequest::default().with_resources(vec![
+                    DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(StrBytes::from_string(name.clone()))
+                        .with_configuration_keys(None),
+                ]);
+                let response: DescribeConfigsResponse =
+                    connection.send(ApiKey::DescribeConfigs, version, &request)?;
+                for result in &response.results {
+                    for config in &result.configs {
+                        let value = config.value.as_ref().map(|v| v.as_str()).unwrap_or("");
+                        let _ = writeln!(out, "  config {}={}", config.name.as_str(), value);
+                    }
+                }
+            }
+        }
+        TopicCommand::Delete { name } => {
+            retrying(|| {
+                let address = controller(&mut cluster)?;
+                let connection = cluster.to(&address)?;
+                let version = connection.version(ApiKey::DeleteTopics, 6)?;
+                let request = DeleteTopicsRequest::default()
+                    .with_topic_names(vec![topic_name(&name)])
+                    .with_topics(vec![
+                        DeleteTopicState::default().with_name(Some(topic_name(&name)))
+                    ])
+                    .with_timeout_ms(30_000);
+                let response: DeleteTopicsResponse =
+                    connection.send(ApiKey::DeleteTopics, version, &request)?;
+                match response.responses.first() {
+                    Some(result) if result.error_code == 3 => Err(ClientError::Kafka {
+                        code: 3,
+                        context: format!("topic \"{name}\" does not exist"),
+                    }),
+                    Some(result) if result.error_code != 0 => Err(kafka_error(
+                        result.error_code,
+                        format!("cannot delete topic \"{name}\""),
+                    )),
+                    _ => Ok(()),
+                }
+            })
+            .map_err(|error| match error {
+                // Not worth retrying: the topic is not there.
+                ClientError::Kafka { code: 3, context } => ClientError::Kafka { code: 3, context },
+                other => other,
+            })?;
+            let _ = writeln!(out, "deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Kafka's default partitioner for keyed records: murmur2 of the key.
+fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let length = data.len() as u32;
+    let mut hash = SEED ^ length;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        hash = hash.wrapping_mul(M);
+        hash ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        hash ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        hash ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        hash ^= u32::from(rest[0]);
+        hash = hash.wrapping_mul(M);
+    }
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(M);
+    hash ^= hash >> 15;
+    hash as i32
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn produce(connect: &Connect, args: ProduceArgs) -> Result<(), ClientError> {
+    let mut headers = IndexMap::new();
+    for header in &args.headers {
+        let (key, value) = header
+            .split_once('=')
+            .ok_or_else(|| ClientError::Other(format!("--header \"{header}\" is not key=value")))?;
+        headers.insert(
+            StrBytes::from_string(key.to_string()),
+            Some(Bytes::from(value.to_string())),
+        );
+    }
+    let mut cluster = Cluster::new(&connect.bootstrap);
+    let metadata = topic_metadata(&mut cluster, &args.topic)?;
+    let partition_count = metadata.topics[0].partitions.len() as i32;
+    if let Some(partition) = args.partition {
+        if partition < 0 || partition >= partition_count {
+            return Err(kafka_error(
+                3,
+                format!(
+                    "topic \"{}\" has partitions 0..{}, not {partition}",
+                    args.topic,
+                    partition_count - 1
+                ),
+            ));
+        }
+    }
+    let mut pending: BTreeMap<i32, (Vec<Record>, usize)> = BTreeMap::new();
+    let mut produced: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    let mut next_keyless = 0i32;
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let line =
+            line.map_err(|error| ClientError::Other(format!("cannot read stdin: {error}")))?;
+        let (key, value) = match &args.key_separator {
+            Some(separator) => match line.split_once(separator.as_str()) {
+                Some((key, value)) => (Some(key.to_string()), value.to_string()),
+                None => (None, line.clone()),
+            },
+            None => (None, line.clone()),
+        };
+        let partition = match (args.partition, &key) {
+            (Some(partition), _) => partition,
+            (None, Some(key)) => (murmur2(key.as_bytes()) & 0x7fff_ffff) % partition_count,
+            (None, None) => {
+                next_keyless = (next_keyless + 1) % partition_count;
+                next_keyless
+            }
+        };
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: NO_SEQUENCE,
+            timestamp: now_ms(),
+            key: key.map(Bytes::from),
+            value: Some(Bytes::from(value)),
+            headers: headers.clone(),
+        };
+        let size =
+            record.key.as_ref().map_or(0, Bytes::len) + record.value.as_ref().map_or(0, Bytes::len);
+        let entry = pending.entry(partition).or_default();
+        entry.0.push(record);
+        entry.1 += size;
+        if entry.0.len() >= PRODUCE_BATCH_RECORDS_MAX || entry.1 >= PRODUCE_BATCH_BYTES_MAX {
+            let (records, _) = pending.remove(&partition).expect("present");
+            send_batch(
+                &mut cluster,
+                &metadata,
+                &args,
+                partition,
+                records,
+                &mut produced,
+            )?;
+        }
+    }
+    for (partition, (records, _)) in std::mem::take(&mut pending) {
+        send_batch(
+            &mut cluster,
+            &metadata,
+            &args,
+            partition,
+            records,
+            &mut produced,
+        )?;
+    }
+    for (partition, (first, last)) in produced {
+        if matches!(args.acks, Acks::None) {
+            eprintln!(
+                "produced {} records to {}-{partition} (acks=0: offsets unknown)",
+                last - first + 1,
+                args.topic
+            );
+        } else {
+            eprintln!(
+                "produced {} records to {}-{partition} at offsets {first}..{last}",
+                last - first + 1,
+                args.topic
+            );
+        }
+    }
+    Ok(())
+}
+
+fn send_batch(
+    cluster: &mut Cluster,
+    metadata: &MetadataResponse,
+    args: &ProduceArgs,
+    partition: i32,
+    mut records: Vec<Record>,
+    produced: &mut BTreeMap<i32, (i64, i64)>,
+) -> Result<(), ClientError> {
+    for (offset, record) in records.iter_mut().enumerate() {
+        record.offset = offset as i64;
+        // kafka-protocol starts a new batch where `offset - sequence`
+        // changes; counting from -1 keeps one batch whose base sequence is
+        // -1, as a producer without idempotence sends.
+        record.sequence = offset as i32 - 1;
+    }
+    let compression = match args.compression {
+        Codec::None => Compression::None,
+        Codec::Gzip => Compression::Gzip,
+        Codec::Snappy => Compression::Snappy,
+        Codec::Lz4 => Compression::Lz4,
+        Codec::Zstd => Compression::Zstd,
+    };
+    let mut batch = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut batch,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|error| ClientError::Other(format!("cannot encode a record batch: {error}")))?;
+    let batch = batch.freeze();
+    let acks = match args.acks {
+        Acks::None => 0,
+        Acks::Leader => 1,
+        Acks::All => -1,
+    };
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name(&args.topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(batch))])]);
+    let address = leader(metadata, &args.topic, partition)?;
+    let connection = cluster.to(&address)?;
+    let version = connection.version(ApiKey::Produce, 9)?;
+    let count = records.len() as i64;
+    if acks == 0 {
+        // No response comes; the offsets stay unknown.
+        send_without_response(connection, version, &request)?;
+        let entry = produced.entry(partition).or_insert((0, -1));
+        entry.1 += count;
+        return Ok(());
+    }
+    let response: ProduceResponse = connection.send(ApiKey::Produce, version, &request)?;
+    let answer = &response.responses[0].partition_responses[0];
+    if answer.error_code != 0 {
+        return Err(kafka_error(
+            answer.error_code,
+            format!("cannot produce to {}-{partition}", args.topic),
+        ));
+    }
+    let last = answer.base_offset + count - 1;
+    let entry = produced
+        .entry(partition)
+        .or_insert((answer.base_offset, last));
+    entry.1 = last;
+    Ok(())
+}
+
+fn send_without_response(
+    connection: &mut crate::client::Connection,
+    version: i16,
+    request: &ProduceRequest,
+) -> Result<(), ClientError> {
+    connection.send_no_response(ApiKey::Produce, version, request)
+}
+
+fn list_offset(
+    cluster: &mut Cluster,
+    address: &str,
+    topic: &str,
+    partition: i32,
+    timestamp: i64,
+) -> Result<i64, ClientError> {
+    let connection = cluster.to(address)?;
+    let version = connection.version(ApiKey::ListOffsets, 7)?;
+    let request = ListOffsetsRequest::default()
+        .with_replica_id((-1).into())
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(timestamp)])]);
+    let response: ListOffsetsResponse = connection.send(ApiKey::ListOffsets, version, &request)?;
+    let answer = &response.topics[0].partitions[0];
+    if answer.error_code != 0 {
+        return Err(kafka_error(
+            answer.error_code,
+            format!("cannot list offsets of {topic}-{partition}"),
+        ));
+    }
+    Ok(answer.offset)
+}
+
+pub fn consume(connect: &Connect, args: ConsumeArgs) -> Result<(), ClientError> {
+    let mut cluster = Cluster::new(&connect.bootstrap);
+    let metadata = topic_metadata(&mut cluster, &args.topic)?;
+    let address = leader(&metadata, &args.topic, args.partition)?;
+    let end = list_offset(&mut cluster, &address, &args.topic, args.partition, -1)?;
+    let mut offset = match (args.timestamp, args.offset.as_str()) {
+        (Some(timestamp), _) => {
+            match list_offset(
+                &mut cluster,
+                &address,
+                &args.topic,
+                args.partition,
+                timestamp,
+            )? {
+                -1 => end,
+                offset => offset,
+            }
+        }
+        (None, "earliest") => list_offset(&mut cluster, &address, &args.topic, args.partition, -2)?,
+        (None, "latest") => end,
+        (None, number) => number.parse().map_err(|_| {
+            ClientError::Other(format!(
+                "--offset \"{number}\" is not earliest, latest or a number"
+            ))
+        })?,
+    };
+    let format = args.format.replace("\\n", "\n").replace("\\t", "\t");
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let mut printed = 0u64;
+    loop {
+        if args.count.is_some_and(|count| printed >= count) {
+            return Ok(());
+        }
+        let connection = cluster.to(&address)?;
+        let version = connection.version(ApiKey::Fetch, 12)?;
+        let request = FetchRequest::default()
+            .with_replica_id((-1).into())
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(8 << 20)
+            .with_isolation_level(1)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(&args.topic))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(args.partition)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(4 << 20)])]);
+        let response: FetchResponse = connection.send(ApiKey::Fetch, version, &request)?;
+        let data = &response.responses[0].partitions[0];
+        if data.error_code != 0 {
+            return Err(kafka_error(
+                data.error_code,
+                format!(
+                    "cannot fetch {}-{} at offset {offset}",
+                    args.topic, args.partition
+                ),
+            ));
+        }
+        let mut records = data.records.clone().unwrap_or_default();
+        let mut got_any = false;
+        while !records.is_empty() {
+            let set = match RecordBatchDecoder::decode(&mut records) {
+                Ok(set) => set,
+                // A partial batch at the end of a response is normal.
+                Err(_) => break,
+            };
+            for record in set.records {
+                if record.offset < offset || record.control {
+                    continue;
+                }
+                got_any = true;
+                offset = record.offset + 1;
+                let _ = out.write_all(render(&format, &record, args.partition).as_bytes());
+                printed += 1;
+                if args.count.is_some_and(|count| printed >= count) {
+                    let _ = out.flush();
+                    return Ok(());
+                }
+            }
+        }
+        let _ = out.flush();
+        if args.exit_at_end && !got_any && offset >= data.high_watermark {
+            return Ok(());
+        }
+    }
+}
+
+fn render(format: &str, record: &Record, partition: i32) -> String {
+    let text = |bytes: &Option<Bytes>| {
+        bytes
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('k') => out.push_str(&text(&record.key)),
+            Some('v') => out.push_str(&text(&record.value)),
+            Some('o') => out.push_str(&record.offset.to_string()),
+            Some('t') => out.push_str(&record.timestamp.to_string()),
+            Some('p') => out.push_str(&partition.to_string()),
+            Some('h') => {
+                let headers: Vec<String> = record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", k.as_str(), text(v)))
+                    .collect();
+                out.push_str(&headers.join(","));
+            }
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Values from Kafka's UtilsTest.testMurmur2.
+        assert_eq!(murmur2(b"21"), -973932308);
+        assert_eq!(murmur2(b"foobar"), -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc"), 479470107);
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn encoded_batches_validate() {
+        let record = |offset: i64| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            sequence: offset as i32 - 1,
+            timestamp: 1_000,
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(b"v")),
+            headers: IndexMap::new(),
+        };
+        let records = [record(0), record(1)];
+        let mut batch = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut batch,
+            records.iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        let header = runnel_kafka::batch::validate(&batch).expect("one valid batch");
+        assert_eq!(header.record_count, 2);
+        assert_eq!(header.base_sequence, -1);
+    }
+}
