@@ -139,6 +139,9 @@ pub struct Broker {
     next_id: u64,
     /// Partition groups this node hosts, as metadata last said.
     hosted: BTreeMap<GroupId, Vec<NodeId>>,
+    /// The metadata group's applied index when `hosted` was last synced:
+    /// metadata changes only when it moves.
+    hosted_synced_at: Option<u64>,
     last_retention_check_ms: u64,
 }
 
@@ -180,6 +183,7 @@ impl Broker {
             proposals: BTreeMap::new(),
             next_id: 1,
             hosted: BTreeMap::new(),
+            hosted_synced_at: None,
             last_retention_check_ms: 0,
         })
     }
@@ -211,7 +215,7 @@ impl Broker {
         self.node.leader_ready(METADATA_GROUP)
             || self
                 .node
-                .view(METADATA_GROUP)
+                .summary(METADATA_GROUP)
                 .is_some_and(|view| view.leader.is_some() && view.role != Role::Leader)
     }
 
@@ -314,6 +318,14 @@ impl Broker {
     /// Makes the hosted partition groups follow metadata: a group of a new
     /// partition placed here starts, a group of a deleted topic goes.
     fn sync_groups(&mut self, env: &mut BrokerEnv<'_>, collector: &mut Collector) {
+        let applied = self
+            .node
+            .summary(METADATA_GROUP)
+            .map(|view| view.applied_index);
+        if applied.is_none() || applied == self.hosted_synced_at {
+            return;
+        }
+        self.hosted_synced_at = applied;
         let Some(metadata) = self.metadata() else {
             return;
         };
@@ -572,7 +584,7 @@ impl Broker {
     // ---------------------------------------------------------------- Metadata
 
     fn leader_of(&self, group: GroupId) -> (i32, i32) {
-        match self.node.view(group) {
+        match self.node.summary(group) {
             Some(view) => match view.leader {
                 Some(leader) if view.role != Role::Leader || self.node.leader_ready(group) => {
                     (leader as i32, view.term as i32)
@@ -1614,7 +1626,7 @@ impl Broker {
             .filter_map(|name| metadata.topic(name))
             .flat_map(|topic| topic.partitions.iter())
             .filter(|placement| placement.replicas.contains(&self.config.node_id))
-            .all(|placement| match self.node.view(placement.group) {
+            .all(|placement| match self.node.summary(placement.group) {
                 // A leader serves once it has committed an entry of its term.
                 Some(view) if view.leader == Some(self.config.node_id) => {
                     self.node.leader_ready(placement.group)
