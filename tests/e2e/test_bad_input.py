@@ -8,6 +8,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka.record.default_records import DefaultRecordBatchBuilder
+from kafka.record.util import calc_crc32c
 
 CORRUPT_MESSAGE = 2
 UNSUPPORTED_VERSION = 35
@@ -73,7 +74,7 @@ def still_serves(broker, topic):
     assert broker.alive()
 
 
-def batch(values, magic_override=None, flip_at=None):
+def batch(values, magic_override=None, flip_at=None, last_offset_delta=None):
     builder = DefaultRecordBatchBuilder(
         magic=2, compression_type=0, is_transactional=False, producer_id=-1,
         producer_epoch=-1, base_sequence=-1, batch_size=1 << 20,
@@ -85,6 +86,11 @@ def batch(values, magic_override=None, flip_at=None):
         data[16] = magic_override
     if flip_at is not None:
         data[flip_at] ^= 0xFF
+    if last_offset_delta is not None:
+        # Offsets that do not add up, under a CRC that is right: only the
+        # broker's own check of the batch can catch it.
+        data[23:27] = struct.pack(">i", last_offset_delta)
+        data[17:21] = struct.pack(">I", calc_crc32c(bytes(data[21:])))
     return bytes(data)
 
 
@@ -143,6 +149,13 @@ def test_an_unknown_api_key_closes_the_connection(broker, topic_name):
     still_serves(broker, topic_name)
 
 
+def test_an_unsupported_version_of_another_api_closes_the_connection(broker, topic_name):
+    sock = connect(broker)
+    sock.sendall(request(0, 99, 1, b"\x00" * 16))
+    assert closed_by_broker(sock)
+    still_serves(broker, topic_name)
+
+
 def test_an_unsupported_api_versions_version_gets_the_v0_fallback(broker):
     sock = connect(broker)
     sock.sendall(request(18, 99, 42, b""))
@@ -160,6 +173,7 @@ def test_an_unsupported_api_versions_version_gets_the_v0_fallback(broker):
         ({"flip_at": 70}, CORRUPT_MESSAGE),  # inside the records: the CRC catches it
         ({"flip_at": 25}, CORRUPT_MESSAGE),  # the last offset delta: the CRC catches it
         ({"magic_override": 1}, INVALID_RECORD),
+        ({"last_offset_delta": 5}, INVALID_RECORD),
     ],
 )
 def test_damaged_record_batches_get_the_kafka_error(broker, topic_name, damage, expected):
