@@ -38,7 +38,7 @@ class Broker:
     def bootstrap(self):
         return f"127.0.0.1:{self.port}"
 
-    def start(self):
+    def start(self, rpc_port=None, wait=True):
         assert BINARY.exists(), f"{BINARY} is missing: cargo build --release --bin runnel"
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -50,12 +50,16 @@ class Broker:
                 "--kafka-addr",
                 self.bootstrap,
                 "--rpc-addr",
-                f"127.0.0.1:{free_port()}",
+                f"127.0.0.1:{rpc_port or free_port()}",
                 *self.extra_args,
             ],
             stdout=log,
             stderr=log,
         )
+        if wait:
+            self.wait_listening()
+
+    def wait_listening(self):
         deadline = time.time() + START_TIMEOUT_S
         while time.time() < deadline:
             assert self.process.poll() is None, f"broker exited: {self.log()}"

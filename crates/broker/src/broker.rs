@@ -65,6 +65,13 @@ pub const PENDING_REQUESTS_MAX: usize = 65_536;
 pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
 /// The longest a request waits for its proposals to commit.
 pub const REQUEST_TIMEOUT_MS_MAX: u64 = 120_000;
+/// Producer ids this node hands out per incarnation (their low 32 bits).
+pub const PRODUCER_COUNTER_MAX: u64 = u32::MAX as u64;
+/// Node ids fit in the 11 high bits of a producer id.
+pub const NODE_ID_MAX: u64 = (1 << 11) - 1;
+/// Incarnations fit in the 20 bits below the node id.
+pub const INCARNATION_MAX: u64 = (1 << 20) - 1;
+
 /// How often the leader of a partition checks its retention.
 pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1_000;
 
@@ -112,9 +119,6 @@ enum PendingKind {
     CreatePartitions {
         response: CreatePartitionsResponse,
     },
-    InitProducerId {
-        response: InitProducerIdResponse,
-    },
 }
 
 #[derive(Default)]
@@ -143,6 +147,8 @@ pub struct Broker {
     /// metadata changes only when it moves.
     hosted_synced_at: Option<u64>,
     last_retention_check_ms: u64,
+    /// The low 32 bits of the next producer id this node hands out.
+    next_producer_counter: u64,
 }
 
 impl Broker {
@@ -152,6 +158,14 @@ impl Broker {
         disk: &mut dyn runnel_io::Disk,
     ) -> Result<Broker, StartError> {
         let voters: Vec<NodeId> = config.cluster.iter().map(|node| node.node_id).collect();
+        assert!(
+            voters.iter().all(|id| (1..=NODE_ID_MAX).contains(id)),
+            "node ids are checked by the configuration"
+        );
+        assert!(
+            config.incarnation <= INCARNATION_MAX,
+            "the incarnation is checked by the shell"
+        );
         assert!(
             voters.contains(&config.node_id),
             "the cluster must list this node"
@@ -185,6 +199,7 @@ impl Broker {
             hosted: BTreeMap::new(),
             hosted_synced_at: None,
             last_retention_check_ms: 0,
+            next_producer_counter: 0,
         })
     }
 
@@ -507,8 +522,7 @@ impl Broker {
                 return;
             }
             RequestKind::InitProducerId(request) => {
-                self.init_producer_id(connection, header, version, request, env, collector);
-                return;
+                Some(ResponseKind::InitProducerId(self.init_producer_id(request)))
             }
             RequestKind::DescribeConfigs(request) => Some(ResponseKind::DescribeConfigs(
                 self.describe_configs(request),
@@ -1340,46 +1354,28 @@ impl Broker {
         self.finish_if_done(id);
     }
 
-    fn init_producer_id(
-        &mut self,
-        connection: ConnectionId,
-        header: RequestHeader,
-        version: i16,
-        request: InitProducerIdRequest,
-        env: &mut BrokerEnv<'_>,
-        collector: &mut Collector,
-    ) {
-        let id = self.next_id();
-        let now_ms = env.clock.now_ms();
-        let mut response = InitProducerIdResponse::default()
+    /// Producer ids come from this node alone, so that any node answers
+    /// InitProducerId (librdkafka keeps asking the broker it first asked):
+    /// the node id, the node's incarnation (raised durably by the shell at
+    /// every start) and a counter make each id unique in the cluster
+    /// without a round of consensus.
+    fn init_producer_id(&mut self, request: InitProducerIdRequest) -> InitProducerIdResponse {
+        let response = InitProducerIdResponse::default()
             .with_producer_id((-1).into())
             .with_producer_epoch(-1);
-        let mut outstanding = 0;
         if request.transactional_id.is_some() {
-            response.error_code = error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
-        } else if !self.node.leader_ready(METADATA_GROUP) {
-            response.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
-        } else {
-            outstanding = 1;
+            return response.with_error_code(error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
         }
-        self.slot(connection, id);
-        self.pending.insert(
-            id,
-            Pending {
-                connection,
-                header,
-                api_key: ApiKey::InitProducerId,
-                version,
-                deadline_ms: now_ms + 30_000,
-                outstanding,
-                kind: PendingKind::InitProducerId { response },
-            },
-        );
-        if outstanding == 1 {
-            let data = MetadataCommand::AllocateProducerId.encode();
-            self.propose(METADATA_GROUP, data, id, 0, env, collector);
+        if self.next_producer_counter > PRODUCER_COUNTER_MAX {
+            return response.with_error_code(error_code::COORDINATOR_NOT_AVAILABLE);
         }
-        self.finish_if_done(id);
+        let producer_id = ((self.config.node_id as i64) << 52)
+            | ((self.config.incarnation as i64) << 32)
+            | self.next_producer_counter as i64;
+        self.next_producer_counter += 1;
+        response
+            .with_producer_id(producer_id.into())
+            .with_producer_epoch(0)
     }
 
     fn describe_configs(&self, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
@@ -1573,13 +1569,6 @@ impl Broker {
                     &mut result.error_message,
                 );
             }
-            PendingKind::InitProducerId { response: init } => match response.result {
-                Ok(ClientReply::Applied(Applied::Metadata(MetadataOutcome::ProducerId(id)))) => {
-                    init.producer_id = id.into();
-                    init.producer_epoch = 0;
-                }
-                _ => init.error_code = error_code::COORDINATOR_NOT_AVAILABLE,
-            },
             PendingKind::Fetch { .. } => {}
         }
         pending.outstanding -= 1;
@@ -1648,7 +1637,6 @@ impl Broker {
             PendingKind::CreateTopics { response } => ResponseKind::CreateTopics(response),
             PendingKind::DeleteTopics { response } => ResponseKind::DeleteTopics(response),
             PendingKind::CreatePartitions { response } => ResponseKind::CreatePartitions(response),
-            PendingKind::InitProducerId { response } => ResponseKind::InitProducerId(response),
             PendingKind::Fetch { request } => {
                 let FetchResult { response, .. } =
                     fetch::evaluate(&request, pending.version, self.metadata(), &self.node);
@@ -1708,9 +1696,6 @@ impl Broker {
                             topic.error_code = error_code::REQUEST_TIMED_OUT;
                         }
                     }
-                }
-                PendingKind::InitProducerId { response } if response.producer_id.0 < 0 => {
-                    response.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
                 }
                 _ => {}
             }

@@ -110,6 +110,10 @@ pub struct BrokerConfig {
     pub snapshot_interval_entries: u64,
     pub segment_bytes_max: u64,
     pub topic_defaults: TopicDefaults,
+    /// Raised durably by the shell at every start of the node (at most
+    /// `INCARNATION_MAX`): producer ids handed out by one incarnation never
+    /// repeat in a later one.
+    pub incarnation: u64,
 }
 
 impl BrokerConfig {
@@ -129,6 +133,7 @@ impl BrokerConfig {
             snapshot_interval_entries: 10_000,
             segment_bytes_max: 64 << 20,
             topic_defaults: TopicDefaults::default(),
+            incarnation: 0,
         }
     }
 }
@@ -161,4 +166,4 @@ pub mod error_code {
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
 
-pub use broker::Broker;
+pub use broker::{Broker, INCARNATION_MAX, NODE_ID_MAX};

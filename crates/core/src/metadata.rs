@@ -1,6 +1,5 @@
 //! The replicated state machine of the metadata group: topics, their
-//! partitions and where they live, topic configurations, and the producer id
-//! counter. Every node applies the same commands in the same order, so every
+//! partitions and where they live, and topic configurations. Every node applies the same commands in the same order, so every
 //! node agrees on which replication group serves which partition.
 
 use std::collections::BTreeMap;
@@ -64,13 +63,11 @@ pub enum MetadataCommand {
         count: u32,
         nodes: Vec<NodeId>,
     },
-    AllocateProducerId,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MetadataOutcome {
     Done,
-    ProducerId(i64),
     Refused { error_code: i16, message: String },
 }
 
@@ -78,7 +75,6 @@ pub enum MetadataOutcome {
 pub struct MetadataState {
     topics: BTreeMap<String, Topic>,
     next_group: GroupId,
-    next_producer_id: i64,
 }
 
 impl Default for MetadataState {
@@ -86,7 +82,6 @@ impl Default for MetadataState {
         MetadataState {
             topics: BTreeMap::new(),
             next_group: METADATA_GROUP + 1,
-            next_producer_id: 1_000,
         }
     }
 }
@@ -221,11 +216,6 @@ impl MetadataState {
                 self.topics.insert(name, topic);
                 outcome
             }
-            MetadataCommand::AllocateProducerId => {
-                let id = self.next_producer_id;
-                self.next_producer_id += 1;
-                MetadataOutcome::ProducerId(id)
-            }
         }
     }
 
@@ -258,7 +248,6 @@ impl MetadataState {
         let mut out = Vec::new();
         out.extend_from_slice(&1u32.to_le_bytes());
         out.extend_from_slice(&self.next_group.to_le_bytes());
-        out.extend_from_slice(&self.next_producer_id.to_le_bytes());
         out.extend_from_slice(&(self.topics.len() as u64).to_le_bytes());
         for topic in self.topics.values() {
             put_str(&mut out, &topic.name);
@@ -277,7 +266,6 @@ impl MetadataState {
         let mut reader = Reader::new(data);
         assert_eq!(reader.u32(), 1, "metadata snapshot version");
         let next_group = reader.u64();
-        let next_producer_id = reader.u64() as i64;
         let mut topics = BTreeMap::new();
         for _ in 0..reader.u64() {
             let name = get_str(&mut reader).expect("checksummed snapshot");
@@ -300,11 +288,7 @@ impl MetadataState {
             );
         }
         reader.finish();
-        MetadataState {
-            topics,
-            next_group,
-            next_producer_id,
-        }
+        MetadataState { topics, next_group }
     }
 }
 
@@ -343,7 +327,6 @@ fn topic_id(name: &str, index: u64, term: u64) -> [u8; 16] {
 const COMMAND_CREATE_TOPIC: u8 = 1;
 const COMMAND_DELETE_TOPIC: u8 = 2;
 const COMMAND_CREATE_PARTITIONS: u8 = 3;
-const COMMAND_ALLOCATE_PRODUCER_ID: u8 = 4;
 
 impl MetadataCommand {
     pub fn encode(&self) -> Vec<u8> {
@@ -373,7 +356,6 @@ impl MetadataCommand {
                 out.extend_from_slice(&count.to_le_bytes());
                 put_nodes(&mut out, nodes);
             }
-            MetadataCommand::AllocateProducerId => out.push(COMMAND_ALLOCATE_PRODUCER_ID),
         }
         out
     }
@@ -400,7 +382,6 @@ impl MetadataCommand {
                 count: cursor.u32()?,
                 nodes: cursor.nodes()?,
             },
-            COMMAND_ALLOCATE_PRODUCER_ID => MetadataCommand::AllocateProducerId,
             _ => return None,
         };
         cursor.data.is_empty().then_some(command)
@@ -538,10 +519,6 @@ mod tests {
         };
         assert_eq!(state.apply(grow, 8, 1), MetadataOutcome::Done);
         assert_eq!(state.topic("orders").unwrap().partitions.len(), 5);
-        assert_eq!(
-            state.apply(MetadataCommand::AllocateProducerId, 9, 1),
-            MetadataOutcome::ProducerId(1_000)
-        );
         let decoded = MetadataState::decode(&state.encode());
         assert_eq!(decoded, state);
         let delete = MetadataCommand::DeleteTopic {
@@ -561,7 +538,6 @@ mod tests {
                 count: 3,
                 nodes: vec![1, 2],
             },
-            MetadataCommand::AllocateProducerId,
         ] {
             let encoded = command.encode();
             assert_eq!(MetadataCommand::decode(&encoded), Some(command));

@@ -248,8 +248,14 @@ pub fn parse_peers(text: &str) -> Result<Vec<Peer>, String> {
         let (rpc, kafka) = rest.split_once('=').ok_or_else(bad)?;
         split_host_port(rpc).ok_or_else(bad)?;
         let (kafka_host, kafka_port) = split_host_port(kafka).ok_or_else(bad)?;
-        if node_id == 0 || peers.iter().any(|peer: &Peer| peer.node_id == node_id) {
-            return Err(format!("peer id {node_id} is zero or listed twice"));
+        if node_id == 0
+            || node_id > runnel_broker::NODE_ID_MAX
+            || peers.iter().any(|peer: &Peer| peer.node_id == node_id)
+        {
+            return Err(format!(
+                "peer id {node_id} is not between 1 and {}, or is listed twice",
+                runnel_broker::NODE_ID_MAX
+            ));
         }
         peers.push(Peer {
             node_id,

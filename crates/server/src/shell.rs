@@ -7,7 +7,7 @@
 //! ticks. Responses go back to each connection's writer task in order.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -51,6 +51,7 @@ enum Input {
         connection: ConnectionId,
     },
     Disk(DiskCompletion),
+    Peer(Envelope),
     Shutdown,
 }
 
@@ -78,12 +79,106 @@ impl Clock for OsClock {
     }
 }
 
-/// Peer transport for a single node: there is nobody to send to.
-struct NoPeers;
+/// Most encoded envelopes waiting for one peer's connection; beyond it new
+/// ones are dropped, which the protocol tolerates as loss.
+pub const PEER_QUEUE_ENVELOPES_MAX: usize = 1_024;
+/// The longest wait between attempts to reach a peer.
+pub const PEER_RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 
-impl Network<Envelope> for NoPeers {
-    fn send(&mut self, to: NodeId, _message: Envelope) {
-        tracing::debug!(to, "no transport to peer; message dropped");
+/// Envelopes to peers: encoded with `runnel_core::wire`, framed with their
+/// length (u32, little-endian), and queued for each peer's connection task.
+struct PeerNetwork {
+    queues: BTreeMap<NodeId, tokio_mpsc::Sender<Bytes>>,
+}
+
+impl Network<Envelope> for PeerNetwork {
+    fn send(&mut self, to: NodeId, envelope: Envelope) {
+        let Some(queue) = self.queues.get(&to) else {
+            tracing::debug!(to, "no such peer; envelope dropped");
+            return;
+        };
+        let encoded = runnel_core::wire::encode_envelope(&envelope);
+        let mut frame = Vec::with_capacity(4 + encoded.len());
+        frame.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&encoded);
+        if queue.try_send(Bytes::from(frame)).is_err() {
+            tracing::debug!(to, "peer queue full or closed; envelope dropped");
+        }
+    }
+}
+
+/// Keeps a connection to one peer and writes its envelopes in order. While
+/// the peer cannot be reached, what was queued is dropped: consensus resends
+/// what matters, and stale messages would only be discarded there.
+async fn peer_sender(node_id: NodeId, address: String, mut queue: tokio_mpsc::Receiver<Bytes>) {
+    let mut backoff_ms = 50;
+    loop {
+        match TcpStream::connect(&address).await {
+            Ok(mut stream) => {
+                let _ = stream.set_nodelay(true);
+                tracing::info!(peer = node_id, %address, "connected to peer");
+                backoff_ms = 50;
+                loop {
+                    let Some(frame) = queue.recv().await else {
+                        return;
+                    };
+                    if let Err(error) = stream.write_all(&frame).await {
+                        tracing::info!(peer = node_id, %error, "lost the connection to a peer");
+                        break;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(peer = node_id, %address, %error, "cannot reach peer");
+            }
+        }
+        while queue.try_recv().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(PEER_RECONNECT_BACKOFF_MS_MAX);
+    }
+}
+
+/// Accepts peers' connections and hands their envelopes to the core. A
+/// frame that is too large or does not decode closes that connection.
+async fn peer_listener(listener: TcpListener, inputs: mpsc::Sender<Input>) {
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a peer failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let inputs = inputs.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut prefix = [0u8; 4];
+                if stream.read_exact(&mut prefix).await.is_err() {
+                    return;
+                }
+                let length = u32::from_le_bytes(prefix) as usize;
+                if length > runnel_core::wire::ENVELOPE_BYTES_MAX {
+                    tracing::warn!(%peer, length, "peer frame over the limit; closing");
+                    return;
+                }
+                let mut frame = vec![0u8; length];
+                if stream.read_exact(&mut frame).await.is_err() {
+                    return;
+                }
+                match runnel_core::wire::decode_envelope(&frame) {
+                    Ok(envelope) => {
+                        if inputs.send(Input::Peer(envelope)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "bad envelope from a peer; closing");
+                        return;
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -107,6 +202,7 @@ impl Responses for ConnectionOutputs<'_> {
 }
 
 /// An exclusive lock on the data directory, held while the process runs.
+#[derive(Debug)]
 pub struct DataDirLock {
     _file: std::fs::File,
 }
@@ -130,8 +226,6 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, String> {
     // SAFETY: flock on a file descriptor we own; no memory is involved.
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if locked != 0 {
-        let mut holder = String::new();
-        let _ = (&file).read_to_string(&mut holder);
         return Err(format!(
             "data directory {} is in use by another runnel process",
             data_dir.display()
@@ -140,16 +234,49 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, String> {
     Ok(DataDirLock { _file: file })
 }
 
-/// Runs `runnel serve` until SIGTERM or SIGINT; returns the exit code.
-pub fn serve(config: ServeConfig) -> i32 {
-    if !config.peers.is_empty() {
-        eprintln!(
-            "runnel: --peers: multi-node clusters are not available yet; run one node without --peers"
-        );
-        return 2;
+/// Raises the node's incarnation, kept in `data_dir/INCARNATION`, and makes
+/// the new value durable (written to a temporary file, synced, renamed over
+/// the old one, directory synced) before the node hands out anything that
+/// depends on it (producer ids).
+pub fn raise_incarnation(data_dir: &Path) -> Result<u64, String> {
+    let path = data_dir.join("INCARNATION");
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{} does not hold a number; it was damaged", path.display()))?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+    };
+    let next = previous + 1;
+    if next > runnel_broker::INCARNATION_MAX {
+        return Err(format!(
+            "this node has started {previous} times, the most its producer ids allow"
+        ));
     }
+    let temporary = data_dir.join("INCARNATION.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(format!("{next}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)?;
+        std::fs::File::open(data_dir)?.sync_all()
+    };
+    write().map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    Ok(next)
+}
+
+/// Runs `runnel serve` until SIGTERM or SIGINT; returns the exit code.
+pub fn serve(mut config: ServeConfig) -> i32 {
     let _lock = match lock_data_dir(&config.data_dir) {
         Ok(lock) => lock,
+        Err(message) => {
+            eprintln!("runnel: {message}");
+            return 2;
+        }
+    };
+    config.broker.incarnation = match raise_incarnation(&config.data_dir) {
+        Ok(incarnation) => incarnation,
         Err(message) => {
             eprintln!("runnel: {message}");
             return 2;
@@ -190,6 +317,26 @@ pub fn serve(config: ServeConfig) -> i32 {
         }
     };
     let (inputs, input_receiver) = mpsc::channel::<Input>();
+    // Peers: a listener for their envelopes, a connection task for each.
+    let mut peer_queues = BTreeMap::new();
+    if !config.peers.is_empty() {
+        let rpc_listener = match runtime.block_on(TcpListener::bind(config.rpc_addr)) {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!(
+                    "runnel: cannot listen for peers on {}: {error}",
+                    config.rpc_addr
+                );
+                return 2;
+            }
+        };
+        runtime.spawn(peer_listener(rpc_listener, inputs.clone()));
+        for peer in &config.peers {
+            let (queue, receiver) = tokio_mpsc::channel(PEER_QUEUE_ENVELOPES_MAX);
+            peer_queues.insert(peer.node_id, queue);
+            runtime.spawn(peer_sender(peer.node_id, peer.rpc_addr.clone(), receiver));
+        }
+    }
     let disk_inputs = inputs.clone();
     std::thread::Builder::new()
         .name("runnel-disk-events".into())
@@ -208,7 +355,7 @@ pub fn serve(config: ServeConfig) -> i32 {
             // A panic in the core is a bug; the node must not linger with
             // its listener open and nobody answering, so the process ends.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_core(broker, disk, input_receiver, ready_sender)
+                run_core(broker, disk, input_receiver, ready_sender, peer_queues)
             }));
             match outcome {
                 Ok(code) => code,
@@ -288,12 +435,15 @@ fn run_core(
     mut disk: FileDisk,
     inputs: mpsc::Receiver<Input>,
     ready: mpsc::Sender<()>,
+    peer_queues: BTreeMap<NodeId, tokio_mpsc::Sender<Bytes>>,
 ) -> i32 {
     let mut ready = Some(ready);
     let clock = OsClock {
         start: Instant::now(),
     };
-    let mut network = NoPeers;
+    let mut network = PeerNetwork {
+        queues: peer_queues,
+    };
     let mut outputs: BTreeMap<ConnectionId, tokio_mpsc::UnboundedSender<Output>> = BTreeMap::new();
     let tick = Duration::from_millis(TICK_INTERVAL_MS);
     let mut last_tick = Instant::now();
@@ -328,6 +478,7 @@ fn run_core(
                 Some(BrokerEvent::Closed { connection })
             }
             Ok(Input::Disk(completion)) => Some(BrokerEvent::Disk(completion)),
+            Ok(Input::Peer(envelope)) => Some(BrokerEvent::Peer(envelope)),
             Ok(Input::Shutdown) => {
                 shutdown_deadline = Some(Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS));
                 None
@@ -511,4 +662,33 @@ async fn run_connection(
     let _ = watcher.await;
     writers.active.fetch_sub(1, Ordering::SeqCst);
     writers.changed.notify_waiters();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_start_raises_the_incarnation_durably() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_eq!(raise_incarnation(dir.path()), Ok(1));
+        assert_eq!(raise_incarnation(dir.path()), Ok(2));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("INCARNATION")).unwrap(),
+            "2\n"
+        );
+        std::fs::write(dir.path().join("INCARNATION"), "garbage").unwrap();
+        assert!(raise_incarnation(dir.path())
+            .unwrap_err()
+            .contains("damaged"));
+    }
+
+    #[test]
+    fn a_second_process_cannot_take_the_data_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _held = lock_data_dir(dir.path()).expect("first lock");
+        // flock locks belong to the open file description: a second open
+        // in this process conflicts just as another process would.
+        assert!(lock_data_dir(dir.path()).unwrap_err().contains("in use"));
+    }
 }
