@@ -34,8 +34,9 @@ pub const DISK_QUEUE_MAX: usize = 100_000;
 /// Bytes held by all files of one disk; above it writes fail with `NoSpace`.
 pub const DISK_BYTES_MAX: u64 = 1 << 30;
 
-/// The faults and timing of one disk. More faults (bit flips at rest, latent
-/// read errors, misdirected writes, fsync failure, disk full) go here.
+/// The faults and timing of one disk. Bit flips at rest are applied by the
+/// simulator through [`SimDisk::flip_bit_at_rest`], where its fault atlas
+/// allows them. Not modelled yet: latent read errors, misdirected writes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DiskFaults {
     /// Latency of reads, writes, truncates and name operations, in ms.
@@ -44,6 +45,16 @@ pub struct DiskFaults {
     pub sync_latency_ms: (u64, u64),
     /// A crash may keep a prefix of the unsynced writes, the last one torn.
     pub torn_writes: bool,
+    /// Chance that an operation stalls for `slow_latency_ms` (a latency
+    /// spike); the queue is FIFO, so everything behind it waits too.
+    pub slow_op_chance: f64,
+    pub slow_latency_ms: (u64, u64),
+    /// Chance that a `Sync` fails (`SyncFailed`). What it should have made durable
+    /// stays undurable, as after a real fsync failure: a crash may lose it.
+    pub sync_failure_chance: f64,
+    /// Chance that a `Write` fails with `NoSpace`, as on a full disk. The
+    /// write does not happen.
+    pub write_full_chance: f64,
 }
 
 impl Default for DiskFaults {
@@ -52,7 +63,26 @@ impl Default for DiskFaults {
             op_latency_ms: (0, 1),
             sync_latency_ms: (1, 3),
             torn_writes: false,
+            slow_op_chance: 0.0,
+            slow_latency_ms: (100, 1_000),
+            sync_failure_chance: 0.0,
+            write_full_chance: 0.0,
         }
+    }
+}
+
+/// Faults a disk injected while running, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InjectedFaults {
+    pub slow_ops: u64,
+    pub sync_failures: u64,
+    pub write_full: u64,
+}
+
+impl InjectedFaults {
+    /// Operations that failed because of an injected fault.
+    pub fn errors(&self) -> u64 {
+        self.sync_failures + self.write_full
     }
 }
 
@@ -192,6 +222,7 @@ pub struct SimDisk {
     /// Sum of the current sizes of all inodes.
     bytes: u64,
     completed: u64,
+    injected: InjectedFaults,
 }
 
 impl SimDisk {
@@ -208,7 +239,51 @@ impl SimDisk {
             unsynced_names: Vec::new(),
             bytes: 0,
             completed: 0,
+            injected: InjectedFaults::default(),
         }
+    }
+
+    pub fn injected(&self) -> InjectedFaults {
+        self.injected
+    }
+
+    /// Ends the faults injected while running (latency spikes, sync and
+    /// write failures): the liveness phase heals every fault.
+    pub fn heal(&mut self) {
+        self.faults.slow_op_chance = 0.0;
+        self.faults.sync_failure_chance = 0.0;
+        self.faults.write_full_chance = 0.0;
+    }
+
+    /// Flips one bit at rest in a file that `eligible` allows, in both the
+    /// durable and the current image (call it while the node is down).
+    /// Returns the file, the byte offset and the bit, or `None` if no
+    /// eligible file has any bytes.
+    pub fn flip_bit_at_rest(
+        &mut self,
+        eligible: &dyn Fn(&str) -> bool,
+    ) -> Option<(String, u64, u8)> {
+        let candidates: Vec<(String, u64)> = self
+            .durable_names
+            .iter()
+            .filter(|(name, inode)| {
+                eligible(name)
+                    && self
+                        .inodes
+                        .get(inode)
+                        .is_some_and(|n| !n.durable.is_empty())
+            })
+            .map(|(name, inode)| (name.clone(), *inode))
+            .collect();
+        let (name, inode) = self.rng.pick(&candidates)?.clone();
+        let node = self.inodes.get_mut(&inode).expect("listed");
+        let offset = self.rng.range(0, node.durable.len() as u64);
+        let bit = self.rng.range(0, 8) as u8;
+        node.durable[offset as usize] ^= 1 << bit;
+        if let Some(byte) = node.current.get_mut(offset as usize) {
+            *byte ^= 1 << bit;
+        }
+        Some((name, offset, bit))
     }
 
     pub fn faults(&self) -> &DiskFaults {
@@ -295,6 +370,12 @@ impl SimDisk {
     fn apply(&mut self, op: DiskOp) -> Result<DiskOutput, DiskError> {
         match op {
             DiskOp::Write { file, offset, data } => {
+                if self.faults.write_full_chance > 0.0
+                    && self.rng.chance(self.faults.write_full_chance)
+                {
+                    self.injected.write_full += 1;
+                    return Err(DiskError::NoSpace);
+                }
                 let end = offset + data.len() as u64;
                 let current_len = self
                     .names
@@ -326,6 +407,12 @@ impl SimDisk {
             }
             DiskOp::Sync { file } => {
                 let inode = *self.names.get(&file).ok_or(DiskError::NotFound)?;
+                if self.faults.sync_failure_chance > 0.0
+                    && self.rng.chance(self.faults.sync_failure_chance)
+                {
+                    self.injected.sync_failures += 1;
+                    return Err(DiskError::SyncFailed);
+                }
                 let node = self.inodes.get_mut(&inode).expect("inode exists");
                 for op in std::mem::take(&mut node.unsynced) {
                     op.apply(&mut node.durable);
@@ -503,12 +590,16 @@ impl Disk for SimDisk {
             });
             return;
         }
-        let latency = match op {
+        let mut latency = match op {
             DiskOp::Sync { .. } | DiskOp::SyncDir { .. } => {
                 self.latency(self.faults.sync_latency_ms)
             }
             _ => self.latency(self.faults.op_latency_ms),
         };
+        if self.faults.slow_op_chance > 0.0 && self.rng.chance(self.faults.slow_op_chance) {
+            latency += self.latency(self.faults.slow_latency_ms);
+            self.injected.slow_ops += 1;
+        }
         let after = self
             .queue
             .back()
@@ -541,8 +632,76 @@ mod tests {
                 op_latency_ms: (1, 5),
                 sync_latency_ms: (2, 10),
                 torn_writes,
+                ..DiskFaults::default()
             },
         )
+    }
+
+    #[test]
+    fn a_failed_sync_makes_nothing_durable() {
+        let mut disk = SimDisk::new(
+            Rng::new(5),
+            DiskFaults {
+                sync_failure_chance: 1.0,
+                ..DiskFaults::default()
+            },
+        );
+        disk.submit(1, write("f", 0, b"data"));
+        disk.submit(2, DiskOp::Sync { file: "f".into() });
+        let results = run(&mut disk);
+        assert!(results[0].result.is_ok());
+        assert_eq!(results[1].result, Err(DiskError::SyncFailed));
+        assert_eq!(disk.injected().sync_failures, 1);
+        disk.crash();
+        assert_eq!(disk.read_file("f").unwrap_or_default(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn a_full_disk_refuses_the_write() {
+        let mut disk = SimDisk::new(
+            Rng::new(5),
+            DiskFaults {
+                write_full_chance: 1.0,
+                ..DiskFaults::default()
+            },
+        );
+        disk.submit(1, write("f", 0, b"data"));
+        assert_eq!(run(&mut disk)[0].result, Err(DiskError::NoSpace));
+        assert!(disk.list().unwrap().is_empty());
+        disk.heal();
+        disk.submit(2, write("f", 0, b"data"));
+        assert!(run(&mut disk)[0].result.is_ok());
+    }
+
+    #[test]
+    fn a_bit_flip_at_rest_changes_one_bit_of_an_eligible_file() {
+        let mut disk = disk(false);
+        disk.submit(1, write("keep", 0, &[0u8; 64]));
+        disk.submit(
+            2,
+            DiskOp::Sync {
+                file: "keep".into(),
+            },
+        );
+        disk.submit(3, write("spare", 0, &[0u8; 64]));
+        disk.submit(
+            4,
+            DiskOp::Sync {
+                file: "spare".into(),
+            },
+        );
+        disk.submit(5, DiskOp::SyncDir { dir: String::new() });
+        run(&mut disk);
+        disk.crash();
+        let (file, offset, bit) = disk
+            .flip_bit_at_rest(&|name: &str| name == "keep")
+            .expect("an eligible file");
+        assert_eq!(file, "keep");
+        let data = disk.read_file("keep").unwrap();
+        assert_eq!(data.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+        assert_eq!(data[offset as usize], 1 << bit);
+        assert_eq!(disk.read_file("spare").unwrap(), vec![0u8; 64]);
+        assert!(disk.flip_bit_at_rest(&|_: &str| false).is_none());
     }
 
     /// Runs the queue to completion, returning the tokens in completion order.

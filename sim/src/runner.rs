@@ -14,7 +14,7 @@
 //! the acknowledged appends and the state machines.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use runnel_checkers::{
@@ -171,6 +171,8 @@ struct SimNode {
     tracks: Vec<Track>,
     /// Crash as soon as the disk has an operation in progress.
     crash_armed: bool,
+    /// Injected disk errors already accounted for (each stops the node once).
+    errors_seen: u64,
 }
 
 #[derive(Clone, Debug, Hash)]
@@ -273,7 +275,7 @@ impl Simulation {
                 SimNode {
                     id,
                     node: None,
-                    disk: SimDisk::new(root.fork(STREAM_DISK + id), plan.disk.clone()),
+                    disk: SimDisk::new(root.fork(STREAM_DISK + id), plan.disk_faults(index)),
                     clock: SimClock::new(clock.origin_ms, clock.drift_ppm),
                     state: NodeState::Crashed,
                     incarnation: 0,
@@ -281,6 +283,7 @@ impl Simulation {
                     rng: root.fork(STREAM_NODE + id),
                     tracks: vec![Track::default(); groups.len()],
                     crash_armed: false,
+                    errors_seen: 0,
                 }
             })
             .collect();
@@ -677,8 +680,16 @@ impl Simulation {
             return;
         }
         if let Some(reason) = node.failed() {
-            // The node stops itself after a disk error. The simulated disks
-            // inject no errors yet, so one is a bug of the core or the sim.
+            // The node stops itself after a disk error. An error the disk
+            // injected is expected: the node is down until restarted, and
+            // what it had not synced is gone. Any other is a bug.
+            let injected = sim_node.disk.injected();
+            if injected.errors() > sim_node.errors_seen {
+                sim_node.errors_seen = injected.errors();
+                let reason = reason.to_string();
+                self.disk_error_stop(index, reason);
+                return;
+            }
             let message = format!(
                 "n{id} (incarnation {}) stopped at {now} ms: {reason}",
                 sim_node.incarnation
@@ -749,6 +760,27 @@ impl Simulation {
         }
     }
 
+    /// A node stopped itself after an injected disk error: it is down like
+    /// a crashed node (its unsynced writes lost) and restarts a while later.
+    fn disk_error_stop(&mut self, index: usize, reason: String) {
+        let injected = self.nodes[index].disk.injected();
+        let id = self.nodes[index].id;
+        self.fault_line(format!("n{id} stopped on an injected disk error: {reason}"));
+        self.crash(index);
+        let restart_after = self.fault_rng.range(100, 2_000);
+        self.queue.push(
+            self.now + restart_after,
+            Scheduled::FaultEnd {
+                class: if injected.sync_failures > 0 && reason.contains("sync") {
+                    FaultClass::SyncFailure
+                } else {
+                    FaultClass::DiskFull
+                },
+                nodes: vec![index],
+            },
+        );
+    }
+
     fn crash(&mut self, index: usize) {
         let sim_node = &mut self.nodes[index];
         sim_node.node = None;
@@ -758,6 +790,24 @@ impl Simulation {
         let id = sim_node.id;
         self.faults.add(FaultClass::Crash, 1);
         self.faults.add(FaultClass::TornWrite, report.torn_writes);
+        let corrupt = self
+            .plan
+            .faulty_disk
+            .as_ref()
+            .is_some_and(|faulty| faulty.node == index && faulty.corrupt_at_rest);
+        if corrupt && self.phase == Phase::Safety && self.fault_rng.chance(0.5) {
+            let disk = &mut self.nodes[index].disk;
+            let newest = newest_segments(disk, 2);
+            let eligible = |name: &str| {
+                !name.ends_with(".tmp") && !newest.iter().any(|segment| segment == name)
+            };
+            if let Some((file, offset, bit)) = disk.flip_bit_at_rest(&eligible) {
+                self.faults.add(FaultClass::CorruptAtRest, 1);
+                self.fault_line(format!(
+                    "corrupt n{id} at rest: bit {bit} of byte {offset} of {file}"
+                ));
+            }
+        }
         self.fault_line(format!(
             "crash n{id}: {} queued ops performed unacknowledged, {} dropped; {} unsynced lost, {} kept, {} torn; {} unsynced name ops kept",
             report.performed_queued,
@@ -934,6 +984,16 @@ impl Simulation {
             FaultClass::Partition => self.network.clear_partition(),
             FaultClass::OneWay => self.network.clear_one_way(),
             FaultClass::Isolate => self.network.clear_isolation(),
+            FaultClass::SyncFailure | FaultClass::DiskFull => {
+                for &index in nodes {
+                    if self.nodes[index].state == NodeState::Crashed {
+                        let id = self.nodes[index].id;
+                        self.fault_line(format!("restart n{id} after its disk error"));
+                        self.start_node(index);
+                    }
+                }
+                return;
+            }
             FaultClass::Crash => {
                 for &index in nodes {
                     self.nodes[index].crash_armed = false;
@@ -965,6 +1025,7 @@ impl Simulation {
         self.network.heal();
         for node in &mut self.nodes {
             node.crash_armed = false;
+            node.disk.heal();
         }
         self.fault_line("liveness phase: heal the network, restart and resume every node".into());
         for index in 0..self.nodes.len() {
@@ -1210,6 +1271,13 @@ impl Simulation {
             self.final_checks();
         }
         let network = self.network.stats();
+        for node in &self.nodes {
+            let injected = node.disk.injected();
+            self.faults.add(FaultClass::SlowDisk, injected.slow_ops);
+            self.faults
+                .add(FaultClass::SyncFailure, injected.sync_failures);
+            self.faults.add(FaultClass::DiskFull, injected.write_full);
+        }
         self.faults.add(FaultClass::Loss, network.lost);
         self.faults.add(FaultClass::Duplication, network.duplicated);
         if self.plan.delay {
@@ -1270,4 +1338,25 @@ impl Simulation {
 /// Runs one seed.
 pub fn run_seed(options: SimOptions) -> Outcome {
     Simulation::new(options).run()
+}
+
+/// The `count` newest segment files of every group's log on `disk`: the
+/// atlas never flips bits there (docs/protocol.md §10.3, R3).
+fn newest_segments(disk: &mut SimDisk, count: usize) -> Vec<String> {
+    use runnel_io::Disk as _;
+    let mut by_log: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for name in disk.list().unwrap_or_default() {
+        if let Some((dir, _)) = name.rsplit_once('/') {
+            if dir.ends_with("/log") && name.ends_with(".seg") {
+                by_log.entry(dir.to_string()).or_default().push(name);
+            }
+        }
+    }
+    let mut newest = Vec::new();
+    for (_, mut segments) in by_log {
+        segments.sort();
+        let keep = segments.len().saturating_sub(count);
+        newest.extend(segments.into_iter().skip(keep));
+    }
+    newest
 }

@@ -41,9 +41,13 @@ pub enum FaultClass {
     TornWrite,
     ConfigChange,
     LeaderTransfer,
+    SlowDisk,
+    CorruptAtRest,
+    SyncFailure,
+    DiskFull,
 }
 
-pub const FAULT_CLASSES: [FaultClass; 15] = [
+pub const FAULT_CLASSES: [FaultClass; 19] = [
     FaultClass::Loss,
     FaultClass::Duplication,
     FaultClass::Delay,
@@ -59,6 +63,10 @@ pub const FAULT_CLASSES: [FaultClass; 15] = [
     FaultClass::TornWrite,
     FaultClass::ConfigChange,
     FaultClass::LeaderTransfer,
+    FaultClass::SlowDisk,
+    FaultClass::CorruptAtRest,
+    FaultClass::SyncFailure,
+    FaultClass::DiskFull,
 ];
 
 impl FaultClass {
@@ -79,6 +87,10 @@ impl FaultClass {
             FaultClass::TornWrite => "torn-write",
             FaultClass::ConfigChange => "config-change",
             FaultClass::LeaderTransfer => "leader-transfer",
+            FaultClass::SlowDisk => "slow-disk",
+            FaultClass::CorruptAtRest => "corrupt-at-rest",
+            FaultClass::SyncFailure => "sync-failure",
+            FaultClass::DiskFull => "disk-full",
         }
     }
 
@@ -235,6 +247,24 @@ pub struct FaultPlan {
     /// An operator's membership changes (5-node clusters only).
     pub config_changes: Option<Episodes>,
     pub leader_transfers: Option<Episodes>,
+    /// The fault atlas for faults that destroy or refuse data: at most one
+    /// node's disk suffers them. Every group has at least three voters, so
+    /// that node is a minority of each, and a majority of every group keeps
+    /// a good copy of every committed entry.
+    pub faulty_disk: Option<FaultyDisk>,
+}
+
+/// The one disk (by node index) that may lose data at rest or refuse writes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultyDisk {
+    pub node: usize,
+    /// Flip a bit at rest when the node crashes (sometimes): in a vote
+    /// record, a snapshot, or a log segment other than the two newest of its
+    /// group, since damage to the very last frame is indistinguishable from
+    /// a torn write (docs/protocol.md §10.3, residual risk R3).
+    pub corrupt_at_rest: bool,
+    pub sync_failure_chance: f64,
+    pub write_full_chance: f64,
 }
 
 /// Enables a class of episodes in half of the seeds.
@@ -353,6 +383,7 @@ impl FaultPlan {
             op_latency_ms: (0, rng.range(1, 4)),
             sync_latency_ms: (1, rng.range(2, 12)),
             torn_writes: rng.chance(0.5),
+            ..DiskFaults::default()
         };
         let config_changes = if node_count == 5 {
             episodes(&mut rng, (2_000, 10_000), (0, 0))
@@ -360,6 +391,29 @@ impl FaultPlan {
             None
         };
         let leader_transfers = episodes(&mut rng, (1_000, 10_000), (0, 0));
+        // Drawn last, so that adding them left the other draws of a seed as
+        // they were.
+        let mut disk = disk;
+        if rng.chance(0.5) {
+            disk.slow_op_chance = 0.001 + 0.01 * rng.unit();
+        }
+        let faulty_disk = if rng.chance(0.5) {
+            let chance = |rng: &mut Rng| {
+                if rng.chance(0.5) {
+                    0.0005 + 0.005 * rng.unit()
+                } else {
+                    0.0
+                }
+            };
+            Some(FaultyDisk {
+                node: rng.range(0, node_count) as usize,
+                corrupt_at_rest: rng.chance(0.7),
+                sync_failure_chance: chance(&mut rng),
+                write_full_chance: chance(&mut rng),
+            })
+        } else {
+            None
+        };
 
         FaultPlan {
             seed,
@@ -385,7 +439,19 @@ impl FaultPlan {
             disk,
             config_changes,
             leader_transfers,
+            faulty_disk,
         }
+    }
+
+    /// The faults of node `index`'s disk: the plan's, plus the atlas's for
+    /// the faulty disk.
+    pub fn disk_faults(&self, index: usize) -> DiskFaults {
+        let mut faults = self.disk.clone();
+        if let Some(faulty) = self.faulty_disk.as_ref().filter(|f| f.node == index) {
+            faults.sync_failure_chance = faulty.sync_failure_chance;
+            faults.write_full_chance = faulty.write_full_chance;
+        }
+        faults
     }
 
     /// The fault classes this plan enables.
@@ -406,6 +472,23 @@ impl FaultPlan {
             (FaultClass::TornWrite, self.disk.torn_writes),
             (FaultClass::ConfigChange, self.config_changes.is_some()),
             (FaultClass::LeaderTransfer, self.leader_transfers.is_some()),
+            (FaultClass::SlowDisk, self.disk.slow_op_chance > 0.0),
+            (
+                FaultClass::CorruptAtRest,
+                self.faulty_disk.as_ref().is_some_and(|f| f.corrupt_at_rest),
+            ),
+            (
+                FaultClass::SyncFailure,
+                self.faulty_disk
+                    .as_ref()
+                    .is_some_and(|f| f.sync_failure_chance > 0.0),
+            ),
+            (
+                FaultClass::DiskFull,
+                self.faulty_disk
+                    .as_ref()
+                    .is_some_and(|f| f.write_full_chance > 0.0),
+            ),
         ];
         flags
             .into_iter()
@@ -498,11 +581,23 @@ impl fmt::Display for FaultPlan {
         }
         writeln!(
             f,
-            "  disk              op latency {:?} ms, sync latency {:?} ms, torn writes {}",
+            "  disk              op latency {:?} ms, sync latency {:?} ms, torn writes {}, slow ops {:.4}",
             self.disk.op_latency_ms,
             self.disk.sync_latency_ms,
-            if self.disk.torn_writes { "on" } else { "off" }
+            if self.disk.torn_writes { "on" } else { "off" },
+            self.disk.slow_op_chance
         )?;
+        match &self.faulty_disk {
+            Some(faulty) => writeln!(
+                f,
+                "  faulty disk       n{}: corruption at rest {}, sync failures {:.4}, disk full {:.4}",
+                self.nodes[faulty.node],
+                if faulty.corrupt_at_rest { "on" } else { "off" },
+                faulty.sync_failure_chance,
+                faulty.write_full_chance
+            )?,
+            None => writeln!(f, "  faulty disk       none")?,
+        }
         show_gaps(f, "config changes", &self.config_changes)?;
         show_gaps(f, "leader transfers", &self.leader_transfers)
     }
