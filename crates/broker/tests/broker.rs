@@ -458,3 +458,69 @@ fn the_same_requests_give_the_same_bytes() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn offset_for_leader_epoch_and_list_offsets_answer_from_the_log() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::{
+        ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+        OffsetForLeaderEpochResponse,
+    };
+    let mut harness = Harness::new();
+    harness.create_topic("epochs", 1);
+    for value in [b"a".as_slice(), b"b", b"c"] {
+        harness.send(
+            1,
+            ApiKey::Produce,
+            9,
+            &produce_request("epochs", batch(&[value], None), -1),
+        );
+        harness.advance(20);
+        let _: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
+    }
+    let epoch_request = |epoch: i32| {
+        OffsetForLeaderEpochRequest::default().with_topics(vec![OffsetForLeaderTopic::default()
+            .with_topic(topic("epochs"))
+            .with_partitions(vec![OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_leader_epoch(epoch)])])
+    };
+    // The partition's only epoch is its leader's first term: asking for it
+    // (or a later one) ends at the high watermark; an earlier one is unknown.
+    harness.send(1, ApiKey::OffsetForLeaderEpoch, 4, &epoch_request(1));
+    let response: OffsetForLeaderEpochResponse =
+        harness.response(1, ApiKey::OffsetForLeaderEpoch, 4);
+    let answer = &response.topics[0].partitions[0];
+    assert_eq!(
+        (answer.error_code, answer.leader_epoch, answer.end_offset),
+        (0, 1, 4)
+    );
+    harness.send(1, ApiKey::OffsetForLeaderEpoch, 4, &epoch_request(0));
+    let response: OffsetForLeaderEpochResponse =
+        harness.response(1, ApiKey::OffsetForLeaderEpoch, 4);
+    let answer = &response.topics[0].partitions[0];
+    assert_eq!((answer.leader_epoch, answer.end_offset), (-1, -1));
+    let list = |timestamp: i64| {
+        ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic("epochs"))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(timestamp)])])
+    };
+    for (timestamp, offset) in [
+        (-2, 0),
+        (-1, 4),
+        (1_800_000_000_000, 0),
+        (1_900_000_000_000, -1),
+    ] {
+        harness.send(1, ApiKey::ListOffsets, 7, &list(timestamp));
+        let response: ListOffsetsResponse = harness.response(1, ApiKey::ListOffsets, 7);
+        assert_eq!(
+            response.topics[0].partitions[0].offset, offset,
+            "timestamp {timestamp}"
+        );
+    }
+}
