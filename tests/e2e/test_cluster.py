@@ -105,3 +105,58 @@ def test_a_partition_leader_dies_and_nothing_acknowledged_is_lost(cluster, topic
         assert offsets == list(range(len(offsets)))
         values = [v for p, o, v in sorted(seen) if p == partition]
         assert values == list(range(partition, 600, 3))
+
+
+def test_runnel_dev_and_cluster_status(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import BINARY
+
+    kafka_port, rpc_port = free_port(), free_port()
+    # Consecutive ports from a free one; good enough on a quiet machine.
+    dev = subprocess.Popen(
+        [
+            str(BINARY), "dev", "--nodes", "3", "--data-dir", str(tmp_path / "dev"),
+            "--kafka-port", str(kafka_port), "--rpc-port", str(rpc_port + 100),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        first_line = dev.stdout.readline().decode()
+        assert "3-node cluster is up" in first_line, first_line
+        bootstrap = f"127.0.0.1:{kafka_port}"
+
+        def status():
+            out = subprocess.run(
+                [str(BINARY), "cluster", "status", "-b", bootstrap],
+                capture_output=True, timeout=30,
+            )
+            assert out.returncode == 0, out.stderr
+            return out.stdout.decode()
+
+        created = subprocess.run(
+            [str(BINARY), "topic", "create", "st", "-p", "3", "-r", "3", "-b", bootstrap],
+            capture_output=True, timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        healthy = status()
+        assert healthy.count(" up,") == 3
+        assert "3 partitions: 0 under-replicated, 0 offline" in healthy
+        victim = subprocess.run(
+            ["pgrep", "-f", f"kafka-addr 127.0.0.1:{kafka_port + 2}"], capture_output=True
+        ).stdout.split()
+        assert victim, "node 3's process"
+        os.kill(int(victim[0]), signal.SIGKILL)
+        deadline = time.time() + 20
+        degraded = status()
+        while "DOWN" not in degraded or " 0 under-replicated" in degraded:
+            assert time.time() < deadline, degraded
+            time.sleep(0.5)
+            degraded = status()
+        assert "node 3" in degraded and "DOWN" in degraded
+        assert "0 offline" in degraded, "every partition has a leader among the others"
+    finally:
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=20) == 0

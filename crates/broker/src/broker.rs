@@ -72,6 +72,11 @@ pub const NODE_ID_MAX: u64 = (1 << 11) - 1;
 /// Incarnations fit in the 20 bits below the node id.
 pub const INCARNATION_MAX: u64 = (1 << 20) - 1;
 
+/// A follower that has not answered its leader for this long is out of
+/// sync (Kafka's `replica.lag.time.max.ms` is 30 s; consensus notices much
+/// sooner).
+pub const IN_SYNC_LAG_MS: u64 = 5_000;
+
 /// How often the leader of a partition checks its retention.
 pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1_000;
 
@@ -723,12 +728,24 @@ impl Broker {
                     .iter()
                     .map(|node| BrokerId(*node as i32))
                     .collect();
+                // The leader knows which replicas keep up; another node
+                // cannot, and reports them all (`runnel cluster status`
+                // asks each partition's leader).
+                let in_sync: Vec<BrokerId> = if leader == self.config.node_id as i32 {
+                    self.node
+                        .replicas_in_sync(placement.group, IN_SYNC_LAG_MS)
+                        .into_iter()
+                        .map(|node| BrokerId(node as i32))
+                        .collect()
+                } else {
+                    replicas.clone()
+                };
                 let mut partition = MetadataResponsePartition::default()
                     .with_partition_index(index as i32)
                     .with_leader_id(BrokerId(leader))
                     .with_leader_epoch(epoch.max(0))
-                    .with_replica_nodes(replicas.clone())
-                    .with_isr_nodes(replicas);
+                    .with_replica_nodes(replicas)
+                    .with_isr_nodes(in_sync);
                 if leader < 0 {
                     partition.error_code = error_code::LEADER_NOT_AVAILABLE;
                 }

@@ -109,6 +109,10 @@ struct Progress {
     last_ack_ms: u64,
 }
 
+/// How far behind the commit index a follower may be and still count as in
+/// sync (`Replica::replicas_in_sync`).
+pub const IN_SYNC_ENTRIES_LAG_MAX: Index = 1_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ProgressState {
     /// Unsure where the follower's log ends: one Append per heartbeat or
@@ -355,6 +359,27 @@ impl Replica {
         self.progress
             .get(&node)
             .map(|progress| progress.match_index)
+    }
+
+    /// On a leader: the replicas in sync, as Kafka's ISR: itself, and every
+    /// member that answered within `lag_ms` and whose log matches to within
+    /// `IN_SYNC_ENTRIES_LAG_MAX` entries of the commit index. Empty on a
+    /// non-leader, which cannot know.
+    pub fn replicas_in_sync(&self, lag_ms: u64) -> Vec<NodeId> {
+        if self.role != Role::Leader {
+            return Vec::new();
+        }
+        let since = self.now_ms.saturating_sub(lag_ms);
+        let mut in_sync = vec![self.id()];
+        for (node, progress) in &self.progress {
+            if progress.last_ack_ms >= since
+                && progress.match_index + IN_SYNC_ENTRIES_LAG_MAX >= self.commit
+            {
+                in_sync.push(*node);
+            }
+        }
+        in_sync.sort_unstable();
+        in_sync
     }
 
     // ----- Inputs -----

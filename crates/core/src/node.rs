@@ -327,6 +327,15 @@ impl Node {
             .is_some_and(|group| group.replica.is_leader_ready())
     }
 
+    /// On the leader of `group`: the replicas in sync (Kafka's ISR), see
+    /// `Replica::replicas_in_sync`. Empty elsewhere.
+    pub fn replicas_in_sync(&self, group: GroupId, lag_ms: u64) -> Vec<NodeId> {
+        self.groups
+            .get(&group)
+            .map(|group| group.replica.replicas_in_sync(lag_ms))
+            .unwrap_or_default()
+    }
+
     /// Whether this node has `group`, running or waiting for its membership.
     pub fn hosts(&self, group: GroupId) -> bool {
         self.groups.contains_key(&group) || self.dormant.contains_key(&group)

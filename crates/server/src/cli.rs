@@ -790,3 +790,122 @@ mod batch_tests {
         assert_eq!(header.base_sequence, -1);
     }
 }
+
+/// `runnel cluster status`: every node, whether it answers, and every
+/// partition's leader and in-sync replicas, as each partition's leader
+/// reports them (only a leader knows which replicas keep up).
+pub fn cluster_status(connect: &Connect) -> Result<(), ClientError> {
+    let mut cluster = Cluster::new(&connect.bootstrap);
+    let metadata = cluster.bootstrap()?.metadata(None)?;
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let cluster_id = metadata
+        .cluster_id
+        .as_ref()
+        .map(|id| id.as_str().to_string())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "cluster {cluster_id}, controller (metadata leader) node {}",
+        metadata.controller_id.0
+    );
+    // Each node's own view, for the partitions it leads.
+    let mut views: BTreeMap<i32, Option<MetadataResponse>> = BTreeMap::new();
+    let mut brokers: Vec<_> = metadata.brokers.iter().collect();
+    brokers.sort_by_key(|broker| broker.node_id.0);
+    for broker in &brokers {
+        let address = format!("{}:{}", broker.host.as_str(), broker.port);
+        let view = cluster
+            .to(&address)
+            .and_then(|connection| connection.metadata(None))
+            .ok();
+        views.insert(broker.node_id.0, view);
+    }
+    for broker in &brokers {
+        let address = format!("{}:{}", broker.host.as_str(), broker.port);
+        let (state, led) = match &views[&broker.node_id.0] {
+            Some(view) => {
+                let led: usize = view
+                    .topics
+                    .iter()
+                    .flat_map(|topic| topic.partitions.iter())
+                    .filter(|partition| partition.leader_id.0 == broker.node_id.0)
+                    .count();
+                ("up", led)
+            }
+            None => ("DOWN", 0),
+        };
+        let _ = writeln!(
+            out,
+            "node {} {address} {state}, leads {led} partitions",
+            broker.node_id.0
+        );
+    }
+    let (mut total, mut under, mut offline) = (0, 0, 0);
+    let mut topics: Vec<_> = metadata.topics.iter().collect();
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    for topic in topics {
+        let name = topic.name.as_ref().map(|n| n.0.as_str()).unwrap_or("?");
+        let _ = writeln!(out, "topic {name}: {} partitions", topic.partitions.len());
+        let mut partitions: Vec<_> = topic.partitions.iter().collect();
+        partitions.sort_by_key(|p| p.partition_index);
+        for partition in partitions {
+            total += 1;
+            let leader = partition.leader_id.0;
+            // The leader's own report of the replicas in sync.
+            let from_leader = views
+                .get(&leader)
+                .and_then(|view| view.as_ref())
+                .and_then(|view| {
+                    view.topics
+                        .iter()
+                        .find(|t| t.name == topic.name)
+                        .and_then(|t| {
+                            t.partitions
+                                .iter()
+                                .find(|p| p.partition_index == partition.partition_index)
+                        })
+                        .filter(|p| p.leader_id.0 == leader)
+                        .map(|p| p.isr_nodes.clone())
+                });
+            let list = |nodes: &[kafka_protocol::messages::BrokerId]| {
+                nodes
+                    .iter()
+                    .map(|n| n.0.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let state = match &from_leader {
+                _ if leader < 0 => {
+                    offline += 1;
+                    "OFFLINE (no leader)"
+                }
+                None => {
+                    offline += 1;
+                    "OFFLINE (leader does not answer)"
+                }
+                Some(in_sync) if in_sync.len() < partition.replica_nodes.len() => {
+                    under += 1;
+                    "UNDER-REPLICATED"
+                }
+                Some(_) => "ok",
+            };
+            let _ = writeln!(
+                out,
+                "  partition {} leader {leader} epoch {} replicas {} in-sync {} {state}",
+                partition.partition_index,
+                partition.leader_epoch,
+                list(&partition.replica_nodes),
+                from_leader
+                    .as_deref()
+                    .map(list)
+                    .unwrap_or_else(|| "?".into()),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{total} partitions: {under} under-replicated, {offline} offline"
+    );
+    Ok(())
+}

@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod config;
+mod dev;
 mod shell;
 
 use std::process::ExitCode;
@@ -47,6 +48,21 @@ enum Command {
         #[command(flatten)]
         args: cli::ConsumeArgs,
     },
+    /// The cluster's nodes, partition leaders, and under-replicated partitions.
+    Cluster {
+        #[command(flatten)]
+        connect: cli::Connect,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// A local cluster for trying things out; Ctrl-C stops it.
+    Dev(dev::DevArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Nodes, who leads what, and partitions that are under-replicated.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +90,11 @@ fn main() -> ExitCode {
         Command::Topic { connect, command } => finish(cli::topic(&connect, command)),
         Command::Produce { connect, args } => finish(cli::produce(&connect, args)),
         Command::Consume { connect, args } => finish(cli::consume(&connect, args)),
+        Command::Cluster {
+            connect,
+            command: ClusterCommand::Status,
+        } => finish(cli::cluster_status(&connect)),
+        Command::Dev(args) => ExitCode::from(dev::run(args)),
     }
 }
 
