@@ -160,3 +160,98 @@ def test_runnel_dev_and_cluster_status(tmp_path):
     finally:
         dev.send_signal(signal.SIGINT)
         assert dev.wait(timeout=20) == 0
+
+
+def test_writes_go_on_through_kills_and_a_restart(cluster, topic_name):
+    """Issue 5's scenario: 6 partitions replicated 3 ways, an idempotent
+    acks=all producer and a consumer running throughout; SIGKILL the leader
+    of some partitions, restart it, SIGKILL another node. Every acknowledged
+    message is consumed exactly once at its acknowledged offset, in order per
+    partition, and writes are acknowledged again within seconds of each kill."""
+    import threading
+
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster)})
+    admin.create_topics([NewTopic(topic_name, 6, 3)])[topic_name].result(30)
+    servers = ",".join(node.bootstrap for node in cluster.values())
+    producer = Producer(
+        {
+            "bootstrap.servers": servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": 120000,
+        }
+    )
+    acked, ack_times, errors = [], [], []
+    consumed = []
+    stop_consuming = threading.Event()
+
+    def on_delivery(error, message):
+        if error is not None:
+            errors.append(error)
+        else:
+            acked.append((message.partition(), message.offset(), int(message.value())))
+            ack_times.append(time.time())
+
+    def consume():
+        consumer = Consumer(
+            {"bootstrap.servers": servers, "group.id": "unused", "enable.auto.commit": False}
+        )
+        consumer.assign([TopicPartition(topic_name, p, 0) for p in range(6)])
+        while not stop_consuming.is_set():
+            message = consumer.poll(0.1)
+            if message is not None and message.error() is None:
+                consumed.append((message.partition(), message.offset(), int(message.value())))
+        consumer.close()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    sent = 0
+
+    def produce_for(seconds):
+        nonlocal sent
+        end = time.time() + seconds
+        while time.time() < end:
+            producer.produce(topic_name, value=b"%d" % sent, partition=sent % 6, on_delivery=on_delivery)
+            sent += 1
+            producer.poll(0.002)
+
+    def kill(node_id):
+        node = cluster[node_id]
+        node.process.send_signal(signal.SIGKILL)
+        node.process.wait()
+        node.process = None
+        return time.time()
+
+    def first_ack_after(moment):
+        later = [t for t in ack_times if t > moment]
+        return min(later) - moment if later else None
+
+    produce_for(2)
+    first = leaders(cluster, topic_name)[0]
+    killed_at = kill(first)
+    produce_for(4)
+    cluster[first].start(rpc_port=cluster[first].rpc_port)
+    produce_for(3)
+    second = next(i for i in cluster if i != first)
+    second_killed_at = kill(second)
+    produce_for(4)
+    assert producer.flush(120) == 0
+    assert errors == []
+    for moment in (killed_at, second_killed_at):
+        delay = first_ack_after(moment)
+        assert delay is not None and delay < 5, f"writes acknowledged again after {delay} s"
+    deadline = time.time() + 30
+    while len(set(consumed)) < len(acked) and time.time() < deadline:
+        time.sleep(0.2)
+    stop_consuming.set()
+    reader.join()
+    assert len(acked) == sent
+    # Exactly once, at the acknowledged offset.
+    assert len(consumed) == len(set(consumed)), "a message was delivered twice"
+    assert sorted(consumed) == sorted(acked)
+    for partition in range(6):
+        mine = sorted(o for p, o, _ in acked if p == partition)
+        assert mine == list(range(len(mine))), "contiguous offsets"
+        in_order = [v for p, o, v in sorted(acked) if p == partition]
+        assert in_order == sorted(in_order), "order per partition"
