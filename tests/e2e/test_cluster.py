@@ -255,3 +255,32 @@ def test_writes_go_on_through_kills_and_a_restart(cluster, topic_name):
         assert mine == list(range(len(mine))), "contiguous offsets"
         in_order = [v for p, o, v in sorted(acked) if p == partition]
         assert in_order == sorted(in_order), "order per partition"
+
+
+def test_leadership_spreads_and_comes_back_to_a_returning_node(cluster, topic_name):
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster)})
+    admin.create_topics([NewTopic(topic_name, 6, 3)])[topic_name].result(30)
+
+    def preferred_lead(nodes, timeout_s):
+        """Waits until every partition is led by its first replica."""
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            client = AdminClient({"bootstrap.servers": bootstrap(nodes)})
+            partitions = client.list_topics(topic_name, timeout=10).topics[topic_name].partitions
+            if all(p.leader == p.replicas[0] for p in partitions.values()):
+                return {p: meta.leader for p, meta in partitions.items()}
+            time.sleep(0.5)
+        raise AssertionError(f"leaders did not settle on the preferred replicas: {partitions}")
+
+    spread = preferred_lead(cluster, 30)
+    assert sorted(spread.values()) == [1, 1, 2, 2, 3, 3], "two partitions led by each node"
+    cluster[1].process.send_signal(signal.SIGKILL)
+    cluster[1].process.wait()
+    cluster[1].process = None
+    time.sleep(3)
+    survivors = {k: v for k, v in cluster.items() if v.alive()}
+    moved = leaders(survivors, topic_name)
+    assert 1 not in moved.values(), "node 1's partitions moved away"
+    cluster[1].start(rpc_port=cluster[1].rpc_port)
+    back = preferred_lead(cluster, 40)
+    assert sorted(back.values()) == [1, 1, 2, 2, 3, 3], "node 1 leads its partitions again"

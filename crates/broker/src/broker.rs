@@ -77,6 +77,10 @@ pub const INCARNATION_MAX: u64 = (1 << 20) - 1;
 /// sooner).
 pub const IN_SYNC_LAG_MS: u64 = 5_000;
 
+/// How often a node hands the partitions it leads back to their preferred
+/// replica (the first of their replicas, which placement spreads evenly).
+pub const LEADER_BALANCE_INTERVAL_MS: u64 = 5_000;
+
 /// How often the leader of a partition checks its retention.
 pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1_000;
 
@@ -154,6 +158,7 @@ pub struct Broker {
     last_retention_check_ms: u64,
     /// The low 32 bits of the next producer id this node hands out.
     next_producer_counter: u64,
+    last_leader_balance_ms: u64,
 }
 
 impl Broker {
@@ -205,6 +210,7 @@ impl Broker {
             hosted_synced_at: None,
             last_retention_check_ms: 0,
             next_producer_counter: 0,
+            last_leader_balance_ms: 0,
         })
     }
 
@@ -283,6 +289,7 @@ impl Broker {
         }
         self.sync_groups(env, collector);
         self.check_retention(env, collector);
+        self.balance_leaders(env, collector);
         for response in std::mem::take(&mut collector.responses) {
             self.core_reply(response);
         }
@@ -385,6 +392,51 @@ impl Broker {
         }
         for group in removed {
             self.node.remove_group(group, &mut core_env);
+        }
+    }
+
+    /// Hands each partition this node leads to its preferred replica when
+    /// that replica keeps up: leadership spreads as placement did, and comes
+    /// back to a node that returns after a failure (docs/protocol.md §9).
+    fn balance_leaders(&mut self, env: &mut BrokerEnv<'_>, collector: &mut Collector) {
+        let now_ms = env.clock.now_ms();
+        if now_ms < self.last_leader_balance_ms + LEADER_BALANCE_INTERVAL_MS {
+            return;
+        }
+        self.last_leader_balance_ms = now_ms;
+        let me = self.config.node_id;
+        let Some(metadata) = self.metadata() else {
+            return;
+        };
+        let moves: Vec<(GroupId, NodeId)> = metadata
+            .partition_groups()
+            .filter_map(|(_, placement)| {
+                let preferred = *placement.replicas.first()?;
+                let ready = preferred != me && self.node.leader_ready(placement.group);
+                let keeps_up = ready
+                    && self
+                        .node
+                        .replicas_in_sync(placement.group, IN_SYNC_LAG_MS)
+                        .contains(&preferred);
+                keeps_up.then_some((placement.group, preferred))
+            })
+            .collect();
+        for (group, to) in moves {
+            tracing::debug!(
+                group,
+                to,
+                "handing a partition back to its preferred leader"
+            );
+            self.node_event(
+                Event::Client(ClientRequest {
+                    client: 0,
+                    request_id: 0,
+                    group,
+                    op: ClientOp::TransferLeader { to },
+                }),
+                env,
+                collector,
+            );
         }
     }
 

@@ -162,7 +162,10 @@ pub fn encode_response(
     Ok(out.freeze())
 }
 
-/// Our ApiVersions response at `version`.
+/// Our ApiVersions response at `version`: the [`SUPPORTED`] table, no
+/// error, no throttle, and no features. The table is the same at every
+/// version; the feature fields of v3 stay at their defaults (empty, epoch
+/// -1), which encode to nothing.
 pub fn api_versions_response(version: i16) -> ApiVersionsResponse {
     let _ = version;
     ApiVersionsResponse::default().with_api_keys(

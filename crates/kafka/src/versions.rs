@@ -8,6 +8,10 @@
 use kafka_protocol::messages::ApiKey;
 
 /// (API, lowest version, highest version).
+///
+/// Produce starts at v3 and Fetch at v4 because older versions carry the
+/// v0 and v1 message formats, which Runnel neither stores nor converts: every
+/// batch it holds is RecordBatch v2. Fetch v13 is needed for topic IDs.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 13),
@@ -21,6 +25,28 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The consumer group APIs, at the ranges of a Kafka 3.x broker within what
+/// `kafka-protocol` decodes. They are not in [`SUPPORTED`] because the
+/// broker does not implement them yet: advertising them would make clients
+/// such as kafka-python pick group consumption and then fail on the first
+/// JoinGroup. The broker merges this table into its ApiVersions answer (and
+/// into decoding) once it answers these requests.
+///
+/// OffsetCommit starts at v2 and OffsetFetch at v1, not v0 as in Kafka 3.x,
+/// because `kafka-protocol` 0.18 cannot decode the older versions; clients
+/// that support group consumption at all speak these.
+pub const GROUP_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
 ];
 
 /// The supported range of `api_key`, if Runnel implements it.
@@ -37,13 +63,33 @@ mod tests {
 
     #[test]
     fn every_range_is_within_what_the_codec_handles() {
-        for (key, min, max) in SUPPORTED {
+        for (key, min, max) in SUPPORTED.iter().chain(GROUP_APIS) {
             let valid = key.valid_versions();
             assert!(min <= max, "{key:?}");
             assert!(
                 *min >= valid.min && *max <= valid.max,
                 "{key:?} {min}..={max} is outside kafka-protocol's {valid}"
             );
+        }
+    }
+
+    #[test]
+    fn each_api_is_listed_once() {
+        let mut keys: Vec<i16> = SUPPORTED
+            .iter()
+            .chain(GROUP_APIS)
+            .map(|(key, _, _)| *key as i16)
+            .collect();
+        let count = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), count, "an API is listed twice");
+    }
+
+    #[test]
+    fn group_apis_are_not_advertised_yet() {
+        for (key, _, _) in GROUP_APIS {
+            assert_eq!(supported_range(*key as i16), None, "{key:?}");
         }
     }
 

@@ -28,6 +28,7 @@ use kafka_protocol::records::{
 };
 
 use crate::client::{retriable, ClientError, Cluster};
+use runnel_broker::error_code;
 
 /// Most records the producer puts in one batch.
 pub const PRODUCE_BATCH_RECORDS_MAX: usize = 1_000;
@@ -165,6 +166,12 @@ fn topic_metadata(cluster: &mut Cluster, name: &str) -> Result<MetadataResponse,
             .topics
             .first()
             .ok_or_else(|| ClientError::Other(format!("no metadata for topic \"{name}\"")))?;
+        if topic.error_code == error_code::UNKNOWN_TOPIC_OR_PARTITION {
+            return Err(kafka_error(
+                topic.error_code,
+                format!("topic \"{name}\" does not exist"),
+            ));
+        }
         if topic.error_code != 0 {
             return Err(kafka_error(
                 topic.error_code,
@@ -214,7 +221,7 @@ pub fn topic(connect: &Connect, command: TopicCommand) -> Result<(), ClientError
             let mut parsed = Vec::new();
             for config in &configs {
                 let (key, value) = config.split_once('=').ok_or_else(|| {
-                    ClientError::Other(format!("--config \"{config}\" is not key=value"))
+                    ClientError::Usage(format!("--config \"{config}\" is not key=value"))
                 })?;
                 parsed.push(
                     CreatableTopicConfig::default()
@@ -396,7 +403,7 @@ pub fn produce(connect: &Connect, args: ProduceArgs) -> Result<(), ClientError> 
     for header in &args.headers {
         let (key, value) = header
             .split_once('=')
-            .ok_or_else(|| ClientError::Other(format!("--header \"{header}\" is not key=value")))?;
+            .ok_or_else(|| ClientError::Usage(format!("--header \"{header}\" is not key=value")))?;
         headers.insert(
             StrBytes::from_string(key.to_string()),
             Some(Bytes::from(value.to_string())),
@@ -607,12 +614,33 @@ fn list_offset(
     Ok(answer.offset)
 }
 
+/// Where `runnel consume` starts, as given on the command line.
+enum StartAt {
+    Earliest,
+    Latest,
+    Offset(i64),
+}
+
 pub fn consume(connect: &Connect, args: ConsumeArgs) -> Result<(), ClientError> {
+    // Checked before connecting, so that a typo is a usage error even when
+    // the broker cannot be reached.
+    let start = match args.offset.as_str() {
+        "earliest" => StartAt::Earliest,
+        "latest" => StartAt::Latest,
+        number => match number.parse::<i64>() {
+            Ok(offset) if offset >= 0 => StartAt::Offset(offset),
+            _ => {
+                return Err(ClientError::Usage(format!(
+                    "--offset \"{number}\" is not earliest, latest or an offset (0 or more)"
+                )))
+            }
+        },
+    };
     let mut cluster = Cluster::new(&connect.bootstrap);
     let metadata = topic_metadata(&mut cluster, &args.topic)?;
     let address = leader(&metadata, &args.topic, args.partition)?;
     let end = list_offset(&mut cluster, &address, &args.topic, args.partition, -1)?;
-    let mut offset = match (args.timestamp, args.offset.as_str()) {
+    let mut offset = match (args.timestamp, start) {
         (Some(timestamp), _) => {
             match list_offset(
                 &mut cluster,
@@ -625,13 +653,11 @@ pub fn consume(connect: &Connect, args: ConsumeArgs) -> Result<(), ClientError> 
                 offset => offset,
             }
         }
-        (None, "earliest") => list_offset(&mut cluster, &address, &args.topic, args.partition, -2)?,
-        (None, "latest") => end,
-        (None, number) => number.parse().map_err(|_| {
-            ClientError::Other(format!(
-                "--offset \"{number}\" is not earliest, latest or a number"
-            ))
-        })?,
+        (None, StartAt::Earliest) => {
+            list_offset(&mut cluster, &address, &args.topic, args.partition, -2)?
+        }
+        (None, StartAt::Latest) => end,
+        (None, StartAt::Offset(offset)) => offset,
     };
     let format = args.format.replace("\\n", "\n").replace("\\t", "\t");
     let out = std::io::stdout();

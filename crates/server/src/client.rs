@@ -31,6 +31,8 @@ pub enum ClientError {
     Kafka { code: i16, context: String },
     /// Anything else the tool cannot go on from (exit 1).
     Other(String),
+    /// The command line is wrong in a way clap cannot see (exit 2).
+    Usage(String),
 }
 
 impl ClientError {
@@ -38,6 +40,7 @@ impl ClientError {
         match self {
             ClientError::Connect(_) => 3,
             ClientError::Kafka { .. } | ClientError::Other(_) => 1,
+            ClientError::Usage(_) => 2,
         }
     }
 }
@@ -45,7 +48,9 @@ impl ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Connect(message) | ClientError::Other(message) => f.write_str(message),
+            ClientError::Connect(message)
+            | ClientError::Other(message)
+            | ClientError::Usage(message) => f.write_str(message),
             ClientError::Kafka { code, context } => {
                 write!(f, "{context} ({})", error_name(*code))
             }

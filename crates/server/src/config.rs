@@ -108,10 +108,12 @@ impl ServeConfig {
             None => FileConfig::default(),
         };
         let node_id = flags.node_id.or(file.node_id).unwrap_or(1);
-        if node_id == 0 || node_id > i32::MAX as u64 {
+        // The broker packs node ids into producer ids, so they are bounded
+        // well below what Kafka's i32 broker ids allow.
+        if node_id == 0 || node_id > runnel_broker::NODE_ID_MAX {
             return Err(format!(
                 "node id {node_id} must be between 1 and {}",
-                i32::MAX
+                runnel_broker::NODE_ID_MAX
             ));
         }
         let data_dir = flags

@@ -1,16 +1,11 @@
 //! `runnel`: the broker and its command-line tools.
 
-mod cli;
-mod client;
-mod config;
-mod dev;
-mod shell;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{ServeConfig, ServeFlags};
+use runnel_server::config::{ServeConfig, ServeFlags};
+use runnel_server::{cli, client, dev, shell};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -116,5 +111,7 @@ fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes are noise in a log file or a journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

@@ -37,6 +37,9 @@ pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
 /// before it accepts clients anyway (they then see retriable errors).
 pub const STARTUP_LEADER_WAIT_MS: u64 = 10_000;
 
+/// The exit code of a node stopped by a failed disk operation.
+pub const EXIT_DISK_FAILED: i32 = 3;
+
 /// What the core thread receives.
 enum Input {
     Register {
@@ -316,6 +319,15 @@ pub fn serve(mut config: ServeConfig) -> i32 {
             return 1;
         }
     };
+    // Bound before the core starts, so that a port in use is reported at
+    // once; connections wait in the backlog until clients are let in.
+    let listener = match runtime.block_on(TcpListener::bind(config.kafka_addr)) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("runnel: cannot listen on {}: {error}", config.kafka_addr);
+            return 2;
+        }
+    };
     let (inputs, input_receiver) = mpsc::channel::<Input>();
     // Peers: a listener for their envelopes, a connection task for each.
     let mut peer_queues = BTreeMap::new();
@@ -358,6 +370,10 @@ pub fn serve(mut config: ServeConfig) -> i32 {
                 run_core(broker, disk, input_receiver, ready_sender, peer_queues)
             }));
             match outcome {
+                // The disk failed: the main thread is waiting for a signal,
+                // and nothing may go on after a failed write or fsync, not
+                // even the writing of responses already given to tasks.
+                Ok(EXIT_DISK_FAILED) => std::process::exit(EXIT_DISK_FAILED),
                 Ok(code) => code,
                 Err(_) => {
                     tracing::error!("the core panicked; stopping");
@@ -377,13 +393,6 @@ pub fn serve(mut config: ServeConfig) -> i32 {
             "no metadata leader yet; accepting clients anyway"
         );
     }
-    let listener = match runtime.block_on(TcpListener::bind(config.kafka_addr)) {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!("runnel: cannot listen on {}: {error}", config.kafka_addr);
-            return 2;
-        }
-    };
     tracing::info!(
         node_id = config.broker.node_id,
         kafka_addr = %config.kafka_addr,
@@ -509,7 +518,7 @@ fn run_core(
             // DESIGN.md "Storage": never go on after a failed write or
             // fsync; a restart recovers from what is durable.
             tracing::error!(reason, "stopping: the disk failed");
-            return 3;
+            return EXIT_DISK_FAILED;
         }
         if let Some(deadline) = shutdown_deadline {
             let in_flight = broker.requests_in_flight();
