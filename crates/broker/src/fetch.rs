@@ -75,7 +75,20 @@ pub fn evaluate(
                             data.high_watermark = log.high_watermark();
                             data.last_stable_offset = log.high_watermark();
                             data.log_start_offset = log.log_start_offset();
-                            if partition.fetch_offset < log.log_start_offset()
+                            let epoch = node
+                                .summary(placement.group)
+                                .map_or(-1, |view| view.term as i32);
+                            if partition.current_leader_epoch >= 0
+                                && partition.current_leader_epoch < epoch
+                            {
+                                // The client's leader is an old one: it
+                                // refreshes its metadata (KIP-320).
+                                Some(error_code::FENCED_LEADER_EPOCH)
+                            } else if partition.current_leader_epoch > epoch {
+                                // The client knows a newer leader than this
+                                // node does yet.
+                                Some(error_code::UNKNOWN_LEADER_EPOCH)
+                            } else if partition.fetch_offset < log.log_start_offset()
                                 || partition.fetch_offset > log.high_watermark()
                             {
                                 Some(error_code::OFFSET_OUT_OF_RANGE)

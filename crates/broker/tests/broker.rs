@@ -524,3 +524,23 @@ fn offset_for_leader_epoch_and_list_offsets_answer_from_the_log() {
         );
     }
 }
+
+#[test]
+fn a_fetch_from_an_old_or_unknown_leader_epoch_is_fenced() {
+    let mut harness = Harness::new();
+    harness.create_topic("fenced", 1);
+    let with_epoch = |epoch: i32| {
+        let mut request = fetch_request("fenced", 0, 0);
+        request.topics[0].partitions[0].current_leader_epoch = epoch;
+        request
+    };
+    // The single node's first term is epoch 1.
+    for (epoch, code) in [(-1, 0), (1, 0), (0, 74), (2, 75)] {
+        harness.send(1, ApiKey::Fetch, 12, &with_epoch(epoch));
+        let response: FetchResponse = harness.response(1, ApiKey::Fetch, 12);
+        assert_eq!(
+            response.responses[0].partitions[0].error_code, code,
+            "epoch {epoch}"
+        );
+    }
+}
