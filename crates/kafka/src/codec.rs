@@ -120,15 +120,25 @@ pub fn decode_request(mut frame: Bytes) -> Result<DecodedRequest, DecodeError> {
     };
     let header_version = api_key.request_header_version(api_version);
     let header = RequestHeader::decode(&mut frame, header_version)
-        .map_err(|error| malformed(format!("header: {error}")))?;
+        .map_err(|error| malformed(format!("header: {}", one_line(error))))?;
     let body = RequestKind::decode(api_key, &mut frame, api_version)
-        .map_err(|error| malformed(error.to_string()))?;
+        .map_err(|error| malformed(one_line(error)))?;
     Ok(DecodedRequest {
         header,
         api_key,
         api_version,
         body,
     })
+}
+
+/// `error` with its causes (`{:#}`) on one line. `kafka-protocol`'s
+/// "Not enough bytes remaining in buffer!" ends in a newline, which would
+/// split a log line in two.
+fn one_line(error: impl fmt::Display) -> String {
+    format!("{error:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The response header version of `api_key` at `api_version`. ApiVersions
