@@ -124,8 +124,17 @@ def pytest_runtest_makereport(item, call):
     """On failure, show the end of the broker's log."""
     outcome = yield
     report = outcome.get_result()
-    if report.when == "call" and report.failed:
-        for name in ("broker", "fresh_broker"):
-            instance = item.funcargs.get(name)
-            if instance is not None:
-                report.sections.append(("broker log", instance.log()))
+    if report.when in ("setup", "call") and report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            brokers = value.values() if isinstance(value, dict) else [value]
+            for instance in brokers:
+                if isinstance(instance, Broker):
+                    report.sections.append((f"log of broker {name} ({instance.bootstrap})", instance.log()))
+
+
+def rss_kib(broker):
+    """The broker process's resident memory, from /proc."""
+    for line in Path(f"/proc/{broker.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS line")

@@ -10,9 +10,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.util import calc_crc32c
 
+from conftest import rss_kib
+
 CORRUPT_MESSAGE = 2
+INVALID_TOPIC_EXCEPTION = 17
 UNSUPPORTED_VERSION = 35
 INVALID_RECORD = 87
+# Kafka's socket.request.max.bytes default.
+FRAME_LIMIT = 100 * 1024 * 1024
 
 
 def connect(broker):
@@ -125,12 +130,21 @@ def test_garbage_after_a_valid_length_closes_the_connection(broker, topic_name):
 
 
 def test_a_frame_over_the_limit_is_refused_before_it_is_read(broker, topic_name):
-    sock = connect(broker)
-    sock.sendall(struct.pack(">i", 200 * 1024 * 1024) + b"\x00" * 64)
-    assert closed_by_broker(sock)
+    before = rss_kib(broker)
+    # Just over the limit, far over it, and the largest length there is: the
+    # broker closes each without reading (or allocating) what was claimed.
+    for claimed in (FRAME_LIMIT + 1, 200 * 1024 * 1024, 2**31 - 1):
+        socks = [connect(broker) for _ in range(4)]
+        for sock in socks:
+            sock.sendall(struct.pack(">i", claimed) + b"\x00" * 64)
+        for sock in socks:
+            assert closed_by_broker(sock), f"a frame claiming {claimed} bytes was not refused"
+            sock.close()
     sock = connect(broker)
     sock.sendall(struct.pack(">i", -5))
     assert closed_by_broker(sock)
+    grown_mib = (rss_kib(broker) - before) / 1024
+    assert grown_mib < 64, f"the broker grew by {grown_mib:.0f} MiB on frames it should refuse"
     still_serves(broker, topic_name)
 
 
@@ -156,15 +170,31 @@ def test_an_unsupported_version_of_another_api_closes_the_connection(broker, top
     still_serves(broker, topic_name)
 
 
-def test_an_unsupported_api_versions_version_gets_the_v0_fallback(broker):
+def test_an_unsupported_api_versions_version_gets_the_v0_fallback(broker, topic_name):
     sock = connect(broker)
     sock.sendall(request(18, 99, 42, b""))
     frame = read_frame(sock)
-    sock.close()
+    assert frame is not None, "the broker closed the connection instead of answering"
+    # An ApiVersions v0 response: correlation id (header v0), error code, then
+    # the table as a plain array of (api key, min version, max version).
     correlation_id, error_code, count = struct.unpack(">ihi", frame[:10])
     assert (correlation_id, error_code) == (42, UNSUPPORTED_VERSION)
-    keys = [struct.unpack(">hhh", frame[10 + 6 * i : 16 + 6 * i])[0] for i in range(count)]
-    assert 18 in keys and 0 in keys and 1 in keys
+    assert len(frame) == 10 + 6 * count, "a v0 body: no throttle time, no tagged fields"
+    table = {
+        key: (low, high)
+        for key, low, high in (
+            struct.unpack(">hhh", frame[10 + 6 * i : 16 + 6 * i]) for i in range(count)
+        )
+    }
+    assert {0, 1, 3, 18} <= set(table)
+    assert table[18][0] == 0 and table[18][1] >= 3
+    # The client may go on, on the same connection, with a version it found.
+    sock.sendall(request(18, 0, 43, b""))
+    frame = read_frame(sock)
+    sock.close()
+    assert frame is not None
+    assert struct.unpack(">ih", frame[:6]) == (43, 0)
+    still_serves(broker, topic_name)
 
 
 @pytest.mark.parametrize(
@@ -172,16 +202,22 @@ def test_an_unsupported_api_versions_version_gets_the_v0_fallback(broker):
     [
         ({"flip_at": 70}, CORRUPT_MESSAGE),  # inside the records: the CRC catches it
         ({"flip_at": 25}, CORRUPT_MESSAGE),  # the last offset delta: the CRC catches it
-        ({"magic_override": 1}, INVALID_RECORD),
+        # Kafka answers an older magic in Produce v3+ with INVALID_RECORD (its
+        # request validation), a parser may see CORRUPT_MESSAGE first.
+        ({"magic_override": 1}, (INVALID_RECORD, CORRUPT_MESSAGE)),
+        ({"magic_override": 0}, (INVALID_RECORD, CORRUPT_MESSAGE)),
+        # A magic from the future: Kafka's batch reader calls it corrupt.
+        ({"magic_override": 3}, (CORRUPT_MESSAGE, INVALID_RECORD)),
         ({"last_offset_delta": 5}, INVALID_RECORD),
     ],
 )
 def test_damaged_record_batches_get_the_kafka_error(broker, topic_name, damage, expected):
+    expected = expected if isinstance(expected, tuple) else (expected,)
     client = AdminClient({"bootstrap.servers": broker.bootstrap})
     client.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(10)
     good = batch([b"x" * 20, b"y" * 20])
     assert produce_error(broker, topic_name, good) == 0
-    assert produce_error(broker, topic_name, batch([b"x" * 20, b"y" * 20], **damage)) == expected
+    assert produce_error(broker, topic_name, batch([b"x" * 20, b"y" * 20], **damage)) in expected
     # Truncated: the batch length no longer matches.
     assert produce_error(broker, topic_name, good[:-3]) == CORRUPT_MESSAGE
     consumer = Consumer(
@@ -190,3 +226,53 @@ def test_damaged_record_batches_get_the_kafka_error(broker, topic_name, damage, 
     low, high = consumer.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10)
     consumer.close()
     assert (low, high) == (0, 2), "only the good batch was written"
+    still_serves(broker, topic_name + "-after")
+
+
+def create_topics_v2(names, correlation_id=9):
+    """CreateTopics v2 (not flexible): one partition, replication factor 1."""
+    body = struct.pack(">i", len(names))
+    for name in names:
+        encoded = name.encode()
+        body += struct.pack(">h", len(encoded)) + encoded
+        body += struct.pack(">ihii", 1, 1, 0, 0)  # partitions, rf, no assignments, no configs
+    body += struct.pack(">i?", 10_000, False)  # timeout, validate_only
+    return request(19, 2, correlation_id, body)
+
+
+def create_topics_errors(broker, names):
+    sock = connect(broker)
+    sock.sendall(create_topics_v2(names))
+    frame = read_frame(sock)
+    sock.close()
+    assert frame is not None, "the broker closed the connection instead of answering"
+    correlation_id, _throttle, count = struct.unpack(">iii", frame[:12])
+    assert (correlation_id, count) == (9, len(names))
+    offset, errors = 12, {}
+    for _ in range(count):
+        (length,) = struct.unpack(">h", frame[offset : offset + 2])
+        name = frame[offset + 2 : offset + 2 + length].decode()
+        offset += 2 + length
+        (error_code,) = struct.unpack(">h", frame[offset : offset + 2])
+        (message_length,) = struct.unpack(">h", frame[offset + 2 : offset + 4])
+        offset += 4 + max(message_length, 0)
+        errors[name] = error_code
+    return errors
+
+
+@pytest.mark.parametrize(
+    "name", ["bad/name", "..", ".", "", "x" * 250, "tab\there", "ünïcode", "a:b"]
+)
+def test_topic_names_kafka_rejects_get_invalid_topic_exception(broker, name):
+    assert create_topics_errors(broker, [name]) == {name: INVALID_TOPIC_EXCEPTION}
+    assert broker.alive()
+
+
+def test_the_longest_legal_topic_name_is_accepted(broker, topic_name):
+    # Kafka allows up to 249 characters of [a-zA-Z0-9._-].
+    name = ("ok.name_-" + "z" * 249)[:249]
+    assert create_topics_errors(broker, [name, "also/bad"]) == {
+        name: 0,
+        "also/bad": INVALID_TOPIC_EXCEPTION,
+    }
+    still_serves(broker, topic_name)

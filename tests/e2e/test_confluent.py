@@ -6,12 +6,20 @@ import pytest
 from confluent_kafka import (
     TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Producer,
+    TopicCollection,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    OffsetSpec,
+)
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 PER_CODEC = 100
@@ -113,8 +121,65 @@ def test_idempotent_producer_and_both_isolation_levels(broker, topic_name):
     for isolation in ("read_committed", "read_uncommitted"):
         messages = consume_all(broker, topic_name, 2, 300, isolation)
         for partition in range(2):
-            values = [int(m.value()) for m in messages if m.partition() == partition]
-            assert values == list(range(partition, 300, 2))
+            mine = [m for m in messages if m.partition() == partition]
+            assert [int(m.value()) for m in mine] == list(range(partition, 300, 2))
+            assert [m.offset() for m in mine] == list(range(150))
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4"])
+def test_idempotent_producer_reports_each_offset_once(broker, topic_name, codec):
+    create(broker, topic_name)
+    producer = Producer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            # librdkafka refuses idempotence with any acks but all.
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": codec,
+            "linger.ms": 2,
+        }
+    )
+    offsets = []
+    for i in range(200):
+        producer.produce(
+            topic_name,
+            key=b"k%d" % i,
+            value=b"%d" % i,
+            partition=0,
+            on_delivery=lambda err, msg: offsets.append((err, msg.offset())),
+        )
+    assert producer.flush(20) == 0
+    assert [err for err, _ in offsets if err is not None] == []
+    assert sorted(offset for _, offset in offsets) == list(range(200))
+    messages = consume_all(broker, topic_name, 1, 200)
+    assert [(m.offset(), m.value()) for m in messages] == [(i, b"%d" % i) for i in range(200)]
+
+
+def test_admin_list_offsets_earliest_latest_and_by_time(broker, topic_name):
+    create(broker, topic_name, partitions=2)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    base_ms = int(time.time() * 1000) - 60_000
+    for i in range(6):
+        producer.produce(topic_name, value=b"%d" % i, partition=1, timestamp=base_ms + i * 1000)
+    assert producer.flush(10) == 0
+    client = admin(broker)
+
+    def list_offsets(spec, partition=1, isolation=IsolationLevel.READ_COMMITTED):
+        tp = TopicPartition(topic_name, partition)
+        futures = client.list_offsets({tp: spec}, isolation_level=isolation)
+        return futures[tp].result(10)
+
+    assert list_offsets(OffsetSpec.earliest()).offset == 0
+    assert list_offsets(OffsetSpec.latest()).offset == 6
+    uncommitted = list_offsets(OffsetSpec.latest(), isolation=IsolationLevel.READ_UNCOMMITTED)
+    assert uncommitted.offset == 6
+    at = list_offsets(OffsetSpec.for_timestamp(base_ms + 2500))
+    assert (at.offset, at.timestamp) == (3, base_ms + 3000)
+    assert list_offsets(OffsetSpec.for_timestamp(base_ms)).offset == 0
+    assert list_offsets(OffsetSpec.for_timestamp(base_ms + 10**7)).offset == -1
+    # The empty partition.
+    assert list_offsets(OffsetSpec.earliest(), partition=0).offset == 0
+    assert list_offsets(OffsetSpec.latest(), partition=0).offset == 0
 
 
 def test_offsets_by_time_and_watermarks(broker, topic_name):
@@ -153,6 +218,14 @@ def test_admin_create_describe_grow_delete(broker, topic_name):
     create(broker, topic_name, partitions=2, config={"retention.ms": "3600000"})
     metadata = client.list_topics(timeout=10)
     assert len(metadata.topics[topic_name].partitions) == 2
+    described = client.describe_topics(TopicCollection([topic_name]))[topic_name].result(10)
+    assert described.name == topic_name and not described.is_internal
+    assert described.topic_id is not None and str(described.topic_id) != "AAAAAAAAAAAAAAAAAAAAAA"
+    assert [p.id for p in described.partitions] == [0, 1]
+    for partition in described.partitions:
+        assert partition.leader is not None and partition.leader.id == 1
+        assert [node.id for node in partition.replicas] == [1]
+        assert [node.id for node in partition.isr] == [1]
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic_name)
     configs = client.describe_configs([resource])[resource].result(10)
     assert configs["retention.ms"].value == "3600000"

@@ -4,6 +4,12 @@ import subprocess
 import time
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def create_topic(broker, name, partitions):
+    client = AdminClient({"bootstrap.servers": broker.bootstrap})
+    client.create_topics([NewTopic(name, partitions, 1)])[name].result(10)
 
 
 def kcat(broker, *args, stdin=None, timeout=30):
@@ -22,6 +28,14 @@ def test_metadata_lists_the_broker(broker):
     assert f"broker 1 at {broker.bootstrap}" in out
 
 
+def test_metadata_lists_a_topic_and_its_partitions(broker, topic_name):
+    create_topic(broker, topic_name, 3)
+    out = kcat(broker, "-L", "-t", topic_name)
+    assert f'topic "{topic_name}" with 3 partitions:' in out
+    for partition in range(3):
+        assert f"partition {partition}, leader 1, replicas: 1, isrs: 1" in out
+
+
 @pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
 def test_produce_and_consume_with_keys_and_headers(broker, topic_name, codec):
     lines = "".join(f"key{i}:value {i}\n" for i in range(100))
@@ -38,3 +52,36 @@ def test_consume_from_a_timestamp(broker, topic_name):
     kcat(broker, "-P", "-t", topic_name, stdin=b"late\n")
     out = kcat(broker, "-C", "-t", topic_name, "-o", f"s@{middle_ms}", "-e", "-f", "%s\n")
     assert out.splitlines() == ["late"]
+
+
+def test_null_keys_and_values_and_explicit_partitions(broker, topic_name):
+    create_topic(broker, topic_name, 2)
+    # -Z sends an empty key or value as null.
+    lines = b"k0:v0\n:only-value\nonly-key:\nk3:v3\n"
+    kcat(broker, "-P", "-t", topic_name, "-p", "1", "-K:", "-Z", stdin=lines)
+    out = kcat(broker, "-C", "-t", topic_name, "-p", "1", "-o", "beginning", "-e",
+               "-f", "%p %o %K %S %k|%s\n")
+    # %K and %S are the key and value lengths, -1 for null.
+    assert out.splitlines() == [
+        "1 0 2 2 k0|v0",
+        "1 1 -1 10 |only-value",
+        "1 2 8 -1 only-key|",
+        "1 3 2 2 k3|v3",
+    ]
+    assert kcat(broker, "-C", "-t", topic_name, "-p", "0", "-o", "beginning", "-e") == ""
+
+
+@pytest.mark.parametrize("isolation", ["read_committed", "read_uncommitted"])
+def test_consume_from_an_offset_and_the_end(broker, topic_name, isolation):
+    kcat(broker, "-P", "-t", topic_name, "-p", "0",
+         stdin="".join(f"m{i}\n" for i in range(20)).encode())
+    setting = f"isolation.level={isolation}"
+    out = kcat(broker, "-C", "-t", topic_name, "-p", "0", "-o", "15", "-e", "-X", setting,
+               "-f", "%o:%s\n")
+    assert out.splitlines() == [f"{i}:m{i}" for i in range(15, 20)]
+    # A negative offset counts back from the end (ListOffsets latest).
+    out = kcat(broker, "-C", "-t", topic_name, "-p", "0", "-o", "-3", "-e", "-X", setting,
+               "-f", "%o\n")
+    assert out.split() == ["17", "18", "19"]
+    out = kcat(broker, "-C", "-t", topic_name, "-p", "0", "-o", "end", "-e", "-X", setting)
+    assert out == ""
