@@ -36,10 +36,13 @@ pub const PRODUCE_BATCH_RECORDS_MAX: usize = 1_000;
 pub const PRODUCE_BATCH_BYTES_MAX: usize = 512 << 10;
 /// How long the tools retry a retriable error (an election, a new topic).
 pub const RETRY_FOR_MS: u64 = 15_000;
+/// The pause before asking again who leads a partition.
+pub const REROUTE_BACKOFF_MS: u64 = 200;
 
 #[derive(Args, Debug)]
 pub struct Connect {
-    /// A broker to start from, host:port.
+    /// Brokers to start from, host:port, comma separated; the first that
+    /// answers is used.
     #[arg(long, short = 'b', default_value = "127.0.0.1:9092", global = true)]
     pub bootstrap: String,
 }
@@ -410,7 +413,7 @@ pub fn produce(connect: &Connect, args: ProduceArgs) -> Result<(), ClientError> 
         );
     }
     let mut cluster = Cluster::new(&connect.bootstrap);
-    let metadata = topic_metadata(&mut cluster, &args.topic)?;
+    let mut metadata = topic_metadata(&mut cluster, &args.topic)?;
     let partition_count = metadata.topics[0].partitions.len() as i32;
     if let Some(partition) = args.partition {
         if partition < 0 || partition >= partition_count {
@@ -470,7 +473,7 @@ pub fn produce(connect: &Connect, args: ProduceArgs) -> Result<(), ClientError> 
             let (records, _) = pending.remove(&partition).expect("present");
             send_batch(
                 &mut cluster,
-                &metadata,
+                &mut metadata,
                 &args,
                 partition,
                 records,
@@ -481,7 +484,7 @@ pub fn produce(connect: &Connect, args: ProduceArgs) -> Result<(), ClientError> 
     for (partition, (records, _)) in std::mem::take(&mut pending) {
         send_batch(
             &mut cluster,
-            &metadata,
+            &mut metadata,
             &args,
             partition,
             records,
@@ -506,9 +509,35 @@ pub fn produce(connect: &Connect, args: ProduceArgs) -> Result<(), ClientError> 
     Ok(())
 }
 
+/// Whether a request that failed with `error` may succeed at the leader
+/// that fresh metadata names: the leader moved, or its node went away.
+fn worth_rerouting(error: &ClientError) -> bool {
+    match error {
+        ClientError::Connect(_) => true,
+        ClientError::Kafka { code, .. } => retriable(*code),
+        ClientError::Other(_) | ClientError::Usage(_) => false,
+    }
+}
+
+/// Waits a little, then asks the cluster again who leads `topic`'s
+/// partitions, over new connections.
+fn refresh_metadata(
+    cluster: &mut Cluster,
+    metadata: &mut MetadataResponse,
+    topic: &str,
+) -> Result<(), ClientError> {
+    cluster.forget_connections();
+    std::thread::sleep(Duration::from_millis(REROUTE_BACKOFF_MS));
+    *metadata = topic_metadata(cluster, topic)?;
+    Ok(())
+}
+
+/// Sends one batch to the partition's leader, following the leader when it
+/// moves. A batch whose connection broke after it was sent may be written
+/// twice, as with any Kafka producer without idempotence (at least once).
 fn send_batch(
     cluster: &mut Cluster,
-    metadata: &MetadataResponse,
+    metadata: &mut MetadataResponse,
     args: &ProduceArgs,
     partition: i32,
     mut records: Vec<Record>,
@@ -552,29 +581,43 @@ fn send_batch(
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(partition)
                 .with_records(Some(batch))])]);
-    let address = leader(metadata, &args.topic, partition)?;
-    let connection = cluster.to(&address)?;
-    let version = connection.version(ApiKey::Produce, 9)?;
     let count = records.len() as i64;
-    if acks == 0 {
-        // No response comes; the offsets stay unknown.
-        send_without_response(connection, version, &request)?;
+    let deadline = Instant::now() + Duration::from_millis(RETRY_FOR_MS);
+    let base_offset = loop {
+        let attempt = (|| {
+            let address = leader(metadata, &args.topic, partition)?;
+            let connection = cluster.to(&address)?;
+            let version = connection.version(ApiKey::Produce, 9)?;
+            if acks == 0 {
+                // No response comes; the offsets stay unknown.
+                send_without_response(connection, version, &request)?;
+                return Ok(None);
+            }
+            let response: ProduceResponse = connection.send(ApiKey::Produce, version, &request)?;
+            let answer = &response.responses[0].partition_responses[0];
+            if answer.error_code != 0 {
+                return Err(kafka_error(
+                    answer.error_code,
+                    format!("cannot produce to {}-{partition}", args.topic),
+                ));
+            }
+            Ok(Some(answer.base_offset))
+        })();
+        match attempt {
+            Ok(base_offset) => break base_offset,
+            Err(error) if worth_rerouting(&error) && Instant::now() < deadline => {
+                refresh_metadata(cluster, metadata, &args.topic)?;
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let Some(base_offset) = base_offset else {
         let entry = produced.entry(partition).or_insert((0, -1));
         entry.1 += count;
         return Ok(());
-    }
-    let response: ProduceResponse = connection.send(ApiKey::Produce, version, &request)?;
-    let answer = &response.responses[0].partition_responses[0];
-    if answer.error_code != 0 {
-        return Err(kafka_error(
-            answer.error_code,
-            format!("cannot produce to {}-{partition}", args.topic),
-        ));
-    }
-    let last = answer.base_offset + count - 1;
-    let entry = produced
-        .entry(partition)
-        .or_insert((answer.base_offset, last));
+    };
+    let last = base_offset + count - 1;
+    let entry = produced.entry(partition).or_insert((base_offset, last));
     entry.1 = last;
     Ok(())
 }
@@ -637,8 +680,8 @@ pub fn consume(connect: &Connect, args: ConsumeArgs) -> Result<(), ClientError> 
         },
     };
     let mut cluster = Cluster::new(&connect.bootstrap);
-    let metadata = topic_metadata(&mut cluster, &args.topic)?;
-    let address = leader(&metadata, &args.topic, args.partition)?;
+    let mut metadata = topic_metadata(&mut cluster, &args.topic)?;
+    let mut address = leader(&metadata, &args.topic, args.partition)?;
     let end = list_offset(&mut cluster, &address, &args.topic, args.partition, -1)?;
     let mut offset = match (args.timestamp, start) {
         (Some(timestamp), _) => {
@@ -663,36 +706,31 @@ pub fn consume(connect: &Connect, args: ConsumeArgs) -> Result<(), ClientError> 
     let out = std::io::stdout();
     let mut out = out.lock();
     let mut printed = 0u64;
+    let mut reroute_deadline: Option<Instant> = None;
     loop {
         if args.count.is_some_and(|count| printed >= count) {
             return Ok(());
         }
-        let connection = cluster.to(&address)?;
-        let version = connection.version(ApiKey::Fetch, 12)?;
-        let request = FetchRequest::default()
-            .with_replica_id((-1).into())
-            .with_max_wait_ms(500)
-            .with_min_bytes(1)
-            .with_max_bytes(8 << 20)
-            .with_isolation_level(1)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(topic_name(&args.topic))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(args.partition)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(4 << 20)])]);
-        let response: FetchResponse = connection.send(ApiKey::Fetch, version, &request)?;
+        let response = match fetch(&mut cluster, &address, &args, offset) {
+            Ok(response) => {
+                reroute_deadline = None;
+                response
+            }
+            Err(error) if worth_rerouting(&error) => {
+                // The leader moved or its node went away: follow the
+                // partition to its new leader, for a while.
+                let deadline = *reroute_deadline
+                    .get_or_insert_with(|| Instant::now() + Duration::from_millis(RETRY_FOR_MS));
+                if Instant::now() >= deadline {
+                    return Err(error);
+                }
+                refresh_metadata(&mut cluster, &mut metadata, &args.topic)?;
+                address = leader(&metadata, &args.topic, args.partition)?;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         let data = &response.responses[0].partitions[0];
-        if data.error_code != 0 {
-            return Err(kafka_error(
-                data.error_code,
-                format!(
-                    "cannot fetch {}-{} at offset {offset}",
-                    args.topic, args.partition
-                ),
-            ));
-        }
         let mut records = data.records.clone().unwrap_or_default();
         let mut got_any = false;
         while !records.is_empty() {
@@ -720,6 +758,43 @@ pub fn consume(connect: &Connect, args: ConsumeArgs) -> Result<(), ClientError> 
             return Ok(());
         }
     }
+}
+
+/// One Fetch of the partition from `offset` at `address`; a partition error
+/// becomes a Kafka error.
+fn fetch(
+    cluster: &mut Cluster,
+    address: &str,
+    args: &ConsumeArgs,
+    offset: i64,
+) -> Result<FetchResponse, ClientError> {
+    let connection = cluster.to(address)?;
+    let version = connection.version(ApiKey::Fetch, 12)?;
+    let request = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(500)
+        .with_min_bytes(1)
+        .with_max_bytes(8 << 20)
+        .with_isolation_level(1)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(&args.topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(args.partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(4 << 20)])]);
+    let response: FetchResponse = connection.send(ApiKey::Fetch, version, &request)?;
+    let data = &response.responses[0].partitions[0];
+    if data.error_code != 0 {
+        return Err(kafka_error(
+            data.error_code,
+            format!(
+                "cannot fetch {}-{} at offset {offset}",
+                args.topic, args.partition
+            ),
+        ));
+    }
+    Ok(response)
 }
 
 fn render(format: &str, record: &Record, partition: i32) -> String {

@@ -257,21 +257,50 @@ impl Connection {
 
 /// Connections to the brokers of one cluster, opened as needed.
 pub struct Cluster {
-    bootstrap: String,
+    /// Brokers to start from, tried in turn until one answers.
+    bootstrap: Vec<String>,
     connections: BTreeMap<String, Connection>,
 }
 
 impl Cluster {
+    /// `bootstrap` is one `host:port` or several, comma separated, as
+    /// Kafka's `bootstrap.servers`.
     pub fn new(bootstrap: &str) -> Cluster {
         Cluster {
-            bootstrap: bootstrap.to_string(),
+            bootstrap: bootstrap
+                .split(',')
+                .map(str::trim)
+                .filter(|address| !address.is_empty())
+                .map(str::to_string)
+                .collect(),
             connections: BTreeMap::new(),
         }
     }
 
+    /// A connection to the first bootstrap broker that can be reached (one
+    /// already open is preferred), so that one node down does not stop the
+    /// tools.
     pub fn bootstrap(&mut self) -> Result<&mut Connection, ClientError> {
-        let address = self.bootstrap.clone();
-        self.to(&address)
+        let open = self
+            .bootstrap
+            .iter()
+            .find(|address| self.connections.contains_key(*address))
+            .cloned();
+        if let Some(address) = open {
+            return self.to(&address);
+        }
+        let mut last_error = ClientError::Connect("no bootstrap broker given".into());
+        for address in self.bootstrap.clone() {
+            match Connection::open(&address) {
+                Ok(connection) => {
+                    self.connections.insert(address.clone(), connection);
+                    return self.to(&address);
+                }
+                Err(error @ ClientError::Connect(_)) => last_error = error,
+                Err(other) => return Err(other),
+            }
+        }
+        Err(last_error)
     }
 
     pub fn to(&mut self, address: &str) -> Result<&mut Connection, ClientError> {
@@ -280,6 +309,12 @@ impl Cluster {
             self.connections.insert(address.to_string(), connection);
         }
         Ok(self.connections.get_mut(address).expect("inserted"))
+    }
+
+    /// Drops every connection, for after one broke: a broken connection
+    /// would fail again, and the next use opens a new one.
+    pub fn forget_connections(&mut self) {
+        self.connections.clear();
     }
 
     /// The address of broker `node_id` from a metadata response.
