@@ -34,9 +34,10 @@ pub const DISK_QUEUE_MAX: usize = 100_000;
 /// Bytes held by all files of one disk; above it writes fail with `NoSpace`.
 pub const DISK_BYTES_MAX: u64 = 1 << 30;
 
-/// The faults and timing of one disk. Bit flips at rest are applied by the
-/// simulator through [`SimDisk::flip_bit_at_rest`], where its fault atlas
-/// allows them. Not modelled yet: latent read errors, misdirected writes.
+/// The faults and timing of one disk. Bit flips at rest and latent sector
+/// errors are applied by the simulator through [`SimDisk::flip_bit_at_rest`]
+/// and [`SimDisk::make_unreadable_at_rest`], where its fault atlas allows
+/// them. Not modelled yet: misdirected writes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DiskFaults {
     /// Latency of reads, writes, truncates and name operations, in ms.
@@ -182,6 +183,9 @@ struct Inode {
     current: Vec<u8>,
     durable: Vec<u8>,
     unsynced: Vec<DataOp>,
+    /// A latent sector error: reads fail until the file is written again
+    /// (a write remaps the sector) or deleted.
+    unreadable: bool,
 }
 
 struct Queued {
@@ -253,6 +257,27 @@ impl SimDisk {
         self.faults.slow_op_chance = 0.0;
         self.faults.sync_failure_chance = 0.0;
         self.faults.write_full_chance = 0.0;
+    }
+
+    /// Gives a file that `eligible` allows a latent sector error: reads of
+    /// it fail with `ReadFailed` until it is written again or deleted.
+    /// Returns the file, or `None` if no eligible file has any bytes.
+    pub fn make_unreadable_at_rest(&mut self, eligible: &dyn Fn(&str) -> bool) -> Option<String> {
+        let candidates: Vec<(String, u64)> = self
+            .durable_names
+            .iter()
+            .filter(|(name, inode)| {
+                eligible(name)
+                    && self
+                        .inodes
+                        .get(inode)
+                        .is_some_and(|n| !n.durable.is_empty())
+            })
+            .map(|(name, inode)| (name.clone(), *inode))
+            .collect();
+        let (name, inode) = self.rng.pick(&candidates)?.clone();
+        self.inodes.get_mut(&inode).expect("listed").unreadable = true;
+        Some(name)
     }
 
     /// Flips one bit at rest in a file that `eligible` allows, in both the
@@ -388,6 +413,7 @@ impl SimDisk {
                 let inode = self.create(&file);
                 self.set_len(inode, current_len.max(end) as usize);
                 let node = self.inodes.get_mut(&inode).expect("inode exists");
+                node.unreadable = false;
                 write_at(&mut node.current, offset, &data);
                 node.unsynced.push(DataOp::Write { offset, data });
                 Ok(DiskOutput::Done)
@@ -475,6 +501,9 @@ impl SimDisk {
             }
             DiskOp::Read { file, offset, len } => {
                 let inode = self.names.get(&file).ok_or(DiskError::NotFound)?;
+                if self.inodes[inode].unreadable {
+                    return Err(DiskError::ReadFailed);
+                }
                 let data = &self.inodes[inode].current;
                 let start = (offset as usize).min(data.len());
                 let end = (offset.saturating_add(len) as usize).min(data.len());
@@ -617,6 +646,9 @@ impl Disk for SimDisk {
 
     fn read_file(&mut self, file: &str) -> Result<Vec<u8>, DiskError> {
         let inode = self.names.get(file).ok_or(DiskError::NotFound)?;
+        if self.inodes[inode].unreadable {
+            return Err(DiskError::ReadFailed);
+        }
         Ok(self.inodes[inode].current.clone())
     }
 }

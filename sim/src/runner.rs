@@ -790,22 +790,32 @@ impl Simulation {
         let id = sim_node.id;
         self.faults.add(FaultClass::Crash, 1);
         self.faults.add(FaultClass::TornWrite, report.torn_writes);
-        let corrupt = self
+        let faulty = self
             .plan
             .faulty_disk
             .as_ref()
-            .is_some_and(|faulty| faulty.node == index && faulty.corrupt_at_rest);
-        if corrupt && self.phase == Phase::Safety && self.fault_rng.chance(0.5) {
+            .filter(|faulty| faulty.node == index && self.phase == Phase::Safety)
+            .map(|faulty| (faulty.corrupt_at_rest, faulty.latent_read_errors));
+        if let Some((flips, latent)) = faulty {
             let disk = &mut self.nodes[index].disk;
             let newest = newest_segments(disk, 2);
             let eligible = |name: &str| {
                 !name.ends_with(".tmp") && !newest.iter().any(|segment| segment == name)
             };
-            if let Some((file, offset, bit)) = disk.flip_bit_at_rest(&eligible) {
-                self.faults.add(FaultClass::CorruptAtRest, 1);
-                self.fault_line(format!(
-                    "corrupt n{id} at rest: bit {bit} of byte {offset} of {file}"
-                ));
+            if flips && self.fault_rng.chance(0.5) {
+                if let Some((file, offset, bit)) = disk.flip_bit_at_rest(&eligible) {
+                    self.faults.add(FaultClass::CorruptAtRest, 1);
+                    self.fault_line(format!(
+                        "corrupt n{id} at rest: bit {bit} of byte {offset} of {file}"
+                    ));
+                }
+            }
+            let disk = &mut self.nodes[index].disk;
+            if latent && self.fault_rng.chance(0.3) {
+                if let Some(file) = disk.make_unreadable_at_rest(&eligible) {
+                    self.faults.add(FaultClass::LatentReadError, 1);
+                    self.fault_line(format!("latent sector error on n{id}: {file}"));
+                }
             }
         }
         self.fault_line(format!(

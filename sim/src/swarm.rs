@@ -45,9 +45,10 @@ pub enum FaultClass {
     CorruptAtRest,
     SyncFailure,
     DiskFull,
+    LatentReadError,
 }
 
-pub const FAULT_CLASSES: [FaultClass; 19] = [
+pub const FAULT_CLASSES: [FaultClass; 20] = [
     FaultClass::Loss,
     FaultClass::Duplication,
     FaultClass::Delay,
@@ -67,6 +68,7 @@ pub const FAULT_CLASSES: [FaultClass; 19] = [
     FaultClass::CorruptAtRest,
     FaultClass::SyncFailure,
     FaultClass::DiskFull,
+    FaultClass::LatentReadError,
 ];
 
 impl FaultClass {
@@ -91,6 +93,7 @@ impl FaultClass {
             FaultClass::CorruptAtRest => "corrupt-at-rest",
             FaultClass::SyncFailure => "sync-failure",
             FaultClass::DiskFull => "disk-full",
+            FaultClass::LatentReadError => "latent-read-error",
         }
     }
 
@@ -265,6 +268,10 @@ pub struct FaultyDisk {
     pub corrupt_at_rest: bool,
     pub sync_failure_chance: f64,
     pub write_full_chance: f64,
+    /// Give a file a latent sector error when the node crashes (sometimes),
+    /// under the same rule as `corrupt_at_rest`: its reads fail until it is
+    /// written again or deleted.
+    pub latent_read_errors: bool,
 }
 
 /// Enables a class of episodes in half of the seeds.
@@ -410,6 +417,7 @@ impl FaultPlan {
                 corrupt_at_rest: rng.chance(0.7),
                 sync_failure_chance: chance(&mut rng),
                 write_full_chance: chance(&mut rng),
+                latent_read_errors: rng.chance(0.5),
             })
         } else {
             None
@@ -488,6 +496,12 @@ impl FaultPlan {
                 self.faulty_disk
                     .as_ref()
                     .is_some_and(|f| f.write_full_chance > 0.0),
+            ),
+            (
+                FaultClass::LatentReadError,
+                self.faulty_disk
+                    .as_ref()
+                    .is_some_and(|f| f.latent_read_errors),
             ),
         ];
         flags
@@ -590,9 +604,10 @@ impl fmt::Display for FaultPlan {
         match &self.faulty_disk {
             Some(faulty) => writeln!(
                 f,
-                "  faulty disk       n{}: corruption at rest {}, sync failures {:.4}, disk full {:.4}",
+                "  faulty disk       n{}: corruption at rest {}, latent read errors {}, sync failures {:.4}, disk full {:.4}",
                 self.nodes[faulty.node],
                 if faulty.corrupt_at_rest { "on" } else { "off" },
+                if faulty.latent_read_errors { "on" } else { "off" },
                 faulty.sync_failure_chance,
                 faulty.write_full_chance
             )?,

@@ -32,7 +32,24 @@ fn faulty(node: usize) -> FaultyDisk {
         corrupt_at_rest: false,
         sync_failure_chance: 0.0,
         write_full_chance: 0.0,
+        latent_read_errors: false,
     }
+}
+
+#[test]
+fn latent_read_errors_are_repaired_from_peers() {
+    let mut struck = 0;
+    for seed in 0..8 {
+        let outcome = run_with(
+            600 + seed,
+            FaultyDisk {
+                latent_read_errors: true,
+                ..faulty(seed as usize % 3)
+            },
+        );
+        struck += outcome.faults.get(FaultClass::LatentReadError);
+    }
+    assert!(struck > 0, "no sector became unreadable");
 }
 
 #[test]

@@ -192,6 +192,15 @@ pub(crate) fn recover(
                     RecoveryError::Corrupt(format!("{}: {what}", paths.snapshot))
                 })?),
                 Err(DiskError::NotFound) => None,
+                // A latent sector error loses the snapshot as surely as
+                // damage does: the replica rejoins as one that lost its
+                // state (§10.3) rather than never starting again.
+                Err(DiskError::ReadFailed) => {
+                    return Err(RecoveryError::Corrupt(format!(
+                        "{} cannot be read",
+                        paths.snapshot
+                    )))
+                }
                 Err(error) => return Err(RecoveryError::Disk(error)),
             }
         } else {
