@@ -22,7 +22,7 @@ use runnel_io::{Clock, DiskCompletion, Network, NodeId};
 use runnel_kafka::frame::frame_length;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc as tokio_mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc as tokio_mpsc, watch, Notify, Semaphore};
 
 use crate::config::ServeConfig;
 
@@ -404,13 +404,22 @@ pub fn serve(mut config: ServeConfig) -> i32 {
     let accept_inputs = inputs.clone();
     let accept_writers = Arc::clone(&writers);
     let code = runtime.block_on(async move {
-        let accept = tokio::spawn(accept_loop(listener, accept_inputs, accept_writers));
+        let (stop_reading, reading_stopped) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            accept_inputs,
+            accept_writers,
+            reading_stopped,
+        ));
         let signal = wait_for_signal().await;
         tracing::info!(
             signal,
             "shutting down: no new connections; answering requests in flight"
         );
         accept.abort();
+        // Connections stay open so that what is in flight is answered, but
+        // no new request is read from them.
+        let _ = stop_reading.send(true);
         let _ = inputs.send(Input::Shutdown);
         let code = tokio::task::spawn_blocking(move || core.join().unwrap_or(1))
             .await
@@ -470,17 +479,11 @@ fn run_core(
                 }
                 None
             }
+            // Requests still arrive while shutting down: readers stop
+            // reading at the signal, but a frame read just before it is
+            // handled like any other.
             Ok(Input::Request { connection, frame }) => {
-                if shutdown_deadline.is_some() {
-                    // Shutting down: no new work. The client sees the
-                    // connection close and retries elsewhere or later.
-                    if let Some(sender) = outputs.remove(&connection) {
-                        let _ = sender.send(Output::Close);
-                    }
-                    Some(BrokerEvent::Closed { connection })
-                } else {
-                    Some(BrokerEvent::Request { connection, frame })
-                }
+                Some(BrokerEvent::Request { connection, frame })
             }
             Ok(Input::Closed { connection }) => {
                 outputs.remove(&connection);
@@ -560,6 +563,7 @@ async fn accept_loop(
     listener: TcpListener,
     inputs: mpsc::Sender<Input>,
     writers: Arc<WriterCount>,
+    reading_stopped: watch::Receiver<bool>,
 ) {
     let mut next_connection: ConnectionId = 1;
     let open = Arc::new(AtomicUsize::new(0));
@@ -595,11 +599,29 @@ async fn accept_loop(
         let inputs = inputs.clone();
         let open = Arc::clone(&open);
         let writers = Arc::clone(&writers);
+        let reading_stopped = reading_stopped.clone();
         tokio::spawn(async move {
-            run_connection(connection, stream, inputs, receiver, writers).await;
+            run_connection(
+                connection,
+                stream,
+                inputs,
+                receiver,
+                writers,
+                reading_stopped,
+            )
+            .await;
             open.fetch_sub(1, Ordering::SeqCst);
         });
     }
+}
+
+/// Why a connection's reader stopped.
+enum ReadEnd {
+    /// The client went away, broke the protocol, or the core is gone.
+    Gone,
+    /// The node is shutting down; the client's requests in flight are
+    /// still answered.
+    Stopped,
 }
 
 async fn run_connection(
@@ -608,20 +630,34 @@ async fn run_connection(
     inputs: mpsc::Sender<Input>,
     mut outputs: tokio_mpsc::UnboundedReceiver<Output>,
     writers: Arc<WriterCount>,
+    mut reading_stopped: watch::Receiver<bool>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let permits = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX));
     let reader_permits = Arc::clone(&permits);
     let reader_inputs = inputs.clone();
+    // The reader ends with `Stopped` when the node shuts down: then the
+    // connection stays open until what it asked is answered.
     let read_task = tokio::spawn(async move {
         loop {
-            let Ok(permit) = reader_permits.acquire().await else {
-                return;
+            let permit = tokio::select! {
+                permit = reader_permits.acquire() => permit,
+                _ = reading_stopped.wait_for(|stopped| *stopped) => return ReadEnd::Stopped,
+            };
+            let Ok(permit) = permit else {
+                return ReadEnd::Gone;
             };
             permit.forget();
             let mut prefix = [0u8; 4];
-            if reader.read_exact(&mut prefix).await.is_err() {
-                return;
+            // Cancelling a partial read loses bytes, which is harmless
+            // here: nothing is read from this connection afterwards.
+            tokio::select! {
+                read = reader.read_exact(&mut prefix) => {
+                    if read.is_err() {
+                        return ReadEnd::Gone;
+                    }
+                }
+                _ = reading_stopped.wait_for(|stopped| *stopped) => return ReadEnd::Stopped,
             }
             let length = match frame_length(prefix) {
                 Ok(length) => length,
@@ -629,12 +665,12 @@ async fn run_connection(
                     // Kafka closes a connection whose frame is over its
                     // limit; nothing of the frame is read or allocated.
                     tracing::warn!(connection, %error, "closing connection");
-                    return;
+                    return ReadEnd::Gone;
                 }
             };
             let mut frame = vec![0u8; length];
             if reader.read_exact(&mut frame).await.is_err() {
-                return;
+                return ReadEnd::Gone;
             }
             if reader_inputs
                 .send(Input::Request {
@@ -643,15 +679,16 @@ async fn run_connection(
                 })
                 .is_err()
             {
-                return;
+                return ReadEnd::Gone;
             }
         }
     });
     let abort = read_task.abort_handle();
     let closed_inputs = inputs.clone();
     let watcher = tokio::spawn(async move {
-        let _ = read_task.await;
-        let _ = closed_inputs.send(Input::Closed { connection });
+        if !matches!(read_task.await, Ok(ReadEnd::Stopped)) {
+            let _ = closed_inputs.send(Input::Closed { connection });
+        }
     });
     writers.active.fetch_add(1, Ordering::SeqCst);
     while let Some(output) = outputs.recv().await {
