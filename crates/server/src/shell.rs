@@ -305,6 +305,15 @@ pub fn serve(mut config: ServeConfig) -> i32 {
             return 1;
         }
     };
+    // Said before the wait for a metadata leader, which may be long when
+    // peers are down, so that the operator sees the node came up.
+    tracing::info!(
+        node_id = config.broker.node_id,
+        incarnation = config.broker.incarnation,
+        data_dir = %config.data_dir.display(),
+        peers = config.peers.len(),
+        "recovered; waiting for a metadata leader"
+    );
     for note in broker.recovery_notes() {
         tracing::warn!(note, "recovery");
     }
@@ -316,6 +325,13 @@ pub fn serve(mut config: ServeConfig) -> i32 {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("runnel: cannot start the async runtime: {error}");
+            return 1;
+        }
+    };
+    let mut signals = match runtime.block_on(async { Signals::new() }) {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("runnel: cannot catch SIGTERM and SIGINT: {error}");
             return 1;
         }
     };
@@ -382,41 +398,54 @@ pub fn serve(mut config: ServeConfig) -> i32 {
             }
         })
         .expect("spawn the core thread");
-    // Clients are let in once the metadata group has a leader, so that their
-    // first requests are answered rather than refused.
-    if ready
-        .recv_timeout(Duration::from_millis(STARTUP_LEADER_WAIT_MS))
-        .is_err()
-    {
-        tracing::warn!(
-            STARTUP_LEADER_WAIT_MS,
-            "no metadata leader yet; accepting clients anyway"
-        );
-    }
-    tracing::info!(
-        node_id = config.broker.node_id,
-        kafka_addr = %config.kafka_addr,
-        rpc_addr = %config.rpc_addr,
-        data_dir = %config.data_dir.display(),
-        "runnel is serving"
-    );
     let writers = Arc::new(WriterCount::default());
     let accept_inputs = inputs.clone();
     let accept_writers = Arc::clone(&writers);
     let code = runtime.block_on(async move {
         let (stop_reading, reading_stopped) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            accept_inputs,
-            accept_writers,
-            reading_stopped,
-        ));
-        let signal = wait_for_signal().await;
+        // Clients are let in once the metadata group has a leader, so that
+        // their first requests are answered rather than refused. A signal
+        // during that wait stops the node without letting them in.
+        let ready_wait = tokio::task::spawn_blocking(move || {
+            ready.recv_timeout(Duration::from_millis(STARTUP_LEADER_WAIT_MS))
+        });
+        let started = tokio::select! {
+            signal = signals.recv() => Err(signal),
+            waited = ready_wait => Ok(waited),
+        };
+        let mut accept = None;
+        let signal = match started {
+            Err(signal) => signal,
+            Ok(waited) => {
+                if !matches!(waited, Ok(Ok(()))) {
+                    tracing::warn!(
+                        STARTUP_LEADER_WAIT_MS,
+                        "no metadata leader yet; accepting clients anyway"
+                    );
+                }
+                tracing::info!(
+                    node_id = config.broker.node_id,
+                    kafka_addr = %config.kafka_addr,
+                    rpc_addr = %config.rpc_addr,
+                    data_dir = %config.data_dir.display(),
+                    "runnel is serving"
+                );
+                accept = Some(tokio::spawn(accept_loop(
+                    listener,
+                    accept_inputs,
+                    accept_writers,
+                    reading_stopped,
+                )));
+                signals.recv().await
+            }
+        };
         tracing::info!(
             signal,
             "shutting down: no new connections; answering requests in flight"
         );
-        accept.abort();
+        if let Some(accept) = accept {
+            accept.abort();
+        }
         // Connections stay open so that what is in flight is answered, but
         // no new request is read from them.
         let _ = stop_reading.send(true);
@@ -436,13 +465,29 @@ pub fn serve(mut config: ServeConfig) -> i32 {
     code
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from the moment the node starts so that no
+/// signal kills it uncleanly.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must run inside the runtime.
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The name of the next signal.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
     }
 }
 
