@@ -2,6 +2,7 @@
 directory, stopped with SIGTERM (which must exit 0) after the tests."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,10 +18,34 @@ START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 10
 
 
+# Ports for the brokers come from below Linux's ephemeral range (32768 and
+# up), so that no outgoing connection (a client's, or one node's to another)
+# can take a port between the check here and the broker binding it.
+PORT_RANGE = (20000, 32000)
+
+
+def free_port_block(count):
+    """The first of `count` consecutive ports that are free now."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
+        held = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise AssertionError(f"no {count} consecutive free ports in {PORT_RANGE}")
+
+
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port_block(1)
 
 
 class Broker:

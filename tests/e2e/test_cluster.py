@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import Broker, free_port
+from conftest import Broker, free_port, free_port_block
 
 
 @pytest.fixture
@@ -113,12 +113,13 @@ def test_runnel_dev_and_cluster_status(tmp_path):
 
     from conftest import BINARY
 
-    kafka_port, rpc_port = free_port(), free_port()
-    # Consecutive ports from a free one; good enough on a quiet machine.
+    # runnel dev takes three consecutive ports from each base.
+    kafka_port = free_port_block(6)
+    rpc_port = kafka_port + 3
     dev = subprocess.Popen(
         [
             str(BINARY), "dev", "--nodes", "3", "--data-dir", str(tmp_path / "dev"),
-            "--kafka-port", str(kafka_port), "--rpc-port", str(rpc_port + 100),
+            "--kafka-port", str(kafka_port), "--rpc-port", str(rpc_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
