@@ -85,13 +85,30 @@ impl Clock for OsClock {
 /// Most encoded envelopes waiting for one peer's connection; beyond it new
 /// ones are dropped, which the protocol tolerates as loss.
 pub const PEER_QUEUE_ENVELOPES_MAX: usize = 1_024;
+/// Most bytes waiting for one peer's connection, so that a slow or absent
+/// peer holds a bounded amount of memory even when envelopes are large
+/// (snapshots). One envelope is always let into an empty queue.
+pub const PEER_QUEUE_BYTES_MAX: usize = 64 << 20;
 /// The longest wait between attempts to reach a peer.
 pub const PEER_RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
+/// How long connecting to a peer may take; an address that drops packets
+/// would otherwise hold the connection task for minutes.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// How long one envelope may take to write before the connection is given
+/// up as stalled (a peer behind a partition that does not reset it).
+pub const PEER_WRITE_TIMEOUT_MS: u64 = 5_000;
+
+/// The queue to one peer's connection task.
+struct PeerQueue {
+    frames: tokio_mpsc::Sender<Bytes>,
+    /// Bytes in `frames`, raised here and lowered by the connection task.
+    bytes: Arc<AtomicUsize>,
+}
 
 /// Envelopes to peers: encoded with `runnel_core::wire`, framed with their
 /// length (u32, little-endian), and queued for each peer's connection task.
 struct PeerNetwork {
-    queues: BTreeMap<NodeId, tokio_mpsc::Sender<Bytes>>,
+    queues: BTreeMap<NodeId, PeerQueue>,
 }
 
 impl Network<Envelope> for PeerNetwork {
@@ -101,10 +118,24 @@ impl Network<Envelope> for PeerNetwork {
             return;
         };
         let encoded = runnel_core::wire::encode_envelope(&envelope);
-        let mut frame = Vec::with_capacity(4 + encoded.len());
+        let length = 4 + encoded.len();
+        let queued = queue.bytes.load(Ordering::SeqCst);
+        if queued > 0 && queued + length > PEER_QUEUE_BYTES_MAX {
+            tracing::debug!(
+                to,
+                queued,
+                "peer queue over its byte bound; envelope dropped"
+            );
+            return;
+        }
+        let mut frame = Vec::with_capacity(length);
         frame.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
         frame.extend_from_slice(&encoded);
-        if queue.try_send(Bytes::from(frame)).is_err() {
+        // Counted before the send, so that the connection task never
+        // subtracts bytes that were not added yet.
+        queue.bytes.fetch_add(length, Ordering::SeqCst);
+        if queue.frames.try_send(Bytes::from(frame)).is_err() {
+            queue.bytes.fetch_sub(length, Ordering::SeqCst);
             tracing::debug!(to, "peer queue full or closed; envelope dropped");
         }
     }
@@ -113,11 +144,18 @@ impl Network<Envelope> for PeerNetwork {
 /// Keeps a connection to one peer and writes its envelopes in order. While
 /// the peer cannot be reached, what was queued is dropped: consensus resends
 /// what matters, and stale messages would only be discarded there.
-async fn peer_sender(node_id: NodeId, address: String, mut queue: tokio_mpsc::Receiver<Bytes>) {
+async fn peer_sender(
+    node_id: NodeId,
+    address: String,
+    mut queue: tokio_mpsc::Receiver<Bytes>,
+    queued_bytes: Arc<AtomicUsize>,
+) {
     let mut backoff_ms = 50;
+    let connect_timeout = Duration::from_millis(PEER_CONNECT_TIMEOUT_MS);
+    let write_timeout = Duration::from_millis(PEER_WRITE_TIMEOUT_MS);
     loop {
-        match TcpStream::connect(&address).await {
-            Ok(mut stream) => {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(&address)).await {
+            Ok(Ok(mut stream)) => {
                 let _ = stream.set_nodelay(true);
                 tracing::info!(peer = node_id, %address, "connected to peer");
                 backoff_ms = 50;
@@ -125,17 +163,34 @@ async fn peer_sender(node_id: NodeId, address: String, mut queue: tokio_mpsc::Re
                     let Some(frame) = queue.recv().await else {
                         return;
                     };
-                    if let Err(error) = stream.write_all(&frame).await {
-                        tracing::info!(peer = node_id, %error, "lost the connection to a peer");
-                        break;
+                    queued_bytes.fetch_sub(frame.len(), Ordering::SeqCst);
+                    match tokio::time::timeout(write_timeout, stream.write_all(&frame)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::info!(peer = node_id, %error, "lost the connection to a peer");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::info!(
+                                peer = node_id,
+                                PEER_WRITE_TIMEOUT_MS,
+                                "a write to a peer stalled; reconnecting"
+                            );
+                            break;
+                        }
                     }
                 }
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::debug!(peer = node_id, %address, %error, "cannot reach peer");
             }
+            Err(_) => {
+                tracing::debug!(peer = node_id, %address, "connecting to peer timed out");
+            }
         }
-        while queue.try_recv().is_ok() {}
+        while let Ok(frame) = queue.try_recv() {
+            queued_bytes.fetch_sub(frame.len(), Ordering::SeqCst);
+        }
         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
         backoff_ms = (backoff_ms * 2).min(PEER_RECONNECT_BACKOFF_MS_MAX);
     }
@@ -360,9 +415,21 @@ pub fn serve(mut config: ServeConfig) -> i32 {
         };
         runtime.spawn(peer_listener(rpc_listener, inputs.clone()));
         for peer in &config.peers {
-            let (queue, receiver) = tokio_mpsc::channel(PEER_QUEUE_ENVELOPES_MAX);
-            peer_queues.insert(peer.node_id, queue);
-            runtime.spawn(peer_sender(peer.node_id, peer.rpc_addr.clone(), receiver));
+            let (frames, receiver) = tokio_mpsc::channel(PEER_QUEUE_ENVELOPES_MAX);
+            let bytes = Arc::new(AtomicUsize::new(0));
+            peer_queues.insert(
+                peer.node_id,
+                PeerQueue {
+                    frames,
+                    bytes: Arc::clone(&bytes),
+                },
+            );
+            runtime.spawn(peer_sender(
+                peer.node_id,
+                peer.rpc_addr.clone(),
+                receiver,
+                bytes,
+            ));
         }
     }
     let disk_inputs = inputs.clone();
@@ -498,7 +565,7 @@ fn run_core(
     mut disk: FileDisk,
     inputs: mpsc::Receiver<Input>,
     ready: mpsc::Sender<()>,
-    peer_queues: BTreeMap<NodeId, tokio_mpsc::Sender<Bytes>>,
+    peer_queues: BTreeMap<NodeId, PeerQueue>,
 ) -> i32 {
     let mut ready = Some(ready);
     let clock = OsClock {
