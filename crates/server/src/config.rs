@@ -175,13 +175,22 @@ impl ServeConfig {
             }
             topic_defaults.replication_factor = factor;
         }
-        if let Some(value) = file_defaults.retention_ms {
+        // The broker's own rules for these topic configurations, so that a
+        // default cannot be what CreateTopics would refuse.
+        let checked = |key: &str, value: Option<i64>| -> Result<Option<i64>, String> {
+            if let Some(value) = value {
+                runnel_broker::configs::validate(key, &value.to_string())
+                    .map_err(|error| format!("topic_defaults: {error}"))?;
+            }
+            Ok(value)
+        };
+        if let Some(value) = checked("retention.ms", file_defaults.retention_ms)? {
             topic_defaults.retention_ms = value;
         }
-        if let Some(value) = file_defaults.retention_bytes {
+        if let Some(value) = checked("retention.bytes", file_defaults.retention_bytes)? {
             topic_defaults.retention_bytes = value;
         }
-        if let Some(value) = file_defaults.segment_bytes {
+        if let Some(value) = checked("segment.bytes", file_defaults.segment_bytes)? {
             topic_defaults.segment_bytes = value;
         }
         if let Some(value) = file_defaults.auto_create {

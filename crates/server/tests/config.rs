@@ -143,6 +143,9 @@ fn bad_values_are_refused() {
         "log_level = \"loud\"\n",
         "advertise_kafka_addr = \"no-port\"\n",
         "[topic_defaults]\npartitions = 0\n",
+        "[topic_defaults]\nretention_ms = -2\n",
+        "[topic_defaults]\nretention_bytes = -5\n",
+        "[topic_defaults]\nsegment_bytes = 0\n",
         // One node cannot hold three replicas.
         "[topic_defaults]\nreplication_factor = 3\n",
         "peers = \"2@h2:19092\"\n",
