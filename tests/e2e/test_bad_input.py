@@ -1,8 +1,10 @@
 """Bad input over a raw socket: each gets the answer Kafka gives (an error
 code, or the connection closed), and the broker goes on serving everyone."""
 
+import os
 import socket
 import struct
+import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -125,6 +127,32 @@ def produce_error(broker, topic, records):
 def test_garbage_after_a_valid_length_closes_the_connection(broker, topic_name):
     sock = connect(broker)
     sock.sendall(struct.pack(">i", 12) + b"\xde\xad\xbe\xef" * 3)
+    assert closed_by_broker(sock)
+    still_serves(broker, topic_name)
+
+
+def framed(payload):
+    return struct.pack(">i", len(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        framed(b""),  # an empty frame: not even an API key
+        framed(b"\x00\x03"),  # shorter than a request header
+        framed(struct.pack(">hhi", 3, 1, 5)),  # the header stops before the client id
+        framed(struct.pack(">hhih", 3, 1, 5, 200) + b"abc"),  # a client id longer than the frame
+        # Metadata v1 whose one topic name claims more bytes than follow.
+        framed(struct.pack(">hhih", 3, 1, 5, 3) + b"raw" + struct.pack(">ih", 1, 300) + b"t"),
+        # Metadata v9 (flexible) with a compact array length that is not a varint's end.
+        framed(struct.pack(">hhih", 3, 9, 5, 3) + b"raw" + b"\x00" + b"\xff" * 8),
+    ],
+    ids=["empty", "short-header", "no-client-id", "long-client-id", "short-string", "bad-varint"],
+)
+def test_malformed_requests_close_the_connection(broker, topic_name, frame):
+    # Kafka closes a connection whose request it cannot parse.
+    sock = connect(broker)
+    sock.sendall(frame)
     assert closed_by_broker(sock)
     still_serves(broker, topic_name)
 
@@ -276,3 +304,62 @@ def test_the_longest_legal_topic_name_is_accepted(broker, topic_name):
         "also/bad": INVALID_TOPIC_EXCEPTION,
     }
     still_serves(broker, topic_name)
+
+
+def new_log_lines(broker, since, needle, timeout_s=2):
+    """The broker's log lines after byte `since` that contain `needle`."""
+    deadline = time.time() + timeout_s
+    while True:
+        with open(broker.log_path, "rb") as log:
+            log.seek(since)
+            lines = [line for line in log.read().decode(errors="replace").splitlines()
+                     if needle in line]
+        if lines or time.time() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def log_size(broker):
+    return os.path.getsize(broker.log_path)
+
+
+def test_each_refusal_leaves_a_log_line(broker, topic_name):
+    # Issue 4, point 5: a bad input gets its error code *and a log line*.
+    # Every case runs, and the assertion names all that left none.
+    missing = []
+
+    since = log_size(broker)
+    sock = connect(broker)
+    sock.sendall(request(9999, 0, 1, b""))
+    assert closed_by_broker(sock)
+    if not new_log_lines(broker, since, "9999"):
+        missing.append("an unknown API key (9999)")
+
+    since = log_size(broker)
+    sock = connect(broker)
+    sock.sendall(struct.pack(">i", FRAME_LIMIT + 1))
+    assert closed_by_broker(sock)
+    if not new_log_lines(broker, since, str(FRAME_LIMIT + 1)):
+        missing.append("a frame over the limit")
+
+    client = AdminClient({"bootstrap.servers": broker.bootstrap})
+    client.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(10)
+    since = log_size(broker)
+    corrupt = batch([b"x" * 20, b"y" * 20], flip_at=70)
+    assert produce_error(broker, topic_name, corrupt) == CORRUPT_MESSAGE
+    if not new_log_lines(broker, since, topic_name):
+        missing.append("a Produce refused with CORRUPT_MESSAGE (no line naming the topic)")
+
+    since = log_size(broker)
+    wrong_magic = batch([b"x" * 20], magic_override=3)
+    assert produce_error(broker, topic_name, wrong_magic) in (CORRUPT_MESSAGE, INVALID_RECORD)
+    if not new_log_lines(broker, since, topic_name):
+        missing.append("a Produce with a wrong magic (no line naming the topic)")
+
+    since = log_size(broker)
+    assert create_topics_errors(broker, ["bad/name"]) == {"bad/name": INVALID_TOPIC_EXCEPTION}
+    if not new_log_lines(broker, since, "bad/name"):
+        missing.append("a CreateTopics refused with INVALID_TOPIC_EXCEPTION (no line naming it)")
+
+    still_serves(broker, topic_name + "-after")
+    assert missing == [], "no log line at the default level for: " + "; ".join(missing)
