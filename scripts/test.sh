@@ -22,12 +22,21 @@ cargo run --release -p runnel-sim -- --seeds "$SIM_SEEDS" --first-seed "$first_s
   --check-determinism 2>&1 | tee "$log_dir/sim.log"
 
 cargo build --release --bin runnel
-bash tests/e2e/run.sh 2>&1 | tee "$log_dir/e2e.log"
+# The end-to-end run goes to the end even when a test fails, so that the
+# closing line can count its failures; the script still fails below.
+e2e_rc=0
+bash tests/e2e/run.sh 2>&1 | tee "$log_dir/e2e.log" || e2e_rc=$?
 
 # One closing line that counts everything: every unit and integration test,
 # every simulated seed (each run twice and compared), every end-to-end test.
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log_dir/cargo-test.log" \
   | awk '{sum += $4} END {print sum + 0}')
 seeds=$(grep -Eo '^seeds: [0-9]+ passed' "$log_dir/sim.log" | awk '{print $2}')
-e2e=$(grep -Eo '^e2e: [0-9]+ passed, 0 failed' "$log_dir/e2e.log" | awk '{print $2}')
-echo "total: $((passed + seeds + e2e)) passed, 0 failed"
+e2e_line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed' "$log_dir/e2e.log" | tail -1 || true)
+e2e_passed=$(echo "$e2e_line" | awk '{print $2 + 0}')
+e2e_failed=$(echo "$e2e_line" | awk '{print $4 + 0}')
+if [ "$e2e_rc" -ne 0 ] && [ "$e2e_failed" -eq 0 ]; then
+  e2e_failed=1  # run.sh stopped before its tests (no kcat, no clients, no binary)
+fi
+echo "total: $((passed + seeds + e2e_passed)) passed, $e2e_failed failed"
+[ "$e2e_rc" -eq 0 ] && [ "$e2e_failed" -eq 0 ]
