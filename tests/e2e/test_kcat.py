@@ -85,3 +85,25 @@ def test_consume_from_an_offset_and_the_end(broker, topic_name, isolation):
     assert out.split() == ["17", "18", "19"]
     out = kcat(broker, "-C", "-t", topic_name, "-p", "0", "-o", "end", "-e", "-X", setting)
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [["acks=0"], ["acks=1"], ["acks=all"], ["enable.idempotence=true", "compression.codec=zstd"]],
+    ids=["acks0", "acks1", "acksall", "idempotent"],
+)
+def test_acks_and_idempotence_on_the_old_librdkafka(broker, topic_name, settings):
+    config = [arg for setting in settings for arg in ("-X", setting)]
+    lines = "".join(f"k{i}:v{i}\n" for i in range(100)).encode()
+    kcat(broker, "-P", "-t", topic_name, "-p", "0", "-K:", *config, stdin=lines)
+    want = [f"{i} k{i} v{i}" for i in range(100)]
+    # With acks=0 kcat is done once the bytes are sent, maybe before the
+    # broker committed them: read again until all are there (or 10 s).
+    deadline = time.time() + 10
+    while True:
+        out = kcat(broker, "-C", "-t", topic_name, "-p", "0", "-o", "beginning", "-e",
+                   "-f", "%o %k %s\n").splitlines()
+        if len(out) >= len(want) or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert out == want
