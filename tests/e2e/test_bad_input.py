@@ -363,3 +363,36 @@ def test_each_refusal_leaves_a_log_line(broker, topic_name):
 
     still_serves(broker, topic_name + "-after")
     assert missing == [], "no log line at the default level for: " + "; ".join(missing)
+
+
+def test_memory_does_not_grow_under_repeated_bad_input(broker, topic_name):
+    client = AdminClient({"bootstrap.servers": broker.bootstrap})
+    client.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(10)
+    corrupt = produce_v3(topic_name, batch([b"x" * 500] * 20, flip_at=70))
+    bad = [
+        struct.pack(">i", 12) + b"\xde\xad\xbe\xef" * 3,
+        struct.pack(">i", FRAME_LIMIT + 1),
+        request(9999, 0, 1, b""),
+        request(3, 1, 1, struct.pack(">i", 2**31 - 1)),
+        framed(struct.pack(">hhih", 3, 1, 5, 200) + b"abc"),
+    ]
+
+    def round_of_bad_input(times):
+        for _ in range(times):
+            for frame in bad:
+                sock = connect(broker)
+                sock.sendall(frame)
+                assert closed_by_broker(sock)
+                sock.close()
+            # A corrupt batch is answered, on a connection that stays open.
+            sock = connect(broker)
+            sock.sendall(corrupt)
+            assert read_frame(sock) is not None
+            sock.close()
+
+    round_of_bad_input(30)  # warm up: buffers and allocator pools reach their size
+    before = rss_kib(broker)
+    round_of_bad_input(300)
+    grown_mib = (rss_kib(broker) - before) / 1024
+    assert grown_mib < 16, f"the broker grew by {grown_mib:.1f} MiB over 1800 bad requests"
+    still_serves(broker, topic_name + "-after")
