@@ -31,6 +31,19 @@ use crate::config::ServeConfig;
 pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
 /// Most client connections at once; more are accepted and closed at once.
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// Most bytes of request frames read from clients and not yet handled by
+/// the core, over all connections (Kafka's `queued.max.request.bytes`):
+/// readers wait beyond it, so many clients cannot fill memory between the
+/// sockets and the core. At least two frames of the largest size fit.
+pub const REQUEST_QUEUE_BYTES_MAX: usize = 256 << 20;
+/// Most bytes of peer envelopes received and not yet handled by the core;
+/// peer readers wait beyond it (their senders then drop, which consensus
+/// tolerates).
+pub const PEER_INBOUND_BYTES_MAX: usize = 256 << 20;
+// A single frame must always fit in its budget, or its reader would wait
+// forever.
+const _: () = assert!(runnel_kafka::frame::FRAME_BYTES_MAX <= REQUEST_QUEUE_BYTES_MAX);
+const _: () = assert!(runnel_core::wire::ENVELOPE_BYTES_MAX <= PEER_INBOUND_BYTES_MAX);
 /// How long a shutdown waits for requests in flight to be answered.
 pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
 /// How long a starting node waits for its metadata group to have a leader
@@ -54,7 +67,11 @@ enum Input {
         connection: ConnectionId,
     },
     Disk(DiskCompletion),
-    Peer(Envelope),
+    Peer {
+        envelope: Envelope,
+        /// Its encoded size, given back to `peer_bytes` once handled.
+        bytes: usize,
+    },
     Shutdown,
 }
 
@@ -198,7 +215,11 @@ async fn peer_sender(
 
 /// Accepts peers' connections and hands their envelopes to the core. A
 /// frame that is too large or does not decode closes that connection.
-async fn peer_listener(listener: TcpListener, inputs: mpsc::Sender<Input>) {
+async fn peer_listener(
+    listener: TcpListener,
+    inputs: mpsc::Sender<Input>,
+    peer_bytes: Arc<Semaphore>,
+) {
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -209,6 +230,7 @@ async fn peer_listener(listener: TcpListener, inputs: mpsc::Sender<Input>) {
             }
         };
         let inputs = inputs.clone();
+        let peer_bytes = Arc::clone(&peer_bytes);
         tokio::spawn(async move {
             loop {
                 let mut prefix = [0u8; 4];
@@ -220,13 +242,25 @@ async fn peer_listener(listener: TcpListener, inputs: mpsc::Sender<Input>) {
                     tracing::warn!(%peer, length, "peer frame over the limit; closing");
                     return;
                 }
+                // As for client frames (see `run_connection`).
+                let Ok(permit) = Arc::clone(&peer_bytes)
+                    .acquire_many_owned(length as u32)
+                    .await
+                else {
+                    return;
+                };
                 let mut frame = vec![0u8; length];
                 if stream.read_exact(&mut frame).await.is_err() {
                     return;
                 }
                 match runnel_core::wire::decode_envelope(&frame) {
                     Ok(envelope) => {
-                        if inputs.send(Input::Peer(envelope)).is_err() {
+                        permit.forget();
+                        let input = Input::Peer {
+                            envelope,
+                            bytes: length,
+                        };
+                        if inputs.send(input).is_err() {
                             return;
                         }
                     }
@@ -402,6 +436,9 @@ pub fn serve(mut config: ServeConfig) -> i32 {
     let (inputs, input_receiver) = mpsc::channel::<Input>();
     // Peers: a listener for their envelopes, a connection task for each.
     let mut peer_queues = BTreeMap::new();
+    let peer_bytes = Arc::new(Semaphore::new(PEER_INBOUND_BYTES_MAX));
+    let request_bytes = Arc::new(Semaphore::new(REQUEST_QUEUE_BYTES_MAX));
+    let core_request_bytes = Arc::clone(&request_bytes);
     if !config.peers.is_empty() {
         let rpc_listener = match runtime.block_on(TcpListener::bind(config.rpc_addr)) {
             Ok(listener) => listener,
@@ -413,7 +450,11 @@ pub fn serve(mut config: ServeConfig) -> i32 {
                 return 2;
             }
         };
-        runtime.spawn(peer_listener(rpc_listener, inputs.clone()));
+        runtime.spawn(peer_listener(
+            rpc_listener,
+            inputs.clone(),
+            Arc::clone(&peer_bytes),
+        ));
         for peer in &config.peers {
             let (frames, receiver) = tokio_mpsc::channel(PEER_QUEUE_ENVELOPES_MAX);
             let bytes = Arc::new(AtomicUsize::new(0));
@@ -450,7 +491,17 @@ pub fn serve(mut config: ServeConfig) -> i32 {
             // A panic in the core is a bug; the node must not linger with
             // its listener open and nobody answering, so the process ends.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_core(broker, disk, input_receiver, ready_sender, peer_queues)
+                run_core(
+                    broker,
+                    disk,
+                    input_receiver,
+                    ready_sender,
+                    peer_queues,
+                    QueuedBytes {
+                        requests: core_request_bytes,
+                        peers: peer_bytes,
+                    },
+                )
             }));
             match outcome {
                 // The disk failed: the main thread is waiting for a signal,
@@ -502,6 +553,7 @@ pub fn serve(mut config: ServeConfig) -> i32 {
                     accept_inputs,
                     accept_writers,
                     reading_stopped,
+                    request_bytes,
                 )));
                 signals.recv().await
             }
@@ -560,12 +612,20 @@ impl Signals {
 
 /// The core loop: one event at a time, a tick at least every
 /// `TICK_INTERVAL_MS`. Returns the exit code.
+/// Budgets of bytes read from sockets and not yet handled; the core gives
+/// back what it handled.
+struct QueuedBytes {
+    requests: Arc<Semaphore>,
+    peers: Arc<Semaphore>,
+}
+
 fn run_core(
     mut broker: Broker,
     mut disk: FileDisk,
     inputs: mpsc::Receiver<Input>,
     ready: mpsc::Sender<()>,
     peer_queues: BTreeMap<NodeId, PeerQueue>,
+    queued: QueuedBytes,
 ) -> i32 {
     let mut ready = Some(ready);
     let clock = OsClock {
@@ -579,6 +639,8 @@ fn run_core(
     let mut last_tick = Instant::now();
     let mut shutdown_deadline: Option<Instant> = None;
     loop {
+        let mut handled_request_bytes = 0;
+        let mut handled_peer_bytes = 0;
         let event = match inputs.recv_timeout(tick) {
             Ok(Input::Register {
                 connection,
@@ -595,6 +657,7 @@ fn run_core(
             // reading at the signal, but a frame read just before it is
             // handled like any other.
             Ok(Input::Request { connection, frame }) => {
+                handled_request_bytes = frame.len();
                 Some(BrokerEvent::Request { connection, frame })
             }
             Ok(Input::Closed { connection }) => {
@@ -602,7 +665,10 @@ fn run_core(
                 Some(BrokerEvent::Closed { connection })
             }
             Ok(Input::Disk(completion)) => Some(BrokerEvent::Disk(completion)),
-            Ok(Input::Peer(envelope)) => Some(BrokerEvent::Peer(envelope)),
+            Ok(Input::Peer { envelope, bytes }) => {
+                handled_peer_bytes = bytes;
+                Some(BrokerEvent::Peer(envelope))
+            }
             Ok(Input::Shutdown) => {
                 shutdown_deadline = Some(Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS));
                 None
@@ -621,6 +687,12 @@ fn run_core(
         };
         if let Some(event) = event {
             broker.handle(event, &mut env);
+        }
+        if handled_request_bytes > 0 {
+            queued.requests.add_permits(handled_request_bytes);
+        }
+        if handled_peer_bytes > 0 {
+            queued.peers.add_permits(handled_peer_bytes);
         }
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
@@ -676,6 +748,7 @@ async fn accept_loop(
     inputs: mpsc::Sender<Input>,
     writers: Arc<WriterCount>,
     reading_stopped: watch::Receiver<bool>,
+    request_bytes: Arc<Semaphore>,
 ) {
     let mut next_connection: ConnectionId = 1;
     let open = Arc::new(AtomicUsize::new(0));
@@ -712,6 +785,7 @@ async fn accept_loop(
         let open = Arc::clone(&open);
         let writers = Arc::clone(&writers);
         let reading_stopped = reading_stopped.clone();
+        let request_bytes = Arc::clone(&request_bytes);
         tokio::spawn(async move {
             run_connection(
                 connection,
@@ -720,6 +794,7 @@ async fn accept_loop(
                 receiver,
                 writers,
                 reading_stopped,
+                request_bytes,
             )
             .await;
             open.fetch_sub(1, Ordering::SeqCst);
@@ -743,6 +818,7 @@ async fn run_connection(
     mut outputs: tokio_mpsc::UnboundedReceiver<Output>,
     writers: Arc<WriterCount>,
     mut reading_stopped: watch::Receiver<bool>,
+    request_bytes: Arc<Semaphore>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let permits = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX));
@@ -780,10 +856,21 @@ async fn run_connection(
                     return ReadEnd::Gone;
                 }
             };
+            // Waits while the core is behind, before the frame's memory is
+            // taken. The permit returns by itself if this task ends (or is
+            // aborted) before the frame reaches the core; after that the
+            // core gives the bytes back once it handled the frame.
+            let Ok(bytes) = Arc::clone(&request_bytes)
+                .acquire_many_owned(length as u32)
+                .await
+            else {
+                return ReadEnd::Gone;
+            };
             let mut frame = vec![0u8; length];
             if reader.read_exact(&mut frame).await.is_err() {
                 return ReadEnd::Gone;
             }
+            bytes.forget();
             if reader_inputs
                 .send(Input::Request {
                     connection,
