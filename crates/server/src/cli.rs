@@ -428,7 +428,7 @@ pub fn produce(connect: &Connect, args: ProduceArgs) -> Result<(), ClientError> 
         }
     }
     let mut pending: BTreeMap<i32, (Vec<Record>, usize)> = BTreeMap::new();
-    let mut produced: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    let mut produced: BTreeMap<i32, Produced> = BTreeMap::new();
     let mut next_keyless = 0i32;
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
@@ -491,19 +491,20 @@ pub fn produce(connect: &Connect, args: ProduceArgs) -> Result<(), ClientError> 
             &mut produced,
         )?;
     }
-    for (partition, (first, last)) in produced {
-        if matches!(args.acks, Acks::None) {
-            eprintln!(
-                "produced {} records to {}-{partition} (acks=0: offsets unknown)",
-                last - first + 1,
-                args.topic
-            );
-        } else {
-            eprintln!(
-                "produced {} records to {}-{partition} at offsets {first}..{last}",
-                last - first + 1,
-                args.topic
-            );
+    for (partition, done) in produced {
+        let Produced {
+            records,
+            first_offset,
+            last_offset,
+        } = done;
+        let topic = &args.topic;
+        match (first_offset, last_offset) {
+            (Some(first), Some(last)) => eprintln!(
+                "produced {records} records to {topic}-{partition} at offsets {first}..{last}"
+            ),
+            _ => eprintln!(
+                "produced {records} records to {topic}-{partition} (acks=0: offsets unknown)"
+            ),
         }
     }
     Ok(())
@@ -541,7 +542,7 @@ fn send_batch(
     args: &ProduceArgs,
     partition: i32,
     mut records: Vec<Record>,
-    produced: &mut BTreeMap<i32, (i64, i64)>,
+    produced: &mut BTreeMap<i32, Produced>,
 ) -> Result<(), ClientError> {
     for (offset, record) in records.iter_mut().enumerate() {
         record.offset = offset as i64;
@@ -611,15 +612,24 @@ fn send_batch(
             Err(error) => return Err(error),
         }
     };
-    let Some(base_offset) = base_offset else {
-        let entry = produced.entry(partition).or_insert((0, -1));
-        entry.1 += count;
-        return Ok(());
-    };
-    let last = base_offset + count - 1;
-    let entry = produced.entry(partition).or_insert((base_offset, last));
-    entry.1 = last;
+    let entry = produced.entry(partition).or_default();
+    entry.records += count;
+    if let Some(base_offset) = base_offset {
+        entry.first_offset.get_or_insert(base_offset);
+        entry.last_offset = Some(base_offset + count - 1);
+    }
     Ok(())
+}
+
+/// What one `runnel produce` wrote to one partition. Other producers may
+/// write between its batches, so the records are counted rather than
+/// derived from the offsets.
+#[derive(Default)]
+struct Produced {
+    records: i64,
+    /// Unknown with acks=0, where no response comes.
+    first_offset: Option<i64>,
+    last_offset: Option<i64>,
 }
 
 fn send_without_response(
