@@ -189,3 +189,13 @@ fn peers_are_id_at_rpc_address_equals_kafka_address() {
         assert!(!error.contains('\n'));
     }
 }
+
+#[test]
+fn the_readme_example_is_a_valid_config() {
+    // The README shows operators a config file; it must keep working.
+    let readme = include_str!("../../../README.md");
+    let start = readme.find("```toml\n").expect("README has a toml block") + "```toml\n".len();
+    let length = readme[start..].find("```").expect("the toml block ends");
+    let file = file_with(&readme[start..start + length]);
+    ServeConfig::resolve(&with_file(&file)).expect("README example resolves");
+}
