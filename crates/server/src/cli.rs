@@ -691,26 +691,17 @@ pub fn consume(connect: &Connect, args: ConsumeArgs) -> Result<(), ClientError> 
     };
     let mut cluster = Cluster::new(&connect.bootstrap);
     let mut metadata = topic_metadata(&mut cluster, &args.topic)?;
-    let mut address = leader(&metadata, &args.topic, args.partition)?;
-    let end = list_offset(&mut cluster, &address, &args.topic, args.partition, -1)?;
-    let mut offset = match (args.timestamp, start) {
-        (Some(timestamp), _) => {
-            match list_offset(
-                &mut cluster,
-                &address,
-                &args.topic,
-                args.partition,
-                timestamp,
-            )? {
-                -1 => end,
-                offset => offset,
+    // Where to start, asked of the partition's leader, which may move
+    // meanwhile as it may while fetching.
+    let deadline = Instant::now() + Duration::from_millis(RETRY_FOR_MS);
+    let (mut address, mut offset) = loop {
+        match start_offset(&mut cluster, &metadata, &args, &start) {
+            Ok(found) => break found,
+            Err(error) if worth_rerouting(&error) && Instant::now() < deadline => {
+                refresh_metadata(&mut cluster, &mut metadata, &args.topic)?;
             }
+            Err(error) => return Err(error),
         }
-        (None, StartAt::Earliest) => {
-            list_offset(&mut cluster, &address, &args.topic, args.partition, -2)?
-        }
-        (None, StartAt::Latest) => end,
-        (None, StartAt::Offset(offset)) => offset,
     };
     let format = args.format.replace("\\n", "\n").replace("\\t", "\t");
     let out = std::io::stdout();
@@ -768,6 +759,29 @@ pub fn consume(connect: &Connect, args: ConsumeArgs) -> Result<(), ClientError> 
             return Ok(());
         }
     }
+}
+
+/// The partition leader's address and the offset `runnel consume` starts at.
+fn start_offset(
+    cluster: &mut Cluster,
+    metadata: &MetadataResponse,
+    args: &ConsumeArgs,
+    start: &StartAt,
+) -> Result<(String, i64), ClientError> {
+    let address = leader(metadata, &args.topic, args.partition)?;
+    let mut list =
+        |timestamp: i64| list_offset(cluster, &address, &args.topic, args.partition, timestamp);
+    let offset = match (args.timestamp, start) {
+        // -1 from a search by time: no record that late; start at the end.
+        (Some(timestamp), _) => match list(timestamp)? {
+            -1 => list(-1)?,
+            offset => offset,
+        },
+        (None, StartAt::Earliest) => list(-2)?,
+        (None, StartAt::Latest) => list(-1)?,
+        (None, StartAt::Offset(offset)) => *offset,
+    };
+    Ok((address, offset))
 }
 
 /// One Fetch of the partition from `offset` at `address`; a partition error
