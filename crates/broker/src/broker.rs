@@ -264,6 +264,13 @@ impl Broker {
             BrokerEvent::Request { connection, frame } => {
                 self.request(connection, frame, env, &mut collector)
             }
+            BrokerEvent::Drain => {
+                for pending in self.pending.values_mut() {
+                    if matches!(pending.kind, PendingKind::Fetch { .. }) {
+                        pending.deadline_ms = 0;
+                    }
+                }
+            }
             BrokerEvent::Closed { connection } => {
                 self.connections.remove(&connection);
                 self.pending.retain(|_, pending| {
@@ -964,7 +971,14 @@ impl Broker {
                         answer.base_offset = base_offset.parse().unwrap_or(-1);
                     }
                     Err((code, message)) => {
-                        tracing::debug!(topic = %name, partition = partition.index, code, %message, "produce refused");
+                        if refusal_is_bad_input(code) {
+                            // Issue 4: bad input gets its error code and a
+                            // log line; routine, retriable refusals (a
+                            // leader moving) stay at debug.
+                            tracing::warn!(topic = %name, partition = partition.index, code, %message, "produce refused");
+                        } else {
+                            tracing::debug!(topic = %name, partition = partition.index, code, %message, "produce refused");
+                        }
                         answer.error_code = code;
                         if version >= 8 {
                             answer.error_message = Some(StrBytes::from_string(message));
@@ -1212,6 +1226,9 @@ impl Broker {
             })();
             match checked {
                 Err((code, message)) => {
+                    if code != error_code::NOT_CONTROLLER {
+                        tracing::warn!(topic = %name, code, %message, "create topic refused");
+                    }
                     result.error_code = code;
                     result.num_partitions = -1;
                     result.replication_factor = -1;
@@ -1771,6 +1788,21 @@ impl Broker {
             self.answer_pending(id, pending);
         }
     }
+}
+
+/// Refusals caused by what a client sent, as opposed to a leader moving or
+/// a topic being created: these deserve a line at the default log level.
+fn refusal_is_bad_input(code: i16) -> bool {
+    matches!(
+        code,
+        runnel_kafka::batch::error_code::CORRUPT_MESSAGE
+            | runnel_kafka::batch::error_code::MESSAGE_TOO_LARGE
+            | runnel_kafka::batch::error_code::UNSUPPORTED_COMPRESSION_TYPE
+            | runnel_kafka::batch::error_code::INVALID_RECORD
+            | error_code::INVALID_TOPIC_EXCEPTION
+            | error_code::INVALID_REQUIRED_ACKS
+            | error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    )
 }
 
 fn metadata_result(

@@ -31,6 +31,9 @@ pub enum BrokerEvent {
     },
     /// The client connection is gone; its unanswered requests are dropped.
     Closed { connection: ConnectionId },
+    /// The node is shutting down: long polls are answered now with what
+    /// they have, rather than at the end of their wait.
+    Drain,
 }
 
 /// How often the shell must send [`BrokerEvent::Tick`] at the least.

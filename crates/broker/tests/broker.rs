@@ -544,3 +544,16 @@ fn a_fetch_from_an_old_or_unknown_leader_epoch_is_fenced() {
         );
     }
 }
+
+#[test]
+fn a_drain_answers_long_polls_at_once() {
+    let mut harness = Harness::new();
+    harness.create_topic("drained", 1);
+    harness.send(2, ApiKey::Fetch, 12, &fetch_request("drained", 1, 30_000));
+    harness.advance(100);
+    assert!(harness.take(2).is_empty(), "the fetch waits for data");
+    harness.event(BrokerEvent::Drain);
+    let response: FetchResponse = harness.response(2, ApiKey::Fetch, 12);
+    assert_eq!(response.responses[0].partitions[0].error_code, 0);
+    assert_eq!(harness.broker.requests_in_flight(), 0);
+}

@@ -671,7 +671,8 @@ fn run_core(
             }
             Ok(Input::Shutdown) => {
                 shutdown_deadline = Some(Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS));
-                None
+                // Long polls are answered at once with what they have.
+                Some(BrokerEvent::Drain)
             }
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
