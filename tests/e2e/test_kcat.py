@@ -28,6 +28,25 @@ def test_metadata_lists_the_broker(broker):
     assert f"broker 1 at {broker.bootstrap}" in out
 
 
+def test_the_old_librdkafka_parses_the_api_versions_v3_answer(broker):
+    # Issue 4's trap: librdkafka 2.0.2 read past the end of an ApiVersions v3
+    # answer that carried extra tagged fields ("Protocol read buffer
+    # underflow"), then fell back to guessing the broker's features.
+    result = subprocess.run(
+        ["kcat", "-b", broker.bootstrap, "-L", "-X", "debug=protocol,broker,feature"],
+        capture_output=True,
+        timeout=30,
+    )
+    log = result.stderr.decode(errors="replace")
+    assert result.returncode == 0, log[-3000:]
+    assert "Received ApiVersionResponse (v3" in log, log[-3000:]
+    assert "underflow" not in log.lower()
+    features = [line for line in log.splitlines() if "Updated enabled protocol features to" in line]
+    assert features, log[-3000:]
+    for feature in ("MsgVer2", "IdempotentProducer", "ZSTD", "OffsetTime"):
+        assert feature in features[-1], features[-1]
+
+
 def test_metadata_lists_a_topic_and_its_partitions(broker, topic_name):
     create_topic(broker, topic_name, 3)
     out = kcat(broker, "-L", "-t", topic_name)
