@@ -50,6 +50,17 @@ pub fn run(args: DevArgs) -> u8 {
     let ids: Vec<u16> = (1..=args.nodes).collect();
     let kafka = |id: u16| format!("127.0.0.1:{}", args.kafka_port + id - 1);
     let rpc = |id: u16| format!("127.0.0.1:{}", args.rpc_port + id - 1);
+    // A port another process holds would pass the readiness check below
+    // (it accepts connections) while the node meant for it exits: refuse
+    // up front, with the port named.
+    for &id in &ids {
+        for address in [kafka(id), rpc(id)] {
+            if let Err(error) = std::net::TcpListener::bind(&address) {
+                eprintln!("runnel: {address} is not free for node {id}: {error}");
+                return 2;
+            }
+        }
+    }
     let mut children: Vec<(u16, Child)> = Vec::new();
     for &id in &ids {
         let peers: Vec<String> = ids
