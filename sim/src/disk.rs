@@ -56,6 +56,11 @@ pub struct DiskFaults {
     /// Chance that a `Write` fails with `NoSpace`, as on a full disk. The
     /// write does not happen.
     pub write_full_chance: f64,
+    /// The disk answers every file `Sync` without making anything durable,
+    /// like a drive whose write cache lies. Far outside the fault atlas: no
+    /// plan draws it; tests switch it on to show that the checkers catch
+    /// the acknowledged writes it loses.
+    pub sync_ignored: bool,
 }
 
 impl Default for DiskFaults {
@@ -68,6 +73,7 @@ impl Default for DiskFaults {
             slow_latency_ms: (100, 1_000),
             sync_failure_chance: 0.0,
             write_full_chance: 0.0,
+            sync_ignored: false,
         }
     }
 }
@@ -438,6 +444,9 @@ impl SimDisk {
                 {
                     self.injected.sync_failures += 1;
                     return Err(DiskError::SyncFailed);
+                }
+                if self.faults.sync_ignored {
+                    return Ok(DiskOutput::Done);
                 }
                 let node = self.inodes.get_mut(&inode).expect("inode exists");
                 for op in std::mem::take(&mut node.unsynced) {

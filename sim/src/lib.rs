@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod disk;
+pub mod kafka_workload;
 pub mod network;
 pub mod queue;
 pub mod runner;

@@ -137,8 +137,19 @@ fn main() -> ExitCode {
                 totals.acknowledged += outcome.acknowledged;
                 totals.events += outcome.events;
                 totals.faults.merge(&outcome.faults);
+                let layout = match &outcome.kafka {
+                    Some(k) => format!(
+                        "broker layout: {} topics created, {} produces acknowledged ({} records), {} unknown, {} records consumed, ",
+                        k.topics_created,
+                        k.produces_acknowledged,
+                        k.records_acknowledged,
+                        k.produces_unknown,
+                        k.records_consumed
+                    ),
+                    None => String::new(),
+                };
                 summary = format!(
-                    "{:.1} s simulated, {} events, {} appends acknowledged, {} faults ({})",
+                    "{:.1} s simulated, {} events, {layout}{} appends acknowledged, {} faults ({})",
                     outcome.simulated_ms as f64 / 1000.0,
                     outcome.events,
                     outcome.acknowledged,

@@ -17,11 +17,17 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use bytes::Bytes;
+use runnel_broker::{
+    Broker, BrokerAddress, BrokerConfig, BrokerEnv, BrokerEvent, ConnectionId, Responses,
+    TopicDefaults,
+};
 use runnel_checkers::{
     check_acknowledged_appends, check_log_matching, check_state_machine_agreement, CommitMonotonic,
     CommittedHistory, ElectionSafety, ReplicaLog, Violation,
 };
 use runnel_consensus::Config;
+use runnel_core::metadata::METADATA_GROUP;
 use runnel_core::{
     ClientRequest, ClientResponse, Env, Event, GroupView, Node, NodeConfig, Replies, Role,
 };
@@ -29,6 +35,7 @@ use runnel_io::{GroupId, NodeId, Rng};
 
 use crate::clock::SimClock;
 use crate::disk::SimDisk;
+use crate::kafka_workload::{log_values, KafkaAction, KafkaStats, KafkaWorkload};
 use crate::network::{NetworkStats, NodeNetwork, SimNetwork};
 use crate::queue::TimedQueue;
 use crate::swarm::{Episodes, FaultClass, FaultCounts, FaultPlan, CLOCK_SKEW_MS_MAX};
@@ -56,6 +63,7 @@ const STREAM_WORKLOAD: u64 = 2;
 const STREAM_FAULTS: u64 = 3;
 const STREAM_CLIENT_CHANNEL: u64 = 4;
 const STREAM_TICKS: u64 = 5;
+const STREAM_KAFKA: u64 = 6;
 const STREAM_NODE: u64 = 100;
 const STREAM_DISK: u64 = 200;
 
@@ -135,6 +143,8 @@ pub struct Outcome {
     pub trace_hash: u64,
     pub last_events: Vec<String>,
     pub workload: WorkloadStats,
+    /// The broker layout's clients, when the seed runs it.
+    pub kafka: Option<KafkaStats>,
     pub network: NetworkStats,
 }
 
@@ -159,20 +169,56 @@ struct Track {
     snapshot_index: u64,
 }
 
+/// What runs on a simulated node: the bare core (record layout) or the
+/// broker around it (broker layout).
+enum Process {
+    Records(Box<Node>),
+    Broker(Box<Broker>),
+}
+
+impl Process {
+    fn node(&self) -> &Node {
+        match self {
+            Process::Records(node) => node,
+            Process::Broker(broker) => broker.node(),
+        }
+    }
+}
+
+/// One input for a node, held while it is paused.
+#[derive(Debug)]
+enum Input {
+    Core(Event),
+    KafkaRequest {
+        connection: ConnectionId,
+        frame: Bytes,
+    },
+    KafkaClosed {
+        connection: ConnectionId,
+    },
+}
+
 struct SimNode {
     id: NodeId,
-    node: Option<Node>,
+    node: Option<Process>,
     disk: SimDisk,
     clock: SimClock,
     state: NodeState,
     incarnation: u64,
-    held: VecDeque<Event>,
+    held: VecDeque<Input>,
     rng: Rng,
-    tracks: Vec<Track>,
+    tracks: BTreeMap<GroupId, Track>,
     /// Crash as soon as the disk has an operation in progress.
     crash_armed: bool,
     /// Injected disk errors already accounted for (each stops the node once).
     errors_seen: u64,
+}
+
+impl SimNode {
+    /// The node core, whichever layout runs around it.
+    fn core(&self) -> Option<&Node> {
+        self.node.as_ref().map(Process::node)
+    }
 }
 
 #[derive(Clone, Debug, Hash)]
@@ -192,6 +238,26 @@ enum Scheduled {
         token: u64,
     },
     OperatorWake {
+        token: u64,
+    },
+    KafkaArrive {
+        node: usize,
+        connection: ConnectionId,
+        frame: Bytes,
+    },
+    KafkaClientClosed {
+        node: usize,
+        connection: ConnectionId,
+    },
+    KafkaReply {
+        connection: ConnectionId,
+        frame: Bytes,
+    },
+    KafkaServerClosed {
+        connection: ConnectionId,
+    },
+    KafkaWake {
+        client: usize,
         token: u64,
     },
     FaultStart {
@@ -219,6 +285,22 @@ enum Source {
     Queue,
 }
 
+/// What a broker answered while handling one event.
+#[derive(Default)]
+struct KafkaBuffer {
+    frames: Vec<(ConnectionId, Option<Bytes>)>,
+    closed: Vec<ConnectionId>,
+}
+
+impl Responses for KafkaBuffer {
+    fn respond(&mut self, connection: ConnectionId, frame: Option<Bytes>) {
+        self.frames.push((connection, frame));
+    }
+    fn close(&mut self, connection: ConnectionId, _reason: &str) {
+        self.closed.push(connection);
+    }
+}
+
 struct ReplyBuffer(Vec<ClientResponse>);
 
 impl Replies for ReplyBuffer {
@@ -237,6 +319,11 @@ pub struct Simulation {
     nodes: Vec<SimNode>,
     groups: Vec<GroupId>,
     workload: Workload,
+    kafka: Option<KafkaWorkload>,
+    kafka_actions: Vec<KafkaAction>,
+    /// Per connection and direction, the time of the last delivery
+    /// scheduled: a connection delivers in order, as TCP does.
+    connection_due: BTreeMap<(ConnectionId, bool), u64>,
     fault_rng: Rng,
     client_rng: Rng,
     election: ElectionSafety,
@@ -265,7 +352,16 @@ impl Simulation {
         let fault_rng = root.fork(STREAM_FAULTS);
         let client_rng = root.fork(STREAM_CLIENT_CHANNEL);
         let mut tick_rng = root.fork(STREAM_TICKS);
-        let groups: Vec<GroupId> = plan.groups.iter().map(|g| g.id).collect();
+        let kafka = plan
+            .kafka
+            .as_ref()
+            .map(|kafka| KafkaWorkload::new(kafka, &plan.nodes, root.fork(STREAM_KAFKA)));
+        // The broker layout's groups appear as topics are created.
+        let groups: Vec<GroupId> = if kafka.is_some() {
+            vec![METADATA_GROUP]
+        } else {
+            plan.groups.iter().map(|g| g.id).collect()
+        };
         let nodes = plan
             .nodes
             .iter()
@@ -281,7 +377,7 @@ impl Simulation {
                     incarnation: 0,
                     held: VecDeque::new(),
                     rng: root.fork(STREAM_NODE + id),
-                    tracks: vec![Track::default(); groups.len()],
+                    tracks: BTreeMap::new(),
                     crash_armed: false,
                     errors_seen: 0,
                 }
@@ -296,6 +392,9 @@ impl Simulation {
             nodes,
             groups,
             workload,
+            kafka,
+            kafka_actions: Vec::new(),
+            connection_due: BTreeMap::new(),
             fault_rng,
             client_rng,
             election: ElectionSafety::new(),
@@ -342,6 +441,36 @@ impl Simulation {
             snapshot_interval_entries: timing.snapshot_interval_entries,
             segment_bytes_max: timing.segment_bytes_max,
             machines: runnel_core::MachineLayout::Records,
+        }
+    }
+
+    fn broker_config(&mut self, index: usize) -> BrokerConfig {
+        let timing = self.plan.timing;
+        let replication_factor = self.plan.kafka.as_ref().map_or(1, |k| k.replication_factor);
+        BrokerConfig {
+            node_id: self.nodes[index].id,
+            cluster: self
+                .plan
+                .nodes
+                .iter()
+                .map(|&node_id| BrokerAddress {
+                    node_id,
+                    host: format!("n{node_id}.sim"),
+                    port: 9092,
+                })
+                .collect(),
+            cluster_id: "runnel-sim".to_string(),
+            rng_seed: self.nodes[index].rng.next_u64(),
+            election_timeout_ms: timing.election_timeout_ms,
+            heartbeat_interval_ms: timing.heartbeat_interval_ms,
+            snapshot_interval_entries: timing.snapshot_interval_entries,
+            segment_bytes_max: timing.segment_bytes_max,
+            topic_defaults: TopicDefaults {
+                replication_factor,
+                auto_create: false,
+                ..TopicDefaults::default()
+            },
+            incarnation: self.nodes[index].incarnation,
         }
     }
 
@@ -399,10 +528,17 @@ impl Simulation {
         for index in 0..self.nodes.len() {
             self.start_node(index);
         }
-        let mut actions = std::mem::take(&mut self.actions);
-        self.workload.start(0, &mut actions);
-        self.actions = actions;
-        self.apply_actions();
+        if let Some(kafka) = self.kafka.as_mut() {
+            let mut actions = std::mem::take(&mut self.kafka_actions);
+            kafka.start(0, &mut actions);
+            self.kafka_actions = actions;
+            self.apply_kafka_actions();
+        } else {
+            let mut actions = std::mem::take(&mut self.actions);
+            self.workload.start(0, &mut actions);
+            self.actions = actions;
+            self.apply_actions();
+        }
         self.queue.push(CHECK_INTERVAL_MS, Scheduled::Check);
         self.queue
             .push(self.options.safety_ms, Scheduled::LivenessStart);
@@ -476,14 +612,14 @@ impl Simulation {
                         Some(self.nodes[index].id),
                         TraceKind::disk(&completion),
                     );
-                    self.handle(index, Event::Disk(completion));
+                    self.handle(index, Input::Core(Event::Disk(completion)));
                 }
             }
             Source::Network => {
                 if let Some((from, to, envelope)) = self.network.pop_due(now) {
                     self.trace.hash_event(2, now, &(from, to, &envelope));
                     match self.index_of(to) {
-                        Some(index) => self.node_event(index, Event::Peer(envelope)),
+                        Some(index) => self.node_event(index, Input::Core(Event::Peer(envelope))),
                         None => panic!("n{from} sent to unknown node {to}"),
                     }
                 }
@@ -510,11 +646,33 @@ impl Simulation {
                     Scheduled::Tick { node },
                 );
                 if self.nodes[node].state == NodeState::Up {
-                    self.handle(node, Event::Tick);
+                    self.handle(node, Input::Core(Event::Tick));
                 }
             }
             Scheduled::ClientArrive { node, request } => {
-                self.node_event(node, Event::Client(request));
+                self.node_event(node, Input::Core(Event::Client(request)));
+            }
+            Scheduled::KafkaArrive {
+                node,
+                connection,
+                frame,
+            } => self.node_event(node, Input::KafkaRequest { connection, frame }),
+            Scheduled::KafkaClientClosed { node, connection } => {
+                self.connection_due.remove(&(connection, true));
+                self.node_event(node, Input::KafkaClosed { connection });
+            }
+            Scheduled::KafkaReply { connection, frame } => {
+                self.with_kafka(|kafka, now, out| kafka.on_response(now, connection, frame, out));
+                if matches!(self.phase, Phase::Liveness { .. }) {
+                    self.check_liveness();
+                }
+            }
+            Scheduled::KafkaServerClosed { connection } => {
+                self.connection_due.remove(&(connection, false));
+                self.with_kafka(|kafka, now, out| kafka.on_closed(now, connection, out));
+            }
+            Scheduled::KafkaWake { client, token } => {
+                self.with_kafka(|kafka, now, out| kafka.on_wake(now, client, token, out));
             }
             Scheduled::ClientReply { response } => {
                 self.trace.line(now, None, TraceKind::response(&response));
@@ -592,10 +750,77 @@ impl Simulation {
         }
     }
 
+    /// Runs `f` on the Kafka workload and carries out what it asks.
+    fn with_kafka(&mut self, f: impl FnOnce(&mut KafkaWorkload, u64, &mut Vec<KafkaAction>)) {
+        let now = self.now;
+        let Some(kafka) = self.kafka.as_mut() else {
+            return;
+        };
+        let mut actions = std::mem::take(&mut self.kafka_actions);
+        f(kafka, now, &mut actions);
+        self.kafka_actions = actions;
+        self.apply_kafka_actions();
+    }
+
+    /// When a delivery on `connection` in one direction (`to_node`) is due:
+    /// after the client channel's delay, and never before the previous one.
+    fn connection_delivery_at(&mut self, connection: ConnectionId, to_node: bool) -> u64 {
+        let base = self.plan.workload.client_delay_base_ms;
+        let jitter = self.plan.workload.client_delay_jitter_ms;
+        let delay = base + self.client_rng.range(0, jitter + 1);
+        let due = self
+            .connection_due
+            .entry((connection, to_node))
+            .or_insert(0);
+        *due = (*due).max(self.now + delay);
+        *due
+    }
+
+    fn apply_kafka_actions(&mut self) {
+        for action in std::mem::take(&mut self.kafka_actions) {
+            match action {
+                KafkaAction::Send {
+                    node,
+                    connection,
+                    frame,
+                } => {
+                    let Some(index) = self.index_of(node) else {
+                        continue;
+                    };
+                    let at = self.connection_delivery_at(connection, true);
+                    self.queue.push(
+                        at,
+                        Scheduled::KafkaArrive {
+                            node: index,
+                            connection,
+                            frame,
+                        },
+                    );
+                }
+                KafkaAction::Close { node, connection } => {
+                    let Some(index) = self.index_of(node) else {
+                        continue;
+                    };
+                    let at = self.connection_delivery_at(connection, true);
+                    self.queue.push(
+                        at,
+                        Scheduled::KafkaClientClosed {
+                            node: index,
+                            connection,
+                        },
+                    );
+                }
+                KafkaAction::Wake { at, client, token } => {
+                    self.queue.push(at, Scheduled::KafkaWake { client, token })
+                }
+            }
+        }
+    }
+
     // ---- nodes -----------------------------------------------------------
 
     /// An event for a node from outside: dropped if it is down, held if paused.
-    fn node_event(&mut self, index: usize, event: Event) {
+    fn node_event(&mut self, index: usize, event: Input) {
         match self.nodes[index].state {
             NodeState::Up => self.handle(index, event),
             NodeState::Crashed => {
@@ -617,19 +842,19 @@ impl Simulation {
         }
     }
 
-    fn handle(&mut self, index: usize, event: Event) {
+    fn handle(&mut self, index: usize, input: Input) {
         let now = self.now;
         self.touched.clear();
-        let kind = match &event {
-            Event::Tick => {
+        let kind = match &input {
+            Input::Core(Event::Tick) => {
                 self.touched.extend_from_slice(&self.groups);
                 TraceKind::Tick
             }
-            Event::Disk(completion) => {
+            Input::Core(Event::Disk(completion)) => {
                 self.touched.extend_from_slice(&self.groups);
                 TraceKind::disk(completion)
             }
-            Event::Peer(envelope) => {
+            Input::Core(Event::Peer(envelope)) => {
                 for (group, _) in &envelope.messages {
                     if !self.touched.contains(group) {
                         self.touched.push(*group);
@@ -637,17 +862,22 @@ impl Simulation {
                 }
                 TraceKind::peer(envelope)
             }
-            Event::Client(request) => {
+            Input::Core(Event::Client(request)) => {
                 self.touched.push(request.group);
                 TraceKind::request(request)
             }
+            Input::KafkaRequest { connection, frame } => {
+                self.touched.extend_from_slice(&self.groups);
+                TraceKind::kafka_request(*connection, frame)
+            }
+            Input::KafkaClosed { .. } => TraceKind::Note("client closed a connection"),
         };
-        if !matches!(event, Event::Disk(_)) {
+        if !matches!(input, Input::Core(Event::Disk(_))) {
             self.trace.line(now, Some(self.nodes[index].id), kind);
         }
 
         let sim_node = &mut self.nodes[index];
-        let Some(node) = sim_node.node.as_mut() else {
+        let Some(process) = sim_node.node.as_mut() else {
             return;
         };
         sim_node.clock.set_global(now);
@@ -658,14 +888,41 @@ impl Simulation {
             now,
         };
         let mut replies = ReplyBuffer(std::mem::take(&mut self.replies));
-        let result = {
-            let mut env = Env {
-                disk: &mut sim_node.disk,
-                network: &mut network,
-                clock: &sim_node.clock,
-                replies: &mut replies,
-            };
-            catch_unwind(AssertUnwindSafe(|| node.handle(event, &mut env)))
+        let mut kafka_out = KafkaBuffer::default();
+        let result = match process {
+            Process::Records(node) => {
+                let Input::Core(event) = input else {
+                    panic!("Kafka traffic is only sent to the broker layout");
+                };
+                let mut env = Env {
+                    disk: &mut sim_node.disk,
+                    network: &mut network,
+                    clock: &sim_node.clock,
+                    replies: &mut replies,
+                };
+                catch_unwind(AssertUnwindSafe(|| node.handle(event, &mut env)))
+            }
+            Process::Broker(broker) => {
+                let event = match input {
+                    Input::Core(Event::Tick) => BrokerEvent::Tick,
+                    Input::Core(Event::Peer(envelope)) => BrokerEvent::Peer(envelope),
+                    Input::Core(Event::Disk(completion)) => BrokerEvent::Disk(completion),
+                    Input::Core(Event::Client(_)) => {
+                        panic!("core client requests are only sent to the record layout")
+                    }
+                    Input::KafkaRequest { connection, frame } => {
+                        BrokerEvent::Request { connection, frame }
+                    }
+                    Input::KafkaClosed { connection } => BrokerEvent::Closed { connection },
+                };
+                let mut env = BrokerEnv {
+                    disk: &mut sim_node.disk,
+                    network: &mut network,
+                    clock: &sim_node.clock,
+                    responses: &mut kafka_out,
+                };
+                catch_unwind(AssertUnwindSafe(|| broker.handle(event, &mut env)))
+            }
         };
         let id = sim_node.id;
         if let Err(payload) = result {
@@ -678,6 +935,15 @@ impl Simulation {
             sim_node.node = None;
             self.push_violation(violation("node-panic", "DESIGN.md: The shape", message));
             return;
+        }
+        let node = process.node();
+        if let Process::Broker(_) = process {
+            for group in node.group_ids() {
+                if !self.groups.contains(&group) {
+                    self.groups.push(group);
+                    self.touched.push(group);
+                }
+            }
         }
         if let Some(reason) = node.failed() {
             // The node stops itself after a disk error. An error the disk
@@ -704,6 +970,19 @@ impl Simulation {
                 .push(now + delay, Scheduled::ClientReply { response });
         }
         self.replies = replies.0;
+        for (connection, frame) in kafka_out.frames {
+            // Produce with acks=0 gets no response frame.
+            if let Some(frame) = frame {
+                let at = self.connection_delivery_at(connection, false);
+                self.queue
+                    .push(at, Scheduled::KafkaReply { connection, frame });
+            }
+        }
+        for connection in kafka_out.closed {
+            let at = self.connection_delivery_at(connection, false);
+            self.queue
+                .push(at, Scheduled::KafkaServerClosed { connection });
+        }
         let touched = std::mem::take(&mut self.touched);
         self.observe(index, &touched);
         self.touched = touched;
@@ -719,8 +998,9 @@ impl Simulation {
         let now = self.now;
         let config = self.node_config(index);
         let skew = self.plan.clock_skew;
+        self.nodes[index].incarnation += 1;
+        let broker_config = self.plan.kafka.is_some().then(|| self.broker_config(index));
         let sim_node = &mut self.nodes[index];
-        sim_node.incarnation += 1;
         if sim_node.incarnation > 1 {
             let origin = self.plan.clocks[index].origin_ms;
             let origin = if skew {
@@ -733,10 +1013,14 @@ impl Simulation {
         sim_node.clock.set_global(now);
         sim_node.disk.set_now(now);
         sim_node.held.clear();
-        sim_node.tracks.fill(Track::default());
+        sim_node.tracks.clear();
         let id = sim_node.id;
         let incarnation = sim_node.incarnation;
-        let started = catch_unwind(AssertUnwindSafe(|| Node::start(config, &mut sim_node.disk)));
+        let disk = &mut sim_node.disk;
+        let started = catch_unwind(AssertUnwindSafe(|| match broker_config {
+            Some(config) => Broker::start(config, disk).map(|b| Process::Broker(Box::new(b))),
+            None => Node::start(config, disk).map(|n| Process::Records(Box::new(n))),
+        }));
         match started {
             Ok(Ok(node)) => {
                 sim_node.node = Some(node);
@@ -782,6 +1066,9 @@ impl Simulation {
     }
 
     fn crash(&mut self, index: usize) {
+        // The node's connections are reset; their clients notice.
+        let crashed = self.nodes[index].id;
+        self.with_kafka(|kafka, now, out| kafka.on_node_down(now, crashed, out));
         let sim_node = &mut self.nodes[index];
         sim_node.node = None;
         sim_node.state = NodeState::Crashed;
@@ -1050,9 +1337,18 @@ impl Simulation {
             }
         }
         self.workload.start_liveness();
+        if let Some(kafka) = self.kafka.as_mut() {
+            kafka.start_liveness();
+        }
     }
 
     fn check_liveness(&mut self) {
+        if let Some(kafka) = &self.kafka {
+            if kafka.liveness_done() && self.group_statuses().iter().all(|s| s.leader.is_some()) {
+                self.phase = Phase::Done;
+            }
+            return;
+        }
         if !self
             .workload
             .groups_without_progress(LIVENESS_APPENDS_MIN)
@@ -1066,7 +1362,11 @@ impl Simulation {
     }
 
     fn liveness_failed(&mut self) {
-        let stuck = self.workload.groups_without_progress(LIVENESS_APPENDS_MIN);
+        let stuck = if self.kafka.is_some() {
+            Vec::new()
+        } else {
+            self.workload.groups_without_progress(LIVENESS_APPENDS_MIN)
+        };
         let statuses = self.group_statuses();
         let mut message = format!(
             "{} ms after healing every fault, groups {:?} had not acknowledged {} new appends (or had no leader).",
@@ -1078,8 +1378,14 @@ impl Simulation {
                 status.group, status.leader, status.leader_commit, status.commits
             ));
         }
+        if let Some(kafka) = &self.kafka {
+            message.push_str(&format!(
+                "\n    Kafka clients still waiting for: {}",
+                kafka.liveness_missing().join(", ")
+            ));
+        }
         for sim_node in &self.nodes {
-            let Some(node) = &sim_node.node else {
+            let Some(node) = sim_node.core() else {
                 message.push_str(&format!("\n    n{}: not running", sim_node.id));
                 continue;
             };
@@ -1119,7 +1425,7 @@ impl Simulation {
                     if sim_node.state != NodeState::Up {
                         continue;
                     }
-                    let Some(view) = sim_node.node.as_ref().and_then(|n| n.summary(group)) else {
+                    let Some(view) = sim_node.core().and_then(|n| n.summary(group)) else {
                         continue;
                     };
                     status.commits.push((sim_node.id, view.commit_index));
@@ -1149,10 +1455,8 @@ impl Simulation {
         let id = sim_node.id;
         let incarnation = sim_node.incarnation;
         let violations = &mut self.violations;
+        let node = node.node();
         for &group in groups {
-            let Some(slot) = self.groups.iter().position(|g| *g == group) else {
-                continue;
-            };
             let Some(summary) = node.summary(group) else {
                 continue;
             };
@@ -1167,7 +1471,7 @@ impl Simulation {
                 self.commits
                     .observe_commit(id, incarnation, group, summary.commit_index),
             );
-            let track = &mut sim_node.tracks[slot];
+            let track = sim_node.tracks.entry(group).or_default();
             if summary.snapshot_index > track.snapshot_index {
                 note(
                     violations,
@@ -1209,7 +1513,7 @@ impl Simulation {
             let views: Vec<(NodeId, GroupView)> = self
                 .nodes
                 .iter()
-                .filter_map(|n| Some((n.id, n.node.as_ref()?.view(group)?)))
+                .filter_map(|n| Some((n.id, n.core()?.view(group)?)))
                 .collect();
             let logs: Vec<ReplicaLog> = views
                 .iter()
@@ -1223,14 +1527,65 @@ impl Simulation {
         }
     }
 
+    /// The broker layout's end: every partition's final log (from the
+    /// replica that applied the most) against what the clients saw.
+    fn final_kafka_checks(&mut self) {
+        let Some(kafka) = &self.kafka else {
+            return;
+        };
+        let mut placements: BTreeMap<(String, i32), GroupId> = BTreeMap::new();
+        for sim_node in &self.nodes {
+            let Some(metadata) = sim_node
+                .core()
+                .and_then(|n| n.machine(METADATA_GROUP))
+                .and_then(|m| m.metadata())
+            else {
+                continue;
+            };
+            for (topic, placement) in metadata.partition_groups() {
+                let partition = topic
+                    .partitions
+                    .iter()
+                    .position(|p| p.group == placement.group)
+                    .expect("a topic lists its partitions") as i32;
+                placements.insert((topic.name.clone(), partition), placement.group);
+            }
+        }
+        let mut logs = BTreeMap::new();
+        for (key, group) in placements {
+            let longest = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.core()?.machine(group)?.partition())
+                .max_by_key(|log| log.high_watermark());
+            if let Some(log) = longest {
+                logs.insert(key, log_values(log.batches().map(|b| b.bytes.as_slice())));
+            }
+        }
+        for topic in kafka.wanted_topics() {
+            if !logs.keys().any(|(name, _)| *name == topic) && self.phase == Phase::Done {
+                let message = format!("topic {topic} was created but no node has its partitions");
+                self.push_violation(violation("kafka-topic-lost", "docs/guarantees.md", message));
+            }
+        }
+        let kafka = self.kafka.as_ref().expect("checked");
+        for found in kafka.history().check(&logs) {
+            self.push_violation(found);
+        }
+    }
+
     fn final_checks(&mut self) {
         self.observe_everything();
         self.check_log_matching_now();
+        if self.kafka.is_some() {
+            self.final_kafka_checks();
+            return;
+        }
         for &group in &self.groups.clone() {
             let mut logs: Vec<(NodeId, Vec<u64>)> = Vec::new();
             let mut mismatches = Vec::new();
             for sim_node in &self.nodes {
-                let Some(records) = sim_node.node.as_ref().and_then(|n| n.records(group)) else {
+                let Some(records) = sim_node.core().and_then(|n| n.records(group)) else {
                     continue;
                 };
                 let mut ids = Vec::with_capacity(records.len());
@@ -1307,7 +1662,11 @@ impl Simulation {
             seed: self.options.seed,
             simulated_ms: self.now,
             events: self.trace.events(),
-            acknowledged: self.workload.history().acknowledged(),
+            acknowledged: match &self.kafka {
+                Some(kafka) => kafka.history().acknowledged_records(),
+                None => self.workload.history().acknowledged(),
+            },
+            kafka: self.kafka.as_ref().map(KafkaWorkload::stats),
             faults: self.faults,
             trace_hash: self.trace.hash(),
             last_events: self.trace.last_lines(),
@@ -1323,7 +1682,10 @@ impl Simulation {
             self.now / 1000,
             self.now % 1000,
             self.trace.events(),
-            self.workload.history().acknowledged(),
+            self.kafka.as_ref().map_or_else(
+                || self.workload.history().acknowledged(),
+                |kafka| kafka.history().acknowledged_records()
+            ),
             self.network.in_flight()
         );
         for status in self.group_statuses() {

@@ -8,10 +8,13 @@ use runnel_io::{GroupId, NodeId, Rng};
 
 use crate::clock::DRIFT_PPM_MAX;
 use crate::disk::DiskFaults;
+use crate::kafka_workload::KafkaPlan;
 use crate::network::LinkFaults;
 
 /// The stream of the seed's root `Rng` the plan is drawn from.
 pub const PLAN_STREAM: u64 = 0x504c_414e;
+/// The stream the layout (records or broker) is drawn from.
+pub const LAYOUT_STREAM: u64 = 0x4c41_594f;
 /// Groups a plan may create.
 pub const GROUPS_MAX: u64 = 4;
 /// Voters of every group at the start.
@@ -255,6 +258,9 @@ pub struct FaultPlan {
     /// that node is a minority of each, and a majority of every group keeps
     /// a good copy of every committed entry.
     pub faulty_disk: Option<FaultyDisk>,
+    /// The broker layout: the metadata group and Kafka partitions on every
+    /// node, driven by Kafka clients (else the record layout of `groups`).
+    pub kafka: Option<KafkaPlan>,
 }
 
 /// The one disk (by node index) that may lose data at rest or refuse writes.
@@ -423,6 +429,19 @@ impl FaultPlan {
             None
         };
 
+        // The layout is drawn from a stream of its own, so that adding it
+        // left every other draw of a seed as it was.
+        let mut layout_rng = Rng::new(seed).fork(LAYOUT_STREAM);
+        let kafka = if layout_rng.chance(0.5) {
+            Some(KafkaPlan::draw(
+                &mut layout_rng,
+                nodes.len(),
+                timing.election_timeout_ms,
+            ))
+        } else {
+            None
+        };
+
         FaultPlan {
             seed,
             nodes,
@@ -448,6 +467,7 @@ impl FaultPlan {
             config_changes,
             leader_transfers,
             faulty_disk,
+            kafka,
         }
     }
 
@@ -478,8 +498,14 @@ impl FaultPlan {
             (FaultClass::ClockDrift, self.clock_drift),
             (FaultClass::ClockJump, self.clock_jumps.is_some()),
             (FaultClass::TornWrite, self.disk.torn_writes),
-            (FaultClass::ConfigChange, self.config_changes.is_some()),
-            (FaultClass::LeaderTransfer, self.leader_transfers.is_some()),
+            (
+                FaultClass::ConfigChange,
+                self.config_changes.is_some() && self.kafka.is_none(),
+            ),
+            (
+                FaultClass::LeaderTransfer,
+                self.leader_transfers.is_some() && self.kafka.is_none(),
+            ),
             (FaultClass::SlowDisk, self.disk.slow_op_chance > 0.0),
             (
                 FaultClass::CorruptAtRest,
@@ -531,8 +557,26 @@ impl fmt::Display for FaultPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "seed {}", self.seed)?;
         writeln!(f, "  nodes             {:?}", self.nodes)?;
-        for group in &self.groups {
-            writeln!(f, "  group {:<11} voters {:?}", group.id, group.voters)?;
+        match &self.kafka {
+            Some(k) => writeln!(
+                f,
+                "  layout            broker: {}+{} topics of 1..={} partitions, replication factor {}, {} producers, {} consumers ({}), think 0..{} ms, timeout {} ms",
+                k.topics_at_start,
+                k.topics_later,
+                k.partitions_max,
+                k.replication_factor,
+                k.producers,
+                k.consumers,
+                if k.read_committed { "read_committed" } else { "read_uncommitted" },
+                k.think_time_ms_max,
+                k.request_timeout_ms
+            )?,
+            None => {
+                writeln!(f, "  layout            records")?;
+                for group in &self.groups {
+                    writeln!(f, "  group {:<11} voters {:?}", group.id, group.voters)?;
+                }
+            }
         }
         let t = &self.timing;
         writeln!(

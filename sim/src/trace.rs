@@ -143,6 +143,12 @@ pub enum TraceKind {
         result: &'static str,
         arg: u64,
     },
+    /// A Kafka request frame arrived on a client connection.
+    KafkaRequest {
+        connection: u64,
+        api_key: i16,
+        bytes: usize,
+    },
     /// Held while paused, or dropped (crashed node).
     Note(&'static str),
     Fault(String),
@@ -198,6 +204,14 @@ impl fmt::Display for TraceLine {
                 f,
                 "reply to c{client} req#{request_id} g{group} {result} {arg}"
             ),
+            TraceKind::KafkaRequest {
+                connection,
+                api_key,
+                bytes,
+            } => write!(
+                f,
+                "kafka request on connection {connection}: api key {api_key}, {bytes} bytes"
+            ),
             TraceKind::Note(note) => write!(f, "{note}"),
             TraceKind::Fault(description) => write!(f, "FAULT {description}"),
         }
@@ -214,6 +228,17 @@ impl TraceKind {
             from: envelope.from,
             count: envelope.messages.len(),
             messages,
+        }
+    }
+
+    pub fn kafka_request(connection: u64, frame: &[u8]) -> TraceKind {
+        let api_key = frame
+            .get(..2)
+            .map_or(-1, |bytes| i16::from_be_bytes([bytes[0], bytes[1]]));
+        TraceKind::KafkaRequest {
+            connection,
+            api_key,
+            bytes: frame.len(),
         }
     }
 

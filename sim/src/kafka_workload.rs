@@ -1,0 +1,975 @@
+//! Simulated Kafka clients for the broker layout: an admin, producers and
+//! consumers that speak real Kafka protocol bytes to `runnel_broker::Broker`.
+//!
+//! Every client has one request in flight at a time on one connection to
+//! one node. The admin creates the plan's topics (some at the start, some
+//! while faults strike). Producers send batches with `acks=all` (sometimes
+//! `acks=1`) to the partition leader they learned from Metadata; every
+//! attempt carries fresh value ids, so a value may appear in a log at most
+//! once, and an error or a timeout leaves its outcome unknown. Consumers
+//! fetch each partition in turn from where they got to. At the end the
+//! runner hands the final partition logs to [`KafkaHistory::check`].
+//!
+//! Like the record workload, this one does no IO: it returns
+//! [`KafkaAction`]s that the runner turns into deliveries and wake-ups.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::RecordBatchDecoder;
+use runnel_broker::ConnectionId;
+use runnel_checkers::Violation;
+use runnel_io::{NodeId, Rng};
+
+use crate::workload::{decode_value_id, encode_value};
+
+/// Clients (admin, producers, consumers) a run may have.
+pub const KAFKA_CLIENTS_MAX: usize = 16;
+/// Topics a run may create.
+pub const KAFKA_TOPICS_MAX: usize = 8;
+/// Partitions a topic may have.
+pub const KAFKA_PARTITIONS_MAX: i32 = 4;
+/// Records in one produced batch.
+pub const KAFKA_BATCH_RECORDS_MAX: u64 = 4;
+/// Bytes a consumer asks for in one fetch.
+pub const KAFKA_FETCH_BYTES_MAX: i32 = 64 << 10;
+/// Acknowledged produces every partition must get once faults are healed.
+pub const KAFKA_LIVENESS_PRODUCES_MIN: u64 = 3;
+/// After an error, a client waits up to this long before its next request.
+pub const KAFKA_RETRY_BACKOFF_MS_MAX: u64 = 100;
+
+const PRODUCE_VERSION: i16 = 9;
+const FETCH_VERSION: i16 = 12;
+const METADATA_VERSION: i16 = 12;
+const CREATE_TOPICS_VERSION: i16 = 7;
+
+/// Kafka error codes the clients react to.
+mod code {
+    pub const NONE: i16 = 0;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+}
+
+/// The Kafka workload of one seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaPlan {
+    /// Topics the admin creates at the start.
+    pub topics_at_start: usize,
+    /// Topics the admin creates while faults strike.
+    pub topics_later: usize,
+    /// Partitions per topic, drawn per topic in `1..=partitions_max`.
+    pub partitions_max: i32,
+    pub replication_factor: i16,
+    pub producers: usize,
+    pub consumers: usize,
+    pub think_time_ms_max: u64,
+    /// A client gives up on a request after this long and reconnects.
+    pub request_timeout_ms: u64,
+    pub padding_bytes: u64,
+    /// Fetch with read_committed (else read_uncommitted).
+    pub read_committed: bool,
+}
+
+impl KafkaPlan {
+    /// Draws a plan; `nodes` is the cluster size (3 or 5).
+    pub fn draw(rng: &mut Rng, nodes: usize, election_timeout_ms: u64) -> KafkaPlan {
+        let plan = KafkaPlan {
+            topics_at_start: rng.range(1, 3) as usize,
+            topics_later: rng.range(0, 3) as usize,
+            partitions_max: rng.range(1, KAFKA_PARTITIONS_MAX as u64 + 1) as i32,
+            // Every partition has at least three voters, so that the fault
+            // atlas's one faulty disk is a minority of each.
+            replication_factor: 3.min(nodes as i16),
+            producers: rng.range(2, 7) as usize,
+            consumers: rng.range(1, 3) as usize,
+            think_time_ms_max: rng.range(0, 21),
+            request_timeout_ms: (3 * election_timeout_ms).max(1_000),
+            padding_bytes: rng.range(0, 57),
+            read_committed: rng.chance(0.5),
+        };
+        assert!(plan.topics_at_start + plan.topics_later <= KAFKA_TOPICS_MAX);
+        assert!(1 + plan.producers + plan.consumers <= KAFKA_CLIENTS_MAX);
+        plan
+    }
+}
+
+/// What the workload asks the runner to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KafkaAction {
+    /// Deliver a request frame (without its length prefix) on `connection`.
+    Send {
+        node: NodeId,
+        connection: ConnectionId,
+        frame: Bytes,
+    },
+    /// The client dropped `connection`: the broker forgets it.
+    Close {
+        node: NodeId,
+        connection: ConnectionId,
+    },
+    /// Call `on_wake(client, token)` at `at`.
+    Wake { at: u64, client: usize, token: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Admin,
+    Producer,
+    Consumer,
+}
+
+type PartitionKey = (String, i32);
+
+#[derive(Clone, Debug)]
+enum Op {
+    Metadata,
+    CreateTopic { name: String },
+    Produce { key: PartitionKey, values: Vec<u64> },
+    Fetch { key: PartitionKey, offset: i64 },
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    connection: ConnectionId,
+    correlation: i32,
+    op: Op,
+}
+
+#[derive(Clone, Debug)]
+struct Client {
+    role: Role,
+    /// The node and connection the client talks to now.
+    connection: Option<(NodeId, ConnectionId)>,
+    in_flight: Option<InFlight>,
+    /// Wake-ups with another token are stale.
+    token: u64,
+    next_seq: u64,
+    /// Consumers: the next offset to read per partition.
+    positions: BTreeMap<PartitionKey, i64>,
+    cursor: usize,
+}
+
+/// Counts for the end-of-run line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KafkaStats {
+    pub produces_acknowledged: u64,
+    pub produces_unknown: u64,
+    pub records_acknowledged: u64,
+    pub records_consumed: u64,
+    pub fetch_errors: u64,
+    pub topics_created: u64,
+}
+
+/// What the clients saw, for the final check.
+#[derive(Clone, Debug, Default)]
+pub struct KafkaHistory {
+    /// Every value id ever sent.
+    sent: BTreeSet<u64>,
+    /// Acknowledged values: partition -> offset -> value id.
+    acknowledged: BTreeMap<PartitionKey, BTreeMap<i64, u64>>,
+    /// Consumed values: partition -> offset -> value id (the first read).
+    consumed: BTreeMap<PartitionKey, BTreeMap<i64, u64>>,
+    /// Problems the clients saw while running (a consumer's skip, two
+    /// different values read at one offset).
+    violations: Vec<Violation>,
+}
+
+fn kafka_violation(invariant: &'static str, message: String) -> Violation {
+    Violation {
+        invariant,
+        spec: "docs/guarantees.md",
+        message,
+    }
+}
+
+impl KafkaHistory {
+    pub fn acknowledged_records(&self) -> u64 {
+        self.acknowledged.values().map(|m| m.len() as u64).sum()
+    }
+
+    /// Checks the history against the final log of every partition
+    /// (offset, value id; `None` for a record whose value is not ours).
+    pub fn check(&self, logs: &BTreeMap<PartitionKey, Vec<(i64, Option<u64>)>>) -> Vec<Violation> {
+        let mut violations = self.violations.clone();
+        let empty = Vec::new();
+        let mut seen_at: BTreeMap<u64, (PartitionKey, i64)> = BTreeMap::new();
+        for (key, log) in logs {
+            let mut expected_offset = log.first().map_or(0, |(offset, _)| *offset);
+            for &(offset, value) in log {
+                if offset != expected_offset {
+                    violations.push(kafka_violation(
+                        "kafka-contiguous-offsets",
+                        format!(
+                            "{}-{}: offset {offset} follows {}",
+                            key.0,
+                            key.1,
+                            expected_offset - 1
+                        ),
+                    ));
+                }
+                expected_offset = offset + 1;
+                match value {
+                    Some(value) if self.sent.contains(&value) => {
+                        if let Some((other, other_offset)) =
+                            seen_at.insert(value, (key.clone(), offset))
+                        {
+                            violations.push(kafka_violation(
+                                "kafka-duplicate",
+                                format!(
+                                    "value {value:#x} at {}-{} offset {offset} and at {}-{} offset {other_offset}",
+                                    key.0, key.1, other.0, other.1
+                                ),
+                            ));
+                        }
+                    }
+                    _ => violations.push(kafka_violation(
+                        "kafka-unknown-value",
+                        format!(
+                            "{}-{} offset {offset} holds {value:?}, which no client sent",
+                            key.0, key.1
+                        ),
+                    )),
+                }
+            }
+        }
+        for (key, acknowledged) in &self.acknowledged {
+            let log = logs.get(key).unwrap_or(&empty);
+            let start = log.first().map_or(0, |(offset, _)| *offset);
+            for (&offset, &value) in acknowledged {
+                let found = usize::try_from(offset - start)
+                    .ok()
+                    .and_then(|position| log.get(position));
+                if found != Some(&(offset, Some(value))) {
+                    violations.push(kafka_violation(
+                        "kafka-lost-write",
+                        format!(
+                            "{}-{}: value {value:#x} was acknowledged at offset {offset}; the final log has {found:?} there (log start {start}, {} records)",
+                            key.0, key.1, log.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        for (key, consumed) in &self.consumed {
+            let log = logs.get(key).unwrap_or(&empty);
+            let start = log.first().map_or(0, |(offset, _)| *offset);
+            for (&offset, &value) in consumed {
+                let found = usize::try_from(offset - start)
+                    .ok()
+                    .and_then(|position| log.get(position));
+                if found != Some(&(offset, Some(value))) {
+                    violations.push(kafka_violation(
+                        "kafka-read-not-committed",
+                        format!(
+                            "{}-{}: a consumer read value {value:#x} at offset {offset}; the final log has {found:?} there",
+                            key.0, key.1
+                        ),
+                    ));
+                }
+            }
+        }
+        violations
+    }
+}
+
+pub struct KafkaWorkload {
+    plan: KafkaPlan,
+    nodes: Vec<NodeId>,
+    rng: Rng,
+    clients: Vec<Client>,
+    next_connection: ConnectionId,
+    next_correlation: i32,
+    /// Topic names the admin creates, in order, and how many partitions.
+    wanted: Vec<(String, i32)>,
+    /// Topics the admin has seen created (or already existing).
+    created: usize,
+    /// The admin may create topic `created` once the time is past this.
+    next_create_at: u64,
+    /// Topics and partition counts as Metadata last said.
+    topics: BTreeMap<String, i32>,
+    leaders: BTreeMap<PartitionKey, NodeId>,
+    history: KafkaHistory,
+    stats: KafkaStats,
+    /// Acknowledged produces per partition since the liveness phase began.
+    liveness_produces: Option<BTreeMap<PartitionKey, u64>>,
+}
+
+impl KafkaWorkload {
+    pub fn new(plan: &KafkaPlan, nodes: &[NodeId], mut rng: Rng) -> KafkaWorkload {
+        let mut clients = Vec::new();
+        let mut push = |role| {
+            clients.push(Client {
+                role,
+                connection: None,
+                in_flight: None,
+                token: 0,
+                next_seq: 1,
+                positions: BTreeMap::new(),
+                cursor: 0,
+            })
+        };
+        push(Role::Admin);
+        (0..plan.producers).for_each(|_| push(Role::Producer));
+        (0..plan.consumers).for_each(|_| push(Role::Consumer));
+        let wanted = (0..plan.topics_at_start + plan.topics_later)
+            .map(|index| {
+                let partitions = rng.range(1, plan.partitions_max as u64 + 1) as i32;
+                (format!("sim-topic-{index}"), partitions)
+            })
+            .collect();
+        let next_create_at = 0;
+        KafkaWorkload {
+            plan: plan.clone(),
+            nodes: nodes.to_vec(),
+            rng,
+            clients,
+            next_connection: 1,
+            next_correlation: 1,
+            wanted,
+            created: 0,
+            next_create_at,
+            topics: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            history: KafkaHistory::default(),
+            stats: KafkaStats::default(),
+            liveness_produces: None,
+        }
+    }
+
+    pub fn history(&self) -> &KafkaHistory {
+        &self.history
+    }
+
+    pub fn stats(&self) -> KafkaStats {
+        self.stats
+    }
+
+    /// Topics the admin was told exist, by name.
+    pub fn wanted_topics(&self) -> Vec<String> {
+        self.wanted.iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    pub fn start(&mut self, now: u64, out: &mut Vec<KafkaAction>) {
+        for index in 0..self.clients.len() {
+            self.think(now, index, out);
+        }
+    }
+
+    pub fn start_liveness(&mut self) {
+        self.liveness_produces = Some(BTreeMap::new());
+        // Topics not created yet are created now.
+        self.next_create_at = 0;
+    }
+
+    /// Once faults are healed: whether every wanted topic exists and every
+    /// partition acknowledged enough new produces.
+    pub fn liveness_done(&self) -> bool {
+        let Some(produces) = &self.liveness_produces else {
+            return false;
+        };
+        self.created == self.wanted.len()
+            && self.wanted.iter().all(|(name, partitions)| {
+                (0..*partitions).all(|partition| {
+                    produces
+                        .get(&(name.clone(), partition))
+                        .copied()
+                        .unwrap_or(0)
+                        >= KAFKA_LIVENESS_PRODUCES_MIN
+                })
+            })
+    }
+
+    /// Partitions still short of new produces (for the liveness report).
+    pub fn liveness_missing(&self) -> Vec<String> {
+        let produces = self.liveness_produces.clone().unwrap_or_default();
+        let mut missing = Vec::new();
+        if self.created < self.wanted.len() {
+            missing.push(format!(
+                "{} of {} topics created",
+                self.created,
+                self.wanted.len()
+            ));
+        }
+        for (name, partitions) in &self.wanted {
+            for partition in 0..*partitions {
+                let count = produces
+                    .get(&(name.clone(), partition))
+                    .copied()
+                    .unwrap_or(0);
+                if count < KAFKA_LIVENESS_PRODUCES_MIN {
+                    missing.push(format!("{name}-{partition}: {count} produces"));
+                }
+            }
+        }
+        missing
+    }
+
+    fn think(&mut self, now: u64, index: usize, out: &mut Vec<KafkaAction>) {
+        let delay = self.rng.range(0, self.plan.think_time_ms_max + 1);
+        self.wake(now + delay, index, out);
+    }
+
+    fn backoff(&mut self, now: u64, index: usize, out: &mut Vec<KafkaAction>) {
+        let delay = self.rng.range(1, KAFKA_RETRY_BACKOFF_MS_MAX + 1);
+        self.wake(now + delay, index, out);
+    }
+
+    fn wake(&mut self, at: u64, index: usize, out: &mut Vec<KafkaAction>) {
+        let client = &mut self.clients[index];
+        client.token += 1;
+        out.push(KafkaAction::Wake {
+            at,
+            client: index,
+            token: client.token,
+        });
+    }
+
+    pub fn on_wake(&mut self, now: u64, index: usize, token: u64, out: &mut Vec<KafkaAction>) {
+        if self.clients[index].token != token {
+            return;
+        }
+        if let Some(in_flight) = self.clients[index].in_flight.take() {
+            // The request timed out: its outcome is unknown, and the
+            // connection is dropped (as clients do after a timeout).
+            self.settle_unknown(&in_flight.op);
+            self.drop_connection(index, out);
+            self.backoff(now, index, out);
+            return;
+        }
+        self.begin(now, index, out);
+    }
+
+    /// The node crashed: every connection to it is reset.
+    pub fn on_node_down(&mut self, now: u64, node: NodeId, out: &mut Vec<KafkaAction>) {
+        for index in 0..self.clients.len() {
+            if self.clients[index]
+                .connection
+                .is_some_and(|(n, _)| n == node)
+            {
+                self.clients[index].connection = None;
+                if let Some(in_flight) = self.clients[index].in_flight.take() {
+                    self.settle_unknown(&in_flight.op);
+                    self.backoff(now, index, out);
+                }
+            }
+        }
+        self.leaders.retain(|_, leader| *leader != node);
+    }
+
+    fn settle_unknown(&mut self, op: &Op) {
+        match op {
+            Op::Produce { key, .. } => {
+                self.stats.produces_unknown += 1;
+                self.leaders.remove(key);
+            }
+            Op::Fetch { key, .. } => {
+                self.stats.fetch_errors += 1;
+                self.leaders.remove(key);
+            }
+            Op::Metadata | Op::CreateTopic { .. } => {}
+        }
+    }
+
+    fn drop_connection(&mut self, index: usize, out: &mut Vec<KafkaAction>) {
+        if let Some((node, connection)) = self.clients[index].connection.take() {
+            out.push(KafkaAction::Close { node, connection });
+        }
+    }
+
+    fn random_node(&mut self) -> NodeId {
+        *self.rng.pick(&self.nodes).expect("a cluster has nodes")
+    }
+
+    fn partitions(&self) -> Vec<PartitionKey> {
+        self.topics
+            .iter()
+            .flat_map(|(name, count)| (0..*count).map(move |p| (name.clone(), p)))
+            .collect()
+    }
+
+    /// Chooses and sends the client's next request.
+    fn begin(&mut self, now: u64, index: usize, out: &mut Vec<KafkaAction>) {
+        let role = self.clients[index].role;
+        match role {
+            Role::Admin => {
+                if self.created >= self.wanted.len() {
+                    // Nothing left to create: keep metadata fresh instead.
+                    let node = self.random_node();
+                    self.send(now, index, node, Op::Metadata, out);
+                    return;
+                }
+                if now < self.next_create_at {
+                    let at = self.next_create_at;
+                    self.wake(at, index, out);
+                    return;
+                }
+                let name = self.wanted[self.created].0.clone();
+                let node = self.random_node();
+                self.send(now, index, node, Op::CreateTopic { name }, out);
+            }
+            Role::Producer | Role::Consumer => {
+                let partitions = self.partitions();
+                if partitions.is_empty() {
+                    let node = self.random_node();
+                    self.send(now, index, node, Op::Metadata, out);
+                    return;
+                }
+                let key = if role == Role::Producer {
+                    partitions[self.rng.range(0, partitions.len() as u64) as usize].clone()
+                } else {
+                    let client = &mut self.clients[index];
+                    client.cursor = (client.cursor + 1) % partitions.len();
+                    partitions[client.cursor].clone()
+                };
+                let Some(&leader) = self.leaders.get(&key) else {
+                    let node = self.random_node();
+                    self.send(now, index, node, Op::Metadata, out);
+                    return;
+                };
+                let op = if role == Role::Producer {
+                    let count = self.rng.range(1, KAFKA_BATCH_RECORDS_MAX + 1);
+                    let client = &mut self.clients[index];
+                    let values: Vec<u64> = (0..count)
+                        .map(|_| {
+                            let seq = client.next_seq;
+                            client.next_seq += 1;
+                            ((index as u64 + 1) << 40) | seq
+                        })
+                        .collect();
+                    self.history.sent.extend(values.iter().copied());
+                    Op::Produce { key, values }
+                } else {
+                    let offset = *self.clients[index].positions.get(&key).unwrap_or(&0);
+                    Op::Fetch { key, offset }
+                };
+                self.send(now, index, leader, op, out);
+            }
+        }
+    }
+
+    fn send(&mut self, now: u64, index: usize, node: NodeId, op: Op, out: &mut Vec<KafkaAction>) {
+        if self.clients[index]
+            .connection
+            .is_some_and(|(n, _)| n != node)
+        {
+            self.drop_connection(index, out);
+        }
+        let connection = match self.clients[index].connection {
+            Some((_, connection)) => connection,
+            None => {
+                let connection = self.next_connection;
+                self.next_connection += 1;
+                self.clients[index].connection = Some((node, connection));
+                connection
+            }
+        };
+        let correlation = self.next_correlation;
+        self.next_correlation += 1;
+        let frame = self.encode(correlation, &op);
+        out.push(KafkaAction::Send {
+            node,
+            connection,
+            frame,
+        });
+        self.clients[index].in_flight = Some(InFlight {
+            connection,
+            correlation,
+            op,
+        });
+        let timeout = self.plan.request_timeout_ms;
+        self.wake(now + timeout, index, out);
+    }
+
+    fn encode(&mut self, correlation: i32, op: &Op) -> Bytes {
+        let topic_name = |name: &str| TopicName(StrBytes::from_string(name.to_string()));
+        let mut frame = BytesMut::new();
+        let (key, version) = match op {
+            Op::Metadata => (ApiKey::Metadata, METADATA_VERSION),
+            Op::CreateTopic { .. } => (ApiKey::CreateTopics, CREATE_TOPICS_VERSION),
+            Op::Produce { .. } => (ApiKey::Produce, PRODUCE_VERSION),
+            Op::Fetch { .. } => (ApiKey::Fetch, FETCH_VERSION),
+        };
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation)
+            .with_client_id(Some(StrBytes::from_static_str("sim")))
+            .encode(&mut frame, key.request_header_version(version))
+            .expect("a request header encodes");
+        let encoded = match op {
+            Op::Metadata => MetadataRequest::default()
+                .with_topics(None)
+                .with_allow_auto_topic_creation(false)
+                .encode(&mut frame, version),
+            Op::CreateTopic { name } => {
+                let partitions = self
+                    .wanted
+                    .iter()
+                    .find(|(wanted, _)| wanted == name)
+                    .map_or(1, |(_, partitions)| *partitions);
+                CreateTopicsRequest::default()
+                    .with_topics(vec![CreatableTopic::default()
+                        .with_name(topic_name(name))
+                        .with_num_partitions(partitions)
+                        .with_replication_factor(self.plan.replication_factor)])
+                    .with_timeout_ms(self.plan.request_timeout_ms as i32)
+                    .encode(&mut frame, version)
+            }
+            Op::Produce { key, values } => {
+                let records: Vec<Vec<u8>> = values
+                    .iter()
+                    .map(|value| encode_value(*value, self.plan.padding_bytes))
+                    .collect();
+                let pairs: Vec<runnel_kafka::batch::KeyValue<'_>> = records
+                    .iter()
+                    .map(|value| (None, Some(value.as_slice())))
+                    .collect();
+                let batch = runnel_kafka::batch::build_uncompressed(&pairs, 1_000, None);
+                let acks = if self.rng.chance(0.2) { 1 } else { -1 };
+                ProduceRequest::default()
+                    .with_acks(acks)
+                    .with_timeout_ms(self.plan.request_timeout_ms as i32)
+                    .with_topic_data(vec![TopicProduceData::default()
+                        .with_name(topic_name(&key.0))
+                        .with_partition_data(vec![PartitionProduceData::default()
+                            .with_index(key.1)
+                            .with_records(Some(Bytes::from(batch)))])])
+                    .encode(&mut frame, version)
+            }
+            Op::Fetch { key, offset } => FetchRequest::default()
+                .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+                .with_max_wait_ms(self.rng.range(0, 101) as i32)
+                .with_min_bytes(1)
+                .with_max_bytes(KAFKA_FETCH_BYTES_MAX)
+                .with_isolation_level(i8::from(self.plan.read_committed))
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(topic_name(&key.0))
+                    .with_partitions(vec![FetchPartition::default()
+                        .with_partition(key.1)
+                        .with_fetch_offset(*offset)
+                        .with_partition_max_bytes(KAFKA_FETCH_BYTES_MAX)])])
+                .encode(&mut frame, version),
+        };
+        encoded.expect("a request body encodes");
+        frame.freeze()
+    }
+
+    /// The broker closed a connection (it does after a request it cannot
+    /// parse, which these clients never send).
+    pub fn on_closed(&mut self, now: u64, connection: ConnectionId, out: &mut Vec<KafkaAction>) {
+        for index in 0..self.clients.len() {
+            if self.clients[index]
+                .connection
+                .is_some_and(|(_, c)| c == connection)
+            {
+                self.clients[index].connection = None;
+                if let Some(in_flight) = self.clients[index].in_flight.take() {
+                    self.settle_unknown(&in_flight.op);
+                    self.backoff(now, index, out);
+                }
+            }
+        }
+    }
+
+    /// A response frame (with its length prefix) arrived on `connection`.
+    pub fn on_response(
+        &mut self,
+        now: u64,
+        connection: ConnectionId,
+        frame: Bytes,
+        out: &mut Vec<KafkaAction>,
+    ) {
+        let Some(index) = self.clients.iter().position(|client| {
+            client
+                .in_flight
+                .as_ref()
+                .is_some_and(|in_flight| in_flight.connection == connection)
+        }) else {
+            // A late answer on a connection its client gave up on.
+            return;
+        };
+        let in_flight = self.clients[index].in_flight.take().expect("checked");
+        let mut body = frame.slice(4..);
+        let (key, version) = match &in_flight.op {
+            Op::Metadata => (ApiKey::Metadata, METADATA_VERSION),
+            Op::CreateTopic { .. } => (ApiKey::CreateTopics, CREATE_TOPICS_VERSION),
+            Op::Produce { .. } => (ApiKey::Produce, PRODUCE_VERSION),
+            Op::Fetch { .. } => (ApiKey::Fetch, FETCH_VERSION),
+        };
+        let header = ResponseHeader::decode(&mut body, key.response_header_version(version))
+            .expect("the broker's response header decodes");
+        assert_eq!(
+            header.correlation_id, in_flight.correlation,
+            "responses come in request order on a connection"
+        );
+        let ok = match in_flight.op {
+            Op::Metadata => {
+                let response = MetadataResponse::decode(&mut body, version).expect("decodes");
+                self.on_metadata(response);
+                true
+            }
+            Op::CreateTopic { name } => {
+                let response = CreateTopicsResponse::decode(&mut body, version).expect("decodes");
+                let error = response.topics.first().map_or(-1, |t| t.error_code);
+                let done = error == code::NONE || error == code::TOPIC_ALREADY_EXISTS;
+                if done
+                    && self
+                        .wanted
+                        .get(self.created)
+                        .is_some_and(|(n, _)| *n == name)
+                {
+                    self.created += 1;
+                    self.stats.topics_created += 1;
+                    // The later topics are created while faults strike.
+                    if self.created >= self.plan.topics_at_start {
+                        self.next_create_at = now + self.rng.range(2_000, 15_000);
+                        if self.liveness_produces.is_some() {
+                            self.next_create_at = now;
+                        }
+                    }
+                }
+                done
+            }
+            Op::Produce { key, values } => {
+                let response = ProduceResponse::decode(&mut body, version).expect("decodes");
+                let answer = response
+                    .responses
+                    .first()
+                    .and_then(|topic| topic.partition_responses.first());
+                match answer {
+                    Some(answer) if answer.error_code == code::NONE => {
+                        let acknowledged =
+                            self.history.acknowledged.entry(key.clone()).or_default();
+                        for (position, value) in values.iter().enumerate() {
+                            acknowledged.insert(answer.base_offset + position as i64, *value);
+                        }
+                        self.stats.produces_acknowledged += 1;
+                        self.stats.records_acknowledged += values.len() as u64;
+                        if let Some(produces) = &mut self.liveness_produces {
+                            *produces.entry(key).or_default() += 1;
+                        }
+                        true
+                    }
+                    _ => {
+                        self.settle_unknown(&Op::Produce { key, values });
+                        false
+                    }
+                }
+            }
+            Op::Fetch { key, offset } => {
+                let response = FetchResponse::decode(&mut body, version).expect("decodes");
+                let answer = response
+                    .responses
+                    .first()
+                    .and_then(|topic| topic.partitions.first());
+                match answer {
+                    Some(answer) if answer.error_code == code::NONE => {
+                        self.on_fetched(index, key, offset, answer.records.clone());
+                        true
+                    }
+                    _ => {
+                        self.settle_unknown(&Op::Fetch { key, offset });
+                        false
+                    }
+                }
+            }
+        };
+        if ok {
+            self.think(now, index, out);
+        } else {
+            self.backoff(now, index, out);
+        }
+    }
+
+    fn on_metadata(&mut self, response: MetadataResponse) {
+        for topic in response.topics {
+            let Some(name) = topic.name else { continue };
+            if topic.error_code != code::NONE {
+                continue;
+            }
+            let name = name.0.to_string();
+            self.topics
+                .insert(name.clone(), topic.partitions.len() as i32);
+            for partition in topic.partitions {
+                let key = (name.clone(), partition.partition_index);
+                if partition.error_code == code::NONE && partition.leader_id.0 > 0 {
+                    self.leaders.insert(key, partition.leader_id.0 as NodeId);
+                } else {
+                    self.leaders.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn on_fetched(&mut self, index: usize, key: PartitionKey, offset: i64, records: Option<Bytes>) {
+        let mut position = offset;
+        let mut bytes = records.unwrap_or_default();
+        while !bytes.is_empty() {
+            let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
+                self.history.violations.push(kafka_violation(
+                    "kafka-fetch-decodes",
+                    format!(
+                        "{}-{}: a fetch from offset {offset} returned bytes that do not decode",
+                        key.0, key.1
+                    ),
+                ));
+                return;
+            };
+            for record in set.records {
+                if record.offset < position {
+                    continue; // The batch began before the fetch offset.
+                }
+                if record.offset != position {
+                    self.history.violations.push(kafka_violation(
+                        "kafka-poll-skip",
+                        format!(
+                            "{}-{}: a fetch from offset {offset} skipped from {position} to {}",
+                            key.0, key.1, record.offset
+                        ),
+                    ));
+                }
+                let value = record
+                    .value
+                    .as_deref()
+                    .and_then(decode_value_id)
+                    .unwrap_or(u64::MAX);
+                let consumed = self.history.consumed.entry(key.clone()).or_default();
+                match consumed.get(&record.offset) {
+                    Some(&earlier) if earlier != value => {
+                        self.history.violations.push(kafka_violation(
+                            "kafka-read-changed",
+                            format!(
+                                "{}-{} offset {}: read {earlier:#x} earlier and {value:#x} now",
+                                key.0, key.1, record.offset
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        consumed.insert(record.offset, value);
+                        self.stats.records_consumed += 1;
+                    }
+                }
+                position = record.offset + 1;
+            }
+        }
+        self.clients[index].positions.insert(key, position);
+    }
+}
+
+/// The records of a partition's stored batches as (offset, value id).
+pub fn log_values<'a>(batches: impl Iterator<Item = &'a [u8]>) -> Vec<(i64, Option<u64>)> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let mut bytes = Bytes::copy_from_slice(batch);
+        match RecordBatchDecoder::decode(&mut bytes) {
+            Ok(set) => {
+                for record in set.records {
+                    out.push((
+                        record.offset,
+                        record.value.as_deref().and_then(decode_value_id),
+                    ));
+                }
+            }
+            Err(_) => out.push((-1, None)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PartitionKey {
+        ("t".to_string(), 0)
+    }
+
+    /// Values 1, 2, 3 sent; 1 and 2 acknowledged at offsets 0 and 1; a
+    /// consumer read 1 at offset 0.
+    fn history() -> KafkaHistory {
+        let mut history = KafkaHistory::default();
+        history.sent.extend([1, 2, 3]);
+        history
+            .acknowledged
+            .insert(key(), BTreeMap::from([(0, 1), (1, 2)]));
+        history.consumed.insert(key(), BTreeMap::from([(0, 1)]));
+        history
+    }
+
+    fn check(log: &[(i64, Option<u64>)]) -> Vec<&'static str> {
+        let logs = BTreeMap::from([(key(), log.to_vec())]);
+        let mut found: Vec<&'static str> =
+            history().check(&logs).iter().map(|v| v.invariant).collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn a_log_with_every_acknowledged_record_passes() {
+        assert!(check(&[(0, Some(1)), (1, Some(2))]).is_empty());
+        // An unacknowledged value may or may not be there.
+        assert!(check(&[(0, Some(1)), (1, Some(2)), (2, Some(3))]).is_empty());
+    }
+
+    #[test]
+    fn a_missing_acknowledged_record_is_a_lost_write() {
+        assert_eq!(check(&[(0, Some(1))]), ["kafka-lost-write"]);
+    }
+
+    #[test]
+    fn an_acknowledged_record_at_another_offset_is_a_lost_write() {
+        assert_eq!(
+            check(&[(0, Some(1)), (1, Some(3)), (2, Some(2))]),
+            ["kafka-lost-write"]
+        );
+    }
+
+    #[test]
+    fn a_value_at_two_offsets_is_a_duplicate() {
+        assert_eq!(
+            check(&[(0, Some(1)), (1, Some(2)), (2, Some(2))]),
+            ["kafka-duplicate"]
+        );
+    }
+
+    #[test]
+    fn a_value_nobody_sent_is_named() {
+        assert_eq!(
+            check(&[(0, Some(1)), (1, Some(2)), (2, Some(9))]),
+            ["kafka-unknown-value"]
+        );
+        assert_eq!(
+            check(&[(0, Some(1)), (1, Some(2)), (2, None)]),
+            ["kafka-unknown-value"]
+        );
+    }
+
+    #[test]
+    fn a_gap_in_offsets_is_named() {
+        let mut history = history();
+        history.acknowledged.clear();
+        history.consumed.clear();
+        let logs = BTreeMap::from([(key(), vec![(0, Some(1)), (2, Some(2))])]);
+        let found: Vec<&str> = history.check(&logs).iter().map(|v| v.invariant).collect();
+        assert_eq!(found, ["kafka-contiguous-offsets"]);
+    }
+
+    #[test]
+    fn a_read_the_final_log_does_not_hold_was_not_committed() {
+        let mut history = history();
+        history.acknowledged.clear();
+        let logs = BTreeMap::from([(key(), vec![(0, Some(3))])]);
+        let found: Vec<&str> = history.check(&logs).iter().map(|v| v.invariant).collect();
+        assert_eq!(found, ["kafka-read-not-committed"]);
+    }
+}
