@@ -85,6 +85,7 @@ impl MessageLine {
             Body::TimeoutNow => ("TimeoutNow", 0, 0, 0),
             Body::TermQuery => ("TermQuery", 0, 0, 0),
             Body::TermReport => ("TermReport", 0, 0, 0),
+            Body::Removed { config_index } => ("Removed", *config_index, 0, 0),
         };
         MessageLine {
             group,

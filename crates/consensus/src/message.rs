@@ -65,4 +65,10 @@ pub enum Body {
     TermQuery,
     /// §10.3: the answer to `TermQuery`.
     TermReport,
+    /// §7.4: the answer to a campaign from a node that the sender's
+    /// committed membership, set by its entry at `config_index`, does not
+    /// list: the receiver was removed by a change it never heard of.
+    Removed {
+        config_index: Index,
+    },
 }

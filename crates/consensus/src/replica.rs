@@ -194,6 +194,9 @@ pub struct Replica {
     config: Config,
     /// Index of the entry that set `config` (§7.1).
     config_index: Index,
+    /// §7.4: a member's committed membership from its entry at this index
+    /// does not list this replica.
+    removed_by: Option<Index>,
     now_ms: u64,
     election_deadline_ms: u64,
     heartbeat_due_ms: u64,
@@ -282,6 +285,7 @@ impl Replica {
             persisted,
             config,
             config_index,
+            removed_by: None,
             now_ms,
             election_deadline_ms: 0,
             heartbeat_due_ms: 0,
@@ -333,6 +337,15 @@ impl Replica {
     }
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// §7.4: whether a member told this replica that a committed change
+    /// newer than every membership it knows removed it. Such a replica no
+    /// longer campaigns; its host may delete it. A later membership that
+    /// lists it again (it was added back) clears this.
+    pub fn removed(&self) -> bool {
+        self.removed_by
+            .is_some_and(|index| index > self.config_index)
     }
     pub fn log(&self) -> &Log {
         &self.log
@@ -415,6 +428,22 @@ impl Replica {
             self.reset_election_deadline();
             if self.can_campaign() {
                 self.campaign(false);
+            } else if self.config.contains(self.id()) && !self.removed() {
+                // §7.4: a member that cannot campaign (a learner, or a voter
+                // repairing its log) and was left behind by a change that
+                // removed it would wait forever: when no leader has been
+                // heard for an election timeout, it asks the voters.
+                let id = self.id();
+                let voters: Vec<NodeId> = self
+                    .config
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|v| *v != id)
+                    .collect();
+                for voter in voters {
+                    self.send(voter, Body::TermQuery);
+                }
             }
         }
     }
@@ -554,7 +583,7 @@ impl Replica {
     fn can_campaign(&self) -> bool {
         // §7.2: only voters campaign; a replica that does not know its
         // membership yet (a new, empty replica) waits to be contacted.
-        if self.snapshot_to_persist.is_some() || self.is_repairing() {
+        if self.snapshot_to_persist.is_some() || self.is_repairing() || self.removed() {
             return false;
         }
         let id = self.id();
@@ -582,6 +611,24 @@ impl Replica {
         );
         if message.from == self.id() {
             return;
+        }
+        match message.body {
+            // §7.4: a campaign from a node our committed membership does not
+            // list comes from a replica left behind when it was removed.
+            Body::PreVote { .. } | Body::Vote { .. } | Body::TermQuery
+                if !self.config.contains(message.from) && self.config_index <= self.commit =>
+            {
+                let config_index = self.config_index;
+                self.send(message.from, Body::Removed { config_index });
+                return;
+            }
+            Body::Removed { config_index } => {
+                if config_index > self.config_index {
+                    self.removed_by = Some(config_index);
+                }
+                return;
+            }
+            _ => {}
         }
         match message.body {
             // A pre-vote carries the term its sender would campaign in, one
@@ -659,7 +706,9 @@ impl Replica {
                 self.accept_leader(message.from);
                 self.handle_install_snapshot(message.from, snapshot);
             }
-            Body::TermQuery | Body::TermReport => unreachable!("answered before the term rules"),
+            Body::TermQuery | Body::TermReport | Body::Removed { .. } => {
+                unreachable!("answered before the term rules")
+            }
             Body::TimeoutNow => {
                 // §9: the leader asks us to take over; skip pre-vote. §10.3:
                 // not while repairing: the leader's match for us may predate

@@ -733,7 +733,42 @@ fn learners_and_empty_nodes_never_campaign() {
     c.ready_all();
     assert_eq!(c.node(4).role(), Role::Follower);
     assert_eq!(c.node(5).role(), Role::Follower);
-    assert!(c.network.is_empty());
+    // The learner, hearing no leader, only asks the voters whether it was
+    // removed (§7.4); the empty node, which knows no membership, is silent.
+    assert!(!c.network.is_empty());
+    assert!(c
+        .network
+        .iter()
+        .all(|m| m.from == 4 && matches!(m.body, Body::TermQuery)));
+}
+
+/// §7.4: voter 4, cut off while the others removed it, campaigns when it
+/// is back; the members answer `Removed`, and it campaigns no more. Without
+/// the rule it would ask for votes forever (and keep its files forever).
+#[test]
+fn a_voter_removed_behind_its_back_is_told_and_stops_campaigning() {
+    let mut c = Cluster::new(&[1, 2, 3, 4]);
+    c.elect(1);
+    c.isolate(4);
+    c.node_mut(1)
+        .propose_config(config(&[1, 2, 3], &[]))
+        .unwrap();
+    c.settle();
+    assert_eq!(c.node(1).config(), &config(&[1, 2, 3], &[]));
+    assert_eq!(c.node(4).config(), &config(&[1, 2, 3, 4], &[]));
+    assert!(!c.node(4).removed());
+    c.heal();
+    c.tick_only(&[4], 2 * ET);
+    c.stabilize();
+    assert!(c.node(4).removed(), "the members' answer reached 4");
+    assert_eq!(c.leader(), Some(1), "the cluster was not disturbed");
+    c.tick_only(&[4], 10 * ET);
+    c.ready(4);
+    assert!(
+        c.network.iter().all(|m| m.from != 4),
+        "a removed replica campaigns no more: {:?}",
+        c.network
+    );
 }
 
 fn group_with_learner_4() -> Cluster {

@@ -149,6 +149,8 @@ pub struct GroupView {
     pub snapshot_term: Term,
     pub last_index: Index,
     pub config: Config,
+    /// §7.4: a member said a committed change removed this replica.
+    pub removed: bool,
     /// Entries held in memory after the snapshot: (index, term, hash of the
     /// entry's payload).
     pub entries: Vec<(Index, Term, u64)>,

@@ -282,6 +282,7 @@ impl Node {
             snapshot_term: log.snapshot().term,
             last_index: log.last_index(),
             config: replica.config().clone(),
+            removed: replica.removed(),
             entries: Vec::new(),
             records_len: match &group_state.machine {
                 Machine::Records(machine) => machine.records().len() as u64,
@@ -354,6 +355,23 @@ impl Node {
             self.wake_group(group, dormant, now_ms);
         } else if self.groups.len() < GROUPS_MAX {
             self.create_group(group, Some(bootstrap_snapshot(config)), now_ms, env);
+        }
+        self.drain(group, env);
+        self.flush(env);
+    }
+
+    /// Starts hosting `group` as a replica that learns its membership from
+    /// the group (a node joining it), unless it runs already: an empty one,
+    /// or the one recovered from disk.
+    pub fn join_group(&mut self, group: GroupId, env: &mut Env<'_>) {
+        if self.failed.is_some() || self.groups.contains_key(&group) {
+            return;
+        }
+        let now_ms = env.clock.now_ms();
+        if let Some(dormant) = self.dormant.remove(&group) {
+            self.wake_group(group, dormant, now_ms);
+        } else if self.groups.len() < GROUPS_MAX {
+            self.create_group(group, None, now_ms, env);
         }
         self.drain(group, env);
         self.flush(env);

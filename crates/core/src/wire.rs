@@ -191,6 +191,10 @@ fn encode_message(out: &mut Vec<u8>, message: &Message) {
         Body::TimeoutNow => out.push(8),
         Body::TermQuery => out.push(9),
         Body::TermReport => out.push(10),
+        Body::Removed { config_index } => {
+            out.push(11);
+            put_u64(out, *config_index);
+        }
     }
 }
 
@@ -265,6 +269,9 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
         8 => Body::TimeoutNow,
         9 => Body::TermQuery,
         10 => Body::TermReport,
+        11 => Body::Removed {
+            config_index: reader.u64()?,
+        },
         other => return Err(WireError::BadTag(other)),
     };
     Ok(Message {
@@ -492,6 +499,7 @@ mod tests {
                 (9, message(5, Body::TimeoutNow)),
                 (9, message(5, Body::TermQuery)),
                 (9, message(6, Body::TermReport)),
+                (9, message(7, Body::Removed { config_index: 12 })),
             ],
         }
     }
