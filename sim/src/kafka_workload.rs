@@ -16,13 +16,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::alter_partition_reassignments_request::{
+    ReassignablePartition, ReassignableTopic,
+};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId,
+    CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
@@ -44,6 +47,8 @@ pub const KAFKA_BATCH_RECORDS_MAX: u64 = 4;
 pub const KAFKA_FETCH_BYTES_MAX: i32 = 64 << 10;
 /// Acknowledged produces every partition must get once faults are healed.
 pub const KAFKA_LIVENESS_PRODUCES_MIN: u64 = 3;
+/// The admin's pause between two requests, in ms (low, high).
+pub const KAFKA_ADMIN_THINK_MS: (u64, u64) = (100, 300);
 /// After an error, a client waits up to this long before its next request.
 pub const KAFKA_RETRY_BACKOFF_MS_MAX: u64 = 100;
 
@@ -76,6 +81,10 @@ pub struct KafkaPlan {
     pub padding_bytes: u64,
     /// Fetch with read_committed (else read_uncommitted).
     pub read_committed: bool,
+    /// The admin moves a random partition's replicas after a gap drawn
+    /// from this range, while faults strike (in 3-node clusters a move can
+    /// only reorder the replicas, which changes the preferred leader).
+    pub reassign_gap_ms: Option<(u64, u64)>,
 }
 
 impl KafkaPlan {
@@ -94,6 +103,10 @@ impl KafkaPlan {
             request_timeout_ms: (3 * election_timeout_ms).max(1_000),
             padding_bytes: rng.range(0, 57),
             read_committed: rng.chance(0.5),
+            reassign_gap_ms: rng.chance(0.6).then(|| {
+                let low = rng.range(1_000, 5_000);
+                (low, low + rng.range(0, 5_000))
+            }),
         };
         assert!(plan.topics_at_start + plan.topics_later <= KAFKA_TOPICS_MAX);
         assert!(1 + plan.producers + plan.consumers <= KAFKA_CLIENTS_MAX);
@@ -131,9 +144,21 @@ type PartitionKey = (String, i32);
 #[derive(Clone, Debug)]
 enum Op {
     Metadata,
-    CreateTopic { name: String },
-    Produce { key: PartitionKey, values: Vec<u64> },
-    Fetch { key: PartitionKey, offset: i64 },
+    CreateTopic {
+        name: String,
+    },
+    Reassign {
+        key: PartitionKey,
+        replicas: Vec<NodeId>,
+    },
+    Produce {
+        key: PartitionKey,
+        values: Vec<u64>,
+    },
+    Fetch {
+        key: PartitionKey,
+        offset: i64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -166,6 +191,8 @@ pub struct KafkaStats {
     pub records_consumed: u64,
     pub fetch_errors: u64,
     pub topics_created: u64,
+    /// Moves of a partition's replicas the metadata group accepted.
+    pub reassignments: u64,
 }
 
 /// What the clients saw, for the final check.
@@ -300,6 +327,8 @@ pub struct KafkaWorkload {
     stats: KafkaStats,
     /// Acknowledged produces per partition since the liveness phase began.
     liveness_produces: Option<BTreeMap<PartitionKey, u64>>,
+    /// The admin moves a partition's replicas once the time is past this.
+    next_reassign_at: u64,
 }
 
 impl KafkaWorkload {
@@ -341,6 +370,7 @@ impl KafkaWorkload {
             history: KafkaHistory::default(),
             stats: KafkaStats::default(),
             liveness_produces: None,
+            next_reassign_at: plan.reassign_gap_ms.map_or(u64::MAX, |(low, _)| low),
         }
     }
 
@@ -365,6 +395,8 @@ impl KafkaWorkload {
 
     pub fn start_liveness(&mut self) {
         self.liveness_produces = Some(BTreeMap::new());
+        // Moves still in progress must finish; no new ones start.
+        self.next_reassign_at = u64::MAX;
         // Topics not created yet are created now.
         self.next_create_at = 0;
     }
@@ -413,7 +445,14 @@ impl KafkaWorkload {
     }
 
     fn think(&mut self, now: u64, index: usize, out: &mut Vec<KafkaAction>) {
-        let delay = self.rng.range(0, self.plan.think_time_ms_max + 1);
+        // The admin mostly refreshes metadata: a few times a second is
+        // plenty, and leaves the event budget to producers and consumers.
+        let delay = if self.clients[index].role == Role::Admin {
+            self.rng
+                .range(KAFKA_ADMIN_THINK_MS.0, KAFKA_ADMIN_THINK_MS.1 + 1)
+        } else {
+            self.rng.range(0, self.plan.think_time_ms_max + 1)
+        };
         self.wake(now + delay, index, out);
     }
 
@@ -474,7 +513,7 @@ impl KafkaWorkload {
                 self.stats.fetch_errors += 1;
                 self.leaders.remove(key);
             }
-            Op::Metadata | Op::CreateTopic { .. } => {}
+            Op::Metadata | Op::CreateTopic { .. } | Op::Reassign { .. } => {}
         }
     }
 
@@ -500,15 +539,25 @@ impl KafkaWorkload {
         let role = self.clients[index].role;
         match role {
             Role::Admin => {
-                if self.created >= self.wanted.len() {
-                    // Nothing left to create: keep metadata fresh instead.
+                let partitions = self.partitions();
+                if now >= self.next_reassign_at && !partitions.is_empty() {
+                    let key =
+                        partitions[self.rng.range(0, partitions.len() as u64) as usize].clone();
+                    let mut pool = self.nodes.clone();
+                    let mut replicas = Vec::new();
+                    while replicas.len() < self.plan.replication_factor as usize {
+                        let at = self.rng.range(0, pool.len() as u64) as usize;
+                        replicas.push(pool.remove(at));
+                    }
                     let node = self.random_node();
-                    self.send(now, index, node, Op::Metadata, out);
+                    self.send(now, index, node, Op::Reassign { key, replicas }, out);
                     return;
                 }
-                if now < self.next_create_at {
-                    let at = self.next_create_at;
-                    self.wake(at, index, out);
+                if self.created >= self.wanted.len() || now < self.next_create_at {
+                    // Nothing to create now: keep metadata fresh, and wake
+                    // for the next creation or move.
+                    let node = self.random_node();
+                    self.send(now, index, node, Op::Metadata, out);
                     return;
                 }
                 let name = self.wanted[self.created].0.clone();
@@ -594,6 +643,7 @@ impl KafkaWorkload {
         let (key, version) = match op {
             Op::Metadata => (ApiKey::Metadata, METADATA_VERSION),
             Op::CreateTopic { .. } => (ApiKey::CreateTopics, CREATE_TOPICS_VERSION),
+            Op::Reassign { .. } => (ApiKey::AlterPartitionReassignments, 0),
             Op::Produce { .. } => (ApiKey::Produce, PRODUCE_VERSION),
             Op::Fetch { .. } => (ApiKey::Fetch, FETCH_VERSION),
         };
@@ -623,6 +673,16 @@ impl KafkaWorkload {
                     .with_timeout_ms(self.plan.request_timeout_ms as i32)
                     .encode(&mut frame, version)
             }
+            Op::Reassign { key, replicas } => AlterPartitionReassignmentsRequest::default()
+                .with_timeout_ms(self.plan.request_timeout_ms as i32)
+                .with_topics(vec![ReassignableTopic::default()
+                    .with_name(topic_name(&key.0))
+                    .with_partitions(vec![ReassignablePartition::default()
+                        .with_partition_index(key.1)
+                        .with_replicas(Some(
+                            replicas.iter().map(|node| BrokerId(*node as i32)).collect(),
+                        ))])])
+                .encode(&mut frame, version),
             Op::Produce { key, values } => {
                 let records: Vec<Vec<u8>> = values
                     .iter()
@@ -701,6 +761,7 @@ impl KafkaWorkload {
         let (key, version) = match &in_flight.op {
             Op::Metadata => (ApiKey::Metadata, METADATA_VERSION),
             Op::CreateTopic { .. } => (ApiKey::CreateTopics, CREATE_TOPICS_VERSION),
+            Op::Reassign { .. } => (ApiKey::AlterPartitionReassignments, 0),
             Op::Produce { .. } => (ApiKey::Produce, PRODUCE_VERSION),
             Op::Fetch { .. } => (ApiKey::Fetch, FETCH_VERSION),
         };
@@ -737,6 +798,27 @@ impl KafkaWorkload {
                     }
                 }
                 done
+            }
+            Op::Reassign { .. } => {
+                let response =
+                    AlterPartitionReassignmentsResponse::decode(&mut body, 0).expect("decodes");
+                let error = response
+                    .responses
+                    .first()
+                    .and_then(|topic| topic.partitions.first())
+                    .map_or(response.error_code, |partition| partition.error_code);
+                if response.error_code == code::NONE && error == code::NONE {
+                    self.stats.reassignments += 1;
+                    if let Some((low, high)) = self.plan.reassign_gap_ms {
+                        self.next_reassign_at = now + self.rng.range(low, high + 1);
+                    }
+                    if self.liveness_produces.is_some() {
+                        self.next_reassign_at = u64::MAX;
+                    }
+                    true
+                } else {
+                    false
+                }
             }
             Op::Produce { key, values } => {
                 let response = ProduceResponse::decode(&mut body, version).expect("decodes");

@@ -14,7 +14,7 @@
 //! the acknowledged appends and the state machines.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
@@ -212,6 +212,10 @@ struct SimNode {
     crash_armed: bool,
     /// Injected disk errors already accounted for (each stops the node once).
     errors_seen: u64,
+    /// Broker layout: the groups the node ran after its last event, and how
+    /// often each was deleted on this node (a replica moved away).
+    hosted: BTreeSet<GroupId>,
+    replica_generations: BTreeMap<GroupId, u64>,
 }
 
 impl SimNode {
@@ -380,6 +384,8 @@ impl Simulation {
                     tracks: BTreeMap::new(),
                     crash_armed: false,
                     errors_seen: 0,
+                    hosted: BTreeSet::new(),
+                    replica_generations: BTreeMap::new(),
                 }
             })
             .collect();
@@ -938,12 +944,21 @@ impl Simulation {
         }
         let node = process.node();
         if let Process::Broker(_) = process {
-            for group in node.group_ids() {
+            let hosted: BTreeSet<GroupId> = node.group_ids().into_iter().collect();
+            for &group in &hosted {
                 if !self.groups.contains(&group) {
                     self.groups.push(group);
                     self.touched.push(group);
                 }
             }
+            // A replica the broker deleted (its node left the group) and
+            // created again later (the node came back) starts from nothing:
+            // the checkers see a new replica.
+            for group in sim_node.hosted.difference(&hosted) {
+                *sim_node.replica_generations.entry(*group).or_default() += 1;
+                sim_node.tracks.remove(group);
+            }
+            sim_node.hosted = hosted;
         }
         if let Some(reason) = node.failed() {
             // The node stops itself after a disk error. An error the disk
@@ -1014,6 +1029,7 @@ impl Simulation {
         sim_node.disk.set_now(now);
         sim_node.held.clear();
         sim_node.tracks.clear();
+        sim_node.hosted.clear();
         let id = sim_node.id;
         let incarnation = sim_node.incarnation;
         let disk = &mut sim_node.disk;
@@ -1344,7 +1360,10 @@ impl Simulation {
 
     fn check_liveness(&mut self) {
         if let Some(kafka) = &self.kafka {
-            if kafka.liveness_done() && self.group_statuses().iter().all(|s| s.leader.is_some()) {
+            if kafka.liveness_done()
+                && self.group_statuses().iter().all(|s| s.leader.is_some())
+                && self.unsettled_moves().is_empty()
+            {
                 self.phase = Phase::Done;
             }
             return;
@@ -1359,6 +1378,56 @@ impl Simulation {
         if self.group_statuses().iter().all(|s| s.leader.is_some()) {
             self.phase = Phase::Done;
         }
+    }
+
+    /// Partitions whose group's membership (as its leader sees it) is not
+    /// yet the replicas metadata wants, or that a node outside them still
+    /// hosts: a move that has not finished (docs/protocol.md §12.4).
+    fn unsettled_moves(&self) -> Vec<String> {
+        let Some(metadata) = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core())
+            .filter_map(|node| Some((node.summary(METADATA_GROUP)?.applied_index, node)))
+            .max_by_key(|(applied, _)| *applied)
+            .and_then(|(_, node)| node.machine(METADATA_GROUP)?.metadata())
+        else {
+            return vec!["no metadata".into()];
+        };
+        let mut unsettled = Vec::new();
+        for (topic, placement) in metadata.partition_groups() {
+            let group = placement.group;
+            let wanted: BTreeSet<NodeId> = placement.replicas.iter().copied().collect();
+            let leader = self
+                .nodes
+                .iter()
+                .filter(|n| n.state == NodeState::Up)
+                .filter_map(|n| n.core()?.summary(group))
+                .filter(|view| view.role == Role::Leader)
+                .max_by_key(|view| view.term);
+            match leader {
+                Some(view) => {
+                    let members: BTreeSet<NodeId> = view.config.members().collect();
+                    if members != wanted || !view.config.learners.is_empty() {
+                        unsettled.push(format!(
+                            "{} group {group}: members {:?} learners {:?}, wanted {:?}",
+                            topic.name, view.config.voters, view.config.learners, wanted
+                        ));
+                    }
+                }
+                None => unsettled.push(format!("{} group {group}: no leader", topic.name)),
+            }
+            for sim_node in &self.nodes {
+                if !wanted.contains(&sim_node.id) && sim_node.core().is_some_and(|n| n.hosts(group))
+                {
+                    unsettled.push(format!(
+                        "{} group {group}: n{} still hosts it",
+                        topic.name, sim_node.id
+                    ));
+                }
+            }
+        }
+        unsettled
     }
 
     fn liveness_failed(&mut self) {
@@ -1382,6 +1451,10 @@ impl Simulation {
             message.push_str(&format!(
                 "\n    Kafka clients still waiting for: {}",
                 kafka.liveness_missing().join(", ")
+            ));
+            message.push_str(&format!(
+                "\n    moves not finished: {}",
+                self.unsettled_moves().join("; ")
             ));
         }
         for sim_node in &self.nodes {
@@ -1468,8 +1541,18 @@ impl Simulation {
             }
             note(
                 violations,
-                self.commits
-                    .observe_commit(id, incarnation, group, summary.commit_index),
+                self.commits.observe_commit(
+                    id,
+                    // A deleted and re-created replica is a new one.
+                    (incarnation << 20)
+                        | sim_node
+                            .replica_generations
+                            .get(&group)
+                            .copied()
+                            .unwrap_or(0),
+                    group,
+                    summary.commit_index,
+                ),
             );
             let track = sim_node.tracks.entry(group).or_default();
             if summary.snapshot_index > track.snapshot_index {
@@ -1642,6 +1725,10 @@ impl Simulation {
             self.faults
                 .add(FaultClass::SyncFailure, injected.sync_failures);
             self.faults.add(FaultClass::DiskFull, injected.write_full);
+        }
+        if let Some(kafka) = &self.kafka {
+            self.faults
+                .add(FaultClass::ConfigChange, kafka.stats().reassignments);
         }
         self.faults.add(FaultClass::Loss, network.lost);
         self.faults.add(FaultClass::Duplication, network.duplicated);

@@ -500,7 +500,12 @@ impl FaultPlan {
             (FaultClass::TornWrite, self.disk.torn_writes),
             (
                 FaultClass::ConfigChange,
-                self.config_changes.is_some() && self.kafka.is_none(),
+                match &self.kafka {
+                    // The broker layout's membership changes are moves of
+                    // partitions' replicas.
+                    Some(kafka) => kafka.reassign_gap_ms.is_some(),
+                    None => self.config_changes.is_some(),
+                },
             ),
             (
                 FaultClass::LeaderTransfer,

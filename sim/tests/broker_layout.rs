@@ -29,8 +29,21 @@ fn run(plan: FaultPlan, seed: u64) -> Outcome {
 
 #[test]
 fn broker_layout_seeds_pass_and_replay_identically() {
+    let mut moves = 0;
     for seed in 1_000..1_004 {
-        let plan = broker_plan(seed);
+        let mut plan = broker_plan(seed);
+        // Five nodes, so that moving a partition's replicas changes its
+        // group's membership, not only the preferred leader.
+        if seed % 2 == 0 {
+            plan = FaultPlan {
+                nodes: vec![1, 2, 3, 4, 5],
+                clocks: vec![plan.clocks[0]; 5],
+                ..plan
+            };
+            if let Some(kafka) = plan.kafka.as_mut() {
+                kafka.reassign_gap_ms = Some((1_000, 3_000));
+            }
+        }
         let topics = plan
             .kafka
             .as_ref()
@@ -50,6 +63,7 @@ fn broker_layout_seeds_pass_and_replay_identically() {
         );
         assert!(stats.produces_acknowledged >= 200, "seed {seed}: {stats:?}");
         assert!(stats.records_consumed > 0, "seed {seed}: {stats:?}");
+        moves += stats.reassignments;
         let second = run(plan, seed);
         assert_eq!(
             (first.trace_hash, first.events),
@@ -57,6 +71,7 @@ fn broker_layout_seeds_pass_and_replay_identically() {
             "seed {seed} is not deterministic"
         );
     }
+    assert!(moves >= 4, "only {moves} partitions were moved");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! core's state machines or turned into proposals, and answered in order
 //! per connection.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_response::{
@@ -56,6 +56,8 @@ use runnel_kafka::codec::{self, DecodeError};
 use uuid::Uuid;
 
 use crate::fetch::{self, FetchResult};
+
+mod reassign;
 use crate::{configs, error_code, BrokerConfig, BrokerEnv, BrokerEvent, ConnectionId, StartError};
 
 /// Most requests waiting for an answer over all connections; beyond it new
@@ -128,6 +130,11 @@ enum PendingKind {
     CreatePartitions {
         response: CreatePartitionsResponse,
     },
+    AlterReassignments {
+        response: kafka_protocol::messages::AlterPartitionReassignmentsResponse,
+        /// Per proposal part: (topic index, partition index) in `response`.
+        parts: Vec<(usize, usize)>,
+    },
 }
 
 #[derive(Default)]
@@ -151,7 +158,9 @@ pub struct Broker {
     proposals: BTreeMap<u64, (u64, usize)>,
     next_id: u64,
     /// Partition groups this node hosts, as metadata last said.
-    hosted: BTreeMap<GroupId, Vec<NodeId>>,
+    /// The initial membership to start each from, or `None` to join it
+    /// empty (its replicas were moved).
+    hosted: BTreeMap<GroupId, Option<Vec<NodeId>>>,
     /// The metadata group's applied index when `hosted` was last synced:
     /// metadata changes only when it moves.
     hosted_synced_at: Option<u64>,
@@ -159,6 +168,7 @@ pub struct Broker {
     /// The low 32 bits of the next producer id this node hands out.
     next_producer_counter: u64,
     last_leader_balance_ms: u64,
+    last_reassign_step_ms: u64,
 }
 
 impl Broker {
@@ -211,6 +221,7 @@ impl Broker {
             last_retention_check_ms: 0,
             next_producer_counter: 0,
             last_leader_balance_ms: 0,
+            last_reassign_step_ms: 0,
         })
     }
 
@@ -297,6 +308,7 @@ impl Broker {
         self.sync_groups(env, collector);
         self.check_retention(env, collector);
         self.balance_leaders(env, collector);
+        self.drive_reassignments(env, collector);
         for response in std::mem::take(&mut collector.responses) {
             self.core_reply(response);
         }
@@ -364,23 +376,36 @@ impl Broker {
             return;
         };
         let me = self.config.node_id;
-        let wanted: BTreeMap<GroupId, Vec<NodeId>> = metadata
+        // A replica starts from the initial membership unless a move ever
+        // took this node off the partition; then it joins empty (§12.4).
+        let wanted: BTreeMap<GroupId, Option<Vec<NodeId>>> = metadata
             .partition_groups()
             .filter(|(_, placement)| placement.replicas.contains(&me))
-            .map(|(_, placement)| (placement.group, placement.replicas.clone()))
+            .map(|(_, placement)| {
+                let initial = placement
+                    .starts_from_initial(me)
+                    .then(|| placement.initial_replicas.clone());
+                (placement.group, initial)
+            })
+            .collect();
+        let placed: BTreeSet<GroupId> = metadata
+            .partition_groups()
+            .map(|(_, placement)| placement.group)
             .collect();
         if wanted == self.hosted {
             return;
         }
-        let added: Vec<(GroupId, Vec<NodeId>)> = wanted
+        let added: Vec<(GroupId, Option<Vec<NodeId>>)> = wanted
             .iter()
             .filter(|(group, _)| !self.hosted.contains_key(group))
             .map(|(group, replicas)| (*group, replicas.clone()))
             .collect();
+        // Only a deleted partition goes at once: a replica moved away stays
+        // until its group's membership no longer lists it (reassign.rs).
         let removed: Vec<GroupId> = self
             .hosted
             .keys()
-            .filter(|group| !wanted.contains_key(group))
+            .filter(|group| !placed.contains(group))
             .copied()
             .collect();
         self.hosted = wanted;
@@ -390,12 +415,17 @@ impl Broker {
             clock: env.clock,
             replies: collector,
         };
-        for (group, replicas) in added {
-            let config = Config {
-                voters: replicas.into_iter().collect(),
-                learners: Default::default(),
-            };
-            self.node.bootstrap_group(group, config, &mut core_env);
+        for (group, initial) in added {
+            match initial {
+                Some(replicas) => {
+                    let config = Config {
+                        voters: replicas.into_iter().collect(),
+                        learners: Default::default(),
+                    };
+                    self.node.bootstrap_group(group, config, &mut core_env);
+                }
+                None => self.node.join_group(group, &mut core_env),
+            }
         }
         for group in removed {
             self.node.remove_group(group, &mut core_env);
@@ -594,6 +624,17 @@ impl Broker {
             RequestKind::DescribeCluster(request) => Some(ResponseKind::DescribeCluster(
                 self.describe_cluster(request),
             )),
+            RequestKind::AlterPartitionReassignments(request) => {
+                self.alter_partition_reassignments(
+                    connection, header, version, request, env, collector,
+                );
+                return;
+            }
+            RequestKind::ListPartitionReassignments(request) => {
+                Some(ResponseKind::ListPartitionReassignments(
+                    self.list_partition_reassignments(request),
+                ))
+            }
             _ => None,
         };
         match response {
@@ -1655,6 +1696,22 @@ impl Broker {
                     &mut result.error_message,
                 );
             }
+            PendingKind::AlterReassignments {
+                response: alter,
+                parts,
+            } => {
+                let (topic, partition) = parts[part];
+                let result = &mut alter.responses[topic].partitions[partition];
+                // Set to REQUEST_TIMED_OUT when proposed: a part never
+                // answered keeps it.
+                result.error_code = 0;
+                result.error_message = None;
+                metadata_result(
+                    response.result,
+                    &mut result.error_code,
+                    &mut result.error_message,
+                );
+            }
             PendingKind::Fetch { .. } => {}
         }
         pending.outstanding -= 1;
@@ -1723,6 +1780,9 @@ impl Broker {
             PendingKind::CreateTopics { response } => ResponseKind::CreateTopics(response),
             PendingKind::DeleteTopics { response } => ResponseKind::DeleteTopics(response),
             PendingKind::CreatePartitions { response } => ResponseKind::CreatePartitions(response),
+            PendingKind::AlterReassignments { response, .. } => {
+                ResponseKind::AlterPartitionReassignments(response)
+            }
             PendingKind::Fetch { request } => {
                 let FetchResult { response, .. } =
                     fetch::evaluate(&request, pending.version, self.metadata(), &self.node);

@@ -28,13 +28,35 @@ pub mod error_code {
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
     pub const INVALID_CONFIG: i16 = 40;
     pub const POLICY_VIOLATION: i16 = 44;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionPlacement {
     pub group: GroupId,
-    /// The nodes that host the partition's replicas; all are voters.
+    /// The nodes that should host the partition's replicas, the preferred
+    /// leader first. After a reassignment the group's own membership gets
+    /// there step by step: its leader adds, promotes and removes one node
+    /// at a time (docs/protocol.md §12.4).
     pub replicas: Vec<NodeId>,
+    /// The group's membership when the partition was created: the first
+    /// replicas start from it.
+    pub initial_replicas: Vec<NodeId>,
+    /// Nodes a move ever took off `replicas` (each once). Such a node may
+    /// have deleted its replica, and with it the record of its votes: when
+    /// it starts the replica again it starts it empty and learns the
+    /// membership from the group, since the initial membership could let
+    /// fresh replicas elect a leader of their own (§12.4). The others start
+    /// from `initial_replicas`, as their logs did.
+    pub departed: Vec<NodeId>,
+}
+
+impl PartitionPlacement {
+    /// Whether `node` starts its replica from the initial membership (else
+    /// it joins empty).
+    pub fn starts_from_initial(&self, node: NodeId) -> bool {
+        self.initial_replicas.contains(&node) && !self.departed.contains(&node)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +83,14 @@ pub enum MetadataCommand {
     CreatePartitions {
         name: String,
         count: u32,
+        nodes: Vec<NodeId>,
+    },
+    /// Moves a partition's replicas to `replicas` (the preferred leader
+    /// first); `nodes` is the cluster, to check them against.
+    ReassignPartition {
+        name: String,
+        partition: u32,
+        replicas: Vec<NodeId>,
         nodes: Vec<NodeId>,
     },
 }
@@ -216,6 +246,46 @@ impl MetadataState {
                 self.topics.insert(name, topic);
                 outcome
             }
+            MetadataCommand::ReassignPartition {
+                name,
+                partition,
+                replicas,
+                nodes,
+            } => {
+                let Some(topic) = self.topics.get_mut(&name) else {
+                    return refused(
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic \"{name}\" does not exist"),
+                    );
+                };
+                let Some(placement) = topic.partitions.get_mut(partition as usize) else {
+                    return refused(
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic \"{name}\" has no partition {partition}"),
+                    );
+                };
+                let mut distinct = replicas.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                if replicas.is_empty()
+                    || distinct.len() != replicas.len()
+                    || !replicas.iter().all(|node| nodes.contains(node))
+                {
+                    return refused(
+                        error_code::INVALID_REPLICA_ASSIGNMENT,
+                        format!(
+                            "replicas {replicas:?} must be distinct nodes of the cluster {nodes:?}"
+                        ),
+                    );
+                }
+                for node in &placement.replicas {
+                    if !replicas.contains(node) && !placement.departed.contains(node) {
+                        placement.departed.push(*node);
+                    }
+                }
+                placement.replicas = replicas;
+                MetadataOutcome::Done
+            }
         }
     }
 
@@ -235,18 +305,21 @@ impl MetadataState {
             let group = self.next_group;
             self.next_group += 1;
             let start = (group as usize) % nodes.len();
-            let replicas = (0..usize::from(replication_factor).min(nodes.len()))
+            let replicas: Vec<NodeId> = (0..usize::from(replication_factor).min(nodes.len()))
                 .map(|i| nodes[(start + i) % nodes.len()])
                 .collect();
-            topic
-                .partitions
-                .push(PartitionPlacement { group, replicas });
+            topic.partitions.push(PartitionPlacement {
+                group,
+                initial_replicas: replicas.clone(),
+                replicas,
+                departed: Vec::new(),
+            });
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         out.extend_from_slice(&self.next_group.to_le_bytes());
         out.extend_from_slice(&(self.topics.len() as u64).to_le_bytes());
         for topic in self.topics.values() {
@@ -256,6 +329,8 @@ impl MetadataState {
             for partition in &topic.partitions {
                 out.extend_from_slice(&partition.group.to_le_bytes());
                 put_nodes(&mut out, &partition.replicas);
+                put_nodes(&mut out, &partition.initial_replicas);
+                put_nodes(&mut out, &partition.departed);
             }
             put_configs(&mut out, &topic.configs);
         }
@@ -264,7 +339,12 @@ impl MetadataState {
 
     pub fn decode(data: &[u8]) -> MetadataState {
         let mut reader = Reader::new(data);
-        assert_eq!(reader.u32(), 1, "metadata snapshot version");
+        // Version 1 had no initial replicas: nothing had moved then.
+        let version = reader.u32();
+        assert!(
+            version == 1 || version == SNAPSHOT_VERSION,
+            "metadata snapshot version {version}"
+        );
         let next_group = reader.u64();
         let mut topics = BTreeMap::new();
         for _ in 0..reader.u64() {
@@ -274,7 +354,17 @@ impl MetadataState {
             for _ in 0..reader.u64() {
                 let group = reader.u64();
                 let replicas = get_nodes(&mut reader);
-                partitions.push(PartitionPlacement { group, replicas });
+                let (initial_replicas, departed) = if version == 1 {
+                    (replicas.clone(), Vec::new())
+                } else {
+                    (get_nodes(&mut reader), get_nodes(&mut reader))
+                };
+                partitions.push(PartitionPlacement {
+                    group,
+                    replicas,
+                    initial_replicas,
+                    departed,
+                });
             }
             let configs = get_configs(&mut reader).expect("checksummed snapshot");
             topics.insert(
@@ -327,6 +417,8 @@ fn topic_id(name: &str, index: u64, term: u64) -> [u8; 16] {
 const COMMAND_CREATE_TOPIC: u8 = 1;
 const COMMAND_DELETE_TOPIC: u8 = 2;
 const COMMAND_CREATE_PARTITIONS: u8 = 3;
+const COMMAND_REASSIGN_PARTITION: u8 = 4;
+const SNAPSHOT_VERSION: u32 = 2;
 
 impl MetadataCommand {
     pub fn encode(&self) -> Vec<u8> {
@@ -356,6 +448,18 @@ impl MetadataCommand {
                 out.extend_from_slice(&count.to_le_bytes());
                 put_nodes(&mut out, nodes);
             }
+            MetadataCommand::ReassignPartition {
+                name,
+                partition,
+                replicas,
+                nodes,
+            } => {
+                out.push(COMMAND_REASSIGN_PARTITION);
+                put_str(&mut out, name);
+                out.extend_from_slice(&partition.to_le_bytes());
+                put_nodes(&mut out, replicas);
+                put_nodes(&mut out, nodes);
+            }
         }
         out
     }
@@ -380,6 +484,12 @@ impl MetadataCommand {
             COMMAND_CREATE_PARTITIONS => MetadataCommand::CreatePartitions {
                 name: cursor.string()?,
                 count: cursor.u32()?,
+                nodes: cursor.nodes()?,
+            },
+            COMMAND_REASSIGN_PARTITION => MetadataCommand::ReassignPartition {
+                name: cursor.string()?,
+                partition: cursor.u32()?,
+                replicas: cursor.nodes()?,
                 nodes: cursor.nodes()?,
             },
             _ => return None,
