@@ -822,7 +822,14 @@ impl Broker {
             .iter()
             .enumerate()
             .map(|(index, placement)| {
-                let (leader, epoch) = self.leader_of(placement.group);
+                let (mut leader, epoch) = self.leader_of(placement.group);
+                if leader < 0 && !self.node.hosts(placement.group) {
+                    // A node without a replica cannot know the leader; the
+                    // preferred replica usually is (leadership returns to it,
+                    // §9), and a wrong guess gets NOT_LEADER_OR_FOLLOWER from
+                    // a node that knows, whose Metadata the client asks next.
+                    leader = placement.replicas.first().map_or(-1, |node| *node as i32);
+                }
                 let replicas: Vec<BrokerId> = placement
                     .replicas
                     .iter()

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use clap::{Args, Subcommand, ValueEnum};
 use indexmap::IndexMap;
+use kafka_protocol::messages::alter_partition_reassignments_request::{
+    ReassignablePartition, ReassignableTopic,
+};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
@@ -16,9 +19,11 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
     DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataResponse, ProduceRequest, ProduceResponse,
+    ListOffsetsRequest, ListOffsetsResponse, ListPartitionReassignmentsRequest,
+    ListPartitionReassignmentsResponse, MetadataResponse, ProduceRequest, ProduceResponse,
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -66,6 +71,19 @@ pub enum TopicCommand {
     Describe { name: String },
     /// Delete a topic.
     Delete { name: String },
+    /// Move a partition's replicas to other nodes (the first listed is the
+    /// preferred leader). The partition's leader moves one node at a time;
+    /// `runnel topic moves` shows what is still moving.
+    Reassign {
+        name: String,
+        #[arg(long, short = 'p')]
+        partition: i32,
+        /// Node ids, comma separated, e.g. 2,3,4.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<i32>,
+    },
+    /// List partitions whose replicas are still moving.
+    Moves,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -357,6 +375,107 @@ pub fn topic(connect: &Connect, command: TopicCommand) -> Result<(), ClientError
                 other => other,
             })?;
             let _ = writeln!(out, "deleted topic {name}");
+        }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+        } => {
+            let request = AlterPartitionReassignmentsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topics(vec![ReassignableTopic::default()
+                    .with_name(topic_name(&name))
+                    .with_partitions(vec![ReassignablePartition::default()
+                        .with_partition_index(partition)
+                        .with_replicas(Some(
+                            replicas
+                                .iter()
+                                .map(|node| kafka_protocol::messages::BrokerId(*node))
+                                .collect(),
+                        ))])]);
+            retrying(|| {
+                let address = controller(&mut cluster)?;
+                let connection = cluster.to(&address)?;
+                let version = connection.version(ApiKey::AlterPartitionReassignments, 0)?;
+                let response: AlterPartitionReassignmentsResponse =
+                    connection.send(ApiKey::AlterPartitionReassignments, version, &request)?;
+                let (code, message) = response
+                    .responses
+                    .first()
+                    .and_then(|topic| topic.partitions.first())
+                    .filter(|_| response.error_code == 0)
+                    .map_or((response.error_code, response.error_message.clone()), |p| {
+                        (p.error_code, p.error_message.clone())
+                    });
+                if code != 0 {
+                    let detail = message
+                        .map(|m| format!(": {}", m.as_str()))
+                        .unwrap_or_default();
+                    return Err(kafka_error(
+                        code,
+                        format!("cannot move {name}-{partition}{detail}"),
+                    ));
+                }
+                Ok(())
+            })?;
+            let shown: Vec<String> = replicas.iter().map(i32::to_string).collect();
+            let _ = writeln!(
+                out,
+                "moving {name}-{partition} to replicas {}",
+                shown.join(",")
+            );
+        }
+        TopicCommand::Moves => {
+            // Every node answers for the partitions it hosts: ask them all.
+            let metadata = cluster.bootstrap()?.metadata(Some(&[]))?;
+            let mut moves: BTreeMap<(String, i32), String> = BTreeMap::new();
+            for broker in &metadata.brokers {
+                let Some(address) = Cluster::address_of(&metadata, broker.node_id.0) else {
+                    continue;
+                };
+                let Ok(connection) = cluster.to(&address) else {
+                    continue;
+                };
+                let Ok(version) = connection.version(ApiKey::ListPartitionReassignments, 0) else {
+                    continue;
+                };
+                let request = ListPartitionReassignmentsRequest::default()
+                    .with_timeout_ms(10_000)
+                    .with_topics(None);
+                let Ok(response) = connection.send::<_, ListPartitionReassignmentsResponse>(
+                    ApiKey::ListPartitionReassignments,
+                    version,
+                    &request,
+                ) else {
+                    continue;
+                };
+                let list = |nodes: &[kafka_protocol::messages::BrokerId]| {
+                    nodes
+                        .iter()
+                        .map(|n| n.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                for topic in &response.topics {
+                    for partition in &topic.partitions {
+                        moves.insert(
+                            (topic.name.0.to_string(), partition.partition_index),
+                            format!(
+                                "replicas {} adding {} removing {}",
+                                list(&partition.replicas),
+                                list(&partition.adding_replicas),
+                                list(&partition.removing_replicas)
+                            ),
+                        );
+                    }
+                }
+            }
+            if moves.is_empty() {
+                let _ = writeln!(out, "no partition is moving");
+            }
+            for ((name, partition), line) in moves {
+                let _ = writeln!(out, "{name}-{partition} {line}");
+            }
         }
     }
     Ok(())
