@@ -612,15 +612,26 @@ impl Replica {
         if message.from == self.id() {
             return;
         }
+        // §7.4: a campaign (or a term query) from a node our committed
+        // membership does not list comes from a replica left behind when a
+        // change removed it. A replica that knows no membership yet (one
+        // joining empty) can tell nothing, and does not vote.
+        let knows_membership = !self.config.voters.is_empty();
+        let sender_removed = knows_membership
+            && !self.config.contains(message.from)
+            && self.config_index <= self.commit;
         match message.body {
-            // §7.4: a campaign from a node our committed membership does not
-            // list comes from a replica left behind when it was removed.
-            Body::PreVote { .. } | Body::Vote { .. } | Body::TermQuery
-                if !self.config.contains(message.from) && self.config_index <= self.commit =>
-            {
+            Body::PreVote { .. } | Body::Vote { .. } if !knows_membership => return,
+            Body::PreVote { .. } | Body::Vote { .. } if sender_removed => {
                 let config_index = self.config_index;
                 self.send(message.from, Body::Removed { config_index });
                 return;
+            }
+            Body::TermQuery if sender_removed => {
+                // The term is answered too: the asker may know a newer
+                // membership than ours, and rejoining needs our term.
+                let config_index = self.config_index;
+                self.send(message.from, Body::Removed { config_index });
             }
             Body::Removed { config_index } => {
                 if config_index > self.config_index {
