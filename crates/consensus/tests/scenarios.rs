@@ -1614,3 +1614,47 @@ fn a_stale_acknowledgment_cannot_commit_above_a_wiped_replicas_target() {
     c.settle();
     assert_eq!(c.node(3).log().term_at(9), c.node(1).log().term_at(9));
 }
+
+/// §7.4: an empty replica (a node joining, perhaps one that deleted its
+/// replica and its vote record when it was removed) knows no membership
+/// and grants no vote, even to a candidate whose log is ahead of it; a
+/// replica that knows a membership still does.
+#[test]
+fn a_replica_that_knows_no_membership_grants_no_vote() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"a");
+    c.settle();
+    c.add_empty_node(4, test_options(4));
+    let term = c.node(1).term() + 1;
+    let last_index = c.node(1).log().last_index();
+    let last_term = c.node(1).log().last_term();
+    let vote = |to| Message {
+        from: 1,
+        to,
+        term,
+        body: Body::Vote {
+            last_index,
+            last_term,
+            transfer: true,
+        },
+    };
+    c.network.clear();
+    c.deliver_message(vote(4));
+    c.deliver_message(vote(2));
+    c.ready(4);
+    c.ready(2);
+    c.persist_all(2);
+    c.ready(2);
+    let granted = |from| {
+        c.network
+            .iter()
+            .any(|m| m.from == from && matches!(m.body, Body::VoteResponse { granted: true }))
+    };
+    assert!(!granted(4), "the empty replica voted: {:?}", c.network);
+    assert!(
+        granted(2),
+        "a member refused a good candidate: {:?}",
+        c.network
+    );
+}
