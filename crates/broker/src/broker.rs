@@ -355,6 +355,23 @@ impl Broker {
         id
     }
 
+    /// The membership partition `group` was created with.
+    fn initial_config(&self, group: GroupId) -> Config {
+        let initial = self
+            .metadata()
+            .and_then(|metadata| {
+                metadata
+                    .partition_groups()
+                    .find(|(_, placement)| placement.group == group)
+                    .map(|(_, placement)| placement.initial_replicas.clone())
+            })
+            .unwrap_or_default();
+        Config {
+            voters: initial.into_iter().collect(),
+            learners: Default::default(),
+        }
+    }
+
     fn metadata(&self) -> Option<&MetadataState> {
         self.node
             .machine(METADATA_GROUP)
@@ -376,15 +393,17 @@ impl Broker {
             return;
         };
         let me = self.config.node_id;
-        // A replica starts from the initial membership unless a move ever
-        // took this node off the partition; then it joins empty (§12.4).
+        // A replica of the initial placement starts from the initial
+        // membership, unless this node deleted a replica of the group once
+        // (and its vote record with it): then, like a node new to the
+        // group, it joins empty and learns the membership (§12.4).
         let wanted: BTreeMap<GroupId, Option<Vec<NodeId>>> = metadata
             .partition_groups()
             .filter(|(_, placement)| placement.replicas.contains(&me))
             .map(|(_, placement)| {
-                let initial = placement
-                    .starts_from_initial(me)
-                    .then(|| placement.initial_replicas.clone());
+                let initial = (placement.initial_replicas.contains(&me)
+                    && !self.node.has_left(placement.group))
+                .then(|| placement.initial_replicas.clone());
                 (placement.group, initial)
             })
             .collect();
@@ -424,7 +443,10 @@ impl Broker {
                     };
                     self.node.bootstrap_group(group, config, &mut core_env);
                 }
-                None => self.node.join_group(group, &mut core_env),
+                None => {
+                    let initial = self.initial_config(group);
+                    self.node.join_group(group, initial, &mut core_env)
+                }
             }
         }
         for group in removed {

@@ -347,6 +347,16 @@ impl Replica {
         self.removed_by
             .is_some_and(|index| index > self.config_index)
     }
+
+    /// Whether a committed membership leaves this replica out: one it was
+    /// told of (`removed`), or its own config in force once committed. A
+    /// replica that knows no membership yet (joining) has not left.
+    pub fn left_group(&self) -> bool {
+        self.removed()
+            || (!self.config.voters.is_empty()
+                && !self.config.contains(self.id())
+                && self.config_index <= self.commit)
+    }
     pub fn log(&self) -> &Log {
         &self.log
     }
@@ -1565,6 +1575,20 @@ impl Replica {
                 .saturating_sub(self.match_index(**added).unwrap_or(0));
             if lag > self.options.promote_lag_max {
                 return Err(format!("learner {added} lags by {lag} entries"));
+            }
+            // A short log makes any learner look caught up: it must also
+            // have acknowledged entries to this leader (match indexes start
+            // at 0 in every term) within an election timeout, or the new
+            // voter may be a node that holds nothing.
+            let since = self.now_ms.saturating_sub(self.options.election_timeout_ms);
+            let acknowledged = self.progress.get(added).is_some_and(|progress| {
+                progress.last_ack_ms >= since
+                    && (progress.match_index > 0 || self.log.last_index() == 0)
+            });
+            if !acknowledged {
+                return Err(format!(
+                    "learner {added} has not acknowledged entries recently"
+                ));
             }
         }
         Ok(())

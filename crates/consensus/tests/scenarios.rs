@@ -1658,3 +1658,29 @@ fn a_replica_that_knows_no_membership_grants_no_vote() {
         c.network
     );
 }
+
+/// §7.2: on a short log every learner is within the promotion lag, so a
+/// learner must also have acknowledged entries to this leader recently: a
+/// learner that never answered (its node holds nothing, or is down) is not
+/// made a voter, which could leave the group without a quorum.
+#[test]
+fn a_learner_that_never_acknowledged_is_not_promoted() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.add_empty_node(4, test_options(4));
+    c.isolate(4);
+    c.node_mut(1)
+        .propose_config(config(&[1, 2, 3], &[4]))
+        .unwrap();
+    c.settle();
+    let refused = c.node_mut(1).propose_config(config(&[1, 2, 3, 4], &[]));
+    assert!(
+        matches!(&refused, Err(ProposeError::InvalidConfig(reason)) if reason.contains("acknowledged")),
+        "{refused:?}"
+    );
+    c.heal();
+    c.run_for(4 * HEARTBEAT_MS);
+    c.node_mut(1)
+        .propose_config(config(&[1, 2, 3, 4], &[]))
+        .expect("a learner that keeps up is promoted");
+}

@@ -149,8 +149,9 @@ pub struct GroupView {
     pub snapshot_term: Term,
     pub last_index: Index,
     pub config: Config,
-    /// §7.4: a member said a committed change removed this replica.
-    pub removed: bool,
+    /// A committed membership leaves this replica out (its own, or one a
+    /// member told it of, §7.4): its host may delete it.
+    pub left_group: bool,
     /// Entries held in memory after the snapshot: (index, term, hash of the
     /// entry's payload).
     pub entries: Vec<(Index, Term, u64)>,

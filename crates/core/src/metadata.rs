@@ -42,21 +42,6 @@ pub struct PartitionPlacement {
     /// The group's membership when the partition was created: the first
     /// replicas start from it.
     pub initial_replicas: Vec<NodeId>,
-    /// Nodes a move ever took off `replicas` (each once). Such a node may
-    /// have deleted its replica, and with it the record of its votes: when
-    /// it starts the replica again it starts it empty and learns the
-    /// membership from the group, since the initial membership could let
-    /// fresh replicas elect a leader of their own (§12.4). The others start
-    /// from `initial_replicas`, as their logs did.
-    pub departed: Vec<NodeId>,
-}
-
-impl PartitionPlacement {
-    /// Whether `node` starts its replica from the initial membership (else
-    /// it joins empty).
-    pub fn starts_from_initial(&self, node: NodeId) -> bool {
-        self.initial_replicas.contains(&node) && !self.departed.contains(&node)
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,11 +263,6 @@ impl MetadataState {
                         ),
                     );
                 }
-                for node in &placement.replicas {
-                    if !replicas.contains(node) && !placement.departed.contains(node) {
-                        placement.departed.push(*node);
-                    }
-                }
                 placement.replicas = replicas;
                 MetadataOutcome::Done
             }
@@ -312,7 +292,6 @@ impl MetadataState {
                 group,
                 initial_replicas: replicas.clone(),
                 replicas,
-                departed: Vec::new(),
             });
         }
     }
@@ -330,7 +309,6 @@ impl MetadataState {
                 out.extend_from_slice(&partition.group.to_le_bytes());
                 put_nodes(&mut out, &partition.replicas);
                 put_nodes(&mut out, &partition.initial_replicas);
-                put_nodes(&mut out, &partition.departed);
             }
             put_configs(&mut out, &topic.configs);
         }
@@ -354,16 +332,15 @@ impl MetadataState {
             for _ in 0..reader.u64() {
                 let group = reader.u64();
                 let replicas = get_nodes(&mut reader);
-                let (initial_replicas, departed) = if version == 1 {
-                    (replicas.clone(), Vec::new())
+                let initial_replicas = if version == 1 {
+                    replicas.clone()
                 } else {
-                    (get_nodes(&mut reader), get_nodes(&mut reader))
+                    get_nodes(&mut reader)
                 };
                 partitions.push(PartitionPlacement {
                     group,
                     replicas,
                     initial_replicas,
-                    departed,
                 });
             }
             let configs = get_configs(&mut reader).expect("checksummed snapshot");

@@ -110,6 +110,8 @@ pub struct Node {
     rng: Rng,
     groups: BTreeMap<GroupId, Group>,
     dormant: BTreeMap<GroupId, Dormant>,
+    /// Groups this node deleted a replica of (tombstones on disk).
+    left: BTreeSet<GroupId>,
     /// Disk operations planned before the first event (torn-tail repair).
     startup_ops: Vec<DiskOp>,
     next_token: u64,
@@ -174,8 +176,9 @@ impl Node {
                     // replica starts over empty, rejoins as a non-voter and
                     // catches up from the leader.
                     let prefix = format!("groups/{group:020}/");
+                    let tombstone = format!("{prefix}left");
                     for file in disk.list().map_err(StartError::Disk)? {
-                        if file.starts_with(&prefix) {
+                        if file.starts_with(&prefix) && file != tombstone {
                             startup_ops.push(DiskOp::Delete { file });
                         }
                     }
@@ -217,7 +220,12 @@ impl Node {
             );
         }
         assert!(dormant.len() <= GROUPS_MAX);
+        let left = GroupStore::groups_left(disk)
+            .map_err(StartError::Disk)?
+            .into_iter()
+            .collect();
         Ok(Node {
+            left,
             rng: Rng::new(config.rng_seed),
             config,
             groups: BTreeMap::new(),
@@ -282,7 +290,7 @@ impl Node {
             snapshot_term: log.snapshot().term,
             last_index: log.last_index(),
             config: replica.config().clone(),
-            removed: replica.removed(),
+            left_group: replica.left_group(),
             entries: Vec::new(),
             records_len: match &group_state.machine {
                 Machine::Records(machine) => machine.records().len() as u64,
@@ -337,6 +345,12 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Whether this node ever deleted a replica of `group` (a durable
+    /// tombstone says so), and with it the record of the replica's votes.
+    pub fn has_left(&self, group: GroupId) -> bool {
+        self.left.contains(&group)
+    }
+
     /// Whether this node has `group`, running or waiting for its membership.
     pub fn hosts(&self, group: GroupId) -> bool {
         self.groups.contains_key(&group) || self.dormant.contains_key(&group)
@@ -361,14 +375,20 @@ impl Node {
     }
 
     /// Starts hosting `group` as a replica that learns its membership from
-    /// the group (a node joining it), unless it runs already: an empty one,
-    /// or the one recovered from disk.
-    pub fn join_group(&mut self, group: GroupId, env: &mut Env<'_>) {
+    /// the group (a node joining it), unless it runs already. With nothing
+    /// on disk it starts empty, knowing no membership. A replica recovered
+    /// with entries or a snapshot got them from the group, whose log began
+    /// at `initial` (the group's bootstrap membership): it continues from
+    /// there, as a lagging original replica would.
+    pub fn join_group(&mut self, group: GroupId, initial: Config, env: &mut Env<'_>) {
         if self.failed.is_some() || self.groups.contains_key(&group) {
             return;
         }
         let now_ms = env.clock.now_ms();
         if let Some(dormant) = self.dormant.remove(&group) {
+            if dormant.snapshot.is_some() || !dormant.entries.is_empty() {
+                self.bootstrap_configs.insert(group, initial);
+            }
             self.wake_group(group, dormant, now_ms);
         } else if self.groups.len() < GROUPS_MAX {
             self.create_group(group, None, now_ms, env);
@@ -382,6 +402,9 @@ impl Node {
     pub fn remove_group(&mut self, group: GroupId, env: &mut Env<'_>) {
         if self.failed.is_some() {
             return;
+        }
+        if self.hosts(group) {
+            self.left.insert(group);
         }
         self.bootstrap_configs.remove(&group);
         let store = if let Some(group_state) = self.groups.remove(&group) {

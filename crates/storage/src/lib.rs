@@ -186,10 +186,14 @@ pub(crate) struct Paths {
     pub(crate) votes: [String; 2],
     pub(crate) snapshot: String,
     pub(crate) snapshot_tmp: String,
+    /// The tombstone: this node deleted a replica of the group once.
+    pub(crate) left: String,
 }
 
 /// The directory holding every group's directory.
 pub(crate) const GROUPS_DIR: &str = "groups";
+/// The name of a group's tombstone file (see `GroupStore::delete_ops`).
+pub(crate) const LEFT_FILE: &str = "left";
 /// The data directory itself, as `DiskOp::SyncDir` names it.
 pub(crate) const DATA_DIR: &str = "";
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
@@ -202,6 +206,7 @@ impl Paths {
             votes: [format!("{group_dir}/vote-a"), format!("{group_dir}/vote-b")],
             snapshot: format!("{group_dir}/snapshot"),
             snapshot_tmp: format!("{group_dir}/snapshot.tmp"),
+            left: format!("{group_dir}/{LEFT_FILE}"),
             group_dir,
         }
     }
@@ -411,6 +416,27 @@ impl GroupStore {
                 continue;
             };
             if let Some((name, _)) = rest.split_once('/') {
+                if let Some(group) = parse_20_digits(name) {
+                    groups.insert(group);
+                }
+            }
+        }
+        Ok(groups.into_iter().collect())
+    }
+
+    /// Groups whose directory holds a tombstone (`delete_ops` wrote it):
+    /// this node deleted a replica of them once, and with it the record of
+    /// its votes, ascending.
+    pub fn groups_left(disk: &mut dyn Disk) -> Result<Vec<GroupId>, DiskError> {
+        let mut groups = BTreeSet::new();
+        for file in disk.list()? {
+            let Some(rest) = file
+                .strip_prefix(GROUPS_DIR)
+                .and_then(|r| r.strip_prefix('/'))
+            else {
+                continue;
+            };
+            if let Some((name, LEFT_FILE)) = rest.split_once('/') {
                 if let Some(group) = parse_20_digits(name) {
                     groups.insert(group);
                 }
@@ -754,8 +780,25 @@ impl GroupStore {
     /// leaves a group that recovery reports as `NoValidHardState`; the node
     /// treats that as a lost disk and rejoins empty, and since the group no
     /// longer exists, nothing ever wakes it. Directories stay (empty).
+    ///
+    /// First of all a tombstone (`left`) is made durable, and never deleted:
+    /// a replica of the group started again on this node knows it lost its
+    /// vote record, so it must not start from the group's initial membership
+    /// (docs/protocol.md §12.4). Recovery ignores it.
     pub fn delete_ops(&self) -> Vec<DiskOp> {
-        let mut ops = Vec::new();
+        let mut ops = vec![
+            DiskOp::Write {
+                file: self.paths.left.clone(),
+                offset: 0,
+                data: b"left\n".to_vec(),
+            },
+            DiskOp::Sync {
+                file: self.paths.left.clone(),
+            },
+            DiskOp::SyncDir {
+                dir: self.paths.group_dir.clone(),
+            },
+        ];
         for slot in &self.paths.votes {
             ops.push(DiskOp::Delete { file: slot.clone() });
         }

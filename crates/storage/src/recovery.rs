@@ -124,7 +124,9 @@ pub(crate) fn recover(
     let mut tmp_present = false;
     let mut names: Vec<Index> = Vec::new();
     for file in disk.list()? {
-        if !file.starts_with(&group_prefix) {
+        if !file.starts_with(&group_prefix) || file == paths.left {
+            // The tombstone says the node deleted a replica once; it is no
+            // part of the replica's state (`GroupStore::groups_left`).
             continue;
         }
         found_any = true;

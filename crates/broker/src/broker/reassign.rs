@@ -63,8 +63,14 @@ pub fn next_step(
         next.learners.insert(missing);
         return Some(Step::Change(next));
     }
-    if let Some(&learner) = config.learners.iter().next() {
-        // Wanted and a learner: promote it (consensus refuses while it lags).
+    if !config.learners.is_empty() {
+        // Wanted learners: promote one that keeps up (consensus checks the
+        // lag again), else wait for one to catch up.
+        let learner = config
+            .learners
+            .iter()
+            .copied()
+            .find(|n| in_sync.contains(n))?;
         next.learners.remove(&learner);
         next.voters.insert(learner);
         return Some(Step::Change(next));
@@ -285,11 +291,24 @@ impl Broker {
                 continue;
             }
             match view {
-                Some(view) if view.removed || !view.config.contains(me) => leaving.push(group),
+                // Only a committed change may take a replica's data: a
+                // config that merely lacks this node may be uncommitted, or
+                // empty (a replica that knows no membership yet).
+                Some(view) if view.left_group => leaving.push(group),
+                // An empty replica that never learned its membership (it
+                // joined, then the move changed before it got anything)
+                // holds nothing and never voted.
+                Some(view)
+                    if view.config.voters.is_empty()
+                        && view.last_index == 0
+                        && view.snapshot_index == 0 =>
+                {
+                    leaving.push(group)
+                }
                 Some(_) => {}
                 // Waiting for its membership after a restart: start it, so
                 // that it learns from its log or from the other members.
-                None => waking.push(group),
+                None => waking.push((group, self.initial_config(group))),
             }
         }
         let mut core_env = Env {
@@ -305,8 +324,8 @@ impl Broker {
             );
             self.node.remove_group(group, &mut core_env);
         }
-        for group in waking {
-            self.node.join_group(group, &mut core_env);
+        for (group, initial) in waking {
+            self.node.join_group(group, initial, &mut core_env);
         }
         for (group, step) in steps {
             tracing::debug!(group, ?step, "moving a partition's replicas");

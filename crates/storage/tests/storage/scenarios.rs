@@ -992,3 +992,35 @@ fn changing_the_vote_within_a_term_panics() {
 fn a_segment_limit_out_of_bounds_panics() {
     let _ = GroupStore::create(GROUP, options(1), &HardState::default());
 }
+
+/// `delete_ops` leaves a durable tombstone first and nothing else: recovery
+/// finds no replica, `groups_left` names the group, and a store created
+/// again next to the tombstone recovers like any other.
+#[test]
+fn a_deleted_group_leaves_only_its_tombstone() {
+    let mut disk = MemDisk::new();
+    let mut store = new_store(&mut disk, BIG);
+    disk.run(store.append(&entries(1..=10, 1)));
+    disk.run(store.sync_ops());
+    let ops = store.delete_ops();
+    assert!(
+        matches!(&ops[0], DiskOp::Write { file, .. } if file.ends_with("/left")),
+        "the tombstone comes first: {ops:?}"
+    );
+    disk.run(ops);
+    disk.crash(Crash::DropUnsynced);
+    assert_eq!(disk.files(), vec![format!("groups/{GROUP:020}/left")]);
+    assert!(GroupStore::recover(&mut disk, GROUP, options(BIG))
+        .expect("recovers")
+        .is_none());
+    assert_eq!(GroupStore::groups_left(&mut disk).unwrap(), vec![GROUP]);
+
+    let mut store = new_store(&mut disk, BIG);
+    disk.run(store.append(&entries(1..=3, 2)));
+    disk.run(store.sync_ops());
+    let recovered = GroupStore::recover(&mut disk, GROUP, options(BIG))
+        .expect("recovers")
+        .expect("a replica");
+    assert_eq!(recovered.entries.len(), 3);
+    assert_eq!(GroupStore::groups_left(&mut disk).unwrap(), vec![GROUP]);
+}
