@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import BINARY
-from test_cluster import bootstrap, cluster  # noqa: F401 (a fixture)
+from test_cluster import bootstrap, cluster, start_cluster, stop_cluster  # noqa: F401 (a fixture)
 
 METADATA_GROUP_DIR = "00000000000000000000"
 
@@ -25,14 +25,17 @@ def runnel(nodes, *args):
 
 
 def partition_files(node):
-    """Files of partition groups (not the metadata group) in a node's data."""
+    """Files of partition replicas (not the metadata group's, and not the
+    tombstone a deleted replica leaves, docs/storage.md) in a node's data."""
     groups = node.data_dir / "groups"
     if not groups.exists():
         return []
     return sorted(
         str(path.relative_to(groups))
         for path in groups.rglob("*")
-        if path.is_file() and not path.relative_to(groups).parts[0] == METADATA_GROUP_DIR
+        if path.is_file()
+        and path.relative_to(groups).parts[0] != METADATA_GROUP_DIR
+        and path.name != "left"
     )
 
 
@@ -120,3 +123,21 @@ def test_a_partition_moves_to_another_node_and_nothing_is_lost(cluster, topic_na
         read[message.offset()] = message.value().decode()
     consumer.close()
     assert read == {offset: value for value, offset in acknowledged.items()}
+
+
+def test_replicas_spread_over_racks(tmp_path, topic_name):
+    """Nodes 1 and 2 share rack a, node 3 is alone in rack b: with two
+    replicas, every partition has one in each rack, and the brokers report
+    their racks to clients."""
+    nodes = start_cluster(tmp_path, ["--racks", "1=a,2=a,3=b"])
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap(nodes)})
+        admin.create_topics([NewTopic(topic_name, 6, 2)])[topic_name].result(30)
+        metadata = admin.list_topics(topic_name, timeout=10)
+        for partition in metadata.topics[topic_name].partitions.values():
+            replicas = set(partition.replicas)
+            assert len(replicas) == 2 and 3 in replicas, (partition.id, replicas)
+        described = admin.describe_cluster().result(10)
+        assert {node.id: node.rack for node in described.nodes} == {1: "a", 2: "a", 3: "b"}
+    finally:
+        stop_cluster(nodes)
