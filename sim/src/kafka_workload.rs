@@ -85,6 +85,9 @@ pub struct KafkaPlan {
     /// from this range, while faults strike (in 3-node clusters a move can
     /// only reorder the replicas, which changes the preferred leader).
     pub reassign_gap_ms: Option<(u64, u64)>,
+    /// Nodes sit in three racks (node id modulo 3), so that placement
+    /// spreads each partition's replicas over racks.
+    pub racks: bool,
 }
 
 impl KafkaPlan {
@@ -107,6 +110,12 @@ impl KafkaPlan {
                 let low = rng.range(1_000, 5_000);
                 (low, low + rng.range(0, 5_000))
             }),
+            racks: false,
+        };
+        // Drawn last, so that adding it left the other draws as they were.
+        let plan = KafkaPlan {
+            racks: rng.chance(0.5),
+            ..plan
         };
         assert!(plan.topics_at_start + plan.topics_later <= KAFKA_TOPICS_MAX);
         assert!(1 + plan.producers + plan.consumers <= KAFKA_CLIENTS_MAX);
@@ -372,6 +381,11 @@ impl KafkaWorkload {
             liveness_produces: None,
             next_reassign_at: plan.reassign_gap_ms.map_or(u64::MAX, |(low, _)| low),
         }
+    }
+
+    /// Whether the nodes sit in racks (node id modulo 3).
+    pub fn plan_racks(&self) -> bool {
+        self.plan.racks
     }
 
     pub fn history(&self) -> &KafkaHistory {

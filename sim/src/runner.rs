@@ -453,6 +453,7 @@ impl Simulation {
     fn broker_config(&mut self, index: usize) -> BrokerConfig {
         let timing = self.plan.timing;
         let replication_factor = self.plan.kafka.as_ref().map_or(1, |k| k.replication_factor);
+        let racks = self.plan.kafka.as_ref().is_some_and(|k| k.racks);
         BrokerConfig {
             node_id: self.nodes[index].id,
             cluster: self
@@ -463,6 +464,7 @@ impl Simulation {
                     node_id,
                     host: format!("n{node_id}.sim"),
                     port: 9092,
+                    rack: racks.then(|| format!("rack-{}", node_id % 3)),
                 })
                 .collect(),
             cluster_id: "runnel-sim".to_string(),
@@ -1616,7 +1618,10 @@ impl Simulation {
         let Some(kafka) = &self.kafka else {
             return;
         };
+        let racks = kafka.plan_racks();
+        let wanted_topics = kafka.wanted_topics();
         let mut placements: BTreeMap<(String, i32), GroupId> = BTreeMap::new();
+        let mut misplaced = Vec::new();
         for sim_node in &self.nodes {
             let Some(metadata) = sim_node
                 .core()
@@ -1632,7 +1637,25 @@ impl Simulation {
                     .position(|p| p.group == placement.group)
                     .expect("a topic lists its partitions") as i32;
                 placements.insert((topic.name.clone(), partition), placement.group);
+                // Replicas of a new partition spread over the racks: as
+                // many racks as replicas, up to the three there are.
+                let spread: BTreeSet<NodeId> = placement
+                    .initial_replicas
+                    .iter()
+                    .map(|node| node % 3)
+                    .collect();
+                if racks && spread.len() < placement.initial_replicas.len().min(3) {
+                    misplaced.push(format!(
+                        "{}-{partition} placed on {:?}, racks {spread:?}",
+                        topic.name, placement.initial_replicas
+                    ));
+                }
             }
+        }
+        misplaced.sort();
+        misplaced.dedup();
+        for message in misplaced {
+            self.push_violation(violation("rack-placement", "docs/protocol.md §12", message));
         }
         let mut logs = BTreeMap::new();
         for (key, group) in placements {
@@ -1645,7 +1668,7 @@ impl Simulation {
                 logs.insert(key, log_values(log.batches().map(|b| b.bytes.as_slice())));
             }
         }
-        for topic in kafka.wanted_topics() {
+        for topic in wanted_topics {
             if !logs.keys().any(|(name, _)| *name == topic) && self.phase == Phase::Done {
                 let message = format!("topic {topic} was created but no node has its partitions");
                 self.push_violation(violation("kafka-topic-lost", "docs/guarantees.md", message));

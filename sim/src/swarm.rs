@@ -565,11 +565,12 @@ impl fmt::Display for FaultPlan {
         match &self.kafka {
             Some(k) => writeln!(
                 f,
-                "  layout            broker: {}+{} topics of 1..={} partitions, replication factor {}, {} producers, {} consumers ({}), think 0..{} ms, timeout {} ms",
+                "  layout            broker: {}+{} topics of 1..={} partitions, replication factor {}{}, {} producers, {} consumers ({}), think 0..{} ms, timeout {} ms",
                 k.topics_at_start,
                 k.topics_later,
                 k.partitions_max,
                 k.replication_factor,
+                if k.racks { ", 3 racks" } else { "" },
                 k.producers,
                 k.consumers,
                 if k.read_committed { "read_committed" } else { "read_uncommitted" },

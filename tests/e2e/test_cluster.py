@@ -12,8 +12,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import Broker, free_port, free_port_block
 
 
-@pytest.fixture
-def cluster(tmp_path):
+def start_cluster(tmp_path, extra_args=()):
+    """Three nodes on loopback, each given the others with --peers."""
     ids = [1, 2, 3]
     rpc = {i: free_port() for i in ids}
     kafka = {i: free_port() for i in ids}
@@ -25,7 +25,7 @@ def cluster(tmp_path):
         node = Broker(
             tmp_path / f"n{i}",
             tmp_path / f"n{i}.log",
-            ["--node-id", str(i), "--peers", peers],
+            ["--node-id", str(i), "--peers", peers, *extra_args],
         )
         node.port = kafka[i]
         node.rpc_port = rpc[i]
@@ -34,10 +34,20 @@ def cluster(tmp_path):
         node.start(rpc_port=node.rpc_port, wait=False)
     for node in nodes.values():
         node.wait_listening()
-    yield nodes
+    return nodes
+
+
+def stop_cluster(nodes):
     for node in nodes.values():
         if node.process is not None:
             assert node.stop() == 0, node.log()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    nodes = start_cluster(tmp_path)
+    yield nodes
+    stop_cluster(nodes)
 
 
 def bootstrap(nodes):

@@ -752,6 +752,7 @@ impl Broker {
                     .with_node_id(BrokerId(node.node_id as i32))
                     .with_host(StrBytes::from_string(node.host.clone()))
                     .with_port(i32::from(node.port))
+                    .with_rack(node.rack.clone().map(StrBytes::from_string))
             })
             .collect();
         let (controller, _) = self.leader_of(METADATA_GROUP);
@@ -900,6 +901,7 @@ impl Broker {
                 .clamp(1, self.config.cluster.len() as i16) as u16,
             configs: BTreeMap::new(),
             nodes: self.cluster_nodes(),
+            racks: self.cluster_racks(),
         };
         // Nobody waits for the outcome: the client retries its Metadata.
         self.node_event(
@@ -914,6 +916,15 @@ impl Broker {
             env,
             collector,
         );
+    }
+
+    /// Each node's rack; empty when racks are not configured.
+    fn cluster_racks(&self) -> BTreeMap<NodeId, String> {
+        self.config
+            .cluster
+            .iter()
+            .filter_map(|node| Some((node.node_id, node.rack.clone()?)))
+            .collect()
     }
 
     fn cluster_nodes(&self) -> Vec<NodeId> {
@@ -1327,6 +1338,7 @@ impl Broker {
                             replication_factor: replication_factor as u16,
                             configs: topic_configs,
                             nodes: nodes.clone(),
+                            racks: self.cluster_racks(),
                         };
                         proposals.push((command.encode(), index));
                     }
@@ -1484,6 +1496,7 @@ impl Broker {
                         name,
                         count: topic.count as u32,
                         nodes: nodes.clone(),
+                        racks: self.cluster_racks(),
                     };
                     proposals.push((command.encode(), index));
                 }
@@ -1638,6 +1651,7 @@ impl Broker {
                             .with_broker_id(BrokerId(node.node_id as i32))
                             .with_host(StrBytes::from_string(node.host.clone()))
                             .with_port(i32::from(node.port))
+                            .with_rack(node.rack.clone().map(StrBytes::from_string))
                     })
                     .collect(),
             )

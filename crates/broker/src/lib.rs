@@ -95,6 +95,9 @@ pub struct BrokerAddress {
     /// The advertised Kafka listener host and port.
     pub host: String,
     pub port: u16,
+    /// The node's rack (`--racks`): replicas of a partition spread over
+    /// racks. `None` everywhere when racks are not configured.
+    pub rack: Option<String>,
 }
 
 /// How a broker is set up.
@@ -128,6 +131,7 @@ impl BrokerConfig {
                 node_id: 1,
                 host: host.to_string(),
                 port,
+                rack: None,
             }],
             cluster_id: "runnel-cluster".to_string(),
             rng_seed: 1,

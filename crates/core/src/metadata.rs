@@ -61,6 +61,9 @@ pub enum MetadataCommand {
         configs: BTreeMap<String, String>,
         /// The cluster's nodes, to place replicas on.
         nodes: Vec<NodeId>,
+        /// Each node's rack, when racks are configured: replicas spread over
+        /// as many racks as they can (empty: no racks).
+        racks: BTreeMap<NodeId, String>,
     },
     DeleteTopic {
         name: String,
@@ -69,6 +72,7 @@ pub enum MetadataCommand {
         name: String,
         count: u32,
         nodes: Vec<NodeId>,
+        racks: BTreeMap<NodeId, String>,
     },
     /// Moves a partition's replicas to `replicas` (the preferred leader
     /// first); `nodes` is the cluster, to check them against.
@@ -159,6 +163,7 @@ impl MetadataState {
                 replication_factor,
                 configs,
                 nodes,
+                racks,
             } => {
                 if let Err(message) = validate_topic_name(&name) {
                     return refused(error_code::INVALID_TOPIC_EXCEPTION, message);
@@ -197,7 +202,7 @@ impl MetadataState {
                     partitions: Vec::new(),
                     configs,
                 };
-                self.add_partitions(&mut topic, partitions, replication_factor, &nodes);
+                self.add_partitions(&mut topic, partitions, replication_factor, &nodes, &racks);
                 self.topics.insert(name, topic);
                 MetadataOutcome::Done
             }
@@ -208,7 +213,12 @@ impl MetadataState {
                     format!("topic \"{name}\" does not exist"),
                 ),
             },
-            MetadataCommand::CreatePartitions { name, count, nodes } => {
+            MetadataCommand::CreatePartitions {
+                name,
+                count,
+                nodes,
+                racks,
+            } => {
                 let Some(mut topic) = self.topics.remove(&name) else {
                     return refused(
                         error_code::UNKNOWN_TOPIC_OR_PARTITION,
@@ -225,7 +235,13 @@ impl MetadataState {
                     )
                 } else {
                     let replication_factor = topic.partitions[0].replicas.len() as u16;
-                    self.add_partitions(&mut topic, count - current, replication_factor, &nodes);
+                    self.add_partitions(
+                        &mut topic,
+                        count - current,
+                        replication_factor,
+                        &nodes,
+                        &racks,
+                    );
                     MetadataOutcome::Done
                 };
                 self.topics.insert(name, topic);
@@ -269,25 +285,26 @@ impl MetadataState {
         }
     }
 
-    /// Places new partitions: each on `replication_factor` consecutive nodes
-    /// starting at a different node, so that leaders spread.
+    /// Places new partitions: each on `replication_factor` nodes taken in
+    /// turn from a different starting node, so that leaders spread. With
+    /// racks, the nodes are ordered rack by rack in turn, and a partition's
+    /// replicas take a node of a rack not used yet while there is one
+    /// (Kafka's rack-aware placement): a rack lost takes at most
+    /// `ceil(replicas / racks)` replicas of any partition.
     fn add_partitions(
         &mut self,
         topic: &mut Topic,
         count: u32,
         replication_factor: u16,
         nodes: &[NodeId],
+        racks: &BTreeMap<NodeId, String>,
     ) {
-        let mut nodes = nodes.to_vec();
-        nodes.sort_unstable();
-        nodes.dedup();
+        let nodes = placement_order(nodes, racks);
         for _ in 0..count {
             let group = self.next_group;
             self.next_group += 1;
             let start = (group as usize) % nodes.len();
-            let replicas: Vec<NodeId> = (0..usize::from(replication_factor).min(nodes.len()))
-                .map(|i| nodes[(start + i) % nodes.len()])
-                .collect();
+            let replicas = pick_replicas(&nodes, start, usize::from(replication_factor), racks);
             topic.partitions.push(PartitionPlacement {
                 group,
                 initial_replicas: replicas.clone(),
@@ -359,6 +376,72 @@ impl MetadataState {
     }
 }
 
+/// The cluster's nodes in placement order: ascending without racks; with
+/// racks, the first node of each rack (racks in name order), then the second
+/// of each, and so on.
+fn placement_order(nodes: &[NodeId], racks: &BTreeMap<NodeId, String>) -> Vec<NodeId> {
+    let mut nodes = nodes.to_vec();
+    nodes.sort_unstable();
+    nodes.dedup();
+    if racks.is_empty() {
+        return nodes;
+    }
+    let mut by_rack: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
+    for node in &nodes {
+        let rack = racks.get(node).map_or("", String::as_str);
+        by_rack.entry(rack).or_default().push(*node);
+    }
+    let deepest = by_rack.values().map(Vec::len).max().unwrap_or(0);
+    let mut order = Vec::with_capacity(nodes.len());
+    for depth in 0..deepest {
+        for rack_nodes in by_rack.values() {
+            if let Some(node) = rack_nodes.get(depth) {
+                order.push(*node);
+            }
+        }
+    }
+    debug_assert_eq!(order.len(), nodes.len());
+    order
+}
+
+/// `count` replicas walking `order` from `start`: first one node per rack
+/// not used yet, then any node not chosen yet. Without racks every node is
+/// its own rack, which takes consecutive nodes.
+fn pick_replicas(
+    order: &[NodeId],
+    start: usize,
+    count: usize,
+    racks: &BTreeMap<NodeId, String>,
+) -> Vec<NodeId> {
+    let count = count.min(order.len());
+    let walk = || (0..order.len()).map(|i| order[(start + i) % order.len()]);
+    let rack_of = |node: NodeId| {
+        racks
+            .get(&node)
+            .cloned()
+            .unwrap_or_else(|| node.to_string())
+    };
+    let mut chosen: Vec<NodeId> = Vec::with_capacity(count);
+    let mut used_racks = std::collections::BTreeSet::new();
+    for node in walk() {
+        if chosen.len() == count {
+            break;
+        }
+        if used_racks.insert(rack_of(node)) {
+            chosen.push(node);
+        }
+    }
+    for node in walk() {
+        if chosen.len() == count {
+            break;
+        }
+        if !chosen.contains(&node) {
+            chosen.push(node);
+        }
+    }
+    chosen
+}
+
 fn refused(error_code: i16, message: String) -> MetadataOutcome {
     MetadataOutcome::Refused {
         error_code,
@@ -407,6 +490,7 @@ impl MetadataCommand {
                 replication_factor,
                 configs,
                 nodes,
+                racks,
             } => {
                 out.push(COMMAND_CREATE_TOPIC);
                 put_str(&mut out, name);
@@ -414,16 +498,23 @@ impl MetadataCommand {
                 out.extend_from_slice(&u32::from(*replication_factor).to_le_bytes());
                 put_configs(&mut out, configs);
                 put_nodes(&mut out, nodes);
+                put_racks(&mut out, racks);
             }
             MetadataCommand::DeleteTopic { name } => {
                 out.push(COMMAND_DELETE_TOPIC);
                 put_str(&mut out, name);
             }
-            MetadataCommand::CreatePartitions { name, count, nodes } => {
+            MetadataCommand::CreatePartitions {
+                name,
+                count,
+                nodes,
+                racks,
+            } => {
                 out.push(COMMAND_CREATE_PARTITIONS);
                 put_str(&mut out, name);
                 out.extend_from_slice(&count.to_le_bytes());
                 put_nodes(&mut out, nodes);
+                put_racks(&mut out, racks);
             }
             MetadataCommand::ReassignPartition {
                 name,
@@ -454,6 +545,7 @@ impl MetadataCommand {
                 replication_factor: u16::try_from(cursor.u32()?).ok()?,
                 configs: cursor.configs()?,
                 nodes: cursor.nodes()?,
+                racks: cursor.racks()?,
             },
             COMMAND_DELETE_TOPIC => MetadataCommand::DeleteTopic {
                 name: cursor.string()?,
@@ -462,6 +554,7 @@ impl MetadataCommand {
                 name: cursor.string()?,
                 count: cursor.u32()?,
                 nodes: cursor.nodes()?,
+                racks: cursor.racks()?,
             },
             COMMAND_REASSIGN_PARTITION => MetadataCommand::ReassignPartition {
                 name: cursor.string()?,
@@ -484,6 +577,19 @@ fn put_nodes(out: &mut Vec<u8>, nodes: &[NodeId]) {
     out.extend_from_slice(&(nodes.len() as u32).to_le_bytes());
     for node in nodes {
         out.extend_from_slice(&node.to_le_bytes());
+    }
+}
+
+/// Racks trail their command, and only when there are some: entries written
+/// before racks existed decode as "no racks".
+fn put_racks(out: &mut Vec<u8>, racks: &BTreeMap<NodeId, String>) {
+    if racks.is_empty() {
+        return;
+    }
+    out.extend_from_slice(&(racks.len() as u32).to_le_bytes());
+    for (node, rack) in racks {
+        out.extend_from_slice(&node.to_le_bytes());
+        put_str(out, rack);
     }
 }
 
@@ -545,6 +651,21 @@ impl Cursor<'_> {
         }
         (0..count).map(|_| self.u64()).collect()
     }
+    fn racks(&mut self) -> Option<BTreeMap<NodeId, String>> {
+        if self.data.is_empty() {
+            return Some(BTreeMap::new());
+        }
+        let count = self.u32()? as usize;
+        if count > self.data.len() / 12 {
+            return None;
+        }
+        let mut racks = BTreeMap::new();
+        for _ in 0..count {
+            let node = self.u64()?;
+            racks.insert(node, self.string()?);
+        }
+        Some(racks)
+    }
     fn configs(&mut self) -> Option<BTreeMap<String, String>> {
         let count = self.u32()? as usize;
         if count > TOPIC_CONFIGS_MAX {
@@ -571,6 +692,7 @@ mod tests {
             replication_factor: 1,
             configs: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
             nodes: vec![1],
+            racks: BTreeMap::new(),
         }
     }
 
@@ -603,6 +725,7 @@ mod tests {
             name: "orders".into(),
             count: 5,
             nodes: vec![1],
+            racks: BTreeMap::new(),
         };
         assert_eq!(state.apply(grow, 8, 1), MetadataOutcome::Done);
         assert_eq!(state.topic("orders").unwrap().partitions.len(), 5);
@@ -615,6 +738,64 @@ mod tests {
         assert!(state.topics().is_empty());
     }
 
+    fn racks(pairs: &[(NodeId, &str)]) -> BTreeMap<NodeId, String> {
+        pairs
+            .iter()
+            .map(|(node, rack)| (*node, rack.to_string()))
+            .collect()
+    }
+
+    /// Six nodes in three racks of two; every partition of replication
+    /// factor 3 gets one replica per rack, and 2 replicas two racks.
+    #[test]
+    fn replicas_spread_over_racks() {
+        let mut state = MetadataState::default();
+        let racks = racks(&[(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c")]);
+        for (name, factor) in [("three", 3), ("two", 2)] {
+            let command = MetadataCommand::CreateTopic {
+                name: name.into(),
+                partitions: 12,
+                replication_factor: factor,
+                configs: BTreeMap::new(),
+                nodes: vec![6, 5, 4, 3, 2, 1],
+                racks: racks.clone(),
+            };
+            assert_eq!(
+                MetadataCommand::decode(&command.encode()),
+                Some(command.clone())
+            );
+            assert_eq!(state.apply(command, 1, 1), MetadataOutcome::Done);
+            let mut leaders = BTreeMap::new();
+            for placement in &state.topic(name).unwrap().partitions {
+                let spread: std::collections::BTreeSet<&String> =
+                    placement.replicas.iter().map(|node| &racks[node]).collect();
+                assert_eq!(
+                    spread.len(),
+                    usize::from(factor),
+                    "{name}: {:?} shares a rack",
+                    placement.replicas
+                );
+                *leaders.entry(placement.replicas[0]).or_insert(0) += 1;
+            }
+            // Preferred leaders spread over every node too.
+            assert_eq!(leaders.len(), 6, "{name}: {leaders:?}");
+        }
+        // Without racks, placement is what it always was: consecutive nodes.
+        let command = MetadataCommand::CreateTopic {
+            name: "plain".into(),
+            partitions: 1,
+            replication_factor: 3,
+            configs: BTreeMap::new(),
+            nodes: vec![1, 2, 3, 4, 5, 6],
+            racks: BTreeMap::new(),
+        };
+        state.apply(command, 2, 1);
+        let placement = &state.topic("plain").unwrap().partitions[0];
+        let start = placement.group as usize % 6;
+        let expected: Vec<NodeId> = (0..3).map(|i| ((start + i) % 6) as NodeId + 1).collect();
+        assert_eq!(placement.replicas, expected);
+    }
+
     #[test]
     fn commands_round_trip_and_garbage_is_refused() {
         for command in [
@@ -624,6 +805,7 @@ mod tests {
                 name: "a".into(),
                 count: 3,
                 nodes: vec![1, 2],
+                racks: BTreeMap::new(),
             },
         ] {
             let encoded = command.encode();

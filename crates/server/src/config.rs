@@ -33,6 +33,11 @@ pub struct ServeFlags {
     /// separated. Empty for a single node.
     #[arg(long)]
     pub peers: Option<String>,
+    /// Each node's rack, as id=rack, comma separated (e.g.
+    /// 1=eu-1a,2=eu-1b,3=eu-1c), for every node or none: a partition's
+    /// replicas spread over racks. The same on every node.
+    #[arg(long)]
+    pub racks: Option<String>,
     /// error, warn, info, debug or trace (default info; RUST_LOG also works).
     #[arg(long)]
     pub log_level: Option<String>,
@@ -51,6 +56,7 @@ struct FileConfig {
     advertise_kafka_addr: Option<String>,
     rpc_addr: Option<SocketAddr>,
     peers: Option<String>,
+    racks: Option<String>,
     log_level: Option<String>,
     cluster_id: Option<String>,
     #[serde(default)]
@@ -196,15 +202,28 @@ impl ServeConfig {
         if let Some(value) = file_defaults.auto_create {
             topic_defaults.auto_create = value;
         }
+        let nodes: Vec<u64> = std::iter::once(node_id)
+            .chain(peers.iter().map(|peer| peer.node_id))
+            .collect();
+        let racks = parse_racks(
+            flags
+                .racks
+                .as_deref()
+                .or(file.racks.as_deref())
+                .unwrap_or(""),
+            &nodes,
+        )?;
         let mut cluster = vec![BrokerAddress {
             node_id,
             host: advertised_host,
             port: advertised_port,
+            rack: racks.get(&node_id).cloned(),
         }];
         cluster.extend(peers.iter().map(|peer| BrokerAddress {
             node_id: peer.node_id,
             host: peer.kafka_host.clone(),
             port: peer.kafka_port,
+            rack: racks.get(&peer.node_id).cloned(),
         }));
         cluster.sort_by_key(|node| node.node_id);
         let mut broker = BrokerConfig::single_node("127.0.0.1", 9092);
@@ -278,10 +297,77 @@ pub fn parse_peers(text: &str) -> Result<Vec<Peer>, String> {
     Ok(peers)
 }
 
+/// The longest rack name.
+pub const RACK_BYTES_MAX: usize = 64;
+
+/// Parses `id=rack,...` for the cluster's `nodes`: every node or none, each
+/// once, names of 1 to `RACK_BYTES_MAX` printable ASCII characters.
+pub fn parse_racks(
+    text: &str,
+    nodes: &[u64],
+) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut racks = std::collections::BTreeMap::new();
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let bad = || format!("rack \"{item}\" is not node_id=rack");
+        let (id, rack) = item.split_once('=').ok_or_else(bad)?;
+        let node_id: u64 = id.trim().parse().map_err(|_| bad())?;
+        let rack = rack.trim();
+        if rack.is_empty()
+            || rack.len() > RACK_BYTES_MAX
+            || !rack.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "rack \"{rack}\" must be 1 to {RACK_BYTES_MAX} printable ASCII characters"
+            ));
+        }
+        if !nodes.contains(&node_id) {
+            return Err(format!(
+                "--racks names node {node_id}, which is not in the cluster (this node and --peers)"
+            ));
+        }
+        if racks.insert(node_id, rack.to_string()).is_some() {
+            return Err(format!("--racks names node {node_id} twice"));
+        }
+    }
+    if !racks.is_empty() && racks.len() != nodes.len() {
+        let missing: Vec<String> = nodes
+            .iter()
+            .filter(|node| !racks.contains_key(node))
+            .map(u64::to_string)
+            .collect();
+        return Err(format!(
+            "--racks must name every node or none; missing: {}",
+            missing.join(", ")
+        ));
+    }
+    Ok(racks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn racks_name_every_node_or_none() {
+        let racks = parse_racks("1=a, 2=b,3=a", &[1, 2, 3]).expect("parses");
+        assert_eq!(racks[&3], "a");
+        assert!(parse_racks("", &[1, 2, 3]).expect("none").is_empty());
+        for (text, wanted) in [
+            ("1=a,2=b", "missing: 3"),
+            ("1=a,2=b,3=c,4=d", "not in the cluster"),
+            ("1=a,1=b,2=b,3=c", "twice"),
+            ("1=,2=b,3=c", "printable"),
+            ("x=a", "is not node_id=rack"),
+        ] {
+            let error = parse_racks(text, &[1, 2, 3]).expect_err(text);
+            assert!(error.contains(wanted), "{text}: {error}");
+        }
+    }
 
     #[test]
     fn defaults_run_one_node_on_localhost() {
