@@ -479,6 +479,7 @@ impl Simulation {
                 ..TopicDefaults::default()
             },
             incarnation: self.nodes[index].incarnation,
+            join: false,
         }
     }
 

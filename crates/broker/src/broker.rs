@@ -57,6 +57,7 @@ use uuid::Uuid;
 
 use crate::fetch::{self, FetchResult};
 
+mod membership;
 mod reassign;
 use crate::{configs, error_code, BrokerConfig, BrokerEnv, BrokerEvent, ConnectionId, StartError};
 
@@ -130,6 +131,12 @@ enum PendingKind {
     CreatePartitions {
         response: CreatePartitionsResponse,
     },
+    /// AddRaftVoter (`add`) or RemoveRaftVoter: the cluster's membership.
+    Voter {
+        add: bool,
+        error_code: i16,
+        error_message: Option<StrBytes>,
+    },
     AlterReassignments {
         response: kafka_protocol::messages::AlterPartitionReassignmentsResponse,
         /// Per proposal part: (topic index, partition index) in `response`.
@@ -169,6 +176,7 @@ pub struct Broker {
     next_producer_counter: u64,
     last_leader_balance_ms: u64,
     last_reassign_step_ms: u64,
+    last_membership_step_ms: u64,
 }
 
 impl Broker {
@@ -178,6 +186,19 @@ impl Broker {
         disk: &mut dyn runnel_io::Disk,
     ) -> Result<Broker, StartError> {
         let voters: Vec<NodeId> = config.cluster.iter().map(|node| node.node_id).collect();
+        // A joining node starts no metadata replica of its own: it learns
+        // the group from its members (`sync_groups`).
+        let bootstrap = if config.join {
+            Vec::new()
+        } else {
+            vec![(
+                METADATA_GROUP,
+                Config {
+                    voters: voters.iter().copied().collect(),
+                    learners: Default::default(),
+                },
+            )]
+        };
         assert!(
             voters.iter().all(|id| (1..=NODE_ID_MAX).contains(id)),
             "node ids are checked by the configuration"
@@ -193,13 +214,7 @@ impl Broker {
         let node = Node::start(
             NodeConfig {
                 id: config.node_id,
-                groups: vec![(
-                    METADATA_GROUP,
-                    Config {
-                        voters: voters.into_iter().collect(),
-                        learners: Default::default(),
-                    },
-                )],
+                groups: bootstrap,
                 rng_seed: config.rng_seed,
                 election_timeout_ms: config.election_timeout_ms,
                 heartbeat_interval_ms: config.heartbeat_interval_ms,
@@ -222,6 +237,7 @@ impl Broker {
             next_producer_counter: 0,
             last_leader_balance_ms: 0,
             last_reassign_step_ms: 0,
+            last_membership_step_ms: 0,
         })
     }
 
@@ -309,6 +325,7 @@ impl Broker {
         self.check_retention(env, collector);
         self.balance_leaders(env, collector);
         self.drive_reassignments(env, collector);
+        self.drive_membership(env, collector);
         for response in std::mem::take(&mut collector.responses) {
             self.core_reply(response);
         }
@@ -381,6 +398,16 @@ impl Broker {
     /// Makes the hosted partition groups follow metadata: a group of a new
     /// partition placed here starts, a group of a deleted topic goes.
     fn sync_groups(&mut self, env: &mut BrokerEnv<'_>, collector: &mut Collector) {
+        if self.config.join && !self.node.hosts(METADATA_GROUP) {
+            let genesis = self.genesis_config();
+            let mut core_env = Env {
+                disk: &mut *env.disk,
+                network: &mut *env.network,
+                clock: env.clock,
+                replies: &mut *collector,
+            };
+            self.node.join_group(METADATA_GROUP, genesis, &mut core_env);
+        }
         let applied = self
             .node
             .summary(METADATA_GROUP)
@@ -652,6 +679,29 @@ impl Broker {
                 );
                 return;
             }
+            RequestKind::AddRaftVoter(request) => {
+                let node_id = u64::try_from(request.voter_id).unwrap_or(0);
+                let timeout_ms = request.timeout_ms;
+                let address = membership::address_of(&request.listeners);
+                self.change_membership(
+                    connection,
+                    header,
+                    version,
+                    node_id,
+                    Some(address),
+                    timeout_ms,
+                    env,
+                    collector,
+                );
+                return;
+            }
+            RequestKind::RemoveRaftVoter(request) => {
+                let node_id = u64::try_from(request.voter_id).unwrap_or(0);
+                self.change_membership(
+                    connection, header, version, node_id, None, 30_000, env, collector,
+                );
+                return;
+            }
             RequestKind::ListPartitionReassignments(request) => {
                 Some(ResponseKind::ListPartitionReassignments(
                     self.list_partition_reassignments(request),
@@ -744,8 +794,7 @@ impl Broker {
         collector: &mut Collector,
     ) -> MetadataResponse {
         let brokers = self
-            .config
-            .cluster
+            .members()
             .iter()
             .map(|node| {
                 MetadataResponseBroker::default()
@@ -898,7 +947,7 @@ impl Broker {
             partitions: defaults.partitions.max(1) as u32,
             replication_factor: defaults
                 .replication_factor
-                .clamp(1, self.config.cluster.len() as i16) as u16,
+                .clamp(1, self.members().len() as i16) as u16,
             configs: BTreeMap::new(),
             nodes: self.cluster_nodes(),
             racks: self.cluster_racks(),
@@ -920,19 +969,14 @@ impl Broker {
 
     /// Each node's rack; empty when racks are not configured.
     fn cluster_racks(&self) -> BTreeMap<NodeId, String> {
-        self.config
-            .cluster
+        self.members()
             .iter()
             .filter_map(|node| Some((node.node_id, node.rack.clone()?)))
             .collect()
     }
 
     fn cluster_nodes(&self) -> Vec<NodeId> {
-        self.config
-            .cluster
-            .iter()
-            .map(|node| node.node_id)
-            .collect()
+        self.members().iter().map(|node| node.node_id).collect()
     }
 
     // ----------------------------------------------------------------- Produce
@@ -1643,8 +1687,7 @@ impl Broker {
             .with_cluster_id(StrBytes::from_string(self.config.cluster_id.clone()))
             .with_controller_id(BrokerId(controller))
             .with_brokers(
-                self.config
-                    .cluster
+                self.members()
                     .iter()
                     .map(|node| {
                         DescribeClusterBroker::default()
@@ -1739,6 +1782,16 @@ impl Broker {
                     &mut result.error_message,
                 );
             }
+            PendingKind::Voter {
+                error_code,
+                error_message,
+                ..
+            } => {
+                // Set to REQUEST_TIMED_OUT when proposed.
+                *error_code = 0;
+                *error_message = None;
+                metadata_result(response.result, error_code, error_message);
+            }
             PendingKind::AlterReassignments {
                 response: alter,
                 parts,
@@ -1823,6 +1876,11 @@ impl Broker {
             PendingKind::CreateTopics { response } => ResponseKind::CreateTopics(response),
             PendingKind::DeleteTopics { response } => ResponseKind::DeleteTopics(response),
             PendingKind::CreatePartitions { response } => ResponseKind::CreatePartitions(response),
+            PendingKind::Voter {
+                add,
+                error_code,
+                error_message,
+            } => membership::voter_response(add, error_code, error_message),
             PendingKind::AlterReassignments { response, .. } => {
                 ResponseKind::AlterPartitionReassignments(response)
             }

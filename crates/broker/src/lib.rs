@@ -120,6 +120,11 @@ pub struct BrokerConfig {
     /// `INCARNATION_MAX`): producer ids handed out by one incarnation never
     /// repeat in a later one.
     pub incarnation: u64,
+    /// The node joins a running cluster (`runnel serve --join`): `cluster`
+    /// lists the nodes the cluster was started with plus this one, and this
+    /// node learns the metadata group from them once an operator added it
+    /// (AddRaftVoter, `runnel cluster add-node`).
+    pub join: bool,
 }
 
 impl BrokerConfig {
@@ -141,6 +146,7 @@ impl BrokerConfig {
             segment_bytes_max: 64 << 20,
             topic_defaults: TopicDefaults::default(),
             incarnation: 0,
+            join: false,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! partitions and where they live, and topic configurations. Every node applies the same commands in the same order, so every
 //! node agrees on which replication group serves which partition.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use runnel_io::{GroupId, NodeId};
 
@@ -29,6 +29,7 @@ pub mod error_code {
     pub const INVALID_CONFIG: i16 = 40;
     pub const POLICY_VIOLATION: i16 = 44;
     pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    pub const INVALID_REQUEST: i16 = 42;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +83,36 @@ pub enum MetadataCommand {
         replicas: Vec<NodeId>,
         nodes: Vec<NodeId>,
     },
+    /// Adds a node to the cluster; `nodes` is the cluster without it.
+    AddNode {
+        node_id: NodeId,
+        address: NodeAddress,
+        nodes: Vec<NodeId>,
+    },
+    /// Removes a node from the cluster; `nodes` is the cluster with it.
+    /// Every partition with a replica on it moves that replica to the node
+    /// with the fewest replicas that has none of the partition's.
+    RemoveNode {
+        node_id: NodeId,
+        nodes: Vec<NodeId>,
+    },
 }
+
+/// Where to reach a node added at run time (the configured ones are in
+/// every node's configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddress {
+    /// host:port of its peer listener.
+    pub rpc_addr: String,
+    pub kafka_host: String,
+    pub kafka_port: u16,
+    pub rack: Option<String>,
+}
+
+/// The longest host name or address a node may give.
+pub const NODE_ADDRESS_BYTES_MAX: usize = 255;
+/// The most nodes a cluster may have.
+pub const CLUSTER_NODES_MAX: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MetadataOutcome {
@@ -94,6 +124,10 @@ pub enum MetadataOutcome {
 pub struct MetadataState {
     topics: BTreeMap<String, Topic>,
     next_group: GroupId,
+    /// Nodes added at run time, with where to reach them.
+    added_nodes: BTreeMap<NodeId, NodeAddress>,
+    /// Nodes removed from the cluster (configured or added).
+    removed_nodes: BTreeSet<NodeId>,
 }
 
 impl Default for MetadataState {
@@ -101,6 +135,8 @@ impl Default for MetadataState {
         MetadataState {
             topics: BTreeMap::new(),
             next_group: METADATA_GROUP + 1,
+            added_nodes: BTreeMap::new(),
+            removed_nodes: BTreeSet::new(),
         }
     }
 }
@@ -144,6 +180,20 @@ impl MetadataState {
 
     pub fn topic_by_id(&self, id: &[u8; 16]) -> Option<&Topic> {
         self.topics.values().find(|topic| &topic.id == id)
+    }
+
+    /// Nodes added at run time, with their addresses.
+    pub fn added_nodes(&self) -> &BTreeMap<NodeId, NodeAddress> {
+        &self.added_nodes
+    }
+
+    /// The cluster's nodes: the `configured` ones and those added, less
+    /// those removed, ascending.
+    pub fn members(&self, configured: &[NodeId]) -> Vec<NodeId> {
+        let mut members: BTreeSet<NodeId> = configured.iter().copied().collect();
+        members.extend(self.added_nodes.keys().copied());
+        members.retain(|node| !self.removed_nodes.contains(node));
+        members.into_iter().collect()
     }
 
     /// Every partition group and its replicas.
@@ -282,6 +332,84 @@ impl MetadataState {
                 placement.replicas = replicas;
                 MetadataOutcome::Done
             }
+            MetadataCommand::AddNode {
+                node_id,
+                address,
+                nodes,
+            } => {
+                if nodes.contains(&node_id) {
+                    return refused(
+                        error_code::INVALID_REQUEST,
+                        format!("node {node_id} is already in the cluster"),
+                    );
+                }
+                if nodes.len() >= CLUSTER_NODES_MAX {
+                    return refused(
+                        error_code::POLICY_VIOLATION,
+                        format!("the cluster has the most nodes allowed ({CLUSTER_NODES_MAX})"),
+                    );
+                }
+                self.removed_nodes.remove(&node_id);
+                self.added_nodes.insert(node_id, address);
+                MetadataOutcome::Done
+            }
+            MetadataCommand::RemoveNode { node_id, nodes } => {
+                if !nodes.contains(&node_id) {
+                    return refused(
+                        error_code::INVALID_REQUEST,
+                        format!("node {node_id} is not in the cluster"),
+                    );
+                }
+                let rest: Vec<NodeId> = nodes.iter().copied().filter(|n| *n != node_id).collect();
+                if rest.is_empty() {
+                    return refused(
+                        error_code::INVALID_REQUEST,
+                        "the last node of a cluster cannot be removed".into(),
+                    );
+                }
+                // Every replica on the node moves first, or nothing does.
+                let mut load: BTreeMap<NodeId, usize> = rest.iter().map(|n| (*n, 0)).collect();
+                for (_, placement) in self.partition_groups() {
+                    for node in &placement.replicas {
+                        if let Some(count) = load.get_mut(node) {
+                            *count += 1;
+                        }
+                    }
+                }
+                let mut moves = Vec::new();
+                for topic in self.topics.values() {
+                    for (index, placement) in topic.partitions.iter().enumerate() {
+                        let Some(at) = placement.replicas.iter().position(|n| *n == node_id) else {
+                            continue;
+                        };
+                        let Some((&spare, _)) = load
+                            .iter()
+                            .filter(|(n, _)| !placement.replicas.contains(n))
+                            .min_by_key(|(n, count)| (**count, **n))
+                        else {
+                            return refused(
+                                error_code::INVALID_REPLICATION_FACTOR,
+                                format!(
+                                    "{}-{index} has {} replicas; without node {node_id} the cluster has {} nodes",
+                                    topic.name,
+                                    placement.replicas.len(),
+                                    rest.len()
+                                ),
+                            );
+                        };
+                        *load.get_mut(&spare).expect("listed") += 1;
+                        moves.push((topic.name.clone(), index, at, spare));
+                    }
+                }
+                for (name, index, at, spare) in moves {
+                    let placement =
+                        &mut self.topics.get_mut(&name).expect("listed").partitions[index];
+                    placement.replicas[at] = spare;
+                }
+                self.added_nodes.remove(&node_id);
+                self.removed_nodes.insert(node_id);
+                MetadataOutcome::Done
+            }
         }
     }
 
@@ -329,6 +457,13 @@ impl MetadataState {
             }
             put_configs(&mut out, &topic.configs);
         }
+        out.extend_from_slice(&(self.added_nodes.len() as u64).to_le_bytes());
+        for (node, address) in &self.added_nodes {
+            out.extend_from_slice(&node.to_le_bytes());
+            put_address(&mut out, address);
+        }
+        let removed: Vec<NodeId> = self.removed_nodes.iter().copied().collect();
+        put_nodes(&mut out, &removed);
         out
     }
 
@@ -337,7 +472,7 @@ impl MetadataState {
         // Version 1 had no initial replicas: nothing had moved then.
         let version = reader.u32();
         assert!(
-            version == 1 || version == SNAPSHOT_VERSION,
+            (1..=SNAPSHOT_VERSION).contains(&version),
             "metadata snapshot version {version}"
         );
         let next_group = reader.u64();
@@ -371,8 +506,22 @@ impl MetadataState {
                 },
             );
         }
+        let mut added_nodes = BTreeMap::new();
+        let mut removed_nodes = BTreeSet::new();
+        if version >= 3 {
+            for _ in 0..reader.u64() {
+                let node = reader.u64();
+                added_nodes.insert(node, get_address(&mut reader));
+            }
+            removed_nodes.extend(get_nodes(&mut reader));
+        }
         reader.finish();
-        MetadataState { topics, next_group }
+        MetadataState {
+            topics,
+            next_group,
+            added_nodes,
+            removed_nodes,
+        }
     }
 }
 
@@ -478,7 +627,9 @@ const COMMAND_CREATE_TOPIC: u8 = 1;
 const COMMAND_DELETE_TOPIC: u8 = 2;
 const COMMAND_CREATE_PARTITIONS: u8 = 3;
 const COMMAND_REASSIGN_PARTITION: u8 = 4;
-const SNAPSHOT_VERSION: u32 = 2;
+const SNAPSHOT_VERSION: u32 = 3;
+const COMMAND_ADD_NODE: u8 = 5;
+const COMMAND_REMOVE_NODE: u8 = 6;
 
 impl MetadataCommand {
     pub fn encode(&self) -> Vec<u8> {
@@ -528,6 +679,21 @@ impl MetadataCommand {
                 put_nodes(&mut out, replicas);
                 put_nodes(&mut out, nodes);
             }
+            MetadataCommand::AddNode {
+                node_id,
+                address,
+                nodes,
+            } => {
+                out.push(COMMAND_ADD_NODE);
+                out.extend_from_slice(&node_id.to_le_bytes());
+                put_address(&mut out, address);
+                put_nodes(&mut out, nodes);
+            }
+            MetadataCommand::RemoveNode { node_id, nodes } => {
+                out.push(COMMAND_REMOVE_NODE);
+                out.extend_from_slice(&node_id.to_le_bytes());
+                put_nodes(&mut out, nodes);
+            }
         }
         out
     }
@@ -555,6 +721,15 @@ impl MetadataCommand {
                 count: cursor.u32()?,
                 nodes: cursor.nodes()?,
                 racks: cursor.racks()?,
+            },
+            COMMAND_ADD_NODE => MetadataCommand::AddNode {
+                node_id: cursor.u64()?,
+                address: cursor.address()?,
+                nodes: cursor.nodes()?,
+            },
+            COMMAND_REMOVE_NODE => MetadataCommand::RemoveNode {
+                node_id: cursor.u64()?,
+                nodes: cursor.nodes()?,
             },
             COMMAND_REASSIGN_PARTITION => MetadataCommand::ReassignPartition {
                 name: cursor.string()?,
@@ -590,6 +765,26 @@ fn put_racks(out: &mut Vec<u8>, racks: &BTreeMap<NodeId, String>) {
     for (node, rack) in racks {
         out.extend_from_slice(&node.to_le_bytes());
         put_str(out, rack);
+    }
+}
+
+fn put_address(out: &mut Vec<u8>, address: &NodeAddress) {
+    put_str(out, &address.rpc_addr);
+    put_str(out, &address.kafka_host);
+    out.extend_from_slice(&u32::from(address.kafka_port).to_le_bytes());
+    put_str(out, address.rack.as_deref().unwrap_or(""));
+}
+
+fn get_address(reader: &mut Reader<'_>) -> NodeAddress {
+    let rpc_addr = get_str(reader).expect("checksummed snapshot");
+    let kafka_host = get_str(reader).expect("checksummed snapshot");
+    let kafka_port = u16::try_from(reader.u32()).expect("checksummed snapshot");
+    let rack = get_str(reader).expect("checksummed snapshot");
+    NodeAddress {
+        rpc_addr,
+        kafka_host,
+        kafka_port,
+        rack: (!rack.is_empty()).then_some(rack),
     }
 }
 
@@ -650,6 +845,18 @@ impl Cursor<'_> {
             return None;
         }
         (0..count).map(|_| self.u64()).collect()
+    }
+    fn address(&mut self) -> Option<NodeAddress> {
+        let rpc_addr = self.string()?;
+        let kafka_host = self.string()?;
+        let kafka_port = u16::try_from(self.u32()?).ok()?;
+        let rack = self.string()?;
+        Some(NodeAddress {
+            rpc_addr,
+            kafka_host,
+            kafka_port,
+            rack: (!rack.is_empty()).then_some(rack),
+        })
     }
     fn racks(&mut self) -> Option<BTreeMap<NodeId, String>> {
         if self.data.is_empty() {
@@ -794,6 +1001,75 @@ mod tests {
         let start = placement.group as usize % 6;
         let expected: Vec<NodeId> = (0..3).map(|i| ((start + i) % 6) as NodeId + 1).collect();
         assert_eq!(placement.replicas, expected);
+    }
+
+    /// Adding a node makes it a member; removing one moves each of its
+    /// replicas to the least loaded node the partition does not use, or
+    /// refuses when a partition would have nowhere to go.
+    #[test]
+    fn nodes_join_and_leave_and_replicas_follow() {
+        let mut state = MetadataState::default();
+        let configured = [1, 2, 3];
+        let create = MetadataCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 3,
+            replication_factor: 3,
+            configs: BTreeMap::new(),
+            nodes: configured.to_vec(),
+            racks: BTreeMap::new(),
+        };
+        assert_eq!(state.apply(create, 1, 1), MetadataOutcome::Done);
+        let remove_1 = MetadataCommand::RemoveNode {
+            node_id: 1,
+            nodes: configured.to_vec(),
+        };
+        // Three replicas on three nodes: node 1's have nowhere to go.
+        assert!(matches!(
+            state.apply(remove_1, 2, 1),
+            MetadataOutcome::Refused {
+                error_code: error_code::INVALID_REPLICATION_FACTOR,
+                ..
+            }
+        ));
+        let address = NodeAddress {
+            rpc_addr: "h4:19092".into(),
+            kafka_host: "h4".into(),
+            kafka_port: 9092,
+            rack: None,
+        };
+        let add_4 = MetadataCommand::AddNode {
+            node_id: 4,
+            address: address.clone(),
+            nodes: configured.to_vec(),
+        };
+        assert_eq!(
+            MetadataCommand::decode(&add_4.encode()),
+            Some(add_4.clone())
+        );
+        assert_eq!(state.apply(add_4.clone(), 3, 1), MetadataOutcome::Done);
+        assert_eq!(state.members(&configured), vec![1, 2, 3, 4]);
+        let again = MetadataCommand::AddNode {
+            node_id: 4,
+            address,
+            nodes: state.members(&configured),
+        };
+        assert!(matches!(
+            state.apply(again, 4, 1),
+            MetadataOutcome::Refused { .. }
+        ));
+        let remove_1 = MetadataCommand::RemoveNode {
+            node_id: 1,
+            nodes: state.members(&configured),
+        };
+        assert_eq!(state.apply(remove_1, 5, 1), MetadataOutcome::Done);
+        assert_eq!(state.members(&configured), vec![2, 3, 4]);
+        for (_, placement) in state.partition_groups() {
+            let mut replicas = placement.replicas.clone();
+            replicas.sort_unstable();
+            assert_eq!(replicas, vec![2, 3, 4], "node 1's replica went to node 4");
+        }
+        let decoded = MetadataState::decode(&state.encode());
+        assert_eq!(decoded, state);
     }
 
     #[test]

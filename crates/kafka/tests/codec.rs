@@ -95,6 +95,8 @@ fn default_request(api_key: ApiKey) -> RequestKind {
         ApiKey::ListPartitionReassignments => {
             RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default())
         }
+        ApiKey::AddRaftVoter => RequestKind::AddRaftVoter(AddRaftVoterRequest::default()),
+        ApiKey::RemoveRaftVoter => RequestKind::RemoveRaftVoter(RemoveRaftVoterRequest::default()),
         other => panic!("no default request for {other:?}: add it to this test"),
     }
 }
@@ -127,6 +129,10 @@ fn default_response(api_key: ApiKey) -> ResponseKind {
         }
         ApiKey::ListPartitionReassignments => {
             ResponseKind::ListPartitionReassignments(ListPartitionReassignmentsResponse::default())
+        }
+        ApiKey::AddRaftVoter => ResponseKind::AddRaftVoter(AddRaftVoterResponse::default()),
+        ApiKey::RemoveRaftVoter => {
+            ResponseKind::RemoveRaftVoter(RemoveRaftVoterResponse::default())
         }
         other => panic!("no default response for {other:?}: add it to this test"),
     }

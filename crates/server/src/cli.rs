@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use clap::{Args, Subcommand, ValueEnum};
 use indexmap::IndexMap;
+use kafka_protocol::messages::add_raft_voter_request::Listener as RaftListener;
 use kafka_protocol::messages::alter_partition_reassignments_request::{
     ReassignablePartition, ReassignableTopic,
 };
@@ -19,14 +20,14 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey,
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, ListPartitionReassignmentsRequest,
-    ListPartitionReassignmentsResponse, MetadataResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    AddRaftVoterRequest, AddRaftVoterResponse, AlterPartitionReassignmentsRequest,
+    AlterPartitionReassignmentsResponse, ApiKey, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, MetadataResponse,
+    ProduceRequest, ProduceResponse, RemoveRaftVoterRequest, RemoveRaftVoterResponse, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
     TimestampType, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
@@ -1038,6 +1039,89 @@ mod batch_tests {
 /// `runnel cluster status`: every node, whether it answers, and every
 /// partition's leader and in-sync replicas, as each partition's leader
 /// reports them (only a leader knows which replicas keep up).
+#[derive(Args, Debug)]
+pub struct AddNodeArgs {
+    /// The new node's id (its `runnel serve --node-id`).
+    pub node_id: u64,
+    /// Where the other nodes reach it: its --rpc-addr, host:port.
+    #[arg(long)]
+    pub rpc_addr: String,
+    /// Where clients reach it: its advertised Kafka address, host:port.
+    #[arg(long)]
+    pub kafka_addr: String,
+}
+
+fn listener(name: &str, address: &str) -> Result<RaftListener, ClientError> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+        .filter(|(host, _)| !host.is_empty())
+        .ok_or_else(|| ClientError::Usage(format!("\"{address}\" is not host:port")))?;
+    Ok(RaftListener::default()
+        .with_name(StrBytes::from_string(name.to_string()))
+        .with_host(StrBytes::from_string(host.to_string()))
+        .with_port(port))
+}
+
+/// Sends AddRaftVoter or RemoveRaftVoter to the controller, retrying while
+/// it moves.
+fn change_membership<Req: Encodable>(
+    cluster: &mut Cluster,
+    key: ApiKey,
+    request: &Req,
+    what: &str,
+) -> Result<(), ClientError> {
+    retrying(|| {
+        let address = controller(cluster)?;
+        let connection = cluster.to(&address)?;
+        let version = connection.version(key, 0)?;
+        let (code, message) = if key == ApiKey::AddRaftVoter {
+            let response: AddRaftVoterResponse = connection.send(key, version, request)?;
+            (response.error_code, response.error_message)
+        } else {
+            let response: RemoveRaftVoterResponse = connection.send(key, version, request)?;
+            (response.error_code, response.error_message)
+        };
+        if code != 0 {
+            let detail = message
+                .map(|m| format!(": {}", m.as_str()))
+                .unwrap_or_default();
+            return Err(kafka_error(code, format!("cannot {what}{detail}")));
+        }
+        Ok(())
+    })
+}
+
+pub fn cluster_add_node(connect: &Connect, args: &AddNodeArgs) -> Result<(), ClientError> {
+    let mut cluster = Cluster::new(&connect.bootstrap);
+    let request = AddRaftVoterRequest::default()
+        .with_voter_id(i32::try_from(args.node_id).unwrap_or(-1))
+        .with_timeout_ms(30_000)
+        .with_listeners(vec![
+            listener("RPC", &args.rpc_addr)?,
+            listener("KAFKA", &args.kafka_addr)?,
+        ]);
+    let what = format!("add node {}", args.node_id);
+    change_membership(&mut cluster, ApiKey::AddRaftVoter, &request, &what)?;
+    println!(
+        "node {} added; it joins the metadata group once it has caught up",
+        args.node_id
+    );
+    Ok(())
+}
+
+pub fn cluster_remove_node(connect: &Connect, node_id: u64) -> Result<(), ClientError> {
+    let mut cluster = Cluster::new(&connect.bootstrap);
+    let request =
+        RemoveRaftVoterRequest::default().with_voter_id(i32::try_from(node_id).unwrap_or(-1));
+    let what = format!("remove node {node_id}");
+    change_membership(&mut cluster, ApiKey::RemoveRaftVoter, &request, &what)?;
+    println!(
+        "node {node_id} removed; its replicas move to other nodes (runnel topic moves), then stop it"
+    );
+    Ok(())
+}
+
 pub fn cluster_status(connect: &Connect) -> Result<(), ClientError> {
     let mut cluster = Cluster::new(&connect.bootstrap);
     let metadata = cluster.bootstrap()?.metadata(None)?;

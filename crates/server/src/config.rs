@@ -38,6 +38,10 @@ pub struct ServeFlags {
     /// replicas spread over racks. The same on every node.
     #[arg(long)]
     pub racks: Option<String>,
+    /// Join a running cluster: --peers lists nodes it was started with; an
+    /// operator then adds this node (`runnel cluster add-node`).
+    #[arg(long)]
+    pub join: bool,
     /// error, warn, info, debug or trace (default info; RUST_LOG also works).
     #[arg(long)]
     pub log_level: Option<String>,
@@ -57,6 +61,7 @@ struct FileConfig {
     rpc_addr: Option<SocketAddr>,
     peers: Option<String>,
     racks: Option<String>,
+    join: Option<bool>,
     log_level: Option<String>,
     cluster_id: Option<String>,
     #[serde(default)]
@@ -235,6 +240,10 @@ impl ServeConfig {
             .or(file.cluster_id)
             .unwrap_or_else(|| "runnel-cluster".into());
         broker.rng_seed = node_id;
+        broker.join = flags.join || file.join.unwrap_or(false);
+        if broker.join && peers.is_empty() {
+            return Err("--join needs --peers: the nodes of the cluster to join".into());
+        }
         broker.topic_defaults = topic_defaults;
         if peers.is_empty() {
             // A group of one needs no election timeout to be safe: nobody

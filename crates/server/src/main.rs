@@ -58,6 +58,11 @@ enum Command {
 enum ClusterCommand {
     /// Nodes, who leads what, and partitions that are under-replicated.
     Status,
+    /// Add a node, started with `runnel serve --join`, to the cluster.
+    AddNode(cli::AddNodeArgs),
+    /// Remove a node: its replicas move to other nodes, then it leaves the
+    /// metadata group; stop it once `cluster status` no longer lists it.
+    RemoveNode { node_id: u64 },
 }
 
 fn main() -> ExitCode {
@@ -85,10 +90,11 @@ fn main() -> ExitCode {
         Command::Topic { connect, command } => finish(cli::topic(&connect, command)),
         Command::Produce { connect, args } => finish(cli::produce(&connect, args)),
         Command::Consume { connect, args } => finish(cli::consume(&connect, args)),
-        Command::Cluster {
-            connect,
-            command: ClusterCommand::Status,
-        } => finish(cli::cluster_status(&connect)),
+        Command::Cluster { connect, command } => finish(match command {
+            ClusterCommand::Status => cli::cluster_status(&connect),
+            ClusterCommand::AddNode(args) => cli::cluster_add_node(&connect, &args),
+            ClusterCommand::RemoveNode { node_id } => cli::cluster_remove_node(&connect, node_id),
+        }),
         Command::Dev(args) => ExitCode::from(dev::run(args)),
     }
 }

@@ -485,6 +485,7 @@ pub fn serve(mut config: ServeConfig) -> i32 {
         })
         .expect("spawn the disk event thread");
     let (ready_sender, ready) = mpsc::channel::<()>();
+    let core_runtime = runtime.handle().clone();
     let core = std::thread::Builder::new()
         .name("runnel-core".into())
         .spawn(move || {
@@ -501,6 +502,7 @@ pub fn serve(mut config: ServeConfig) -> i32 {
                         requests: core_request_bytes,
                         peers: peer_bytes,
                     },
+                    core_runtime,
                 )
             }));
             match outcome {
@@ -626,6 +628,7 @@ fn run_core(
     ready: mpsc::Sender<()>,
     peer_queues: BTreeMap<NodeId, PeerQueue>,
     queued: QueuedBytes,
+    runtime: tokio::runtime::Handle,
 ) -> i32 {
     let mut ready = Some(ready);
     let clock = OsClock {
@@ -698,6 +701,24 @@ fn run_core(
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
             broker.handle(BrokerEvent::Tick, &mut env);
+            // Nodes added to the cluster at run time: the metadata group
+            // says where they listen (docs/protocol.md §12.5).
+            for (node, address) in broker.added_peer_addresses() {
+                if network.queues.contains_key(&node) {
+                    continue;
+                }
+                let (frames, receiver) = tokio_mpsc::channel(PEER_QUEUE_ENVELOPES_MAX);
+                let bytes = Arc::new(AtomicUsize::new(0));
+                network.queues.insert(
+                    node,
+                    PeerQueue {
+                        frames,
+                        bytes: Arc::clone(&bytes),
+                    },
+                );
+                tracing::info!(peer = node, %address, "a node joined the cluster; connecting");
+                runtime.spawn(peer_sender(node, address, receiver, bytes));
+            }
         }
         if ready.is_some() && broker.metadata_leader_known() {
             let _ = ready.take().expect("checked").send(());
