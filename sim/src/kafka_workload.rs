@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::add_raft_voter_request::Listener as RaftListener;
 use kafka_protocol::messages::alter_partition_reassignments_request::{
     ReassignablePartition, ReassignableTopic,
 };
@@ -23,9 +24,11 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId,
-    CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    AddRaftVoterRequest, AddRaftVoterResponse, AlterPartitionReassignmentsRequest,
+    AlterPartitionReassignmentsResponse, ApiKey, BrokerId, CreateTopicsRequest,
+    CreateTopicsResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, RemoveRaftVoterRequest, RemoveRaftVoterResponse,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
@@ -88,6 +91,9 @@ pub struct KafkaPlan {
     /// Nodes sit in three racks (node id modulo 3), so that placement
     /// spreads each partition's replicas over racks.
     pub racks: bool,
+    /// The cluster changes while faults strike: a spare node (started with
+    /// `join`) is added, then one of the others is removed.
+    pub membership: bool,
 }
 
 impl KafkaPlan {
@@ -111,10 +117,12 @@ impl KafkaPlan {
                 (low, low + rng.range(0, 5_000))
             }),
             racks: false,
+            membership: false,
         };
         // Drawn last, so that adding it left the other draws as they were.
         let plan = KafkaPlan {
             racks: rng.chance(0.5),
+            membership: rng.chance(0.5),
             ..plan
         };
         assert!(plan.topics_at_start + plan.topics_later <= KAFKA_TOPICS_MAX);
@@ -160,6 +168,12 @@ enum Op {
         key: PartitionKey,
         replicas: Vec<NodeId>,
     },
+    AddNode {
+        node: NodeId,
+    },
+    RemoveNode {
+        node: NodeId,
+    },
     Produce {
         key: PartitionKey,
         values: Vec<u64>,
@@ -202,6 +216,9 @@ pub struct KafkaStats {
     pub topics_created: u64,
     /// Moves of a partition's replicas the metadata group accepted.
     pub reassignments: u64,
+    /// Nodes added to and removed from the cluster.
+    pub nodes_added: u64,
+    pub nodes_removed: u64,
 }
 
 /// What the clients saw, for the final check.
@@ -338,10 +355,20 @@ pub struct KafkaWorkload {
     liveness_produces: Option<BTreeMap<PartitionKey, u64>>,
     /// The admin moves a partition's replicas once the time is past this.
     next_reassign_at: u64,
+    /// Membership changes still to make: (node, add), and when the next.
+    membership_changes: Vec<(NodeId, bool)>,
+    next_membership_at: u64,
 }
 
 impl KafkaWorkload {
-    pub fn new(plan: &KafkaPlan, nodes: &[NodeId], mut rng: Rng) -> KafkaWorkload {
+    /// `spare`: the node the cluster adds (already in `nodes`), if the plan
+    /// changes membership.
+    pub fn new(
+        plan: &KafkaPlan,
+        nodes: &[NodeId],
+        spare: Option<NodeId>,
+        mut rng: Rng,
+    ) -> KafkaWorkload {
         let mut clients = Vec::new();
         let mut push = |role| {
             clients.push(Client {
@@ -364,6 +391,13 @@ impl KafkaWorkload {
             })
             .collect();
         let next_create_at = 0;
+        let mut membership_changes = Vec::new();
+        if let Some(spare) = spare {
+            let originals: Vec<NodeId> = nodes.iter().copied().filter(|n| *n != spare).collect();
+            let leaving = originals[rng.range(0, originals.len() as u64) as usize];
+            membership_changes = vec![(spare, true), (leaving, false)];
+        }
+        let next_membership_at = rng.range(3_000, 20_000);
         KafkaWorkload {
             plan: plan.clone(),
             nodes: nodes.to_vec(),
@@ -380,6 +414,8 @@ impl KafkaWorkload {
             stats: KafkaStats::default(),
             liveness_produces: None,
             next_reassign_at: plan.reassign_gap_ms.map_or(u64::MAX, |(low, _)| low),
+            membership_changes,
+            next_membership_at,
         }
     }
 
@@ -422,6 +458,7 @@ impl KafkaWorkload {
             return false;
         };
         self.created == self.wanted.len()
+            && self.membership_changes.is_empty()
             && self.wanted.iter().all(|(name, partitions)| {
                 (0..*partitions).all(|partition| {
                     produces
@@ -442,6 +479,12 @@ impl KafkaWorkload {
                 "{} of {} topics created",
                 self.created,
                 self.wanted.len()
+            ));
+        }
+        for (node, add) in &self.membership_changes {
+            missing.push(format!(
+                "{} node {node}",
+                if *add { "add" } else { "remove" }
             ));
         }
         for (name, partitions) in &self.wanted {
@@ -527,7 +570,11 @@ impl KafkaWorkload {
                 self.stats.fetch_errors += 1;
                 self.leaders.remove(key);
             }
-            Op::Metadata | Op::CreateTopic { .. } | Op::Reassign { .. } => {}
+            Op::Metadata
+            | Op::CreateTopic { .. }
+            | Op::Reassign { .. }
+            | Op::AddNode { .. }
+            | Op::RemoveNode { .. } => {}
         }
     }
 
@@ -553,6 +600,18 @@ impl KafkaWorkload {
         let role = self.clients[index].role;
         match role {
             Role::Admin => {
+                if let Some(&(node, add)) = self.membership_changes.first() {
+                    if now >= self.next_membership_at {
+                        let op = if add {
+                            Op::AddNode { node }
+                        } else {
+                            Op::RemoveNode { node }
+                        };
+                        let to = self.random_node();
+                        self.send(now, index, to, op, out);
+                        return;
+                    }
+                }
                 let partitions = self.partitions();
                 if now >= self.next_reassign_at && !partitions.is_empty() {
                     let key =
@@ -658,6 +717,8 @@ impl KafkaWorkload {
             Op::Metadata => (ApiKey::Metadata, METADATA_VERSION),
             Op::CreateTopic { .. } => (ApiKey::CreateTopics, CREATE_TOPICS_VERSION),
             Op::Reassign { .. } => (ApiKey::AlterPartitionReassignments, 0),
+            Op::AddNode { .. } => (ApiKey::AddRaftVoter, 0),
+            Op::RemoveNode { .. } => (ApiKey::RemoveRaftVoter, 0),
             Op::Produce { .. } => (ApiKey::Produce, PRODUCE_VERSION),
             Op::Fetch { .. } => (ApiKey::Fetch, FETCH_VERSION),
         };
@@ -696,6 +757,22 @@ impl KafkaWorkload {
                         .with_replicas(Some(
                             replicas.iter().map(|node| BrokerId(*node as i32)).collect(),
                         ))])])
+                .encode(&mut frame, version),
+            Op::AddNode { node } => {
+                let listener = |name: &'static str, port: u16| {
+                    RaftListener::default()
+                        .with_name(StrBytes::from_static_str(name))
+                        .with_host(StrBytes::from_string(format!("n{node}.sim")))
+                        .with_port(port)
+                };
+                AddRaftVoterRequest::default()
+                    .with_voter_id(*node as i32)
+                    .with_timeout_ms(self.plan.request_timeout_ms as i32)
+                    .with_listeners(vec![listener("RPC", 19092), listener("KAFKA", 9092)])
+                    .encode(&mut frame, version)
+            }
+            Op::RemoveNode { node } => RemoveRaftVoterRequest::default()
+                .with_voter_id(*node as i32)
                 .encode(&mut frame, version),
             Op::Produce { key, values } => {
                 let records: Vec<Vec<u8>> = values
@@ -776,6 +853,8 @@ impl KafkaWorkload {
             Op::Metadata => (ApiKey::Metadata, METADATA_VERSION),
             Op::CreateTopic { .. } => (ApiKey::CreateTopics, CREATE_TOPICS_VERSION),
             Op::Reassign { .. } => (ApiKey::AlterPartitionReassignments, 0),
+            Op::AddNode { .. } => (ApiKey::AddRaftVoter, 0),
+            Op::RemoveNode { .. } => (ApiKey::RemoveRaftVoter, 0),
             Op::Produce { .. } => (ApiKey::Produce, PRODUCE_VERSION),
             Op::Fetch { .. } => (ApiKey::Fetch, FETCH_VERSION),
         };
@@ -828,6 +907,33 @@ impl KafkaWorkload {
                     }
                     if self.liveness_produces.is_some() {
                         self.next_reassign_at = u64::MAX;
+                    }
+                    true
+                } else {
+                    false
+                }
+            }
+            Op::AddNode { .. } | Op::RemoveNode { .. } => {
+                let (add, error) = if matches!(in_flight.op, Op::AddNode { .. }) {
+                    let response = AddRaftVoterResponse::decode(&mut body, 0).expect("decodes");
+                    (true, response.error_code)
+                } else {
+                    let response = RemoveRaftVoterResponse::decode(&mut body, 0).expect("decodes");
+                    (false, response.error_code)
+                };
+                // A retry of a change that committed is refused as done
+                // already ("already in" / "not in the cluster"): both end it.
+                const INVALID_REQUEST: i16 = 42;
+                if error == code::NONE || error == INVALID_REQUEST {
+                    self.membership_changes.remove(0);
+                    if add {
+                        self.stats.nodes_added += 1;
+                    } else {
+                        self.stats.nodes_removed += 1;
+                    }
+                    self.next_membership_at = now + self.rng.range(3_000, 15_000);
+                    if self.liveness_produces.is_some() {
+                        self.next_membership_at = now;
                     }
                     true
                 } else {

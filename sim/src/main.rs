@@ -139,9 +139,11 @@ fn main() -> ExitCode {
                 totals.faults.merge(&outcome.faults);
                 let layout = match &outcome.kafka {
                     Some(k) => format!(
-                        "broker layout: {} topics created, {} moves, {} produces acknowledged ({} records), {} unknown, {} records consumed, ",
+                        "broker layout: {} topics created, {} moves, {} nodes added, {} removed, {} produces acknowledged ({} records), {} unknown, {} records consumed, ",
                         k.topics_created,
                         k.reassignments,
+                        k.nodes_added,
+                        k.nodes_removed,
                         k.produces_acknowledged,
                         k.records_acknowledged,
                         k.produces_unknown,

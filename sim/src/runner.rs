@@ -324,6 +324,8 @@ pub struct Simulation {
     groups: Vec<GroupId>,
     workload: Workload,
     kafka: Option<KafkaWorkload>,
+    /// The node the cluster adds at run time (broker layout), if any.
+    spare: Option<NodeId>,
     kafka_actions: Vec<KafkaAction>,
     /// Per connection and direction, the time of the last delivery
     /// scheduled: a connection delivers in order, as TCP does.
@@ -349,7 +351,18 @@ impl Simulation {
         Simulation::with_plan(plan, options)
     }
 
-    pub fn with_plan(plan: FaultPlan, options: SimOptions) -> Simulation {
+    pub fn with_plan(mut plan: FaultPlan, options: SimOptions) -> Simulation {
+        // A plan that changes the cluster's membership has a spare node,
+        // started with `join`, that the cluster adds while faults strike.
+        let spare = plan
+            .kafka
+            .as_ref()
+            .filter(|kafka| kafka.membership)
+            .map(|_| plan.nodes.iter().max().copied().unwrap_or(0) + 1);
+        if let Some(spare) = spare {
+            plan.nodes.push(spare);
+            plan.clocks.push(plan.clocks[0]);
+        }
         let mut root = Rng::new(options.seed);
         let network = SimNetwork::new(root.fork(STREAM_NETWORK), plan.link);
         let workload = Workload::new(&plan, root.fork(STREAM_WORKLOAD));
@@ -359,7 +372,7 @@ impl Simulation {
         let kafka = plan
             .kafka
             .as_ref()
-            .map(|kafka| KafkaWorkload::new(kafka, &plan.nodes, root.fork(STREAM_KAFKA)));
+            .map(|kafka| KafkaWorkload::new(kafka, &plan.nodes, spare, root.fork(STREAM_KAFKA)));
         // The broker layout's groups appear as topics are created.
         let groups: Vec<GroupId> = if kafka.is_some() {
             vec![METADATA_GROUP]
@@ -399,6 +412,7 @@ impl Simulation {
             groups,
             workload,
             kafka,
+            spare,
             kafka_actions: Vec::new(),
             connection_due: BTreeMap::new(),
             fault_rng,
@@ -454,12 +468,17 @@ impl Simulation {
         let timing = self.plan.timing;
         let replication_factor = self.plan.kafka.as_ref().map_or(1, |k| k.replication_factor);
         let racks = self.plan.kafka.as_ref().is_some_and(|k| k.racks);
+        let me = self.nodes[index].id;
+        let joining = self.spare == Some(me);
         BrokerConfig {
-            node_id: self.nodes[index].id,
+            node_id: me,
+            // The cluster as configured: without the spare, which lists
+            // itself too.
             cluster: self
                 .plan
                 .nodes
                 .iter()
+                .filter(|&&node_id| self.spare != Some(node_id) || joining)
                 .map(|&node_id| BrokerAddress {
                     node_id,
                     host: format!("n{node_id}.sim"),
@@ -479,7 +498,7 @@ impl Simulation {
                 ..TopicDefaults::default()
             },
             incarnation: self.nodes[index].incarnation,
-            join: false,
+            join: joining,
         }
     }
 
@@ -1398,6 +1417,32 @@ impl Simulation {
             return vec!["no metadata".into()];
         };
         let mut unsettled = Vec::new();
+        let configured: Vec<NodeId> = self
+            .plan
+            .nodes
+            .iter()
+            .copied()
+            .filter(|node| self.spare != Some(*node))
+            .collect();
+        let members: BTreeSet<NodeId> = metadata.members(&configured).into_iter().collect();
+        let metadata_leader = self
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Up)
+            .filter_map(|n| n.core()?.summary(METADATA_GROUP))
+            .filter(|view| view.role == Role::Leader)
+            .max_by_key(|view| view.term);
+        match metadata_leader {
+            Some(view) => {
+                let voters: BTreeSet<NodeId> = view.config.members().collect();
+                if voters != members {
+                    unsettled.push(format!(
+                        "metadata group: members {voters:?}, the cluster's nodes {members:?}"
+                    ));
+                }
+            }
+            None => unsettled.push("metadata group: no leader".into()),
+        }
         for (topic, placement) in metadata.partition_groups() {
             let group = placement.group;
             let wanted: BTreeSet<NodeId> = placement.replicas.iter().copied().collect();
@@ -1421,7 +1466,12 @@ impl Simulation {
                 None => unsettled.push(format!("{} group {group}: no leader", topic.name)),
             }
             for sim_node in &self.nodes {
-                if !wanted.contains(&sim_node.id) && sim_node.core().is_some_and(|n| n.hosts(group))
+                // A node removed from the cluster is to be stopped; what it
+                // keeps is no longer needed by anyone.
+                let member = members.contains(&sim_node.id);
+                if member
+                    && !wanted.contains(&sim_node.id)
+                    && sim_node.core().is_some_and(|n| n.hosts(group))
                 {
                     unsettled.push(format!(
                         "{} group {group}: n{} still hosts it",
@@ -1645,7 +1695,10 @@ impl Simulation {
                     .iter()
                     .map(|node| node % 3)
                     .collect();
-                if racks && spread.len() < placement.initial_replicas.len().min(3) {
+                // Nodes added at run time have no rack (AddRaftVoter
+                // carries none), so only a fixed cluster is checked.
+                let fixed = self.spare.is_none();
+                if racks && fixed && spread.len() < placement.initial_replicas.len().min(3) {
                     misplaced.push(format!(
                         "{}-{partition} placed on {:?}, racks {spread:?}",
                         topic.name, placement.initial_replicas

@@ -43,6 +43,9 @@ fn broker_layout_seeds_pass_and_replay_identically() {
             if let Some(kafka) = plan.kafka.as_mut() {
                 kafka.reassign_gap_ms = Some((1_000, 3_000));
             }
+        } else if let Some(kafka) = plan.kafka.as_mut() {
+            // A spare node joins the cluster, then another node leaves it.
+            kafka.membership = true;
         }
         let topics = plan
             .kafka
@@ -64,6 +67,13 @@ fn broker_layout_seeds_pass_and_replay_identically() {
         assert!(stats.produces_acknowledged >= 200, "seed {seed}: {stats:?}");
         assert!(stats.records_consumed > 0, "seed {seed}: {stats:?}");
         moves += stats.reassignments;
+        if seed % 2 == 1 {
+            assert_eq!(
+                (stats.nodes_added, stats.nodes_removed),
+                (1, 1),
+                "seed {seed}: {stats:?}"
+            );
+        }
         let second = run(plan, seed);
         assert_eq!(
             (first.trace_hash, first.events),

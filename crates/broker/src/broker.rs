@@ -398,7 +398,9 @@ impl Broker {
     /// Makes the hosted partition groups follow metadata: a group of a new
     /// partition placed here starts, a group of a deleted topic goes.
     fn sync_groups(&mut self, env: &mut BrokerEnv<'_>, collector: &mut Collector) {
-        if self.config.join && !self.node.hosts(METADATA_GROUP) {
+        // Not running (absent, or recovered from disk and waiting for its
+        // membership): a joining node joins, or continues from its disk.
+        if self.config.join && self.node.summary(METADATA_GROUP).is_none() {
             let genesis = self.genesis_config();
             let mut core_env = Env {
                 disk: &mut *env.disk,

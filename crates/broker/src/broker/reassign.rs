@@ -274,6 +274,7 @@ impl Broker {
         let mut steps = Vec::new();
         let mut leaving = Vec::new();
         let mut waking = Vec::new();
+        let mut rejoining = Vec::new();
         for (_, placement) in metadata.partition_groups() {
             let group = placement.group;
             let view = self.node.summary(group);
@@ -287,7 +288,23 @@ impl Broker {
                 }
                 continue;
             }
-            if placement.replicas.contains(&me) || !self.node.hosts(group) {
+            // A committed membership without this node is enough, whatever
+            // this node's metadata says: it may be a node removed from the
+            // cluster, whose metadata no longer follows.
+            if view.as_ref().is_some_and(|view| view.left_group) {
+                leaving.push(group);
+                continue;
+            }
+            if placement.replicas.contains(&me) {
+                // Wanted here but not hosted: it was deleted after a
+                // committed removal, and a later move wants it back. It
+                // joins again, empty (the tombstone says why, §12.4).
+                if !self.node.hosts(group) {
+                    rejoining.push(group);
+                }
+                continue;
+            }
+            if !self.node.hosts(group) {
                 continue;
             }
             match view {
@@ -323,6 +340,10 @@ impl Broker {
                 "this node left the partition's group: deleting its replica"
             );
             self.node.remove_group(group, &mut core_env);
+        }
+        for group in rejoining {
+            let initial = self.initial_config(group);
+            self.node.join_group(group, initial, &mut core_env);
         }
         for (group, initial) in waking {
             self.node.join_group(group, initial, &mut core_env);
