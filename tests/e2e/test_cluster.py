@@ -295,3 +295,31 @@ def test_leadership_spreads_and_comes_back_to_a_returning_node(cluster, topic_na
     cluster[1].start(rpc_port=cluster[1].rpc_port)
     back = preferred_lead(cluster, 40)
     assert sorted(back.values()) == [1, 1, 2, 2, 3, 3], "node 1 leads its partitions again"
+
+
+def test_a_flood_of_peer_connections_is_bounded(cluster, topic_name):
+    """More connections to a node's peer port than PEER_CONNECTIONS_INBOUND_MAX
+    (256): the extra ones are closed with a log line, the node keeps serving,
+    and the cluster works once they go."""
+    import socket
+
+    node = cluster[1]
+    flood = []
+    try:
+        for _ in range(300):
+            flood.append(socket.create_connection(("127.0.0.1", node.rpc_port), timeout=5))
+        deadline = time.time() + 10
+        while "too many inbound peer connections" not in node.log():
+            assert time.time() < deadline, node.log()
+            time.sleep(0.1)
+        assert node.alive()
+    finally:
+        for connection in flood:
+            connection.close()
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster)})
+    admin.create_topics([NewTopic(topic_name, 1, 3)])[topic_name].result(30)
+    producer = Producer({"bootstrap.servers": bootstrap(cluster), "acks": "all"})
+    delivered = []
+    producer.produce(topic_name, b"after the flood", on_delivery=lambda e, m: delivered.append(e))
+    assert producer.flush(30) == 0
+    assert delivered == [None]

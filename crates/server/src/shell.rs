@@ -114,6 +114,11 @@ pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// How long one envelope may take to write before the connection is given
 /// up as stalled (a peer behind a partition that does not reset it).
 pub const PEER_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Inbound peer connections open at once. Each peer keeps one (a few more
+/// while one reconnects); the bound keeps a stray or hostile client of the
+/// peer port from holding unbounded tasks and sockets.
+pub const PEER_CONNECTIONS_INBOUND_MAX: usize = 256;
+const _: () = assert!(PEER_CONNECTIONS_INBOUND_MAX >= 4 * runnel_core::metadata::CLUSTER_NODES_MAX);
 
 /// The queue to one peer's connection task.
 struct PeerQueue {
@@ -220,6 +225,7 @@ async fn peer_listener(
     inputs: mpsc::Sender<Input>,
     peer_bytes: Arc<Semaphore>,
 ) {
+    let open = Arc::new(Semaphore::new(PEER_CONNECTIONS_INBOUND_MAX));
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -229,9 +235,19 @@ async fn peer_listener(
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&open).try_acquire_owned() else {
+            tracing::warn!(
+                %peer,
+                PEER_CONNECTIONS_INBOUND_MAX,
+                "too many inbound peer connections; closing this one"
+            );
+            continue;
+        };
         let inputs = inputs.clone();
         let peer_bytes = Arc::clone(&peer_bytes);
         tokio::spawn(async move {
+            // Held for as long as the connection is served.
+            let _slot = slot;
             loop {
                 let mut prefix = [0u8; 4];
                 if stream.read_exact(&mut prefix).await.is_err() {
