@@ -197,6 +197,10 @@ pub struct Replica {
     /// §7.4: a member's committed membership from its entry at this index
     /// does not list this replica.
     removed_by: Option<Index>,
+    /// A config in force since this replica started listed it. A replica
+    /// joining may hold an older config without it (from a snapshot taken
+    /// before it was added), which says nothing about its leaving.
+    was_member: bool,
     now_ms: u64,
     election_deadline_ms: u64,
     heartbeat_due_ms: u64,
@@ -286,6 +290,7 @@ impl Replica {
             config,
             config_index,
             removed_by: None,
+            was_member: false,
             now_ms,
             election_deadline_ms: 0,
             heartbeat_due_ms: 0,
@@ -305,8 +310,14 @@ impl Replica {
             persisted_messages: Vec::new(),
             reads: Vec::new(),
         };
+        replica.was_member = replica.config.contains(replica.id());
         replica.reset_election_deadline();
         replica
+    }
+
+    /// Index of the entry (or snapshot) that set the config in force.
+    pub fn config_index(&self) -> Index {
+        self.config_index
     }
 
     // ----- Read-only accessors -----
@@ -353,7 +364,7 @@ impl Replica {
     /// replica that knows no membership yet (joining) has not left.
     pub fn left_group(&self) -> bool {
         self.removed()
-            || (!self.config.voters.is_empty()
+            || (self.was_member
                 && !self.config.contains(self.id())
                 && self.config_index <= self.commit)
     }
@@ -632,14 +643,12 @@ impl Replica {
             && self.config_index <= self.commit;
         match message.body {
             Body::PreVote { .. } | Body::Vote { .. } if !knows_membership => return,
-            Body::PreVote { .. } | Body::Vote { .. } if sender_removed => {
-                let config_index = self.config_index;
-                self.send(message.from, Body::Removed { config_index });
-                return;
-            }
-            Body::TermQuery if sender_removed => {
-                // The term is answered too: the asker may know a newer
-                // membership than ours, and rejoining needs our term.
+            Body::PreVote { .. } | Body::Vote { .. } | Body::TermQuery if sender_removed => {
+                // The campaign or query is handled as usual besides: our
+                // committed config may be older than the sender's (we lag),
+                // and its election may need our vote. A stale candidate
+                // still gets none: its log lacks the change that removed it,
+                // which our log has (§4.3).
                 let config_index = self.config_index;
                 self.send(message.from, Body::Removed { config_index });
             }
@@ -1033,6 +1042,7 @@ impl Replica {
     fn refresh_config(&mut self) {
         let (config_index, config) = self.log.latest_config();
         self.config_index = config_index;
+        self.was_member |= config.contains(self.id());
         if config == self.config {
             return;
         }

@@ -149,6 +149,8 @@ pub struct GroupView {
     pub snapshot_term: Term,
     pub last_index: Index,
     pub config: Config,
+    /// The index of the entry (or snapshot) that set `config`.
+    pub config_index: Index,
     /// A committed membership leaves this replica out (its own, or one a
     /// member told it of, §7.4): its host may delete it.
     pub left_group: bool,

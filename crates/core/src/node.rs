@@ -290,6 +290,7 @@ impl Node {
             snapshot_term: log.snapshot().term,
             last_index: log.last_index(),
             config: replica.config().clone(),
+            config_index: replica.config_index(),
             left_group: replica.left_group(),
             entries: Vec::new(),
             records_len: match &group_state.machine {

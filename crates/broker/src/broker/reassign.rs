@@ -271,6 +271,12 @@ impl Broker {
         let Some(metadata) = self.metadata() else {
             return;
         };
+        // Removed from the cluster: a member told this node's metadata
+        // replica so (§7.4).
+        let out_of_cluster = self
+            .node
+            .summary(METADATA_GROUP)
+            .is_some_and(|view| view.left_group);
         let mut steps = Vec::new();
         let mut leaving = Vec::new();
         let mut waking = Vec::new();
@@ -282,7 +288,19 @@ impl Broker {
             if let Some(view) = view.as_ref().filter(|view| view.role == Role::Leader) {
                 if self.node.leader_ready(group) {
                     let in_sync = self.node.replicas_in_sync(group, IN_SYNC_LAG_MS);
-                    if let Some(step) = next_step(&view.config, &placement.replicas, me, &in_sync) {
+                    if out_of_cluster {
+                        // Its metadata no longer follows, so it cannot
+                        // drive moves: leadership goes to a member that
+                        // keeps up, which will (§12.5).
+                        if let Some(&to) = in_sync
+                            .iter()
+                            .find(|node| **node != me && view.config.voters.contains(node))
+                        {
+                            steps.push((group, Step::Transfer(to)));
+                        }
+                    } else if let Some(step) =
+                        next_step(&view.config, &placement.replicas, me, &in_sync)
+                    {
                         steps.push((group, step));
                     }
                 }
@@ -310,8 +328,18 @@ impl Broker {
             match view {
                 // Only a committed change may take a replica's data: a
                 // config that merely lacks this node may be uncommitted, or
-                // empty (a replica that knows no membership yet).
-                Some(view) if view.left_group => leaving.push(group),
+                // empty (a replica that knows no membership yet). Off the
+                // wanted replicas, a committed config without this node is
+                // such a change (a replica joining holds a config without
+                // itself too, but it is wanted).
+                Some(view)
+                    if view.left_group
+                        || (!view.config.voters.is_empty()
+                            && !view.config.contains(me)
+                            && view.config_index <= view.commit_index) =>
+                {
+                    leaving.push(group)
+                }
                 // An empty replica that never learned its membership (it
                 // joined, then the move changed before it got anything)
                 // holds nothing and never voted.
