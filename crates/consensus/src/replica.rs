@@ -315,6 +315,19 @@ impl Replica {
         replica
     }
 
+    /// §7.4: asks `nodes` (members of the group by another account, such as
+    /// the cluster's metadata) whether a committed change removed this
+    /// replica; a member whose committed config leaves it out answers
+    /// `Removed`. For a replica whose own config lists only nodes that no
+    /// longer hold the group, and so would never be told.
+    pub fn ask_whether_removed(&mut self, nodes: &[NodeId]) {
+        for &node in nodes {
+            if node != self.id() {
+                self.send(node, Body::TermQuery);
+            }
+        }
+    }
+
     /// Index of the entry (or snapshot) that set the config in force.
     pub fn config_index(&self) -> Index {
         self.config_index

@@ -346,6 +346,20 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// §7.4: the replica of `group` asks `nodes` whether a committed change
+    /// removed it (see `Replica::ask_whether_removed`).
+    pub fn ask_whether_removed(&mut self, group: GroupId, nodes: &[NodeId], env: &mut Env<'_>) {
+        if self.failed.is_some() {
+            return;
+        }
+        let Some(group_state) = self.groups.get_mut(&group) else {
+            return;
+        };
+        group_state.replica.ask_whether_removed(nodes);
+        self.drain(group, env);
+        self.flush(env);
+    }
+
     /// Whether this node ever deleted a replica of `group` (a durable
     /// tombstone says so), and with it the record of the replica's votes.
     pub fn has_left(&self, group: GroupId) -> bool {

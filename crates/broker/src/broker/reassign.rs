@@ -281,6 +281,7 @@ impl Broker {
         let mut leaving = Vec::new();
         let mut waking = Vec::new();
         let mut rejoining = Vec::new();
+        let mut asking = Vec::new();
         for (_, placement) in metadata.partition_groups() {
             let group = placement.group;
             let view = self.node.summary(group);
@@ -350,7 +351,11 @@ impl Broker {
                 {
                     leaving.push(group)
                 }
-                Some(_) => {}
+                // Still listed in its own config: it may be a voter the
+                // group needs, or a replica left behind whose config lists
+                // only nodes that no longer hold the group. The wanted
+                // replicas know which (§7.4).
+                Some(_) => asking.push((group, placement.replicas.clone())),
                 // Waiting for its membership after a restart: start it, so
                 // that it learns from its log or from the other members.
                 None => waking.push((group, self.initial_config(group))),
@@ -368,6 +373,9 @@ impl Broker {
                 "this node left the partition's group: deleting its replica"
             );
             self.node.remove_group(group, &mut core_env);
+        }
+        for (group, nodes) in asking {
+            self.node.ask_whether_removed(group, &nodes, &mut core_env);
         }
         for group in rejoining {
             let initial = self.initial_config(group);
