@@ -278,6 +278,27 @@ impl Broker {
             .summary(METADATA_GROUP)
             .is_some_and(|view| view.left_group);
         let mut steps = Vec::new();
+        if out_of_cluster {
+            // Its metadata no longer follows (it may even have forgotten
+            // the partitions after a restart), so it cannot drive moves:
+            // each partition it leads goes to a voter that keeps up, whose
+            // metadata does (§12.5).
+            for group in self.node.group_ids() {
+                if group == METADATA_GROUP || !self.node.leader_ready(group) {
+                    continue;
+                }
+                let Some(view) = self.node.summary(group) else {
+                    continue;
+                };
+                let in_sync = self.node.replicas_in_sync(group, IN_SYNC_LAG_MS);
+                if let Some(&to) = in_sync
+                    .iter()
+                    .find(|node| **node != me && view.config.voters.contains(node))
+                {
+                    steps.push((group, Step::Transfer(to)));
+                }
+            }
+        }
         let mut leaving = Vec::new();
         let mut waking = Vec::new();
         let mut rejoining = Vec::new();
@@ -290,15 +311,7 @@ impl Broker {
                 if self.node.leader_ready(group) {
                     let in_sync = self.node.replicas_in_sync(group, IN_SYNC_LAG_MS);
                     if out_of_cluster {
-                        // Its metadata no longer follows, so it cannot
-                        // drive moves: leadership goes to a member that
-                        // keeps up, which will (§12.5).
-                        if let Some(&to) = in_sync
-                            .iter()
-                            .find(|node| **node != me && view.config.voters.contains(node))
-                        {
-                            steps.push((group, Step::Transfer(to)));
-                        }
+                        // Handed over below, whatever the metadata says.
                     } else if let Some(step) =
                         next_step(&view.config, &placement.replicas, me, &in_sync)
                     {
