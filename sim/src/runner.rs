@@ -982,6 +982,16 @@ impl Simulation {
             }
             sim_node.hosted = hosted;
         }
+        if node.oversized_messages_dropped() > 0 {
+            let message = format!(
+                "n{id} built {} message(s) over the envelope limit",
+                node.oversized_messages_dropped()
+            );
+            note(
+                &mut self.violations,
+                Err(violation("envelope-bound", "docs/protocol.md §12", message)),
+            );
+        }
         if let Some(reason) = node.failed() {
             // The node stops itself after a disk error. An error the disk
             // injected is expected: the node is down until restarted, and

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use runnel_core::partition::Retention;
+use runnel_core::partition::{Retention, RETENTION_BYTES_CEILING};
 
 use crate::TopicDefaults;
 
@@ -97,9 +97,18 @@ pub fn retention(overrides: &BTreeMap<String, String>, defaults: &TopicDefaults)
             .and_then(|value| value.parse().ok())
             .unwrap_or(default)
     };
+    // Partitions are held in memory until issue 3, so retention keeps at
+    // most the ceiling whatever the topic asks; DescribeConfigs still shows
+    // what the topic set, and docs/guarantees.md says what is kept.
+    let asked_bytes = read("retention.bytes", defaults.retention_bytes);
+    let retention_bytes = if (0..=RETENTION_BYTES_CEILING).contains(&asked_bytes) {
+        asked_bytes
+    } else {
+        RETENTION_BYTES_CEILING
+    };
     Retention {
         retention_ms: read("retention.ms", defaults.retention_ms),
-        retention_bytes: read("retention.bytes", defaults.retention_bytes),
+        retention_bytes,
     }
 }
 
@@ -129,13 +138,30 @@ mod tests {
     }
 
     #[test]
+    fn retention_keeps_at_most_the_ceiling() {
+        let defaults = TopicDefaults::default();
+        for asked in ["-1", "1099511627776"] {
+            let overrides = BTreeMap::from([("retention.bytes".to_string(), asked.to_string())]);
+            assert_eq!(
+                retention(&overrides, &defaults).retention_bytes,
+                RETENTION_BYTES_CEILING,
+                "{asked}"
+            );
+        }
+        let overrides = BTreeMap::from([("retention.bytes".to_string(), "4096".to_string())]);
+        assert_eq!(retention(&overrides, &defaults).retention_bytes, 4096);
+    }
+
+    #[test]
     fn overrides_win_over_defaults() {
         let overrides = BTreeMap::from([("retention.ms".to_string(), "5".to_string())]);
         let defaults = TopicDefaults::default();
         assert_eq!(retention(&overrides, &defaults).retention_ms, 5);
+        // The default (-1, unlimited) is read as the ceiling.
+        assert_eq!(defaults.retention_bytes, -1);
         assert_eq!(
             retention(&overrides, &defaults).retention_bytes,
-            defaults.retention_bytes
+            RETENTION_BYTES_CEILING
         );
         let listed = effective(&overrides, &defaults);
         assert!(listed.contains(&("retention.ms".to_string(), "5".to_string(), true)));

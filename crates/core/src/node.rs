@@ -128,6 +128,9 @@ pub struct Node {
     /// Initial memberships given after start (`bootstrap_group`), beside
     /// those of `config.groups`.
     bootstrap_configs: BTreeMap<GroupId, Config>,
+    /// Messages not sent because even alone they were over the envelope
+    /// limit (see `flush`); zero unless a bound is missing somewhere.
+    oversized_messages_dropped: u64,
 }
 
 impl Node {
@@ -239,6 +242,7 @@ impl Node {
             failed: None,
             recovery_notes,
             bootstrap_configs: BTreeMap::new(),
+            oversized_messages_dropped: 0,
         })
     }
 
@@ -252,6 +256,12 @@ impl Node {
     }
 
     /// Why the node stopped handling events, if it did.
+    /// Messages never sent for being over the envelope limit even alone.
+    /// The simulator checks that it stays zero.
+    pub fn oversized_messages_dropped(&self) -> u64 {
+        self.oversized_messages_dropped
+    }
+
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
     }
@@ -879,16 +889,31 @@ impl Node {
         }
     }
 
+    /// Sends what this step produced, one envelope per peer unless the
+    /// messages are too many bytes for one (many groups catching up a
+    /// follower at once, a large snapshot): then as many envelopes as it
+    /// takes, each within `wire::ENVELOPE_BYTES_MAX`, in order (§12).
     fn flush(&mut self, env: &mut Env<'_>) {
         for (to, messages) in std::mem::take(&mut self.outbox) {
-            env.network.send(
-                to,
-                Envelope {
-                    from: self.config.id,
+            let (envelopes, oversized) =
+                crate::wire::split_into_envelopes(self.config.id, to, messages);
+            for (group, message) in oversized {
+                // The bounds on appends and snapshots make this unreachable;
+                // should one be missed, the message is not sent (no receiver
+                // would accept it) and consensus keeps retrying, which the
+                // log shows, instead of the node stopping.
+                tracing::error!(
+                    group,
                     to,
-                    messages,
-                },
-            );
+                    bytes = crate::wire::encoded_message_bytes(&message),
+                    limit = crate::wire::ENVELOPE_BYTES_MAX,
+                    "a message is over the envelope limit; not sent"
+                );
+                self.oversized_messages_dropped += 1;
+            }
+            for envelope in envelopes {
+                env.network.send(to, envelope);
+            }
         }
     }
 }

@@ -8,9 +8,12 @@
 //! The partition leader epoch stamped into a batch is the term of its entry.
 //!
 //! Limits, stated plainly: the retained batches are held in memory and a
-//! snapshot carries them all; retention (by time and by size) bounds both.
-//! Serving old batches from the segment files instead is storage work still
-//! open (issue 3).
+//! snapshot carries them all, so a partition holds at most
+//! `PARTITION_RETAINED_BYTES_MAX` (a produce past it is refused with
+//! KAFKA_STORAGE_ERROR, which clients retry) and the broker caps retention
+//! at `RETENTION_BYTES_CEILING` so that it frees room before that. Serving
+//! old batches from the segment files instead, which lifts both, is
+//! storage work still open (issue 3).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -22,6 +25,7 @@ pub mod error_code {
     pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
 }
 
 /// How many recent batches per producer are remembered to answer a retried
@@ -31,6 +35,38 @@ pub const PRODUCER_BATCHES_REMEMBERED_MAX: usize = 5;
 /// At most this many producers are remembered per partition; the one that
 /// wrote least recently is forgotten first.
 pub const PRODUCERS_MAX: usize = 100_000;
+
+/// What one stored batch costs in a snapshot beside its bytes: offsets,
+/// timestamps, epoch and length (see `PartitionLog::encode`).
+pub const STORED_BATCH_OVERHEAD_BYTES: u64 = 8 + 8 + 8 + 8 + 4 + 8;
+/// What one producer costs in a snapshot, at most.
+pub const PRODUCER_SNAPSHOT_BYTES_MAX: u64 =
+    8 + 2 + 8 + 8 + 16 * PRODUCER_BATCHES_REMEMBERED_MAX as u64;
+/// The most a partition holds, counted as its snapshot counts it (batch
+/// bytes plus `STORED_BATCH_OVERHEAD_BYTES` each). Everything retained is
+/// in memory and in every snapshot, and a snapshot travels to a lagging
+/// follower as one message, so this bound keeps both finite.
+pub const PARTITION_RETAINED_BYTES_MAX: u64 = 96 << 20;
+/// The largest snapshot of a partition.
+pub const PARTITION_SNAPSHOT_BYTES_MAX: u64 = 4
+    + 8
+    + 8
+    + 8
+    + PARTITION_RETAINED_BYTES_MAX
+    + 8
+    + PRODUCERS_MAX as u64 * PRODUCER_SNAPSHOT_BYTES_MAX;
+/// The most bytes of batches retention keeps per partition, whatever a
+/// topic asks (`retention.bytes` of -1 or more is read as this): half the
+/// hard bound, so that retention, which runs every second, frees room long
+/// before produces are refused, even for the smallest batches, whose
+/// overhead nearly doubles what they cost.
+pub const RETENTION_BYTES_CEILING: i64 = 48 << 20;
+const _: () =
+    assert!((RETENTION_BYTES_CEILING as u64) * 2 <= PARTITION_RETAINED_BYTES_MAX + (8 << 20));
+const _: () = assert!(
+    PARTITION_SNAPSHOT_BYTES_MAX <= runnel_storage::SNAPSHOT_BYTES_MAX,
+    "a partition snapshot fits in a snapshot file"
+);
 
 /// One batch in the log, stamped with its offset and leader epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +209,23 @@ impl PartitionLog {
         self.retained_bytes
     }
 
+    /// What the retained batches cost as `PARTITION_RETAINED_BYTES_MAX`
+    /// counts them.
+    pub fn retained_bytes_with_overhead(&self) -> u64 {
+        self.retained_bytes + self.batches.len() as u64 * STORED_BATCH_OVERHEAD_BYTES
+    }
+
+    /// Whether a batch of `batch_bytes` would take the partition past
+    /// `PARTITION_RETAINED_BYTES_MAX`. A partition with nothing retained
+    /// takes any batch, so that a bound smaller than a batch cannot stop it.
+    pub fn is_full_for(&self, batch_bytes: usize) -> bool {
+        !self.batches.is_empty()
+            && self.retained_bytes_with_overhead()
+                + batch_bytes as u64
+                + STORED_BATCH_OVERHEAD_BYTES
+                > PARTITION_RETAINED_BYTES_MAX
+    }
+
     pub fn batches(&self) -> impl Iterator<Item = &StoredBatch> {
         self.batches.iter()
     }
@@ -180,6 +233,11 @@ impl PartitionLog {
     /// What a produce of `header` would do now, before it is proposed: a
     /// retry of a batch already applied is answered at once.
     pub fn precheck(&self, header: &BatchHeader) -> Option<ProduceOutcome> {
+        if self.is_full_for(header.batch_length.max(0) as usize + batch::LOG_OVERHEAD_BYTES) {
+            return Some(ProduceOutcome::Refused {
+                error_code: error_code::KAFKA_STORAGE_ERROR,
+            });
+        }
         if !header.is_idempotent() {
             return None;
         }
@@ -233,6 +291,13 @@ impl PartitionLog {
         };
         if let Some(outcome) = self.check_sequence(&header) {
             return outcome;
+        }
+        // Decided from the replicated state alone, so every replica refuses
+        // the same batches; the client retries once retention made room.
+        if self.is_full_for(produce.batch.len()) {
+            return ProduceOutcome::Refused {
+                error_code: error_code::KAFKA_STORAGE_ERROR,
+            };
         }
         let base_offset = self.next_offset;
         let last_offset = base_offset + i64::from(header.last_offset_delta);
@@ -611,6 +676,81 @@ mod tests {
             3,
         );
         assert_eq!(log.log_start_offset(), 8, "the last batch is kept");
+    }
+
+    /// Applies a produce of one record of `value_bytes`.
+    fn produce_bytes(log: &mut PartitionLog, value_bytes: usize) -> (ProduceOutcome, usize) {
+        let value = vec![7u8; value_bytes];
+        let batch = build_uncompressed(&[(None, Some(value.as_slice()))], 1_000, None);
+        let length = batch.len();
+        let outcome = log.apply(
+            PartitionCommand::Produce(ProduceCommand {
+                append_time_ms: 5_000,
+                log_append_time: false,
+                batch,
+            }),
+            3,
+        );
+        (outcome, length)
+    }
+
+    #[test]
+    fn a_full_partition_refuses_produces_until_retention_makes_room() {
+        let mut log = PartitionLog::default();
+        let mut appended = 0;
+        let refused = loop {
+            let (outcome, length) = produce_bytes(&mut log, 512 << 10);
+            match outcome {
+                ProduceOutcome::Appended { .. } => appended += 1,
+                ProduceOutcome::Refused { error_code } => break (error_code, length),
+                other => panic!("{other:?}"),
+            }
+            assert!(appended < 400, "the bound never refused");
+        };
+        assert_eq!(refused.0, error_code::KAFKA_STORAGE_ERROR);
+        assert!(log.retained_bytes_with_overhead() <= PARTITION_RETAINED_BYTES_MAX);
+        assert!(
+            log.retained_bytes_with_overhead() + refused.1 as u64 + STORED_BATCH_OVERHEAD_BYTES
+                > PARTITION_RETAINED_BYTES_MAX,
+            "refused only when the batch would not fit"
+        );
+        let high_watermark = log.high_watermark();
+        // The precheck, which the leader asks before proposing, agrees.
+        let value = vec![7u8; 512 << 10];
+        let batch = build_uncompressed(&[(None, Some(value.as_slice()))], 1_000, None);
+        let header = batch::validate(&batch).expect("valid");
+        assert_eq!(
+            log.precheck(&header),
+            Some(ProduceOutcome::Refused {
+                error_code: error_code::KAFKA_STORAGE_ERROR
+            })
+        );
+        // Retention at the ceiling makes room, and produces go on at the
+        // next offset: nothing refused took an offset.
+        log.apply(
+            PartitionCommand::Retain {
+                now_ms: 5_000,
+                retention: Retention {
+                    retention_ms: -1,
+                    retention_bytes: RETENTION_BYTES_CEILING,
+                },
+            },
+            3,
+        );
+        assert!(log.retained_bytes() <= RETENTION_BYTES_CEILING as u64);
+        let (outcome, _) = produce_bytes(&mut log, 512 << 10);
+        assert!(
+            matches!(outcome, ProduceOutcome::Appended { base_offset, .. } if base_offset == high_watermark),
+            "{outcome:?}"
+        );
+        // A full partition's snapshot stays within what one message carries.
+        assert!(log.encode().len() as u64 <= PARTITION_SNAPSHOT_BYTES_MAX);
+    }
+
+    #[test]
+    fn an_empty_partition_takes_a_batch_of_any_size() {
+        let log = PartitionLog::default();
+        assert!(!log.is_full_for(PARTITION_RETAINED_BYTES_MAX as usize * 2));
     }
 
     #[test]

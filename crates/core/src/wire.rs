@@ -23,14 +23,31 @@ use crate::api::Envelope;
 const MAGIC: u32 = 0x524e_4c45; // "RNLE"
 const VERSION: u16 = 1;
 
-/// The largest encoded envelope a node sends or accepts.
-pub const ENVELOPE_BYTES_MAX: usize = 64 << 20;
+/// The largest encoded envelope a node sends or accepts. It must hold the
+/// largest snapshot a group takes (a partition's, see
+/// `partition::PARTITION_SNAPSHOT_BYTES_MAX`) in one message.
+pub const ENVELOPE_BYTES_MAX: usize = 128 << 20;
+/// Bytes of an envelope around its messages: magic, version, from, to,
+/// message count, and the crc.
+pub const ENVELOPE_OVERHEAD_BYTES: usize = 4 + 2 + 8 + 8 + 4 + 4;
+/// Bytes of an InstallSnapshot message around its data, at most: the
+/// group, the message header, the snapshot point, the largest membership
+/// and the data length.
+pub const SNAPSHOT_MESSAGE_OVERHEAD_BYTES_MAX: usize =
+    8 + 8 + 8 + 8 + 1 + 8 + 8 + 2 * (4 + 8 * CONFIG_MEMBERS_MAX) + 4;
 /// At most this many group messages in one envelope.
 pub const ENVELOPE_MESSAGES_MAX: usize = 1 << 20;
 /// At most this many nodes in one membership.
 pub const CONFIG_MEMBERS_MAX: usize = 1_024;
 
 const _: () = assert!(ENVELOPE_BYTES_MAX <= u32::MAX as usize);
+// The largest partition snapshot travels alone in one envelope.
+const _: () = assert!(
+    ENVELOPE_OVERHEAD_BYTES
+        + SNAPSHOT_MESSAGE_OVERHEAD_BYTES_MAX
+        + crate::partition::PARTITION_SNAPSHOT_BYTES_MAX as usize
+        <= ENVELOPE_BYTES_MAX
+);
 
 /// Why an envelope could not be decoded. The transport drops the envelope
 /// (and, for a stream, the connection): the protocol tolerates loss.
@@ -116,6 +133,85 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, WireError> {
         return Err(WireError::TrailingBytes);
     }
     Ok(Envelope { from, to, messages })
+}
+
+/// Exactly the bytes `encode_envelope` spends on one `(group, message)`
+/// pair, so that a node can split its messages into envelopes that each
+/// stay within `ENVELOPE_BYTES_MAX` without encoding them twice.
+pub fn encoded_message_bytes(message: &Message) -> usize {
+    let config_bytes =
+        |config: &Config| 4 + 8 * config.voters.len() + 4 + 8 * config.learners.len();
+    let body = match &message.body {
+        Body::PreVote { .. } => 16,
+        Body::PreVoteResponse { .. } | Body::VoteResponse { .. } => 1,
+        Body::Vote { .. } => 17,
+        Body::Append { entries, .. } => {
+            32 + 4
+                + entries
+                    .iter()
+                    .map(|entry| {
+                        16 + 1
+                            + match &entry.payload {
+                                Payload::Noop => 0,
+                                Payload::Data(data) => 4 + data.len(),
+                                Payload::Config(config) => config_bytes(config),
+                            }
+                    })
+                    .sum::<usize>()
+        }
+        Body::AppendResponse { .. } => 17,
+        Body::InstallSnapshot { snapshot } => {
+            16 + config_bytes(&snapshot.meta.config) + 4 + snapshot.data.len()
+        }
+        Body::TimeoutNow | Body::TermQuery | Body::TermReport => 0,
+        Body::Removed { .. } => 8,
+    };
+    // The group, then from, to, term and the tag.
+    8 + 24 + 1 + body
+}
+
+/// Splits `messages` for one peer into envelopes that each encode within
+/// `ENVELOPE_BYTES_MAX` and `ENVELOPE_MESSAGES_MAX`, keeping their order.
+/// A message that cannot fit even alone is returned apart: bounds elsewhere
+/// (append and snapshot sizes) are meant to make that impossible, and the
+/// caller reports it rather than sending what every receiver would refuse.
+pub fn split_into_envelopes(
+    from: u64,
+    to: u64,
+    messages: Vec<(GroupId, Message)>,
+) -> (Vec<Envelope>, Vec<(GroupId, Message)>) {
+    let mut envelopes = Vec::new();
+    let mut oversized = Vec::new();
+    let mut current = Vec::new();
+    let mut current_bytes = ENVELOPE_OVERHEAD_BYTES;
+    for (group, message) in messages {
+        let bytes = encoded_message_bytes(&message);
+        if ENVELOPE_OVERHEAD_BYTES + bytes > ENVELOPE_BYTES_MAX {
+            oversized.push((group, message));
+            continue;
+        }
+        if !current.is_empty()
+            && (current_bytes + bytes > ENVELOPE_BYTES_MAX
+                || current.len() == ENVELOPE_MESSAGES_MAX)
+        {
+            envelopes.push(Envelope {
+                from,
+                to,
+                messages: std::mem::take(&mut current),
+            });
+            current_bytes = ENVELOPE_OVERHEAD_BYTES;
+        }
+        current_bytes += bytes;
+        current.push((group, message));
+    }
+    if !current.is_empty() {
+        envelopes.push(Envelope {
+            from,
+            to,
+            messages: current,
+        });
+    }
+    (envelopes, oversized)
 }
 
 fn encode_message(out: &mut Vec<u8>, message: &Message) {
@@ -402,16 +498,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample() -> Envelope {
-        let config = Config {
-            voters: [1, 2, 3].into_iter().collect(),
-            learners: [4].into_iter().collect(),
-        };
-        let message = |term, body| Message {
+    fn message(term: u64, body: Body) -> Message {
+        Message {
             from: 1,
             to: 2,
             term,
             body,
+        }
+    }
+
+    fn sample() -> Envelope {
+        let config = Config {
+            voters: [1, 2, 3].into_iter().collect(),
+            learners: [4].into_iter().collect(),
         };
         Envelope {
             from: 1,
@@ -509,6 +608,79 @@ mod tests {
         let envelope = sample();
         let bytes = encode_envelope(&envelope);
         assert_eq!(decode_envelope(&bytes), Ok(envelope));
+    }
+
+    #[test]
+    fn encoded_sizes_are_exact() {
+        let envelope = sample();
+        let predicted: usize = ENVELOPE_OVERHEAD_BYTES
+            + envelope
+                .messages
+                .iter()
+                .map(|(_, message)| encoded_message_bytes(message))
+                .sum::<usize>();
+        assert_eq!(encode_envelope(&envelope).len(), predicted);
+        for (group, message) in &envelope.messages {
+            let alone = Envelope {
+                from: envelope.from,
+                to: envelope.to,
+                messages: vec![(*group, message.clone())],
+            };
+            assert_eq!(
+                encode_envelope(&alone).len(),
+                ENVELOPE_OVERHEAD_BYTES + encoded_message_bytes(message),
+                "{message:?}"
+            );
+        }
+    }
+
+    fn big_append(group: GroupId, bytes: usize) -> (GroupId, Message) {
+        (
+            group,
+            message(
+                5,
+                Body::Append {
+                    prev_index: 0,
+                    prev_term: 0,
+                    entries: vec![Entry {
+                        index: 1,
+                        term: 5,
+                        payload: Payload::Data(vec![7; bytes]),
+                    }],
+                    commit: 0,
+                    leader_last_index: 1,
+                },
+            ),
+        )
+    }
+
+    #[test]
+    fn many_large_messages_split_into_envelopes_within_the_limit() {
+        // Forty groups each sending 16 MiB to one peer in one step: 640 MiB,
+        // five times what one envelope may hold.
+        let messages: Vec<_> = (0..40).map(|group| big_append(group, 16 << 20)).collect();
+        let (envelopes, oversized) = split_into_envelopes(5, 1, messages.clone());
+        assert!(oversized.is_empty());
+        assert!(envelopes.len() >= 5, "{} envelopes", envelopes.len());
+        let mut seen = Vec::new();
+        for envelope in &envelopes {
+            let bytes = encode_envelope(envelope);
+            assert!(bytes.len() <= ENVELOPE_BYTES_MAX);
+            assert_eq!(decode_envelope(&bytes).as_ref(), Ok(envelope));
+            seen.extend(envelope.messages.iter().cloned());
+        }
+        assert_eq!(seen, messages, "every message once, in order");
+    }
+
+    #[test]
+    fn a_message_over_the_limit_alone_is_set_apart() {
+        let too_big = big_append(3, ENVELOPE_BYTES_MAX);
+        let small = (4, message(5, Body::TimeoutNow));
+        let (envelopes, oversized) =
+            split_into_envelopes(5, 1, vec![small.clone(), too_big.clone()]);
+        assert_eq!(oversized, vec![too_big]);
+        assert_eq!(envelopes.len(), 1);
+        assert_eq!(envelopes[0].messages, vec![small]);
     }
 
     #[test]
