@@ -2,7 +2,11 @@
 //! records and snapshots (docs/storage.md, "Log segments", "Vote record",
 //! "Snapshot"). Everything is little-endian and every record carries a
 //! CRC-32C, so that recovery can tell a damaged record from a good one
-//! without trusting any of its fields.
+//! without trusting any of its fields. Every checksum also covers the id of
+//! the group the record belongs to (it is computed over the group id's eight
+//! bytes, then the record), though the id is not stored: a record of another
+//! group that a misdirected write put in this group's file fails its
+//! checksum even where every field lines up.
 //!
 //! Decoders never use a length read from disk as an allocation size: every
 //! length is checked against the bytes actually present and against a named
@@ -11,7 +15,7 @@
 use std::collections::BTreeSet;
 
 use runnel_consensus::{Config, Entry, HardState, Payload, Snapshot, SnapshotMeta};
-use runnel_io::NodeId;
+use runnel_io::{GroupId, NodeId};
 
 use crate::{CONFIG_NODES_MAX, FRAME_BYTES_MAX, SNAPSHOT_BYTES_MAX};
 
@@ -29,10 +33,12 @@ const KIND_CONFIG: u8 = 2;
 /// Size of one vote record, the whole content of a vote slot file.
 pub const VOTE_RECORD_BYTES: usize = 4 + 4 + 8 + 8 + 8 + 8 + 4;
 const VOTE_MAGIC: u32 = u32::from_le_bytes(*b"RNVT");
-const VOTE_VERSION: u32 = 1;
+/// Version 2: the checksum covers the group id.
+const VOTE_VERSION: u32 = 2;
 
 const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"RNSN");
-const SNAPSHOT_VERSION: u32 = 1;
+/// Version 2: the checksum covers the group id.
+const SNAPSHOT_VERSION: u32 = 2;
 /// Magic, version, index, term, voter count, learner count.
 const SNAPSHOT_HEADER_BYTES: usize = 4 + 4 + 8 + 8 + 4 + 4;
 /// The smallest possible snapshot file: header, data length, checksum.
@@ -115,10 +121,16 @@ pub fn frame_bytes(entry: &Entry) -> usize {
         }
 }
 
+/// The CRC-32C of `group`'s id (eight bytes, little-endian) followed by
+/// `bytes`: the checksum of every record, binding it to its group.
+fn group_crc(group: GroupId, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&group.to_le_bytes()), bytes)
+}
+
 /// Appends `entry`'s frame to `out`:
 /// `[u32 frame length][u32 crc32c of the rest][u64 index][u64 term][u8 kind][payload]`.
 /// The frame length counts the whole frame, its own four bytes included.
-pub fn encode_frame(entry: &Entry, out: &mut Vec<u8>) {
+pub fn encode_frame(group: GroupId, entry: &Entry, out: &mut Vec<u8>) {
     let length = frame_bytes(entry);
     // The node bounds entry sizes (ENTRY_DATA_BYTES_MAX) before it proposes;
     // an entry over the frame limit here is a programmer error, and writing
@@ -145,7 +157,7 @@ pub fn encode_frame(entry: &Entry, out: &mut Vec<u8>) {
         }
     }
     debug_assert_eq!(out.len() - start, length);
-    let crc = crc32c::crc32c(&out[start + FRAME_CHECKED_FROM..]);
+    let crc = group_crc(group, &out[start + FRAME_CHECKED_FROM..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -157,6 +169,7 @@ pub fn encode_frame(entry: &Entry, out: &mut Vec<u8>) {
 /// `index_ok` is checked before the checksum so that recovery's scan for the
 /// next good frame after damage rejects most candidate offsets cheaply.
 pub fn decode_frame(
+    group: GroupId,
     bytes: &[u8],
     at: usize,
     index_ok: impl Fn(u64) -> bool,
@@ -174,7 +187,7 @@ pub fn decode_frame(
         return None;
     }
     let frame = &rest[..length];
-    if crc32c::crc32c(&frame[FRAME_CHECKED_FROM..]) != get_u32(frame, 4) {
+    if group_crc(group, &frame[FRAME_CHECKED_FROM..]) != get_u32(frame, 4) {
         return None;
     }
     let term = get_u64(frame, 16);
@@ -213,7 +226,7 @@ pub struct VoteRecord {
 
 /// `[u32 magic][u32 version][u64 sequence][u64 term][u64 voted_for + 1 or 0]
 /// [u64 repair index][u32 crc32c of the preceding 40 bytes]`.
-pub fn encode_vote(record: &VoteRecord) -> Vec<u8> {
+pub fn encode_vote(group: GroupId, record: &VoteRecord) -> Vec<u8> {
     // Node ids are operator-assigned small numbers; u64::MAX cannot be
     // encoded because 0 stands for "no vote".
     let voted_for = match record.state.voted_for {
@@ -229,19 +242,19 @@ pub fn encode_vote(record: &VoteRecord) -> Vec<u8> {
     put_u64(&mut out, record.state.term);
     put_u64(&mut out, voted_for);
     put_u64(&mut out, record.state.repair_index);
-    let crc = crc32c::crc32c(&out);
+    let crc = group_crc(group, &out);
     put_u32(&mut out, crc);
     debug_assert_eq!(out.len(), VOTE_RECORD_BYTES);
     out
 }
 
 /// None unless `bytes` is exactly one intact vote record.
-pub fn decode_vote(bytes: &[u8]) -> Option<VoteRecord> {
+pub fn decode_vote(group: GroupId, bytes: &[u8]) -> Option<VoteRecord> {
     if bytes.len() != VOTE_RECORD_BYTES {
         return None;
     }
     let checked = VOTE_RECORD_BYTES - 4;
-    if crc32c::crc32c(&bytes[..checked]) != get_u32(bytes, checked)
+    if group_crc(group, &bytes[..checked]) != get_u32(bytes, checked)
         || get_u32(bytes, 0) != VOTE_MAGIC
         || get_u32(bytes, 4) != VOTE_VERSION
     {
@@ -268,7 +281,7 @@ pub fn decode_vote(bytes: &[u8]) -> Option<VoteRecord> {
 /// `[u32 magic][u32 version][u64 index][u64 term][u32 voter count]
 /// [u32 learner count][u64 voters...][u64 learners...][u64 data length][data]
 /// [u32 crc32c of everything before it]`.
-pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+pub fn encode_snapshot(group: GroupId, snapshot: &Snapshot) -> Vec<u8> {
     let meta = &snapshot.meta;
     assert!(
         meta.config.voters.len() <= CONFIG_NODES_MAX
@@ -296,14 +309,14 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
     }
     put_u64(&mut out, snapshot.data.len() as u64);
     out.extend_from_slice(&snapshot.data);
-    let crc = crc32c::crc32c(&out);
+    let crc = group_crc(group, &out);
     put_u32(&mut out, crc);
     debug_assert_eq!(out.len(), length);
     out
 }
 
 /// Decodes a whole snapshot file; the error says what is wrong with it.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
+pub fn decode_snapshot(group: GroupId, bytes: &[u8]) -> Result<Snapshot, String> {
     if bytes.len() < SNAPSHOT_BYTES_MIN {
         return Err(format!(
             "snapshot file of {} bytes is too short",
@@ -317,8 +330,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
         ));
     }
     let checked = bytes.len() - 4;
-    if crc32c::crc32c(&bytes[..checked]) != get_u32(bytes, checked) {
-        return Err("snapshot file fails its checksum".to_string());
+    if group_crc(group, &bytes[..checked]) != get_u32(bytes, checked) {
+        return Err("snapshot file fails its checksum (or is another group's)".to_string());
     }
     if get_u32(bytes, 0) != SNAPSHOT_MAGIC || get_u32(bytes, 4) != SNAPSHOT_VERSION {
         return Err("snapshot file has an unknown magic or version".to_string());
@@ -376,6 +389,9 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
 mod tests {
     use super::*;
 
+    /// The group every record in these tests belongs to.
+    const G: GroupId = 7;
+
     fn config() -> Config {
         Config {
             voters: [1, 2, 3].into_iter().collect(),
@@ -412,9 +428,9 @@ mod tests {
     fn frames_round_trip_and_report_their_length() {
         for entry in entries() {
             let mut bytes = vec![0xAA; 3];
-            encode_frame(&entry, &mut bytes);
+            encode_frame(G, &entry, &mut bytes);
             assert_eq!(bytes.len() - 3, frame_bytes(&entry));
-            let (decoded, length) = decode_frame(&bytes, 3, |_| true).expect("decodes");
+            let (decoded, length) = decode_frame(G, &bytes, 3, |_| true).expect("decodes");
             assert_eq!(decoded, entry);
             assert_eq!(length, frame_bytes(&entry));
         }
@@ -428,11 +444,11 @@ mod tests {
             payload: Payload::Config(config()),
         };
         let mut bytes = Vec::new();
-        encode_frame(&entry, &mut bytes);
+        encode_frame(G, &entry, &mut bytes);
         for bit in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(decode_frame(&damaged, 0, |_| true), None, "bit {bit}");
+            assert_eq!(decode_frame(G, &damaged, 0, |_| true), None, "bit {bit}");
         }
     }
 
@@ -444,26 +460,30 @@ mod tests {
             payload: Payload::Data(vec![5; 40]),
         };
         let mut bytes = Vec::new();
-        encode_frame(&entry, &mut bytes);
+        encode_frame(G, &entry, &mut bytes);
         for cut in 0..bytes.len() {
-            assert_eq!(decode_frame(&bytes[..cut], 0, |_| true), None, "cut {cut}");
+            assert_eq!(
+                decode_frame(G, &bytes[..cut], 0, |_| true),
+                None,
+                "cut {cut}"
+            );
         }
     }
 
     #[test]
     fn an_oversized_length_field_is_rejected_without_allocating() {
         let mut bytes = Vec::new();
-        encode_frame(&entries()[1], &mut bytes);
+        encode_frame(G, &entries()[1], &mut bytes);
         bytes[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode_frame(&bytes, 0, |_| true), None);
+        assert_eq!(decode_frame(G, &bytes, 0, |_| true), None);
     }
 
     #[test]
     fn the_index_filter_is_applied() {
         let mut bytes = Vec::new();
-        encode_frame(&entries()[1], &mut bytes);
-        assert_eq!(decode_frame(&bytes, 0, |index| index == 3), None);
-        assert!(decode_frame(&bytes, 0, |index| index == 2).is_some());
+        encode_frame(G, &entries()[1], &mut bytes);
+        assert_eq!(decode_frame(G, &bytes, 0, |index| index == 3), None);
+        assert!(decode_frame(G, &bytes, 0, |index| index == 2).is_some());
     }
 
     #[test]
@@ -482,16 +502,16 @@ mod tests {
             },
         ] {
             let record = VoteRecord { sequence: 3, state };
-            let bytes = encode_vote(&record);
+            let bytes = encode_vote(G, &record);
             assert_eq!(bytes.len(), VOTE_RECORD_BYTES);
-            assert_eq!(decode_vote(&bytes), Some(record));
+            assert_eq!(decode_vote(G, &bytes), Some(record));
             for cut in 0..bytes.len() {
-                assert_eq!(decode_vote(&bytes[..cut]), None);
+                assert_eq!(decode_vote(G, &bytes[..cut]), None);
             }
             for bit in 0..bytes.len() * 8 {
                 let mut damaged = bytes.clone();
                 damaged[bit / 8] ^= 1 << (bit % 8);
-                assert_eq!(decode_vote(&damaged), None, "bit {bit}");
+                assert_eq!(decode_vote(G, &damaged), None, "bit {bit}");
             }
         }
     }
@@ -506,18 +526,48 @@ mod tests {
             },
             data: b"state machine".to_vec(),
         };
-        let bytes = encode_snapshot(&snapshot);
-        assert_eq!(decode_snapshot(&bytes), Ok(snapshot));
+        let bytes = encode_snapshot(G, &snapshot);
+        assert_eq!(decode_snapshot(G, &bytes), Ok(snapshot));
         for cut in 0..bytes.len() {
-            assert!(decode_snapshot(&bytes[..cut]).is_err());
+            assert!(decode_snapshot(G, &bytes[..cut]).is_err());
         }
         for bit in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode_snapshot(&damaged).is_err(), "bit {bit}");
+            assert!(decode_snapshot(G, &damaged).is_err(), "bit {bit}");
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode_snapshot(&longer).is_err());
+        assert!(decode_snapshot(G, &longer).is_err());
+    }
+
+    #[test]
+    fn a_record_decodes_only_as_its_own_groups() {
+        let mut frame = Vec::new();
+        encode_frame(G, &entries()[1], &mut frame);
+        assert!(decode_frame(G, &frame, 0, |_| true).is_some());
+        assert_eq!(decode_frame(G + 1, &frame, 0, |_| true), None);
+        let record = VoteRecord {
+            sequence: 3,
+            state: HardState {
+                term: 4,
+                voted_for: Some(2),
+                repair_index: 0,
+            },
+        };
+        let vote = encode_vote(G, &record);
+        assert_eq!(decode_vote(G, &vote), Some(record));
+        assert_eq!(decode_vote(G + 1, &vote), None);
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                index: 5,
+                term: 2,
+                config: Config::new([1, 2, 3]),
+            },
+            data: vec![9; 10],
+        };
+        let bytes = encode_snapshot(G, &snapshot);
+        assert_eq!(decode_snapshot(G, &bytes), Ok(snapshot));
+        assert!(decode_snapshot(G + 1, &bytes).is_err());
     }
 }

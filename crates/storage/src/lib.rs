@@ -336,10 +336,13 @@ impl GroupStore {
             ops.push(DiskOp::Write {
                 file: paths.votes[slot].clone(),
                 offset: 0,
-                data: codec::encode_vote(&codec::VoteRecord {
-                    sequence,
-                    state: *initial,
-                }),
+                data: codec::encode_vote(
+                    group,
+                    &codec::VoteRecord {
+                        sequence,
+                        state: *initial,
+                    },
+                ),
             });
         }
         for slot in 0..2 {
@@ -582,7 +585,7 @@ impl GroupStore {
                 u32::try_from(last.len).expect("segment offsets fit in u32 (see the bounds)"),
             );
             last.len += frame_bytes;
-            codec::encode_frame(entry, &mut pending);
+            codec::encode_frame(self.group, entry, &mut pending);
             self.dirty_segments.insert(last.name);
             match self.terms.last() {
                 Some(&(_, term)) if term == entry.term => {}
@@ -634,10 +637,13 @@ impl GroupStore {
         ops.push(DiskOp::Write {
             file: self.paths.votes[slot].clone(),
             offset: 0,
-            data: codec::encode_vote(&codec::VoteRecord {
-                sequence: self.vote.sequence,
-                state: *state,
-            }),
+            data: codec::encode_vote(
+                self.group,
+                &codec::VoteRecord {
+                    sequence: self.vote.sequence,
+                    state: *state,
+                },
+            ),
         });
         self.vote.newest = slot;
         self.vote.newest_unsynced = true;
@@ -709,7 +715,7 @@ impl GroupStore {
         ops.push(DiskOp::Write {
             file: self.paths.snapshot_tmp.clone(),
             offset: 0,
-            data: codec::encode_snapshot(snapshot),
+            data: codec::encode_snapshot(self.group, snapshot),
         });
         ops.push(DiskOp::Sync {
             file: self.paths.snapshot_tmp.clone(),

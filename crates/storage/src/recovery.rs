@@ -50,12 +50,14 @@ struct ParsedSegment {
 /// frame whose index could follow: at least the expected index, and at most
 /// as far beyond it as the damaged bytes could hold frames. Only such a frame
 /// proves that data was written after the damage.
-fn parse_segment(name: Index, bytes: &[u8]) -> Vec<Item> {
+fn parse_segment(group: GroupId, name: Index, bytes: &[u8]) -> Vec<Item> {
     let mut items = Vec::new();
     let mut expected = name;
     let mut position = 0;
     while position < bytes.len() {
-        if let Some((entry, length)) = codec::decode_frame(bytes, position, |i| i == expected) {
+        if let Some((entry, length)) =
+            codec::decode_frame(group, bytes, position, |i| i == expected)
+        {
             items.push(Item::Frame {
                 offset: position as u64,
                 entry,
@@ -66,8 +68,10 @@ fn parse_segment(name: Index, bytes: &[u8]) -> Vec<Item> {
         }
         let found = (position + 1..bytes.len()).find_map(|candidate| {
             let room = ((candidate - position) / FRAME_HEADER_BYTES) as u64;
-            codec::decode_frame(bytes, candidate, |i| i >= expected && i - expected <= room)
-                .map(|(entry, length)| (candidate, entry, length))
+            codec::decode_frame(group, bytes, candidate, |i| {
+                i >= expected && i - expected <= room
+            })
+            .map(|(entry, length)| (candidate, entry, length))
         });
         match found {
             Some((candidate, entry, length)) => {
@@ -167,7 +171,7 @@ pub(crate) fn recover(
             *record = disk
                 .read_file(path)
                 .ok()
-                .and_then(|bytes| codec::decode_vote(&bytes));
+                .and_then(|bytes| codec::decode_vote(group, &bytes));
         }
     }
     let copies_valid = records.iter().flatten().count() as u8;
@@ -190,7 +194,7 @@ pub(crate) fn recover(
     let snapshot =
         if snapshot_present {
             match disk.read_file(&paths.snapshot) {
-                Ok(bytes) => Some(codec::decode_snapshot(&bytes).map_err(|what| {
+                Ok(bytes) => Some(codec::decode_snapshot(group, &bytes).map_err(|what| {
                     RecoveryError::Corrupt(format!("{}: {what}", paths.snapshot))
                 })?),
                 Err(DiskError::NotFound) => None,
@@ -212,7 +216,7 @@ pub(crate) fn recover(
         .as_ref()
         .map_or((0, 0), |snapshot| (snapshot.meta.index, snapshot.meta.term));
 
-    let log = scan_log(disk, &paths, &names, snapshot_index, snapshot_term)?;
+    let log = scan_log(disk, group, &paths, &names, snapshot_index, snapshot_term)?;
 
     // Repair: make what was read durable, then remove what is not part of
     // the state returned. The syncs come first so that, for example, the
@@ -382,6 +386,7 @@ struct LogScan {
 
 fn scan_log(
     disk: &mut dyn Disk,
+    group: GroupId,
     paths: &Paths,
     names: &[Index],
     snapshot_index: Index,
@@ -410,7 +415,7 @@ fn scan_log(
                 ParsedSegment {
                     name,
                     file_bytes: bytes.len() as u64,
-                    items: parse_segment(name, &bytes),
+                    items: parse_segment(group, name, &bytes),
                 }
             }
             Err(_) => ParsedSegment {
@@ -446,7 +451,7 @@ fn scan_log(
     if snapshot_index > 0 && !stale && first_live > 0 {
         let name = names[first_live - 1];
         if let Ok(bytes) = disk.read_file(&paths.segment(name)) {
-            stale = mismatch(&parse_segment(name, &bytes));
+            stale = mismatch(&parse_segment(group, name, &bytes));
         }
     }
     if stale {

@@ -1024,3 +1024,111 @@ fn a_deleted_group_leaves_only_its_tombstone() {
     assert_eq!(recovered.entries.len(), 3);
     assert_eq!(GroupStore::groups_left(&mut disk).unwrap(), vec![GROUP]);
 }
+
+/// A second group on the same disk whose files line up byte for byte with
+/// `GROUP`'s (the same entry sizes, terms and vote history), differing only
+/// in what the entries say.
+const OTHER_GROUP: u64 = 8;
+
+fn other_path(path: &str) -> String {
+    path.replace(&format!("{GROUP:020}"), &format!("{OTHER_GROUP:020}"))
+}
+
+/// Ten synced entries of 20 bytes in `GROUP` and the same layout in
+/// `OTHER_GROUP` with other bytes, and a vote record saved in each.
+fn two_groups_alike() -> (MemDisk, Vec<Entry>) {
+    let (mut disk, log) = ten_synced();
+    let (mut other, ops) = GroupStore::create(OTHER_GROUP, options(BIG), &HardState::default());
+    disk.run(ops);
+    let other_log: Vec<Entry> = (1..=10)
+        .map(|index| Entry {
+            index,
+            term: 1,
+            payload: Payload::Data(vec![0xA5; 20]),
+        })
+        .collect();
+    let mut ops = other.append(&other_log);
+    ops.extend(other.save_hard_state(&HardState {
+        term: 9,
+        voted_for: Some(3),
+        repair_index: 0,
+    }));
+    ops.extend(other.sync_ops());
+    disk.run(ops);
+    (disk, log)
+}
+
+#[test]
+fn another_groups_frames_misdirected_into_a_segment_are_corruption() {
+    // A write of the other group's frames 4 to 6 landed at the same offset
+    // of this group's segment, where this group's frames 4 to 6 lie: every
+    // length, index and term matches. Only the checksum, which covers the
+    // group, can tell the frames apart.
+    let (mut disk, log) = two_groups_alike();
+    let frame = 45;
+    let mut segment = disk.content(&seg_path(1)).expect("exists").to_vec();
+    let other = disk
+        .content(&other_path(&seg_path(1)))
+        .expect("exists")
+        .to_vec();
+    segment[3 * frame..6 * frame].copy_from_slice(&other[3 * frame..6 * frame]);
+    disk.set_content(&seg_path(1), segment);
+    let recovered = recover(&mut disk, BIG);
+    assert_eq!(recovered.entries, log[..3], "no foreign entry is taken");
+    assert_eq!(recovered.report.corrupt_entries, vec![4, 5, 6]);
+    assert_eq!(recovered.report.highest_index_on_disk, 10);
+}
+
+#[test]
+fn another_groups_vote_record_misdirected_into_a_slot_is_not_taken() {
+    // The other group's newest record (term 9, a vote for 3) landed in this
+    // group's slot with the same name; this group must not adopt a term or
+    // a vote that was never its own.
+    let (mut disk, _) = two_groups_alike();
+    for slot in ["a", "b"] {
+        let mut disk = disk.clone();
+        let foreign = disk
+            .content(&other_path(&vote_path(slot)))
+            .expect("exists")
+            .to_vec();
+        disk.set_content(&vote_path(slot), foreign);
+        let recovered = recover(&mut disk, BIG);
+        assert_eq!(recovered.hard_state, HardState::default(), "slot {slot}");
+        assert_eq!(recovered.report.hard_state_copies_valid, 1, "slot {slot}");
+    }
+    // Both slots replaced: no record of this group's own is left.
+    for slot in ["a", "b"] {
+        let foreign = disk
+            .content(&other_path(&vote_path(slot)))
+            .expect("exists")
+            .to_vec();
+        disk.set_content(&vote_path(slot), foreign);
+    }
+    assert_eq!(
+        GroupStore::recover(&mut disk, GROUP, options(BIG)).map(|_| ()),
+        Err(RecoveryError::NoValidHardState)
+    );
+}
+
+#[test]
+fn another_groups_snapshot_misdirected_into_place_is_corrupt() {
+    let mut disk = MemDisk::new();
+    let mut store = thirty_in_pairs(&mut disk);
+    disk.run(store.save_snapshot(&snapshot(10, 1)));
+    let (mut other, ops) = GroupStore::create(OTHER_GROUP, options(100), &HardState::default());
+    disk.run(ops);
+    let mut ops = other.append(&entries(1..=12, 1));
+    ops.extend(other.sync_ops());
+    disk.run(ops);
+    disk.run(other.save_snapshot(&snapshot(10, 1)));
+    let path = format!("groups/{GROUP:020}/snapshot");
+    let foreign = disk.content(&other_path(&path)).expect("exists").to_vec();
+    assert_eq!(
+        Some(foreign.as_slice()).map(|bytes| bytes.len()),
+        disk.content(&path).map(|bytes| bytes.len()),
+        "the two snapshots line up"
+    );
+    disk.set_content(&path, foreign);
+    let error = GroupStore::recover(&mut disk, GROUP, options(100)).map(|_| ());
+    assert!(matches!(error, Err(RecoveryError::Corrupt(_))), "{error:?}");
+}
