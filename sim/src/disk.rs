@@ -34,10 +34,10 @@ pub const DISK_QUEUE_MAX: usize = 100_000;
 /// Bytes held by all files of one disk; above it writes fail with `NoSpace`.
 pub const DISK_BYTES_MAX: u64 = 1 << 30;
 
-/// The faults and timing of one disk. Bit flips at rest and latent sector
-/// errors are applied by the simulator through [`SimDisk::flip_bit_at_rest`]
-/// and [`SimDisk::make_unreadable_at_rest`], where its fault atlas allows
-/// them. Not modelled yet: misdirected writes.
+/// The faults and timing of one disk. Bit flips at rest, latent sector
+/// errors and misdirected writes are applied by the simulator through
+/// [`SimDisk::flip_bit_at_rest`], [`SimDisk::make_unreadable_at_rest`] and
+/// [`SimDisk::misdirect_write_at_rest`], where its fault atlas allows them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DiskFaults {
     /// Latency of reads, writes, truncates and name operations, in ms.
@@ -315,6 +315,92 @@ impl SimDisk {
             *byte ^= 1 << bit;
         }
         Some((name, offset, bit))
+    }
+
+    /// A misdirected write, found at rest: one sector of a log segment's
+    /// data landed at another place, in the same file or in another eligible
+    /// one, and the sector it was meant for kept what it held before the
+    /// write (zeros). The sector comes from the full sectors of a segment,
+    /// which are written once and never again, so the state is one a real
+    /// device can reach; the place it landed may be any eligible file. Both
+    /// places change in the durable and the current image (call it while
+    /// the node is down). Half the time the data lands at the same offset of
+    /// another segment, where frames of another group may line up exactly
+    /// with those they replace: only a checksum that covers the group tells
+    /// them apart.
+    ///
+    /// Returns (meant for file, offset, landed in file, offset), or `None`
+    /// if no eligible segment has a full sector.
+    pub fn misdirect_write_at_rest(
+        &mut self,
+        eligible: &dyn Fn(&str) -> bool,
+    ) -> Option<(String, u64, String, u64)> {
+        let candidates: Vec<(String, u64, u64)> = self
+            .durable_names
+            .iter()
+            .filter(|(name, _)| eligible(name))
+            .filter_map(|(name, inode)| {
+                let length = self.inodes.get(inode)?.durable.len() as u64;
+                (length > 0).then(|| (name.clone(), *inode, length))
+            })
+            .collect();
+        let sources: Vec<(String, u64, u64)> = candidates
+            .iter()
+            .filter(|(name, _, length)| name.ends_with(".seg") && *length >= SECTOR_BYTES)
+            .cloned()
+            .collect();
+        let (meant_name, meant_inode, meant_length) = self.rng.pick(&sources)?.clone();
+        let full_sectors = meant_length / SECTOR_BYTES;
+        let meant_offset = self.rng.range(0, full_sectors) * SECTOR_BYTES;
+        let same_offset_elsewhere: Vec<(String, u64, u64)> = candidates
+            .iter()
+            .filter(|(name, _, length)| {
+                *name != meant_name && name.ends_with(".seg") && *length > meant_offset
+            })
+            .cloned()
+            .collect();
+        let (landed_name, landed_inode, landed_offset) =
+            if !same_offset_elsewhere.is_empty() && self.rng.chance(0.5) {
+                let (name, inode, _) = self.rng.pick(&same_offset_elsewhere)?.clone();
+                (name, inode, meant_offset)
+            } else {
+                let (name, inode, length) = self.rng.pick(&candidates)?.clone();
+                let mut offset = self.rng.range(0, length) / SECTOR_BYTES * SECTOR_BYTES;
+                if inode == meant_inode && offset == meant_offset {
+                    // Landing where it was meant to is no fault: the next
+                    // sector over, or the one before at the end of the file.
+                    offset = if offset + SECTOR_BYTES < length {
+                        offset + SECTOR_BYTES
+                    } else {
+                        offset.saturating_sub(SECTOR_BYTES)
+                    };
+                }
+                (name, inode, offset)
+            };
+        let meant_end = (meant_offset + SECTOR_BYTES) as usize;
+        let data = self.inodes[&meant_inode].durable[meant_offset as usize..meant_end].to_vec();
+        if landed_inode == meant_inode && landed_offset == meant_offset {
+            return None;
+        }
+        // The place it was meant for never got it.
+        let meant = self.inodes.get_mut(&meant_inode).expect("listed");
+        for image in [&mut meant.durable, &mut meant.current] {
+            let end = meant_end.min(image.len());
+            if (meant_offset as usize) < end {
+                image[meant_offset as usize..end].fill(0);
+            }
+        }
+        // It landed elsewhere, within that file's length (the device writes
+        // a sector it already has).
+        let landed = self.inodes.get_mut(&landed_inode).expect("listed");
+        for image in [&mut landed.durable, &mut landed.current] {
+            let start = landed_offset as usize;
+            let end = (start + data.len()).min(image.len());
+            if start < end {
+                image[start..end].copy_from_slice(&data[..end - start]);
+            }
+        }
+        Some((meant_name, meant_offset, landed_name, landed_offset))
     }
 
     pub fn faults(&self) -> &DiskFaults {
@@ -743,6 +829,66 @@ mod tests {
         assert_eq!(data[offset as usize], 1 << bit);
         assert_eq!(disk.read_file("spare").unwrap(), vec![0u8; 64]);
         assert!(disk.flip_bit_at_rest(&|_: &str| false).is_none());
+    }
+
+    #[test]
+    fn a_misdirected_write_moves_one_sector_between_eligible_places() {
+        let mut disk = disk(false);
+        let a: Vec<u8> = (0..2048u32).map(|i| (i % 251) as u8 + 1).collect();
+        let b: Vec<u8> = (0..2048u32).map(|i| (i % 241) as u8 + 1).collect();
+        for (token, (name, data)) in [("a.seg", &a), ("b.seg", &b), ("spare.seg", &a)]
+            .into_iter()
+            .enumerate()
+        {
+            disk.submit(2 * token as u64, write(name, 0, data));
+            disk.submit(2 * token as u64 + 1, DiskOp::Sync { file: name.into() });
+        }
+        disk.submit(9, DiskOp::SyncDir { dir: String::new() });
+        run(&mut disk);
+        disk.crash();
+        let eligible = |name: &str| name == "a.seg" || name == "b.seg";
+        for _ in 0..20 {
+            let before_a = disk.read_file("a.seg").unwrap();
+            let before_b = disk.read_file("b.seg").unwrap();
+            let (meant, meant_offset, landed, landed_offset) = disk
+                .misdirect_write_at_rest(&eligible)
+                .expect("eligible files");
+            assert!(eligible(&meant) && eligible(&landed));
+            assert_eq!(meant_offset % SECTOR_BYTES, 0);
+            assert_eq!(landed_offset % SECTOR_BYTES, 0);
+            assert!(meant != landed || meant_offset != landed_offset);
+            let before = |name: &str| {
+                if name == "a.seg" {
+                    &before_a
+                } else {
+                    &before_b
+                }
+            };
+            let sector = |data: &[u8], offset: u64| {
+                data[offset as usize..(offset + SECTOR_BYTES) as usize].to_vec()
+            };
+            let after_landed = disk.read_file(&landed).unwrap();
+            assert_eq!(
+                sector(&after_landed, landed_offset),
+                sector(before(&meant), meant_offset),
+                "the data landed elsewhere"
+            );
+            let after_meant = disk.read_file(&meant).unwrap();
+            if meant != landed || landed_offset.abs_diff(meant_offset) >= SECTOR_BYTES {
+                assert_eq!(
+                    sector(&after_meant, meant_offset),
+                    vec![0; SECTOR_BYTES as usize],
+                    "the place it was meant for kept its old contents"
+                );
+            }
+            assert_eq!(after_landed.len(), 2048, "no file grew");
+        }
+        assert_eq!(
+            disk.read_file("spare.seg").unwrap(),
+            a,
+            "ineligible files untouched"
+        );
+        assert!(disk.misdirect_write_at_rest(&|_: &str| false).is_none());
     }
 
     /// Runs the queue to completion, returning the tokens in completion order.

@@ -1130,8 +1130,14 @@ impl Simulation {
             .faulty_disk
             .as_ref()
             .filter(|faulty| faulty.node == index && self.phase == Phase::Safety)
-            .map(|faulty| (faulty.corrupt_at_rest, faulty.latent_read_errors));
-        if let Some((flips, latent)) = faulty {
+            .map(|faulty| {
+                (
+                    faulty.corrupt_at_rest,
+                    faulty.latent_read_errors,
+                    faulty.misdirected_writes,
+                )
+            });
+        if let Some((flips, latent, misdirected)) = faulty {
             let disk = &mut self.nodes[index].disk;
             let newest = newest_segments(disk, 2);
             let eligible = |name: &str| {
@@ -1150,6 +1156,17 @@ impl Simulation {
                 if let Some(file) = disk.make_unreadable_at_rest(&eligible) {
                     self.faults.add(FaultClass::LatentReadError, 1);
                     self.fault_line(format!("latent sector error on n{id}: {file}"));
+                }
+            }
+            let disk = &mut self.nodes[index].disk;
+            if misdirected && self.fault_rng.chance(0.3) {
+                if let Some((meant, meant_offset, landed, landed_offset)) =
+                    disk.misdirect_write_at_rest(&eligible)
+                {
+                    self.faults.add(FaultClass::MisdirectedWrite, 1);
+                    self.fault_line(format!(
+                        "misdirected write on n{id}: the sector at {meant_offset} of {meant} landed at {landed_offset} of {landed}"
+                    ));
                 }
             }
         }

@@ -15,6 +15,9 @@ use crate::network::LinkFaults;
 pub const PLAN_STREAM: u64 = 0x504c_414e;
 /// The stream the layout (records or broker) is drawn from.
 pub const LAYOUT_STREAM: u64 = 0x4c41_594f;
+/// The stream misdirected writes are drawn from: added after the others, so
+/// that every earlier draw of a seed stayed as it was.
+pub const MISDIRECT_STREAM: u64 = 0x4d49_5344;
 /// Groups a plan may create.
 pub const GROUPS_MAX: u64 = 4;
 /// Voters of every group at the start.
@@ -49,9 +52,10 @@ pub enum FaultClass {
     SyncFailure,
     DiskFull,
     LatentReadError,
+    MisdirectedWrite,
 }
 
-pub const FAULT_CLASSES: [FaultClass; 20] = [
+pub const FAULT_CLASSES: [FaultClass; 21] = [
     FaultClass::Loss,
     FaultClass::Duplication,
     FaultClass::Delay,
@@ -72,6 +76,7 @@ pub const FAULT_CLASSES: [FaultClass; 20] = [
     FaultClass::SyncFailure,
     FaultClass::DiskFull,
     FaultClass::LatentReadError,
+    FaultClass::MisdirectedWrite,
 ];
 
 impl FaultClass {
@@ -97,6 +102,7 @@ impl FaultClass {
             FaultClass::SyncFailure => "sync-failure",
             FaultClass::DiskFull => "disk-full",
             FaultClass::LatentReadError => "latent-read-error",
+            FaultClass::MisdirectedWrite => "misdirected-write",
         }
     }
 
@@ -278,6 +284,12 @@ pub struct FaultyDisk {
     /// under the same rule as `corrupt_at_rest`: its reads fail until it is
     /// written again or deleted.
     pub latent_read_errors: bool,
+    /// Find a misdirected write when the node crashes (sometimes): a sector
+    /// meant for one eligible file (same rule as `corrupt_at_rest`) landed
+    /// in another place of an eligible file, often at the same offset of
+    /// another group's segment, and the place it was meant for kept its old
+    /// contents.
+    pub misdirected_writes: bool,
 }
 
 /// Enables a class of episodes in half of the seeds.
@@ -424,6 +436,7 @@ impl FaultPlan {
                 sync_failure_chance: chance(&mut rng),
                 write_full_chance: chance(&mut rng),
                 latent_read_errors: rng.chance(0.5),
+                misdirected_writes: Rng::new(seed).fork(MISDIRECT_STREAM).chance(0.5),
             })
         } else {
             None
@@ -533,6 +546,12 @@ impl FaultPlan {
                 self.faulty_disk
                     .as_ref()
                     .is_some_and(|f| f.latent_read_errors),
+            ),
+            (
+                FaultClass::MisdirectedWrite,
+                self.faulty_disk
+                    .as_ref()
+                    .is_some_and(|f| f.misdirected_writes),
             ),
         ];
         flags
@@ -654,10 +673,11 @@ impl fmt::Display for FaultPlan {
         match &self.faulty_disk {
             Some(faulty) => writeln!(
                 f,
-                "  faulty disk       n{}: corruption at rest {}, latent read errors {}, sync failures {:.4}, disk full {:.4}",
+                "  faulty disk       n{}: corruption at rest {}, latent read errors {}, misdirected writes {}, sync failures {:.4}, disk full {:.4}",
                 self.nodes[faulty.node],
                 if faulty.corrupt_at_rest { "on" } else { "off" },
                 if faulty.latent_read_errors { "on" } else { "off" },
+                if faulty.misdirected_writes { "on" } else { "off" },
                 faulty.sync_failure_chance,
                 faulty.write_full_chance
             )?,

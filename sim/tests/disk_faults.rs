@@ -33,7 +33,24 @@ fn faulty(node: usize) -> FaultyDisk {
         sync_failure_chance: 0.0,
         write_full_chance: 0.0,
         latent_read_errors: false,
+        misdirected_writes: false,
     }
+}
+
+#[test]
+fn misdirected_writes_are_repaired_from_peers() {
+    let mut struck = 0;
+    for seed in 0..8 {
+        let outcome = run_with(
+            700 + seed,
+            FaultyDisk {
+                misdirected_writes: true,
+                ..faulty(seed as usize % 3)
+            },
+        );
+        struck += outcome.faults.get(FaultClass::MisdirectedWrite);
+    }
+    assert!(struck > 0, "no write was misdirected");
 }
 
 #[test]
