@@ -20,4 +20,5 @@ pub use api::*;
 pub use machine::{Machine, MachineLayout};
 pub use node::{
     entry_hash, Node, NodeConfig, StartError, GROUPS_MAX, PENDING_REQUESTS_MAX, READ_RECORDS_MAX,
+    SNAPSHOT_INTERVAL_BYTES,
 };

@@ -31,6 +31,12 @@ pub const READ_RECORDS_MAX: u64 = 1_024;
 pub const PENDING_REQUESTS_MAX: usize = 16_384;
 /// At most this many groups on one node.
 pub const GROUPS_MAX: usize = 100_000;
+/// A group takes a snapshot once the entries it applied since the last one
+/// hold this many bytes, however few they are: the replica keeps every
+/// entry after its snapshot in memory, and large entries (Kafka batches of
+/// up to a MiB) would otherwise let `snapshot_interval_entries` of them
+/// take gigabytes.
+pub const SNAPSHOT_INTERVAL_BYTES: u64 = 64 << 20;
 
 /// How a node is set up. Every duration is measured on the node's own clock.
 #[derive(Clone, Debug)]
@@ -86,6 +92,9 @@ struct Group {
     machine: Machine,
     /// Keyed by the index of the proposed entry.
     pending: BTreeMap<Index, Pending>,
+    /// Bytes of the entries applied since the last snapshot: the replica
+    /// holds them in memory until a snapshot lets it forget them.
+    applied_bytes_since_snapshot: u64,
 }
 
 /// Replica state recovered from disk, turned into a `Replica` at the first
@@ -559,6 +568,7 @@ impl Node {
                 store: dormant.store,
                 machine: Machine::new(self.config.machines, group),
                 pending: BTreeMap::new(),
+                applied_bytes_since_snapshot: 0,
             },
         );
     }
@@ -632,6 +642,7 @@ impl Node {
                 store,
                 machine: Machine::new(self.config.machines, group_id),
                 pending: BTreeMap::new(),
+                applied_bytes_since_snapshot: 0,
             },
         );
     }
@@ -812,6 +823,7 @@ impl Node {
         let group = self.groups.get_mut(&group_id).expect("group exists");
         if let Some(snapshot) = ready.apply_snapshot {
             group.machine = Machine::decode(machines, group_id, &snapshot.data);
+            group.applied_bytes_since_snapshot = 0;
             // Requests whose entries the snapshot covers cannot be matched to
             // an outcome any more.
             let covered: Vec<Index> = group
@@ -825,6 +837,7 @@ impl Node {
             }
         }
         for entry in ready.committed {
+            group.applied_bytes_since_snapshot += entry.size_bytes() as u64;
             apply_entry(group, group_id, entry, env);
         }
         // §8.1: this node's storage deletes what a snapshot covers (the
@@ -861,9 +874,13 @@ impl Node {
         let interval = self.config.snapshot_interval_entries;
         let group = self.groups.get_mut(&group_id).expect("group exists");
         let applied = group.replica.applied_index();
-        if interval == 0 || applied < group.replica.log().snapshot().index + interval {
+        let entries_due =
+            interval != 0 && applied >= group.replica.log().snapshot().index + interval;
+        let bytes_due = group.applied_bytes_since_snapshot >= SNAPSHOT_INTERVAL_BYTES;
+        if !entries_due && !bytes_due {
             return;
         }
+        group.applied_bytes_since_snapshot = 0;
         // §8: the state machine at the applied index replaces the log prefix.
         let snapshot = Snapshot {
             meta: group.replica.snapshot_meta_at_applied(),

@@ -102,6 +102,10 @@ const GROUP: u64 = 7;
 
 impl Cluster {
     fn new(ids: &[NodeId]) -> Cluster {
+        Cluster::with_snapshot_interval(ids, 20)
+    }
+
+    fn with_snapshot_interval(ids: &[NodeId], snapshot_interval_entries: u64) -> Cluster {
         let mut nodes = BTreeMap::new();
         for id in ids {
             let mut disk = InstantDisk::default();
@@ -111,7 +115,7 @@ impl Cluster {
                 rng_seed: *id,
                 election_timeout_ms: 300,
                 heartbeat_interval_ms: 50,
-                snapshot_interval_entries: 20,
+                snapshot_interval_entries,
                 segment_bytes_max: 4096,
                 machines: runnel_core::MachineLayout::Records,
             };
@@ -326,5 +330,41 @@ fn a_restarted_cluster_recovers_its_records_from_disk() {
             "node {} recovered every record",
             node.id()
         );
+    }
+}
+
+#[test]
+fn large_entries_make_a_snapshot_due_by_their_bytes() {
+    // An entry interval no test reaches: only the bytes can make it due.
+    let mut cluster = Cluster::with_snapshot_interval(&[1, 2, 3], 1_000_000);
+    cluster.advance(2_000);
+    let leader = cluster.leader().expect("leader");
+    let value_bytes = 2 << 20;
+    let count = runnel_core::SNAPSHOT_INTERVAL_BYTES / value_bytes as u64 + 2;
+    for seq in 1..=count {
+        cluster.deliver(
+            leader,
+            Event::Client(ClientRequest {
+                client: 3,
+                request_id: seq,
+                group: GROUP,
+                op: ClientOp::Append {
+                    seq,
+                    value: vec![seq as u8; value_bytes],
+                },
+            }),
+        );
+        cluster.settle();
+    }
+    cluster.advance(200);
+    for (node, _) in cluster.nodes.values() {
+        let view = node.view(GROUP).expect("group");
+        assert!(
+            view.snapshot_index >= count - 2,
+            "node {}: snapshot at {} after {count} entries of {value_bytes} bytes",
+            node.id(),
+            view.snapshot_index
+        );
+        assert_eq!(node.records(GROUP).expect("group").len() as u64, count);
     }
 }
