@@ -58,6 +58,7 @@ use uuid::Uuid;
 use crate::fetch::{self, FetchResult};
 
 mod membership;
+pub mod metrics;
 mod reassign;
 use crate::{configs, error_code, BrokerConfig, BrokerEnv, BrokerEvent, ConnectionId, StartError};
 

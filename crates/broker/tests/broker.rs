@@ -557,3 +557,58 @@ fn a_drain_answers_long_polls_at_once() {
     assert_eq!(response.responses[0].partitions[0].error_code, 0);
     assert_eq!(harness.broker.requests_in_flight(), 0);
 }
+
+#[test]
+fn metrics_report_what_the_node_leads_and_holds() {
+    let mut harness = Harness::new();
+    harness.create_topic("orders", 2);
+    harness.send(
+        1,
+        ApiKey::Produce,
+        9,
+        &produce_request("orders", batch(&[b"a", b"b", b"c"], None), -1),
+    );
+    harness.advance(50);
+    let _: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
+    let text = harness.broker.metrics_text();
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .parse()
+            .expect("a number")
+    };
+    assert_eq!(value("runnel_metadata_leader"), 1);
+    assert_eq!(value("runnel_partitions_hosted"), 2);
+    assert_eq!(value("runnel_partitions_led"), 2);
+    assert_eq!(value("runnel_partitions_under_replicated"), 0);
+    assert_eq!(value("runnel_node_failed"), 0);
+    // create_topic wrote one record to partition 0, the produce three more.
+    assert_eq!(
+        value("runnel_partition_high_watermark{topic=\"orders\",partition=\"0\"}"),
+        4
+    );
+    assert_eq!(
+        value("runnel_partition_high_watermark{topic=\"orders\",partition=\"1\"}"),
+        0
+    );
+    assert_eq!(
+        value("runnel_partition_log_start_offset{topic=\"orders\",partition=\"0\"}"),
+        0
+    );
+    assert!(value("runnel_partition_retained_bytes{topic=\"orders\",partition=\"0\"}") > 0);
+    assert_eq!(
+        value("runnel_partition_in_sync_replicas{topic=\"orders\",partition=\"1\"}"),
+        1
+    );
+    // Every line is a comment or `name{labels} value`.
+    for line in text.lines() {
+        assert!(
+            line.starts_with('#')
+                || line
+                    .rsplit_once(' ')
+                    .is_some_and(|(_, v)| v.parse::<u64>().is_ok()),
+            "{line}"
+        );
+    }
+}
