@@ -498,6 +498,9 @@ impl Simulation {
                 ..TopicDefaults::default()
             },
             incarnation: self.nodes[index].incarnation,
+            // The swarm's Kafka workload has no consumer groups yet: no
+            // offsets topic keeps its runs as they were.
+            offsets_topic_partitions: 0,
             join: joining,
         }
     }
