@@ -7,6 +7,7 @@ its partitions back without a rebalance.
 
 Members use 6 s sessions, so a killed member is noticed within seconds."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,9 @@ SESSION_S = 6
 # its own virtualenv (run.sh makes it).
 CLIENTS = {
     "confluent": ("confluent", sys.executable),
+    # Incremental rebalances: members keep what they own and rejoin at once
+    # after giving up partitions.
+    "confluent-cooperative": ("confluent", sys.executable),
     "kafka-python-3": ("kafka-python", sys.executable),
     "kafka-python-2": ("kafka-python", str(KAFKA_PYTHON_2)),
 }
@@ -41,9 +45,13 @@ class Member:
         kind, python = CLIENTS[client]
         name = instance or f"m{time.monotonic_ns()}"
         self.stderr = open(Path(log_dir) / f"{name}.err", "ab")
+        env = dict(os.environ)
+        if client == "confluent-cooperative":
+            env["GROUP_ASSIGNOR"] = "cooperative-sticky"
         self.process = subprocess.Popen(
             [python, str(MEMBER), kind, bootstrap_servers, topic, group]
             + ([instance] if instance else []),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             text=True,

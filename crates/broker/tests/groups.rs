@@ -37,6 +37,7 @@ const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const ILLEGAL_GENERATION: i16 = 22;
 const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+const INVALID_REQUEST: i16 = 42;
 const UNKNOWN_MEMBER_ID: i16 = 25;
 const REBALANCE_IN_PROGRESS: i16 = 27;
 const NON_EMPTY_GROUP: i16 = 68;
@@ -712,4 +713,33 @@ fn only_an_empty_group_is_deleted() {
     let response: DeleteGroupsResponse = harness.call(8, ApiKey::DeleteGroups, 2, &delete, 100);
     assert_eq!(response.results[0].error_code, NONE);
     assert_eq!(harness.fetch_offset(), (NONE, -1, String::new()));
+}
+
+#[test]
+fn oversized_member_metadata_and_assignments_are_refused() {
+    let mut harness = Harness::new();
+    harness.join_with(1, "", None, "range", &vec![7u8; 65 << 10]);
+    assert_eq!(harness.join_response(1).error_code, INVALID_REQUEST);
+    let (member, generation) = stable_group_of_one(&mut harness, None);
+    // A new generation whose leader assigns too much gets an error, and the
+    // group does not become stable with it.
+    harness.join_with(1, &member, None, "range", b"changed");
+    harness.advance(1);
+    let joined = harness.join_response(1);
+    assert_eq!(joined.generation_id, generation + 1);
+    let huge = vec![1u8; 65 << 10];
+    harness.sync(1, joined.generation_id, &member, None, &[(&member, &huge)]);
+    harness.advance(50);
+    assert_eq!(harness.sync_response(1).error_code, INVALID_REQUEST);
+    let describe: DescribeGroupsResponse = harness.call(
+        3,
+        ApiKey::DescribeGroups,
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![group("g")]),
+        0,
+    );
+    assert_eq!(
+        describe.groups[0].group_state.as_str(),
+        "CompletingRebalance"
+    );
 }

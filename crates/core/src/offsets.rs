@@ -37,8 +37,12 @@ pub const GROUP_OFFSETS_MAX: usize = 100_000;
 /// Most members one group may have (Kafka's `group.max.size` is unbounded
 /// by default; a bound keeps a stored group record small).
 pub const GROUP_MEMBERS_MAX: usize = 1_000;
-/// Most bytes of one member's protocol metadata or assignment.
-pub const MEMBER_BLOB_BYTES_MAX: usize = 1 << 20;
+/// Most bytes of one member's protocol metadata (all its protocols) or of
+/// its assignment.
+pub const MEMBER_BLOB_BYTES_MAX: usize = 64 << 10;
+/// Most bytes of one encoded offsets command (a commit or a group record),
+/// far below what one consensus entry may hold.
+pub const OFFSETS_COMMAND_BYTES_MAX: usize = 1 << 20;
 /// Most bytes of the short strings of a group record (protocol type and
 /// name, member id, instance id, client id, client host).
 pub const GROUP_STRING_BYTES_MAX: usize = 1_024;

@@ -46,7 +46,7 @@ use kafka_protocol::protocol::StrBytes;
 use runnel_core::metadata::METADATA_GROUP;
 use runnel_core::offsets::{
     is_offsets_group, partition_for, CommittedOffset, OffsetsCommand, OffsetsOutcome, OffsetsState,
-    StoredGroup, OFFSETS_TOPIC, OFFSET_METADATA_BYTES_MAX,
+    StoredGroup, OFFSETS_COMMAND_BYTES_MAX, OFFSETS_TOPIC, OFFSET_METADATA_BYTES_MAX,
 };
 use runnel_core::{Applied, ClientError, ClientOp, ClientReply, ClientRequest, Event, Role};
 use runnel_io::GroupId;
@@ -236,21 +236,38 @@ impl Broker {
         env: &mut BrokerEnv<'_>,
         collector: &mut Collector,
     ) {
-        let request_id = self.next_id();
-        self.group_stores
-            .insert(request_id, (group, group_id.clone(), record.generation));
+        let generation = record.generation;
         let command = OffsetsCommand::StoreGroup {
-            group: group_id,
+            group: group_id.clone(),
             record,
         };
+        let data = command.encode();
+        if data.len() > OFFSETS_COMMAND_BYTES_MAX {
+            // Members' metadata and assignments are bounded one by one;
+            // together they may still be too many to store.
+            tracing::warn!(group = %group_id, bytes = data.len(), "a group record is too large to store");
+            let mut out = Outputs::default();
+            if let Some(coordinator) = self.coordinators.get_mut(&group) {
+                coordinator.stored(
+                    &group_id,
+                    generation,
+                    Some(coordinator::error_code::INVALID_REQUEST),
+                    env.clock.now_ms(),
+                    &mut out,
+                );
+            }
+            self.deliver_replies(out.replies);
+            return;
+        }
+        let request_id = self.next_id();
+        self.group_stores
+            .insert(request_id, (group, group_id, generation));
         self.node_event(
             Event::Client(ClientRequest {
                 client: 0,
                 request_id,
                 group,
-                op: ClientOp::Propose {
-                    data: command.encode(),
-                },
+                op: ClientOp::Propose { data },
             }),
             env,
             collector,
@@ -770,6 +787,18 @@ impl Broker {
         }
         let id = self.next_id();
         self.slot(connection, id);
+        let command_bytes: usize = offsets
+            .iter()
+            .map(|(topic, _, offset)| topic.len() + offset.metadata.len() + 32)
+            .sum();
+        if command_bytes > OFFSETS_COMMAND_BYTES_MAX {
+            tracing::warn!(group = %group_id, command_bytes, "an OffsetCommit is too large");
+            for (topic, partition) in &parts {
+                response.topics[*topic].partitions[*partition].error_code =
+                    coordinator::error_code::INVALID_REQUEST;
+            }
+            offsets.clear();
+        }
         let proposal = match (&group_check, offsets.is_empty()) {
             (Ok(group), false) => Some((
                 *group,

@@ -14,13 +14,16 @@
 
 use std::collections::BTreeMap;
 
-use runnel_core::offsets::{OffsetsState, StoredGroup, StoredMember, GROUP_MEMBERS_MAX};
+use runnel_core::offsets::{
+    OffsetsState, StoredGroup, StoredMember, GROUP_MEMBERS_MAX, MEMBER_BLOB_BYTES_MAX,
+};
 
 /// Kafka error codes of the group protocol.
 pub mod error_code {
     pub const NOT_COORDINATOR: i16 = 16;
     pub const ILLEGAL_GENERATION: i16 = 22;
     pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_REQUEST: i16 = 42;
     pub const INVALID_GROUP_ID: i16 = 24;
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const INVALID_SESSION_TIMEOUT: i16 = 26;
@@ -429,6 +432,19 @@ impl Coordinator {
         if request.protocols.len() > MEMBER_PROTOCOLS_MAX {
             return reply(out, error_code::INCONSISTENT_GROUP_PROTOCOL);
         }
+        let metadata_bytes: usize = request
+            .protocols
+            .iter()
+            .map(|(name, metadata)| name.len() + metadata.len())
+            .sum();
+        if metadata_bytes > MEMBER_BLOB_BYTES_MAX {
+            tracing::warn!(
+                group = %request.group_id,
+                metadata_bytes,
+                "a JoinGroup's protocol metadata is over the limit"
+            );
+            return reply(out, error_code::INVALID_REQUEST);
+        }
         if !self.groups.contains_key(&request.group_id) {
             if !request.member_id.is_empty() && request.group_instance_id.is_none() {
                 return reply(out, error_code::UNKNOWN_MEMBER_ID);
@@ -604,6 +620,16 @@ impl Coordinator {
                     ));
                 }
                 if group.leader.as_deref() == Some(request.member_id.as_str()) {
+                    if request
+                        .assignments
+                        .iter()
+                        .any(|(_, assignment)| assignment.len() > MEMBER_BLOB_BYTES_MAX)
+                    {
+                        tracing::warn!(group = %request.group_id, "an assignment is over the limit");
+                        let member = group.members.get_mut(&request.member_id).expect("fenced");
+                        member.sync_waiter = None;
+                        return reply(out, error_code::INVALID_REQUEST);
+                    }
                     let assignments: BTreeMap<String, Vec<u8>> =
                         request.assignments.into_iter().collect();
                     for (member_id, member) in group.members.iter_mut() {
