@@ -51,7 +51,9 @@ use runnel_core::offsets::{
 use runnel_core::{Applied, ClientError, ClientOp, ClientReply, ClientRequest, Event, Role};
 use runnel_io::GroupId;
 
-use super::{encode, Broker, Collector, Pending, PendingKind, REQUEST_TIMEOUT_MS_MAX};
+use super::{
+    encode, Broker, Collector, Pending, PendingKind, PENDING_REQUESTS_MAX, REQUEST_TIMEOUT_MS_MAX,
+};
 use crate::groups::coordinator::{
     self, Coordinator, GroupState, JoinRequest, JoinResult, Outputs, Reply, SyncRequest,
     SyncResult, GROUP_REBALANCE_TIMEOUT_MS_MAX,
@@ -184,6 +186,10 @@ impl Broker {
             tracing::info!(group, "no longer the coordinator of an offsets partition");
             let coordinator = self.coordinators.remove(&group).expect("listed");
             coordinator.unload(&mut out);
+            // Its records still in flight concern groups a later
+            // coordinator rebuilds from what did commit.
+            self.group_stores
+                .retain(|_, (offsets_group, _, _)| *offsets_group != group);
         }
         self.deliver_replies(std::mem::take(&mut out.replies));
         for (group, term) in leading {
@@ -484,6 +490,16 @@ impl Broker {
             ))
         };
         let group = match self.coordinator_for(&group_id) {
+            Ok(_) if self.pending.len() >= PENDING_REQUESTS_MAX => {
+                // Too many requests wait already: the client retries.
+                return self.answer_group_now(
+                    connection,
+                    &header,
+                    ApiKey::JoinGroup,
+                    version,
+                    fallback(error_code::COORDINATOR_NOT_AVAILABLE),
+                );
+            }
             Ok(group) => group,
             Err(code) => {
                 return self.answer_group_now(
@@ -550,6 +566,15 @@ impl Broker {
             }))
         };
         let group = match self.coordinator_for(&group_id) {
+            Ok(_) if self.pending.len() >= PENDING_REQUESTS_MAX => {
+                return self.answer_group_now(
+                    connection,
+                    &header,
+                    ApiKey::SyncGroup,
+                    version,
+                    fallback(error_code::COORDINATOR_NOT_AVAILABLE),
+                );
+            }
             Ok(group) => group,
             Err(code) => {
                 return self.answer_group_now(
