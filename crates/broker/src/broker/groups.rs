@@ -46,7 +46,8 @@ use kafka_protocol::protocol::StrBytes;
 use runnel_core::metadata::METADATA_GROUP;
 use runnel_core::offsets::{
     is_offsets_group, partition_for, CommittedOffset, OffsetsCommand, OffsetsOutcome, OffsetsState,
-    StoredGroup, OFFSETS_COMMAND_BYTES_MAX, OFFSETS_TOPIC, OFFSET_METADATA_BYTES_MAX,
+    StoredGroup, GROUP_ID_BYTES_MAX, OFFSETS_COMMAND_BYTES_MAX, OFFSETS_TOPIC,
+    OFFSET_METADATA_BYTES_MAX,
 };
 use runnel_core::{Applied, ClientError, ClientOp, ClientReply, ClientRequest, Event, Role};
 use runnel_io::GroupId;
@@ -87,6 +88,9 @@ impl Broker {
     /// the offsets topic exists, COORDINATOR_LOAD_IN_PROGRESS while this
     /// node is becoming its leader, NOT_COORDINATOR elsewhere.
     pub(super) fn coordinator_for(&self, group_id: &str) -> Result<GroupId, i16> {
+        if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
+            return Err(coordinator::error_code::INVALID_GROUP_ID);
+        }
         let group = self
             .offsets_partition_group(group_id)
             .ok_or(error_code::COORDINATOR_NOT_AVAILABLE)?;

@@ -15,7 +15,8 @@
 use std::collections::BTreeMap;
 
 use runnel_core::offsets::{
-    OffsetsState, StoredGroup, StoredMember, GROUP_MEMBERS_MAX, MEMBER_BLOB_BYTES_MAX,
+    OffsetsState, StoredGroup, StoredMember, GROUP_MEMBERS_MAX, GROUP_STRING_BYTES_MAX,
+    MEMBER_BLOB_BYTES_MAX,
 };
 
 /// Kafka error codes of the group protocol.
@@ -414,7 +415,22 @@ impl Coordinator {
         }
     }
 
-    pub fn join(&mut self, request: JoinRequest, waiter: Waiter, now_ms: u64, out: &mut Outputs) {
+    pub fn join(
+        &mut self,
+        mut request: JoinRequest,
+        waiter: Waiter,
+        now_ms: u64,
+        out: &mut Outputs,
+    ) {
+        // The client id names the member in its id and in DescribeGroups;
+        // a long one is cut (at a character boundary) rather than refused.
+        if request.client_id.len() > GROUP_STRING_BYTES_MAX / 2 {
+            let mut end = GROUP_STRING_BYTES_MAX / 2;
+            while !request.client_id.is_char_boundary(end) {
+                end -= 1;
+            }
+            request.client_id.truncate(end);
+        }
         let reply = |out: &mut Outputs, code: i16| {
             out.replies.push((
                 waiter,
@@ -431,6 +447,14 @@ impl Coordinator {
         }
         if request.protocols.len() > MEMBER_PROTOCOLS_MAX {
             return reply(out, error_code::INCONSISTENT_GROUP_PROTOCOL);
+        }
+        let too_long = |text: &str| text.len() > GROUP_STRING_BYTES_MAX;
+        if too_long(&request.protocol_type)
+            || too_long(&request.member_id)
+            || request.group_instance_id.as_deref().is_some_and(too_long)
+            || request.protocols.iter().any(|(name, _)| too_long(name))
+        {
+            return reply(out, error_code::INVALID_REQUEST);
         }
         let metadata_bytes: usize = request
             .protocols
