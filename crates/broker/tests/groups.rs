@@ -13,6 +13,9 @@ use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
@@ -20,9 +23,9 @@ use kafka_protocol::messages::{
     DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
     GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, MetadataRequest,
-    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse,
-    TopicName,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use runnel_broker::{Broker, BrokerConfig, BrokerEnv, BrokerEvent, ConnectionId, Responses};
@@ -44,6 +47,7 @@ const NON_EMPTY_GROUP: i16 = 68;
 const GROUP_ID_NOT_FOUND: i16 = 69;
 const MEMBER_ID_REQUIRED: i16 = 79;
 const FENCED_INSTANCE_ID: i16 = 82;
+const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 
 const SESSION_MS: i32 = 6_000;
 
@@ -742,4 +746,44 @@ fn oversized_member_metadata_and_assignments_are_refused() {
         describe.groups[0].group_state.as_str(),
         "CompletingRebalance"
     );
+}
+
+#[test]
+fn offsets_of_topics_the_group_consumes_are_not_deleted() {
+    let mut harness = Harness::new();
+    let (member, generation) = stable_group_of_one(&mut harness, None);
+    harness.commit(generation, &member, 5, "");
+    harness.advance(50);
+    assert_eq!(harness.commit_response(), NONE);
+    let delete = |group_name: &str| {
+        OffsetDeleteRequest::default()
+            .with_group_id(group(group_name))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("orders")))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(1)
+                ])])
+    };
+    // The member's subscription does not parse as the consumer protocol's,
+    // so every topic counts as subscribed.
+    let response: OffsetDeleteResponse =
+        harness.call(9, ApiKey::OffsetDelete, 0, &delete("g"), 100);
+    assert_eq!(response.error_code, NONE);
+    assert_eq!(
+        response.topics[0].partitions[0].error_code,
+        GROUP_SUBSCRIBED_TO_TOPIC
+    );
+    assert_eq!(harness.fetch_offset().1, 5);
+    let unknown: OffsetDeleteResponse =
+        harness.call(9, ApiKey::OffsetDelete, 0, &delete("nobody"), 100);
+    assert_eq!(unknown.error_code, GROUP_ID_NOT_FOUND);
+    // Once the group is empty its offsets go.
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(group("g"))
+        .with_member_id(StrBytes::from_string(member));
+    let _: LeaveGroupResponse = harness.call(1, ApiKey::LeaveGroup, 1, &leave, 0);
+    let response: OffsetDeleteResponse =
+        harness.call(9, ApiKey::OffsetDelete, 0, &delete("g"), 100);
+    assert_eq!(response.topics[0].partitions[0].error_code, NONE);
+    assert_eq!(harness.fetch_offset(), (NONE, -1, String::new()));
 }

@@ -841,7 +841,7 @@ impl Coordinator {
                 .map(|member| member.member_id.clone())
                 .collect();
             if !expired.is_empty() {
-                tracing::info!(group = ?expired, "consumer group members' sessions expired");
+                tracing::info!(group = %group.id, members = ?expired, "consumer group members' sessions expired");
                 for member_id in &expired {
                     remove_member(group, member_id, out);
                 }
