@@ -7,8 +7,11 @@
 //! `acks=1`) to the partition leader they learned from Metadata; every
 //! attempt carries fresh value ids, so a value may appear in a log at most
 //! once, and an error or a timeout leaves its outcome unknown. Consumers
-//! fetch each partition in turn from where they got to. At the end the
-//! runner hands the final partition logs to [`KafkaHistory::check`].
+//! fetch each partition in turn from where they got to. Committers (issue
+//! 6) each commit ever larger offsets for their own consumer group, through
+//! the group coordinator, and read them back. At the end the runner hands
+//! the final partition logs and committed offsets to
+//! [`KafkaHistory::check`] and [`KafkaHistory::check_offsets`].
 //!
 //! Like the record workload, this one does no IO: it returns
 //! [`KafkaAction`]s that the runner turns into deliveries and wake-ups.
@@ -22,11 +25,16 @@ use kafka_protocol::messages::alter_partition_reassignments_request::{
 };
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     AddRaftVoterRequest, AddRaftVoterResponse, AlterPartitionReassignmentsRequest,
     AlterPartitionReassignmentsResponse, ApiKey, BrokerId, CreateTopicsRequest,
-    CreateTopicsResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
+    CreateTopicsResponse, FetchRequest, FetchResponse, GroupId, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
     ProduceRequest, ProduceResponse, RemoveRaftVoterRequest, RemoveRaftVoterResponse,
     RequestHeader, ResponseHeader, TopicName,
 };
@@ -66,6 +74,9 @@ mod code {
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
 }
 
+const OFFSET_COMMIT_VERSION: i16 = 8;
+const OFFSET_FETCH_VERSION: i16 = 7;
+
 /// The Kafka workload of one seed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaPlan {
@@ -94,6 +105,9 @@ pub struct KafkaPlan {
     /// The cluster changes while faults strike: a spare node (started with
     /// `join`) is added, then one of the others is removed.
     pub membership: bool,
+    /// Clients that commit offsets of their own consumer group and read
+    /// them back (0 to 2); with any, the cluster has an offsets topic.
+    pub committers: usize,
 }
 
 impl KafkaPlan {
@@ -118,6 +132,7 @@ impl KafkaPlan {
             }),
             racks: false,
             membership: false,
+            committers: 0,
         };
         // Drawn last, so that adding it left the other draws as they were.
         let plan = KafkaPlan {
@@ -125,8 +140,12 @@ impl KafkaPlan {
             membership: rng.chance(0.5),
             ..plan
         };
+        let plan = KafkaPlan {
+            committers: rng.range(0, 3) as usize,
+            ..plan
+        };
         assert!(plan.topics_at_start + plan.topics_later <= KAFKA_TOPICS_MAX);
-        assert!(1 + plan.producers + plan.consumers <= KAFKA_CLIENTS_MAX);
+        assert!(1 + plan.producers + plan.consumers + plan.committers <= KAFKA_CLIENTS_MAX);
         plan
     }
 }
@@ -154,6 +173,7 @@ enum Role {
     Admin,
     Producer,
     Consumer,
+    Committer,
 }
 
 type PartitionKey = (String, i32);
@@ -181,6 +201,17 @@ enum Op {
     Fetch {
         key: PartitionKey,
         offset: i64,
+    },
+    /// OffsetCommit of `offset` for `key` by a group that only stores
+    /// offsets (generation -1, no member), as Kafka allows.
+    Commit {
+        group: String,
+        key: PartitionKey,
+        offset: i64,
+    },
+    FetchOffset {
+        group: String,
+        key: PartitionKey,
     },
 }
 
@@ -219,6 +250,8 @@ pub struct KafkaStats {
     /// Nodes added to and removed from the cluster.
     pub nodes_added: u64,
     pub nodes_removed: u64,
+    pub commits_acknowledged: u64,
+    pub offsets_read: u64,
 }
 
 /// What the clients saw, for the final check.
@@ -233,6 +266,11 @@ pub struct KafkaHistory {
     /// Problems the clients saw while running (a consumer's skip, two
     /// different values read at one offset).
     violations: Vec<Violation>,
+    /// Per committer's group: every offset it tried to commit, and the
+    /// partition it commits.
+    commits_sent: BTreeMap<String, (PartitionKey, BTreeSet<i64>)>,
+    /// Per group: the largest offset whose commit was acknowledged.
+    commits_acknowledged: BTreeMap<String, i64>,
 }
 
 fn kafka_violation(invariant: &'static str, message: String) -> Violation {
@@ -331,6 +369,46 @@ impl KafkaHistory {
         }
         violations
     }
+
+    /// The committers' groups and the partition each commits, for the
+    /// runner to look their final offsets up.
+    pub fn committed_groups(&self) -> Vec<(String, PartitionKey)> {
+        self.commits_sent
+            .iter()
+            .map(|(group, (key, _))| (group.clone(), key.clone()))
+            .collect()
+    }
+
+    /// Checks the committed offsets at the end (`final_offsets`: per group,
+    /// the largest offset any replica of its offsets partition holds): an
+    /// acknowledged commit is never lost (the final offset is at least the
+    /// largest acknowledged one, as commits only grow), and the final
+    /// offset is one a committer sent (docs/guarantees.md, consumer groups).
+    pub fn check_offsets(&self, final_offsets: &BTreeMap<String, Option<i64>>) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        for (group, (_, sent)) in &self.commits_sent {
+            let found = final_offsets.get(group).copied().flatten();
+            if let Some(&acknowledged) = self.commits_acknowledged.get(group) {
+                if found.is_none_or(|found| found < acknowledged) {
+                    violations.push(kafka_violation(
+                        "kafka-lost-offset-commit",
+                        format!(
+                            "group {group}: offset {acknowledged} was acknowledged; the offsets partition holds {found:?}"
+                        ),
+                    ));
+                }
+            }
+            if let Some(found) = found {
+                if !sent.contains(&found) {
+                    violations.push(kafka_violation(
+                        "kafka-unknown-offset",
+                        format!("group {group}: the offsets partition holds {found}, which was never committed"),
+                    ));
+                }
+            }
+        }
+        violations
+    }
 }
 
 pub struct KafkaWorkload {
@@ -358,6 +436,8 @@ pub struct KafkaWorkload {
     /// Membership changes still to make: (node, add), and when the next.
     membership_changes: Vec<(NodeId, bool)>,
     next_membership_at: u64,
+    /// Acknowledged commits per committer since the liveness phase began.
+    liveness_commits: Option<BTreeMap<usize, u64>>,
 }
 
 impl KafkaWorkload {
@@ -384,6 +464,7 @@ impl KafkaWorkload {
         push(Role::Admin);
         (0..plan.producers).for_each(|_| push(Role::Producer));
         (0..plan.consumers).for_each(|_| push(Role::Consumer));
+        (0..plan.committers).for_each(|_| push(Role::Committer));
         let wanted = (0..plan.topics_at_start + plan.topics_later)
             .map(|index| {
                 let partitions = rng.range(1, plan.partitions_max as u64 + 1) as i32;
@@ -416,6 +497,7 @@ impl KafkaWorkload {
             next_reassign_at: plan.reassign_gap_ms.map_or(u64::MAX, |(low, _)| low),
             membership_changes,
             next_membership_at,
+            liveness_commits: None,
         }
     }
 
@@ -445,6 +527,7 @@ impl KafkaWorkload {
 
     pub fn start_liveness(&mut self) {
         self.liveness_produces = Some(BTreeMap::new());
+        self.liveness_commits = Some(BTreeMap::new());
         // Moves still in progress must finish; no new ones start.
         self.next_reassign_at = u64::MAX;
         // Topics not created yet are created now.
@@ -457,8 +540,12 @@ impl KafkaWorkload {
         let Some(produces) = &self.liveness_produces else {
             return false;
         };
+        let commits = self.liveness_commits.clone().unwrap_or_default();
         self.created == self.wanted.len()
             && self.membership_changes.is_empty()
+            && self
+                .committers()
+                .all(|index| commits.get(&index).copied().unwrap_or(0) >= 1)
             && self.wanted.iter().all(|(name, partitions)| {
                 (0..*partitions).all(|partition| {
                     produces
@@ -481,6 +568,12 @@ impl KafkaWorkload {
                 self.wanted.len()
             ));
         }
+        let commits = self.liveness_commits.clone().unwrap_or_default();
+        for index in self.committers() {
+            if commits.get(&index).copied().unwrap_or(0) == 0 {
+                missing.push(format!("an offset commit of client {index}"));
+            }
+        }
         for (node, add) in &self.membership_changes {
             missing.push(format!(
                 "{} node {node}",
@@ -499,6 +592,10 @@ impl KafkaWorkload {
             }
         }
         missing
+    }
+
+    fn committers(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.clients.len()).filter(|index| self.clients[*index].role == Role::Committer)
     }
 
     fn think(&mut self, now: u64, index: usize, out: &mut Vec<KafkaAction>) {
@@ -570,6 +667,7 @@ impl KafkaWorkload {
                 self.stats.fetch_errors += 1;
                 self.leaders.remove(key);
             }
+            Op::Commit { .. } | Op::FetchOffset { .. } => {}
             Op::Metadata
             | Op::CreateTopic { .. }
             | Op::Reassign { .. }
@@ -674,6 +772,38 @@ impl KafkaWorkload {
                 };
                 self.send(now, index, leader, op, out);
             }
+            Role::Committer => {
+                // Every committer commits the first partition of the first
+                // topic; each has its own group.
+                let Some(key) = self.partitions().into_iter().next() else {
+                    let node = self.random_node();
+                    self.send(now, index, node, Op::Metadata, out);
+                    return;
+                };
+                let group = format!("sim-group-{index}");
+                let op = if self.rng.chance(0.7) {
+                    let client = &mut self.clients[index];
+                    let offset = client.next_seq as i64;
+                    client.next_seq += 1;
+                    self.history
+                        .commits_sent
+                        .entry(group.clone())
+                        .or_insert_with(|| (key.clone(), BTreeSet::new()))
+                        .1
+                        .insert(offset);
+                    Op::Commit { group, key, offset }
+                } else {
+                    Op::FetchOffset { group, key }
+                };
+                // The coordinator is whichever node leads the group's
+                // offsets partition: the client tries nodes until one
+                // takes the request (NOT_COORDINATOR from the others).
+                let node = match self.clients[index].connection {
+                    Some((node, _)) => node,
+                    None => self.random_node(),
+                };
+                self.send(now, index, node, op, out);
+            }
         }
     }
 
@@ -721,6 +851,8 @@ impl KafkaWorkload {
             Op::RemoveNode { .. } => (ApiKey::RemoveRaftVoter, 0),
             Op::Produce { .. } => (ApiKey::Produce, PRODUCE_VERSION),
             Op::Fetch { .. } => (ApiKey::Fetch, FETCH_VERSION),
+            Op::Commit { .. } => (ApiKey::OffsetCommit, OFFSET_COMMIT_VERSION),
+            Op::FetchOffset { .. } => (ApiKey::OffsetFetch, OFFSET_FETCH_VERSION),
         };
         RequestHeader::default()
             .with_request_api_key(key as i16)
@@ -808,6 +940,25 @@ impl KafkaWorkload {
                         .with_fetch_offset(*offset)
                         .with_partition_max_bytes(KAFKA_FETCH_BYTES_MAX)])])
                 .encode(&mut frame, version),
+            Op::Commit { group, key, offset } => OffsetCommitRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![OffsetCommitRequestTopic::default()
+                    .with_name(topic_name(&key.0))
+                    .with_partitions(vec![OffsetCommitRequestPartition::default()
+                        .with_partition_index(key.1)
+                        .with_committed_offset(*offset)
+                        .with_committed_leader_epoch(-1)
+                        .with_committed_metadata(Some(StrBytes::from_static_str(
+                            "sim",
+                        )))])])
+                .encode(&mut frame, version),
+            Op::FetchOffset { group, key } => OffsetFetchRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+                .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                    .with_name(topic_name(&key.0))
+                    .with_partition_indexes(vec![key.1])]))
+                .encode(&mut frame, version),
         };
         encoded.expect("a request body encodes");
         frame.freeze()
@@ -857,6 +1008,8 @@ impl KafkaWorkload {
             Op::RemoveNode { .. } => (ApiKey::RemoveRaftVoter, 0),
             Op::Produce { .. } => (ApiKey::Produce, PRODUCE_VERSION),
             Op::Fetch { .. } => (ApiKey::Fetch, FETCH_VERSION),
+            Op::Commit { .. } => (ApiKey::OffsetCommit, OFFSET_COMMIT_VERSION),
+            Op::FetchOffset { .. } => (ApiKey::OffsetFetch, OFFSET_FETCH_VERSION),
         };
         let header = ResponseHeader::decode(&mut body, key.response_header_version(version))
             .expect("the broker's response header decodes");
@@ -979,6 +1132,61 @@ impl KafkaWorkload {
                     }
                     _ => {
                         self.settle_unknown(&Op::Fetch { key, offset });
+                        false
+                    }
+                }
+            }
+            Op::Commit { group, offset, .. } => {
+                let response = OffsetCommitResponse::decode(&mut body, version).expect("decodes");
+                let error = response
+                    .topics
+                    .first()
+                    .and_then(|topic| topic.partitions.first())
+                    .map_or(-1, |partition| partition.error_code);
+                if error == code::NONE {
+                    let acknowledged = self
+                        .history
+                        .commits_acknowledged
+                        .entry(group)
+                        .or_insert(offset);
+                    *acknowledged = (*acknowledged).max(offset);
+                    self.stats.commits_acknowledged += 1;
+                    if let Some(commits) = &mut self.liveness_commits {
+                        *commits.entry(index).or_default() += 1;
+                    }
+                    true
+                } else {
+                    // Not the coordinator (or not yet): try another node.
+                    self.drop_connection(index, out);
+                    false
+                }
+            }
+            Op::FetchOffset { group, .. } => {
+                let response = OffsetFetchResponse::decode(&mut body, version).expect("decodes");
+                let answer = response
+                    .topics
+                    .first()
+                    .and_then(|topic| topic.partitions.first())
+                    .filter(|_| response.error_code == code::NONE);
+                match answer {
+                    Some(answer) if answer.error_code == code::NONE => {
+                        let offset = answer.committed_offset;
+                        let sent = self
+                            .history
+                            .commits_sent
+                            .get(&group)
+                            .is_some_and(|(_, sent)| sent.contains(&offset));
+                        if offset != -1 && !sent {
+                            self.history.violations.push(kafka_violation(
+                                "kafka-unknown-offset",
+                                format!("group {group}: OffsetFetch returned {offset}, which was never committed"),
+                            ));
+                        }
+                        self.stats.offsets_read += 1;
+                        true
+                    }
+                    _ => {
+                        self.drop_connection(index, out);
                         false
                     }
                 }
@@ -1114,6 +1322,40 @@ mod tests {
         found.sort_unstable();
         found.dedup();
         found
+    }
+
+    /// A committer sent offsets 1, 2 and 3 for group "g"; 2 was the largest
+    /// acknowledged.
+    fn offsets_check(final_offset: Option<i64>) -> Vec<&'static str> {
+        let mut history = KafkaHistory::default();
+        history
+            .commits_sent
+            .insert("g".into(), (key(), BTreeSet::from([1, 2, 3])));
+        history.commits_acknowledged.insert("g".into(), 2);
+        let finals = BTreeMap::from([("g".to_string(), final_offset)]);
+        history
+            .check_offsets(&finals)
+            .iter()
+            .map(|v| v.invariant)
+            .collect()
+    }
+
+    #[test]
+    fn committed_offsets_at_or_past_the_acknowledged_pass() {
+        assert!(offsets_check(Some(2)).is_empty());
+        // The unacknowledged 3 may have committed too.
+        assert!(offsets_check(Some(3)).is_empty());
+    }
+
+    #[test]
+    fn a_committed_offset_behind_the_acknowledged_one_is_lost() {
+        assert_eq!(offsets_check(Some(1)), vec!["kafka-lost-offset-commit"]);
+        assert_eq!(offsets_check(None), vec!["kafka-lost-offset-commit"]);
+    }
+
+    #[test]
+    fn a_committed_offset_nobody_sent_is_named() {
+        assert_eq!(offsets_check(Some(7)), vec!["kafka-unknown-offset"]);
     }
 
     #[test]

@@ -139,7 +139,7 @@ fn main() -> ExitCode {
                 totals.faults.merge(&outcome.faults);
                 let layout = match &outcome.kafka {
                     Some(k) => format!(
-                        "broker layout: {} topics created, {} moves, {} nodes added, {} removed, {} produces acknowledged ({} records), {} unknown, {} records consumed, ",
+                        "broker layout: {} topics created, {} moves, {} nodes added, {} removed, {} produces acknowledged ({} records), {} unknown, {} records consumed, {} offset commits acknowledged, {} read, ",
                         k.topics_created,
                         k.reassignments,
                         k.nodes_added,
@@ -147,7 +147,9 @@ fn main() -> ExitCode {
                         k.produces_acknowledged,
                         k.records_acknowledged,
                         k.produces_unknown,
-                        k.records_consumed
+                        k.records_consumed,
+                        k.commits_acknowledged,
+                        k.offsets_read
                     ),
                     None => String::new(),
                 };

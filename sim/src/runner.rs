@@ -498,6 +498,14 @@ impl Simulation {
                 ..TopicDefaults::default()
             },
             incarnation: self.nodes[index].incarnation,
+            // Two offsets partitions when the workload has committers
+            // (fewer groups than the default eight); none otherwise.
+            offsets_topic_partitions: if self.plan.kafka.as_ref().is_some_and(|k| k.committers > 0)
+            {
+                2
+            } else {
+                0
+            },
             join: joining,
         }
     }
@@ -1756,7 +1764,38 @@ impl Simulation {
             }
         }
         let kafka = self.kafka.as_ref().expect("checked");
-        for found in kafka.history().check(&logs) {
+        let mut violations = kafka.history().check(&logs);
+        // Committed offsets: per committer's group, the largest any replica
+        // of its offsets partition holds.
+        let mut final_offsets = BTreeMap::new();
+        for (group_id, (topic, partition)) in kafka.history().committed_groups() {
+            let mut found: Option<i64> = None;
+            for sim_node in &self.nodes {
+                let Some(core) = sim_node.core() else {
+                    continue;
+                };
+                let Some(offsets_topic) = core
+                    .machine(METADATA_GROUP)
+                    .and_then(|m| m.metadata())
+                    .and_then(|metadata| metadata.topic(runnel_core::offsets::OFFSETS_TOPIC))
+                else {
+                    continue;
+                };
+                let count = offsets_topic.partitions.len() as u32;
+                let placement = &offsets_topic.partitions
+                    [runnel_core::offsets::partition_for(&group_id, count) as usize];
+                if let Some(committed) = core
+                    .machine(placement.group)
+                    .and_then(|m| m.offsets())
+                    .and_then(|state| state.committed(&group_id, &topic, partition))
+                {
+                    found = Some(found.map_or(committed.offset, |f| f.max(committed.offset)));
+                }
+            }
+            final_offsets.insert(group_id, found);
+        }
+        violations.extend(kafka.history().check_offsets(&final_offsets));
+        for found in violations {
             self.push_violation(found);
         }
     }

@@ -54,9 +54,17 @@ def bootstrap(nodes):
     return ",".join(node.bootstrap for node in nodes.values() if node.alive())
 
 
-def leaders(nodes, topic):
-    metadata = AdminClient({"bootstrap.servers": bootstrap(nodes)}).list_topics(topic, timeout=10)
-    return {p: meta.leader for p, meta in metadata.topics[topic].partitions.items()}
+def leaders(nodes, topic, timeout_s=10):
+    """Each partition's leader, once every partition has one as the node
+    asked knows it (a node may learn of a new partition's leader a moment
+    after CreateTopics is answered, as in Kafka)."""
+    deadline = time.time() + timeout_s
+    while True:
+        metadata = AdminClient({"bootstrap.servers": bootstrap(nodes)}).list_topics(topic, timeout=10)
+        found = {p: meta.leader for p, meta in metadata.topics[topic].partitions.items()}
+        if all(leader >= 0 for leader in found.values()) or time.time() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def test_a_partition_leader_dies_and_nothing_acknowledged_is_lost(cluster, topic_name):

@@ -24,8 +24,12 @@ def runnel(nodes, *args):
     )
 
 
+OFFSETS_GROUP_BASE = 1 << 40
+
+
 def partition_files(node):
-    """Files of partition replicas (not the metadata group's, and not the
+    """Files of partition replicas (not the metadata group's, not the
+    offsets topic's, whose groups are numbered from 2^40, and not the
     tombstone a deleted replica leaves, docs/storage.md) in a node's data."""
     groups = node.data_dir / "groups"
     if not groups.exists():
@@ -35,6 +39,7 @@ def partition_files(node):
         for path in groups.rglob("*")
         if path.is_file()
         and path.relative_to(groups).parts[0] != METADATA_GROUP_DIR
+        and int(path.relative_to(groups).parts[0]) < OFFSETS_GROUP_BASE
         and path.name != "left"
     )
 

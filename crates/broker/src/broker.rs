@@ -46,6 +46,7 @@ use runnel_consensus::Config;
 use runnel_core::metadata::{
     validate_topic_name, MetadataCommand, MetadataOutcome, MetadataState, Topic, METADATA_GROUP,
 };
+use runnel_core::offsets::OFFSETS_TOPIC;
 use runnel_core::partition::{PartitionCommand, ProduceCommand, ProduceOutcome};
 use runnel_core::{
     Applied, ClientError, ClientOp, ClientReply, ClientRequest, ClientResponse, Env, Event,
@@ -57,6 +58,7 @@ use uuid::Uuid;
 
 use crate::fetch::{self, FetchResult};
 
+mod groups;
 mod membership;
 pub mod metrics;
 mod reassign;
@@ -143,6 +145,24 @@ enum PendingKind {
         /// Per proposal part: (topic index, partition index) in `response`.
         parts: Vec<(usize, usize)>,
     },
+    /// A JoinGroup or SyncGroup waiting for its group's coordinator, which
+    /// answers it (`groups.rs`); `fallback` if it never does.
+    Group {
+        fallback: ResponseKind,
+    },
+    /// One proposal commits every offset of the request: `parts` are the
+    /// (topic index, partition index) in `response` it carries.
+    OffsetCommit {
+        response: kafka_protocol::messages::OffsetCommitResponse,
+        parts: Vec<(usize, usize)>,
+    },
+    DeleteGroups {
+        response: kafka_protocol::messages::DeleteGroupsResponse,
+    },
+    OffsetDelete {
+        response: kafka_protocol::messages::OffsetDeleteResponse,
+        parts: Vec<(usize, usize)>,
+    },
 }
 
 #[derive(Default)]
@@ -178,6 +198,13 @@ pub struct Broker {
     last_leader_balance_ms: u64,
     last_reassign_step_ms: u64,
     last_membership_step_ms: u64,
+    /// The group coordinators of the offsets partitions this node leads.
+    coordinators: BTreeMap<GroupId, crate::groups::coordinator::Coordinator>,
+    /// Core request id -> (offsets partition group, consumer group id,
+    /// generation) of a group record being stored.
+    group_stores: BTreeMap<u64, (GroupId, String, i32)>,
+    last_group_tick_ms: u64,
+    last_offsets_topic_attempt_ms: u64,
 }
 
 impl Broker {
@@ -239,6 +266,10 @@ impl Broker {
             last_leader_balance_ms: 0,
             last_reassign_step_ms: 0,
             last_membership_step_ms: 0,
+            coordinators: BTreeMap::new(),
+            group_stores: BTreeMap::new(),
+            last_group_tick_ms: 0,
+            last_offsets_topic_attempt_ms: 0,
         })
     }
 
@@ -313,22 +344,25 @@ impl Broker {
     /// Runs the follow-ups of an event: core replies, group membership from
     /// metadata, retention, long polls and deadlines, and responses.
     fn settle(&mut self, env: &mut BrokerEnv<'_>, collector: &mut Collector) {
+        let now_ms = env.clock.now_ms();
         for _ in 0..8 {
             let responses = std::mem::take(&mut collector.responses);
             if responses.is_empty() {
                 break;
             }
             for response in responses {
-                self.core_reply(response);
+                self.core_reply(response, now_ms);
             }
         }
         self.sync_groups(env, collector);
+        self.ensure_offsets_topic(env, collector);
+        self.sync_coordinators(env, collector);
         self.check_retention(env, collector);
         self.balance_leaders(env, collector);
         self.drive_reassignments(env, collector);
         self.drive_membership(env, collector);
         for response in std::mem::take(&mut collector.responses) {
-            self.core_reply(response);
+            self.core_reply(response, now_ms);
         }
         self.expire(env.clock.now_ms());
         self.flush(env);
@@ -705,6 +739,44 @@ impl Broker {
                 );
                 return;
             }
+            RequestKind::FindCoordinator(request) => Some(ResponseKind::FindCoordinator(
+                self.find_coordinator(request, version),
+            )),
+            RequestKind::JoinGroup(request) => {
+                self.join_group(connection, header, version, request, env, collector);
+                return;
+            }
+            RequestKind::SyncGroup(request) => {
+                self.sync_group(connection, header, version, request, env, collector);
+                return;
+            }
+            RequestKind::Heartbeat(request) => {
+                Some(ResponseKind::Heartbeat(self.heartbeat(request, now_ms)))
+            }
+            RequestKind::LeaveGroup(request) => Some(ResponseKind::LeaveGroup(
+                self.leave_group(request, version, env, collector),
+            )),
+            RequestKind::OffsetCommit(request) => {
+                self.offset_commit(connection, header, version, request, env, collector);
+                return;
+            }
+            RequestKind::OffsetFetch(request) => Some(ResponseKind::OffsetFetch(
+                self.offset_fetch(request, version),
+            )),
+            RequestKind::DescribeGroups(request) => Some(ResponseKind::DescribeGroups(
+                self.describe_groups(request, version),
+            )),
+            RequestKind::ListGroups(request) => {
+                Some(ResponseKind::ListGroups(self.list_groups(request, version)))
+            }
+            RequestKind::DeleteGroups(request) => {
+                self.delete_groups(connection, header, version, request, env, collector);
+                return;
+            }
+            RequestKind::OffsetDelete(request) => {
+                self.offset_delete(connection, header, version, request, env, collector);
+                return;
+            }
             RequestKind::ListPartitionReassignments(request) => {
                 Some(ResponseKind::ListPartitionReassignments(
                     self.list_partition_reassignments(request),
@@ -820,6 +892,9 @@ impl Broker {
                         metadata
                             .topics()
                             .keys()
+                            // Like Kafka's internal topics, the offsets
+                            // topic shows only when asked for by name.
+                            .filter(|name| name.as_str() != OFFSETS_TOPIC)
                             .map(|name| (Some(name.clone()), Uuid::nil()))
                             .collect()
                     })
@@ -829,6 +904,9 @@ impl Broker {
                         metadata
                             .topics()
                             .keys()
+                            // Like Kafka's internal topics, the offsets
+                            // topic shows only when asked for by name.
+                            .filter(|name| name.as_str() != OFFSETS_TOPIC)
                             .map(|name| (Some(name.clone()), Uuid::nil()))
                             .collect()
                     })
@@ -935,6 +1013,7 @@ impl Broker {
             })
             .collect();
         MetadataResponseTopic::default()
+            .with_is_internal(topic.name == OFFSETS_TOPIC)
             .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
             .with_topic_id(Uuid::from_bytes(topic.id))
             .with_partitions(partitions)
@@ -1054,6 +1133,14 @@ impl Broker {
                             format!("topic \"{name}\" has no partition {}", partition.index),
                         ));
                     };
+                    if name == OFFSETS_TOPIC {
+                        return Err((
+                            error_code::INVALID_TOPIC_EXCEPTION,
+                            format!(
+                                "\"{OFFSETS_TOPIC}\" is written by the group coordinators only"
+                            ),
+                        ));
+                    }
                     if !self.node.leader_ready(placement.group) {
                         return Err((
                             error_code::NOT_LEADER_OR_FOLLOWER,
@@ -1065,11 +1152,16 @@ impl Broker {
                     };
                     let batch_header = runnel_kafka::batch::validate(records)
                         .map_err(|error| (error.kafka_error_code(), error.to_string()))?;
-                    let log = self
+                    let Some(log) = self
                         .node
                         .machine(placement.group)
                         .and_then(|machine| machine.partition())
-                        .expect("a leader has its machine");
+                    else {
+                        return Err((
+                            error_code::INVALID_TOPIC_EXCEPTION,
+                            "the partition holds no records".into(),
+                        ));
+                    };
                     if let Some(outcome) = log.precheck(&batch_header) {
                         return match outcome {
                             ProduceOutcome::Duplicate { base_offset } => {
@@ -1705,7 +1797,10 @@ impl Broker {
 
     // ------------------------------------------------------- Replies, deadlines
 
-    fn core_reply(&mut self, response: ClientResponse) {
+    fn core_reply(&mut self, response: ClientResponse, now_ms: u64) {
+        if self.group_store_reply(response.request_id, &response.result, now_ms) {
+            return;
+        }
         let Some((pending_id, part)) = self.proposals.remove(&response.request_id) else {
             return;
         };
@@ -1811,8 +1906,22 @@ impl Broker {
                     &mut result.error_message,
                 );
             }
-            PendingKind::Fetch { .. } => {}
+            PendingKind::OffsetCommit { .. }
+            | PendingKind::DeleteGroups { .. }
+            | PendingKind::OffsetDelete { .. } => {
+                let mut kind = std::mem::replace(
+                    &mut pending.kind,
+                    PendingKind::Group {
+                        fallback: ResponseKind::Heartbeat(Default::default()),
+                    },
+                );
+                self.group_command_reply(&mut kind, part, response.result);
+                let pending = self.pending.get_mut(&pending_id).expect("still pending");
+                pending.kind = kind;
+            }
+            PendingKind::Fetch { .. } | PendingKind::Group { .. } => {}
         }
+        let pending = self.pending.get_mut(&pending_id).expect("still pending");
         pending.outstanding -= 1;
         self.finish_if_done(pending_id);
     }
@@ -1821,7 +1930,10 @@ impl Broker {
     fn finish_if_done(&mut self, id: u64) {
         let done = self.pending.get(&id).is_some_and(|pending| {
             pending.outstanding == 0
-                && !matches!(pending.kind, PendingKind::Fetch { .. })
+                && !matches!(
+                    pending.kind,
+                    PendingKind::Fetch { .. } | PendingKind::Group { .. }
+                )
                 && self.leaders_settled(pending)
         });
         if done {
@@ -1887,6 +1999,10 @@ impl Broker {
             PendingKind::AlterReassignments { response, .. } => {
                 ResponseKind::AlterPartitionReassignments(response)
             }
+            PendingKind::Group { fallback } => fallback,
+            PendingKind::OffsetCommit { response, .. } => ResponseKind::OffsetCommit(response),
+            PendingKind::DeleteGroups { response } => ResponseKind::DeleteGroups(response),
+            PendingKind::OffsetDelete { response, .. } => ResponseKind::OffsetDelete(response),
             PendingKind::Fetch { request } => {
                 let FetchResult { response, .. } =
                     fetch::evaluate(&request, pending.version, self.metadata(), &self.node);

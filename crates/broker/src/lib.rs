@@ -125,6 +125,11 @@ pub struct BrokerConfig {
     /// node learns the metadata group from them once an operator added it
     /// (AddRaftVoter, `runnel cluster add-node`).
     pub join: bool,
+    /// Partitions of the internal offsets topic (Kafka's
+    /// `offsets.topic.num.partitions`), which the metadata leader creates
+    /// at start; consumer groups are spread over them. 0 creates none (and
+    /// no consumer groups are served).
+    pub offsets_topic_partitions: u32,
 }
 
 impl BrokerConfig {
@@ -147,15 +152,22 @@ impl BrokerConfig {
             topic_defaults: TopicDefaults::default(),
             incarnation: 0,
             join: false,
+            offsets_topic_partitions: DEFAULT_OFFSETS_TOPIC_PARTITIONS,
         }
     }
 }
+
+/// The offsets topic's partitions unless configured: enough to spread
+/// coordinators over a small cluster (Kafka's default of 50 suits large
+/// ones).
+pub const DEFAULT_OFFSETS_TOPIC_PARTITIONS: u32 = 8;
 
 pub use runnel_core::StartError;
 
 mod broker;
 pub mod configs;
 mod fetch;
+pub mod groups;
 
 /// Kafka error codes the broker answers with.
 pub mod error_code {

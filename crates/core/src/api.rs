@@ -96,6 +96,7 @@ pub enum ClientReply {
 pub enum Applied {
     Produce(crate::partition::ProduceOutcome),
     Metadata(crate::metadata::MetadataOutcome),
+    Offsets(crate::offsets::OffsetsOutcome),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

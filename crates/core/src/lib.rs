@@ -12,6 +12,7 @@ pub mod api;
 pub mod machine;
 pub mod metadata;
 mod node;
+pub mod offsets;
 pub mod partition;
 pub mod state_machine;
 pub mod wire;

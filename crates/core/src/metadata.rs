@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use runnel_io::{GroupId, NodeId};
 
+use crate::offsets::{OFFSETS_GROUP_BASE, OFFSETS_PARTITIONS_MAX, OFFSETS_TOPIC};
 use crate::state_machine::Reader;
 
 /// The metadata group's id. Partition groups are numbered from 1.
@@ -88,6 +89,16 @@ pub enum MetadataCommand {
         node_id: NodeId,
         address: NodeAddress,
         nodes: Vec<NodeId>,
+    },
+    /// Creates the internal offsets topic ([`OFFSETS_TOPIC`]), whose
+    /// partitions' groups are numbered from [`OFFSETS_GROUP_BASE`] so that
+    /// every node runs the offsets machine for them. The cluster proposes
+    /// it itself; clients cannot create, delete or grow that topic.
+    CreateOffsetsTopic {
+        partitions: u32,
+        replication_factor: u16,
+        nodes: Vec<NodeId>,
+        racks: BTreeMap<NodeId, String>,
     },
     /// Removes a node from the cluster; `nodes` is the cluster with it.
     /// Every partition with a replica on it moves that replica to the node
@@ -218,6 +229,9 @@ impl MetadataState {
                 if let Err(message) = validate_topic_name(&name) {
                     return refused(error_code::INVALID_TOPIC_EXCEPTION, message);
                 }
+                if name == OFFSETS_TOPIC {
+                    return refused(error_code::INVALID_REQUEST, internal_topic_message());
+                }
                 if self.topics.contains_key(&name) {
                     return refused(
                         error_code::TOPIC_ALREADY_EXISTS,
@@ -254,6 +268,68 @@ impl MetadataState {
                 };
                 self.add_partitions(&mut topic, partitions, replication_factor, &nodes, &racks);
                 self.topics.insert(name, topic);
+                MetadataOutcome::Done
+            }
+            MetadataCommand::DeleteTopic { name } if name == OFFSETS_TOPIC => {
+                refused(error_code::INVALID_REQUEST, internal_topic_message())
+            }
+            MetadataCommand::CreatePartitions { name, .. } if name == OFFSETS_TOPIC => {
+                refused(error_code::INVALID_REQUEST, internal_topic_message())
+            }
+            MetadataCommand::CreateOffsetsTopic {
+                partitions,
+                replication_factor,
+                nodes,
+                racks,
+            } => {
+                if self.topics.contains_key(OFFSETS_TOPIC) {
+                    return refused(
+                        error_code::TOPIC_ALREADY_EXISTS,
+                        format!("topic \"{OFFSETS_TOPIC}\" already exists"),
+                    );
+                }
+                if partitions == 0 || partitions > OFFSETS_PARTITIONS_MAX {
+                    return refused(
+                        error_code::INVALID_PARTITIONS,
+                        format!("the offsets topic has 1 to {OFFSETS_PARTITIONS_MAX} partitions"),
+                    );
+                }
+                if replication_factor == 0 || usize::from(replication_factor) > nodes.len() {
+                    return refused(
+                        error_code::INVALID_REPLICATION_FACTOR,
+                        format!(
+                            "replication factor {replication_factor} needs that many nodes; the cluster has {}",
+                            nodes.len()
+                        ),
+                    );
+                }
+                let order = placement_order(&nodes, &racks);
+                let placements = (0..partitions)
+                    .map(|index| {
+                        let group = OFFSETS_GROUP_BASE + u64::from(index);
+                        let replicas = pick_replicas(
+                            &order,
+                            index as usize % order.len(),
+                            usize::from(replication_factor),
+                            &racks,
+                        );
+                        PartitionPlacement {
+                            group,
+                            initial_replicas: replicas.clone(),
+                            replicas,
+                        }
+                    })
+                    .collect();
+                let topic = Topic {
+                    name: OFFSETS_TOPIC.to_string(),
+                    id: topic_id(OFFSETS_TOPIC, index, term),
+                    partitions: placements,
+                    configs: BTreeMap::from([(
+                        "cleanup.policy".to_string(),
+                        "compact".to_string(),
+                    )]),
+                };
+                self.topics.insert(OFFSETS_TOPIC.to_string(), topic);
                 MetadataOutcome::Done
             }
             MetadataCommand::DeleteTopic { name } => match self.topics.remove(&name) {
@@ -591,6 +667,10 @@ fn pick_replicas(
     chosen
 }
 
+fn internal_topic_message() -> String {
+    format!("\"{OFFSETS_TOPIC}\" is the cluster's internal offsets topic")
+}
+
 fn refused(error_code: i16, message: String) -> MetadataOutcome {
     MetadataOutcome::Refused {
         error_code,
@@ -630,6 +710,7 @@ const COMMAND_REASSIGN_PARTITION: u8 = 4;
 const SNAPSHOT_VERSION: u32 = 3;
 const COMMAND_ADD_NODE: u8 = 5;
 const COMMAND_REMOVE_NODE: u8 = 6;
+const COMMAND_CREATE_OFFSETS_TOPIC: u8 = 7;
 
 impl MetadataCommand {
     pub fn encode(&self) -> Vec<u8> {
@@ -689,6 +770,18 @@ impl MetadataCommand {
                 put_address(&mut out, address);
                 put_nodes(&mut out, nodes);
             }
+            MetadataCommand::CreateOffsetsTopic {
+                partitions,
+                replication_factor,
+                nodes,
+                racks,
+            } => {
+                out.push(COMMAND_CREATE_OFFSETS_TOPIC);
+                out.extend_from_slice(&partitions.to_le_bytes());
+                out.extend_from_slice(&u32::from(*replication_factor).to_le_bytes());
+                put_nodes(&mut out, nodes);
+                put_racks(&mut out, racks);
+            }
             MetadataCommand::RemoveNode { node_id, nodes } => {
                 out.push(COMMAND_REMOVE_NODE);
                 out.extend_from_slice(&node_id.to_le_bytes());
@@ -726,6 +819,12 @@ impl MetadataCommand {
                 node_id: cursor.u64()?,
                 address: cursor.address()?,
                 nodes: cursor.nodes()?,
+            },
+            COMMAND_CREATE_OFFSETS_TOPIC => MetadataCommand::CreateOffsetsTopic {
+                partitions: cursor.u32()?,
+                replication_factor: u16::try_from(cursor.u32()?).ok()?,
+                nodes: cursor.nodes()?,
+                racks: cursor.racks()?,
             },
             COMMAND_REMOVE_NODE => MetadataCommand::RemoveNode {
                 node_id: cursor.u64()?,
@@ -1083,6 +1182,12 @@ mod tests {
                 nodes: vec![1, 2],
                 racks: BTreeMap::new(),
             },
+            MetadataCommand::CreateOffsetsTopic {
+                partitions: 8,
+                replication_factor: 3,
+                nodes: vec![1, 2, 3],
+                racks: BTreeMap::new(),
+            },
         ] {
             let encoded = command.encode();
             assert_eq!(MetadataCommand::decode(&encoded), Some(command));
@@ -1090,6 +1195,53 @@ mod tests {
                 assert_eq!(MetadataCommand::decode(&encoded[..length]), None);
             }
         }
+    }
+
+    #[test]
+    fn the_offsets_topic_is_the_clusters_own() {
+        let mut state = MetadataState::default();
+        let offsets_topic = MetadataCommand::CreateOffsetsTopic {
+            partitions: 4,
+            replication_factor: 3,
+            nodes: vec![1, 2, 3],
+            racks: BTreeMap::new(),
+        };
+        assert_eq!(
+            state.apply(offsets_topic.clone(), 1, 1),
+            MetadataOutcome::Done
+        );
+        let topic = state.topic(OFFSETS_TOPIC).expect("created");
+        assert_eq!(topic.partitions.len(), 4);
+        for (index, placement) in topic.partitions.iter().enumerate() {
+            assert_eq!(placement.group, OFFSETS_GROUP_BASE + index as u64);
+            assert!(crate::offsets::is_offsets_group(placement.group));
+            assert_eq!(placement.replicas.len(), 3);
+        }
+        // Leaders spread: each node is the preferred replica of some.
+        let preferred: BTreeSet<NodeId> = topic.partitions.iter().map(|p| p.replicas[0]).collect();
+        assert_eq!(preferred.len(), 3);
+        // Ordinary partitions keep their own numbering.
+        state.apply(create("a", 1), 2, 1);
+        assert_eq!(state.topic("a").unwrap().partitions[0].group, 1);
+        for refused_command in [
+            offsets_topic,
+            create(OFFSETS_TOPIC, 1),
+            MetadataCommand::DeleteTopic {
+                name: OFFSETS_TOPIC.into(),
+            },
+            MetadataCommand::CreatePartitions {
+                name: OFFSETS_TOPIC.into(),
+                count: 9,
+                nodes: vec![1, 2, 3],
+                racks: BTreeMap::new(),
+            },
+        ] {
+            assert!(matches!(
+                state.apply(refused_command, 3, 1),
+                MetadataOutcome::Refused { .. }
+            ));
+        }
+        assert_eq!(state.topic(OFFSETS_TOPIC).unwrap().partitions.len(), 4);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::api::{
 };
 use crate::machine::{Machine, MachineLayout};
 use crate::metadata::MetadataCommand;
+use crate::offsets::OffsetsCommand;
 use crate::partition::PartitionCommand;
 use crate::state_machine::{decode_append, encode_append, AppendOutcome};
 
@@ -316,6 +317,7 @@ impl Node {
                 Machine::Records(machine) => machine.records().len() as u64,
                 Machine::Partition(log) => log.high_watermark() as u64,
                 Machine::Metadata(state) => state.topics().len() as u64,
+                Machine::Offsets(state) => state.group_ids().count() as u64,
             },
         })
     }
@@ -992,6 +994,10 @@ fn apply_data(
                 entry.index,
                 entry.term,
             )))),
+        },
+        Machine::Offsets(state) => match OffsetsCommand::decode(data) {
+            None => Err(ClientError::Rejected("malformed offsets command".into())),
+            Some(command) => Ok(ClientReply::Applied(Applied::Offsets(state.apply(command)))),
         },
     }
 }

@@ -29,19 +29,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::AddRaftVoter, 0, 0),
     (ApiKey::RemoveRaftVoter, 0, 0),
-];
-
-/// The consumer group APIs, at the ranges of a Kafka 3.x broker within what
-/// `kafka-protocol` decodes. They are not in [`SUPPORTED`] because the
-/// broker does not implement them yet: advertising them would make clients
-/// such as kafka-python pick group consumption and then fail on the first
-/// JoinGroup. The broker merges this table into its ApiVersions answer (and
-/// into decoding) once it answers these requests.
-///
-/// OffsetCommit starts at v2 and OffsetFetch at v1, not v0 as in Kafka 3.x,
-/// because `kafka-protocol` 0.18 cannot decode the older versions; clients
-/// that support group consumption at all speak these.
-pub const GROUP_APIS: &[(ApiKey, i16, i16)] = &[
+    // The consumer group APIs (issue 6). OffsetCommit starts at v2 and
+    // OffsetFetch at v1, not v0 as in Kafka 3.x, because `kafka-protocol`
+    // cannot decode the older versions; clients that support group
+    // consumption at all speak these.
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 8),
     (ApiKey::FindCoordinator, 0, 4),
@@ -51,6 +42,8 @@ pub const GROUP_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The supported range of `api_key`, if Runnel implements it.
@@ -67,7 +60,7 @@ mod tests {
 
     #[test]
     fn every_range_is_within_what_the_codec_handles() {
-        for (key, min, max) in SUPPORTED.iter().chain(GROUP_APIS) {
+        for (key, min, max) in SUPPORTED {
             let valid = key.valid_versions();
             assert!(min <= max, "{key:?}");
             assert!(
@@ -79,11 +72,7 @@ mod tests {
 
     #[test]
     fn each_api_is_listed_once() {
-        let mut keys: Vec<i16> = SUPPORTED
-            .iter()
-            .chain(GROUP_APIS)
-            .map(|(key, _, _)| *key as i16)
-            .collect();
+        let mut keys: Vec<i16> = SUPPORTED.iter().map(|(key, _, _)| *key as i16).collect();
         let count = keys.len();
         keys.sort_unstable();
         keys.dedup();
@@ -91,10 +80,26 @@ mod tests {
     }
 
     #[test]
-    fn group_apis_are_not_advertised_yet() {
-        for (key, _, _) in GROUP_APIS {
-            assert_eq!(supported_range(*key as i16), None, "{key:?}");
+    fn group_apis_are_advertised() {
+        for key in [
+            ApiKey::FindCoordinator,
+            ApiKey::JoinGroup,
+            ApiKey::SyncGroup,
+            ApiKey::Heartbeat,
+            ApiKey::LeaveGroup,
+            ApiKey::OffsetCommit,
+            ApiKey::OffsetFetch,
+            ApiKey::DescribeGroups,
+            ApiKey::ListGroups,
+            ApiKey::DeleteGroups,
+            ApiKey::OffsetDelete,
+        ] {
+            assert!(supported_range(key as i16).is_some(), "{key:?}");
         }
+        // kafka-python picks its OffsetCommit and OffsetFetch versions from
+        // these floors.
+        assert_eq!(supported_range(ApiKey::OffsetCommit as i16), Some((2, 8)));
+        assert_eq!(supported_range(ApiKey::OffsetFetch as i16), Some((1, 8)));
     }
 
     #[test]

@@ -145,13 +145,19 @@ pub struct ConsumeArgs {
     /// %h headers, \t and \n.
     #[arg(long, short = 'f', default_value = "%v\\n")]
     pub format: String,
+    /// Consume as a member of this consumer group: the group's members
+    /// share the topic's partitions, and each starts where the group
+    /// committed (else at --offset); offsets are committed after the
+    /// records are printed. --partition and --timestamp do not apply.
+    #[arg(long, short = 'g')]
+    pub group: Option<String>,
 }
 
-fn topic_name(name: &str) -> TopicName {
+pub(crate) fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }
 
-fn kafka_error(code: i16, context: impl Into<String>) -> ClientError {
+pub(crate) fn kafka_error(code: i16, context: impl Into<String>) -> ClientError {
     ClientError::Kafka {
         code,
         context: context.into(),
@@ -160,7 +166,7 @@ fn kafka_error(code: i16, context: impl Into<String>) -> ClientError {
 
 /// Runs `f` until it succeeds or fails with a non-retriable error, for at
 /// most `RETRY_FOR_MS`.
-fn retrying<T>(mut f: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+pub(crate) fn retrying<T>(mut f: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
     let deadline = Instant::now() + Duration::from_millis(RETRY_FOR_MS);
     loop {
         match f() {
@@ -181,7 +187,10 @@ fn controller(cluster: &mut Cluster) -> Result<String, ClientError> {
         .ok_or_else(|| ClientError::Other("the cluster reports no controller".into()))
 }
 
-fn topic_metadata(cluster: &mut Cluster, name: &str) -> Result<MetadataResponse, ClientError> {
+pub(crate) fn topic_metadata(
+    cluster: &mut Cluster,
+    name: &str,
+) -> Result<MetadataResponse, ClientError> {
     retrying(|| {
         let metadata = cluster.bootstrap()?.metadata(Some(&[name]))?;
         let topic = metadata
@@ -214,7 +223,11 @@ fn topic_metadata(cluster: &mut Cluster, name: &str) -> Result<MetadataResponse,
 }
 
 /// The address of the leader of `partition`.
-fn leader(metadata: &MetadataResponse, name: &str, partition: i32) -> Result<String, ClientError> {
+pub(crate) fn leader(
+    metadata: &MetadataResponse,
+    name: &str,
+    partition: i32,
+) -> Result<String, ClientError> {
     let topic = &metadata.topics[0];
     let found = topic
         .partitions
@@ -632,7 +645,7 @@ pub fn produce(connect: &Connect, args: ProduceArgs) -> Result<(), ClientError> 
 
 /// Whether a request that failed with `error` may succeed at the leader
 /// that fresh metadata names: the leader moved, or its node went away.
-fn worth_rerouting(error: &ClientError) -> bool {
+pub(crate) fn worth_rerouting(error: &ClientError) -> bool {
     match error {
         ClientError::Connect(_) => true,
         ClientError::Kafka { code, .. } => retriable(*code),
@@ -642,7 +655,7 @@ fn worth_rerouting(error: &ClientError) -> bool {
 
 /// Waits a little, then asks the cluster again who leads `topic`'s
 /// partitions, over new connections.
-fn refresh_metadata(
+pub(crate) fn refresh_metadata(
     cluster: &mut Cluster,
     metadata: &mut MetadataResponse,
     topic: &str,
@@ -760,7 +773,7 @@ fn send_without_response(
     connection.send_no_response(ApiKey::Produce, version, request)
 }
 
-fn list_offset(
+pub(crate) fn list_offset(
     cluster: &mut Cluster,
     address: &str,
     topic: &str,
@@ -795,6 +808,9 @@ enum StartAt {
 }
 
 pub fn consume(connect: &Connect, args: ConsumeArgs) -> Result<(), ClientError> {
+    if args.group.is_some() {
+        return crate::group_cli::consume_in_group(connect, args);
+    }
     // Checked before connecting, so that a typo is a usage error even when
     // the broker cannot be reached.
     let start = match args.offset.as_str() {
@@ -941,7 +957,7 @@ fn fetch(
     Ok(response)
 }
 
-fn render(format: &str, record: &Record, partition: i32) -> String {
+pub(crate) fn render(format: &str, record: &Record, partition: i32) -> String {
     let text = |bytes: &Option<Bytes>| {
         bytes
             .as_ref()

@@ -69,6 +69,15 @@ pub fn error_name(code: i16) -> String {
         6 => "NOT_LEADER_OR_FOLLOWER",
         7 => "REQUEST_TIMED_OUT",
         10 => "MESSAGE_TOO_LARGE",
+        12 => "OFFSET_METADATA_TOO_LARGE",
+        14 => "COORDINATOR_LOAD_IN_PROGRESS",
+        15 => "COORDINATOR_NOT_AVAILABLE",
+        16 => "NOT_COORDINATOR",
+        22 => "ILLEGAL_GENERATION",
+        25 => "UNKNOWN_MEMBER_ID",
+        27 => "REBALANCE_IN_PROGRESS",
+        68 => "NON_EMPTY_GROUP",
+        69 => "GROUP_ID_NOT_FOUND",
         17 => "INVALID_TOPIC_EXCEPTION",
         36 => "TOPIC_ALREADY_EXISTS",
         37 => "INVALID_PARTITIONS",
@@ -86,7 +95,7 @@ pub fn error_name(code: i16) -> String {
 /// Whether a Kafka error goes away by itself (an election, a controller
 /// moving), so that a tool retries rather than fails.
 pub fn retriable(code: i16) -> bool {
-    matches!(code, 5 | 6 | 7 | 41)
+    matches!(code, 5 | 6 | 7 | 14 | 15 | 16 | 41)
 }
 
 pub struct Connection {

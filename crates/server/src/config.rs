@@ -48,6 +48,11 @@ pub struct ServeFlags {
     /// The cluster id reported to clients (default runnel-cluster).
     #[arg(long)]
     pub cluster_id: Option<String>,
+    /// Partitions of the internal offsets topic that holds consumer groups'
+    /// offsets, created when the cluster first starts (default 8; the same
+    /// on every node).
+    #[arg(long)]
+    pub offsets_topic_partitions: Option<u32>,
 }
 
 /// The file's format: the same settings as the flags, plus topic defaults.
@@ -64,6 +69,7 @@ struct FileConfig {
     join: Option<bool>,
     log_level: Option<String>,
     cluster_id: Option<String>,
+    offsets_topic_partitions: Option<u32>,
     #[serde(default)]
     topic_defaults: FileTopicDefaults,
 }
@@ -245,6 +251,17 @@ impl ServeConfig {
             return Err("--join needs --peers: the nodes of the cluster to join".into());
         }
         broker.topic_defaults = topic_defaults;
+        let offsets_topic_partitions = flags
+            .offsets_topic_partitions
+            .or(file.offsets_topic_partitions)
+            .unwrap_or(runnel_broker::DEFAULT_OFFSETS_TOPIC_PARTITIONS);
+        if !(1..=runnel_core::offsets::OFFSETS_PARTITIONS_MAX).contains(&offsets_topic_partitions) {
+            return Err(format!(
+                "offsets_topic_partitions must be 1 to {}",
+                runnel_core::offsets::OFFSETS_PARTITIONS_MAX
+            ));
+        }
+        broker.offsets_topic_partitions = offsets_topic_partitions;
         if peers.is_empty() {
             // A group of one needs no election timeout to be safe: nobody
             // else can lead. A short one makes a restarted node serve soon.

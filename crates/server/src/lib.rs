@@ -5,4 +5,5 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod group_cli;
 pub mod shell;

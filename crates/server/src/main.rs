@@ -36,7 +36,8 @@ enum Command {
         #[command(flatten)]
         args: cli::ProduceArgs,
     },
-    /// Print the records of a partition.
+    /// Print the records of a partition, or with --group those the group
+    /// gives this member.
     Consume {
         #[command(flatten)]
         connect: cli::Connect,
@@ -49,6 +50,13 @@ enum Command {
         connect: cli::Connect,
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// List, describe, delete consumer groups; reset a stopped group's offsets.
+    Group {
+        #[command(flatten)]
+        connect: cli::Connect,
+        #[command(subcommand)]
+        command: runnel_server::group_cli::GroupCommand,
     },
     /// A local cluster for trying things out; Ctrl-C stops it.
     Dev(dev::DevArgs),
@@ -95,6 +103,9 @@ fn main() -> ExitCode {
             ClusterCommand::AddNode(args) => cli::cluster_add_node(&connect, &args),
             ClusterCommand::RemoveNode { node_id } => cli::cluster_remove_node(&connect, node_id),
         }),
+        Command::Group { connect, command } => {
+            finish(runnel_server::group_cli::group(&connect, command))
+        }
         Command::Dev(args) => ExitCode::from(dev::run(args)),
     }
 }
