@@ -52,6 +52,9 @@ enum Command {
     },
     /// A local cluster for trying things out; Ctrl-C stops it.
     Dev(dev::DevArgs),
+    /// A load generator for any Kafka broker: throughput and latency
+    /// beside the machine's own limits (see docs/performance.md).
+    Bench(runnel_bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             ClusterCommand::RemoveNode { node_id } => cli::cluster_remove_node(&connect, node_id),
         }),
         Command::Dev(args) => ExitCode::from(dev::run(args)),
+        Command::Bench(args) => ExitCode::from(runnel_bench::run(args)),
     }
 }
 
