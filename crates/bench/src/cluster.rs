@@ -142,31 +142,11 @@ pub async fn prepare_topic(
     }
     let deadline = Instant::now() + Duration::from_millis(TOPIC_READY_TIMEOUT_MS);
     loop {
-        let response = metadata(bootstrap, Some(topic)).await?;
-        let brokers = brokers_of(&response);
-        if let Some(found) = response.topics.first().filter(|t| t.error_code == 0) {
-            let leaders: BTreeMap<i32, i32> = found
-                .partitions
-                .iter()
-                .filter(|p| p.error_code == 0 && brokers.contains_key(&p.leader_id.0))
-                .map(|p| (p.partition_index, p.leader_id.0))
-                .collect();
-            if !leaders.is_empty() && leaders.len() == found.partitions.len() {
-                let replicas = found
-                    .partitions
-                    .iter()
-                    .map(|p| p.replica_nodes.len())
-                    .max()
-                    .unwrap_or(1);
-                return Ok((
-                    Layout {
-                        brokers,
-                        leaders,
-                        replicas,
-                    },
-                    created,
-                ));
-            }
+        // A new topic's first leaders may hand over to the preferred
+        // replica (the first listed) moments later, as Runnel does: wait
+        // for that, so that the run does not start with leaders moving.
+        if let Some(layout) = layout(bootstrap, topic, created).await? {
+            return Ok((layout, created));
         }
         if Instant::now() > deadline {
             return Err(BenchError::Kafka(format!(
@@ -176,6 +156,42 @@ pub async fn prepare_topic(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The topic's layout from fresh metadata, or `None` while a partition has
+/// no leader (or, with `preferred`, a leader other than its preferred
+/// replica).
+pub async fn layout(
+    connection: &mut Connection,
+    topic: &str,
+    preferred: bool,
+) -> Result<Option<Layout>, BenchError> {
+    let response = metadata(connection, Some(topic)).await?;
+    let brokers = brokers_of(&response);
+    let Some(found) = response.topics.first().filter(|t| t.error_code == 0) else {
+        return Ok(None);
+    };
+    let leaders: BTreeMap<i32, i32> = found
+        .partitions
+        .iter()
+        .filter(|p| p.error_code == 0 && brokers.contains_key(&p.leader_id.0))
+        .filter(|p| !preferred || p.replica_nodes.first().is_none_or(|r| *r == p.leader_id))
+        .map(|p| (p.partition_index, p.leader_id.0))
+        .collect();
+    if leaders.is_empty() || leaders.len() != found.partitions.len() {
+        return Ok(None);
+    }
+    let replicas = found
+        .partitions
+        .iter()
+        .map(|p| p.replica_nodes.len())
+        .max()
+        .unwrap_or(1);
+    Ok(Some(Layout {
+        brokers,
+        leaders,
+        replicas,
+    }))
 }
 
 /// The log end offset of every partition, asked of each leader.

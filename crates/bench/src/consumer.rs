@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -50,6 +50,32 @@ struct Assigned {
     next_offset: i64,
     done: bool,
     failed: bool,
+    /// Its leader moved: waiting for fresh metadata.
+    moved: bool,
+}
+
+/// The pause before asking again who leads a partition.
+pub const REROUTE_BACKOFF_MS: u64 = 100;
+
+/// The link to `address`, opened if there is none yet.
+async fn link_to(links: &mut Vec<Link>, address: &str) -> Result<usize, BenchError> {
+    if let Some(position) = links
+        .iter()
+        .position(|link| link.connection.address == address)
+    {
+        return Ok(position);
+    }
+    let connection = Connection::open(address).await?;
+    // v4 is the first with RecordBatch v2; v13 names topics by id, which
+    // the bench does not track.
+    let version = connection.version(ApiKey::Fetch, 4, 12)?;
+    links.push(Link {
+        connection,
+        version,
+        assigned: Vec::new(),
+        fetching: false,
+    });
+    Ok(links.len() - 1)
 }
 
 struct Link {
@@ -65,6 +91,7 @@ pub struct ConsumerSetup {
     pub live: Arc<Live>,
     pub layout: Layout,
     pub topic: String,
+    pub bootstrap: String,
     /// Partition to the offset to start from.
     pub start: BTreeMap<i32, i64>,
     pub partitions: Vec<i32>,
@@ -82,30 +109,13 @@ pub async fn run(
             .layout
             .leader_address(partition)
             .ok_or_else(|| BenchError::Kafka(format!("partition {partition} has no leader")))?;
-        let position = match links
-            .iter()
-            .position(|link| link.connection.address == address)
-        {
-            Some(position) => position,
-            None => {
-                let connection = Connection::open(address).await?;
-                // v4 is the first with RecordBatch v2; v13 names topics by
-                // id, which the bench does not track.
-                let version = connection.version(ApiKey::Fetch, 4, 12)?;
-                links.push(Link {
-                    connection,
-                    version,
-                    assigned: Vec::new(),
-                    fetching: false,
-                });
-                links.len() - 1
-            }
-        };
+        let position = link_to(&mut links, address).await?;
         links[position].assigned.push(Assigned {
             partition,
             next_offset: setup.start.get(&partition).copied().unwrap_or(0),
             done: false,
             failed: false,
+            moved: false,
         });
     }
     let mut result = ConsumerResult {
@@ -121,7 +131,50 @@ pub async fn run(
     };
     let (replies, mut receiver) = mpsc::unbounded_channel::<(u64, Result<Bytes, String>)>();
     let mut latencies: Vec<u64> = Vec::new();
+    let mut refresh_at: Option<Instant> = None;
+    let mut metadata: Option<Connection> = None;
     loop {
+        if refresh_at.is_some_and(|at| at <= Instant::now()) {
+            refresh_at = None;
+            let fresh = async {
+                if metadata.is_none() {
+                    metadata = Some(crate::cluster::bootstrap(&setup.bootstrap).await?);
+                }
+                let connection = metadata.as_mut().expect("just opened");
+                crate::cluster::layout(connection, &setup.topic, false).await
+            }
+            .await;
+            match fresh {
+                Ok(Some(layout)) => {
+                    let mut moved = Vec::new();
+                    for link in &mut links {
+                        let (going, staying) = std::mem::take(&mut link.assigned)
+                            .into_iter()
+                            .partition(|a: &Assigned| a.moved);
+                        link.assigned = staying;
+                        moved.extend(going);
+                    }
+                    for mut assigned in moved {
+                        assigned.moved = false;
+                        let address = layout
+                            .leader_address(assigned.partition)
+                            .map(str::to_string);
+                        let position = match address {
+                            Some(address) => link_to(&mut links, &address).await?,
+                            None => {
+                                assigned.failed = true;
+                                0
+                            }
+                        };
+                        links[position].assigned.push(assigned);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    metadata = None;
+                    refresh_at = Some(Instant::now() + Duration::from_millis(REROUTE_BACKOFF_MS));
+                }
+            }
+        }
         let target = ends.borrow().clone();
         if let Some((end_offsets, deadline)) = &target {
             for link in &mut links {
@@ -151,7 +204,7 @@ pub async fn run(
             let wanted: Vec<&Assigned> = link
                 .assigned
                 .iter()
-                .filter(|a| !a.done && !a.failed)
+                .filter(|a| !a.done && !a.failed && !a.moved)
                 .collect();
             if wanted.is_empty() {
                 continue;
@@ -216,6 +269,18 @@ pub async fn run(
                         else {
                             continue;
                         };
+                        if matches!(answer.error_code, 5 | 6) {
+                            // The leader moved: fetch from the new one.
+                            setup.live.note(format!(
+                                "fetch sent to the new leader after {}",
+                                error_name(answer.error_code)
+                            ));
+                            assigned.moved = true;
+                            refresh_at.get_or_insert(
+                                Instant::now() + Duration::from_millis(REROUTE_BACKOFF_MS),
+                            );
+                            continue;
+                        }
                         if answer.error_code != 0 {
                             setup.live.error(
                                 format!("fetch refused: {}", error_name(answer.error_code)),
@@ -267,6 +332,12 @@ pub async fn run(
                     result.last_consumed = Some(Instant::now());
                 }
             }
+            _ = async {
+                match refresh_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             changed = ends.changed() => {
                 if changed.is_err() {
                     // The coordinator went away: nothing will say when to stop.

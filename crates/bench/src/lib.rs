@@ -229,6 +229,7 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
             live: live.clone(),
             layout: layout.clone(),
             topic: args.topic.clone(),
+            bootstrap: args.bootstrap.clone(),
             start: start_offsets.clone(),
             partitions: mine,
         };
@@ -440,9 +441,17 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
         );
     }
     let error_kinds = live.error_kinds.lock().expect("lock").clone();
+    let notes = live.notes.lock().expect("lock").clone();
+    let rerouted_batches: u64 = produced.iter().map(|r| r.rerouted_batches).sum();
     if errors > 0 {
         println!("errors: {errors}");
         for (kind, count) in &error_kinds {
+            println!("  {count} x {kind}");
+        }
+    }
+    if !notes.is_empty() {
+        println!("recovered from:");
+        for (kind, count) in &notes {
             println!("  {count} x {kind}");
         }
     }
@@ -496,6 +505,8 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
             "errors": {
                 "total": errors,
                 "kinds": error_kinds,
+                "recovered": notes,
+                "rerouted_batches": rerouted_batches,
             },
             "client_cpu": {
                 "user_s": cpu_user,

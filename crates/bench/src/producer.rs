@@ -3,8 +3,11 @@
 //! leader's connection has room for another request. A request to a
 //! broker carries one batch for each of as many of its partitions as are
 //! ready (as Kafka's producer drains them), and up to `--in-flight`
-//! requests are outstanding per connection. Nothing is retried: a failed
-//! batch is counted as that many errors.
+//! requests are outstanding per connection. A batch refused because the
+//! partition's leader moved (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE:
+//! nothing was written) is sent again to the new leader, found from fresh
+//! metadata; any other failure counts the batch's messages as errors (a
+//! retry could write them twice).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -34,6 +37,17 @@ const MESSAGES_PER_TURN_MAX: usize = 4_096;
 const FILLER_BYTES: usize = 1 << 20;
 /// Bytes of each generated key ("key-" and eight digits).
 pub const KEY_BYTES: usize = 12;
+/// How long after its first message a batch may still be sent again to a
+/// new leader (Kafka's `delivery.timeout.ms` is 120 s; a bench run wants
+/// to hear sooner).
+pub const DELIVERY_TIMEOUT_MS: u64 = 30_000;
+/// The pause before asking again who leads the partitions.
+pub const REROUTE_BACKOFF_MS: u64 = 100;
+
+/// Kafka errors after which nothing was written and the leader moved.
+fn leader_moved(code: i16) -> bool {
+    matches!(code, 5 | 6)
+}
 
 /// The keys a run draws from, with each key's partition worked out once.
 pub struct KeyTable {
@@ -157,6 +171,8 @@ pub struct ProducerResult {
     pub acked: BitSet,
     pub acked_bytes: u64,
     pub errors: u64,
+    /// Batches sent again because their partition's leader moved.
+    pub rerouted_batches: u64,
     pub latency: Histogram<u64>,
     /// One past the highest acknowledged offset, per partition.
     pub end_offsets: BTreeMap<i32, i64>,
@@ -173,6 +189,7 @@ struct Open {
 
 struct Sealed {
     partition: i32,
+    /// Kept until acknowledged, to be sent again if the leader moved.
     batch: Bytes,
     messages: Vec<(u64, Instant)>,
     bytes: usize,
@@ -207,6 +224,11 @@ struct Producer {
     in_flight: BTreeMap<u64, InFlight>,
     next_tag: u64,
     replies: mpsc::UnboundedSender<(u64, Result<Bytes, String>)>,
+    /// Batches whose leader moved, waiting for fresh metadata.
+    rerouting: Vec<Sealed>,
+    /// When to ask for fresh metadata, once a leader moved.
+    refresh_at: Option<Instant>,
+    metadata: Option<Connection>,
     result: ProducerResult,
     latencies: Vec<u64>,
 }
@@ -217,28 +239,7 @@ pub async fn run(
     stop_at: Instant,
 ) -> Result<ProducerResult, BenchError> {
     let mut links: Vec<Link> = Vec::new();
-    let mut link_of = BTreeMap::new();
-    for (&partition, &leader) in &shared.layout.leaders {
-        let address = shared.layout.brokers[&leader].clone();
-        let position = match links.iter().position(|link| link.address == address) {
-            Some(position) => position,
-            None => {
-                let connection = Connection::open(&address).await?;
-                let version = connection.version(ApiKey::Produce, 3, 9)?;
-                links.push(Link {
-                    connection: Some(connection),
-                    address,
-                    version,
-                    partitions: Vec::new(),
-                    sealed: VecDeque::new(),
-                    in_flight: 0,
-                });
-                links.len() - 1
-            }
-        };
-        links[position].partitions.push(partition);
-        link_of.insert(partition, position);
-    }
+    let link_of = route(&mut links, &shared.layout).await?;
     let partitions = shared.layout.partitions();
     let (replies, mut receiver) = mpsc::unbounded_channel();
     let mut producer = Producer {
@@ -255,12 +256,16 @@ pub async fn run(
         in_flight: BTreeMap::new(),
         next_tag: 0,
         replies,
+        rerouting: Vec::new(),
+        refresh_at: None,
+        metadata: None,
         result: ProducerResult {
             index,
             sent: 0,
             acked: BitSet::default(),
             acked_bytes: 0,
             errors: 0,
+            rerouted_batches: 0,
             latency: latency_histogram(),
             end_offsets: BTreeMap::new(),
             last_ack: None,
@@ -302,8 +307,15 @@ pub async fn run(
         } else {
             stopping = true;
         }
+        if producer.refresh_at.is_some_and(|at| at <= now) {
+            producer.reroute().await;
+        }
         producer.drain(now, stopping, linger).await;
-        if stopping && producer.in_flight.is_empty() && producer.nothing_queued() {
+        if stopping
+            && producer.in_flight.is_empty()
+            && producer.nothing_queued()
+            && producer.rerouting.is_empty()
+        {
             break;
         }
         while let Ok((tag, reply)) = receiver.try_recv() {
@@ -327,6 +339,9 @@ pub async fn run(
         if let Some(oldest) = producer.oldest_lingering() {
             sooner(oldest + linger);
         }
+        if let Some(at) = producer.refresh_at {
+            sooner(at);
+        }
         let wake = wake.map(|w| w.max(Instant::now()));
         tokio::select! {
             biased;
@@ -339,6 +354,37 @@ pub async fn run(
         }
     }
     Ok(producer.result)
+}
+
+/// Points each partition at the link to its leader, opening connections
+/// to leaders not connected yet.
+async fn route(links: &mut Vec<Link>, layout: &Layout) -> Result<BTreeMap<i32, usize>, BenchError> {
+    let mut link_of = BTreeMap::new();
+    for link in links.iter_mut() {
+        link.partitions.clear();
+    }
+    for (&partition, &leader) in &layout.leaders {
+        let address = layout.brokers[&leader].clone();
+        let position = match links.iter().position(|link| link.address == address) {
+            Some(position) => position,
+            None => {
+                let connection = Connection::open(&address).await?;
+                let version = connection.version(ApiKey::Produce, 3, 9)?;
+                links.push(Link {
+                    connection: Some(connection),
+                    address,
+                    version,
+                    partitions: Vec::new(),
+                    sealed: VecDeque::new(),
+                    in_flight: 0,
+                });
+                links.len() - 1
+            }
+        };
+        links[position].partitions.push(partition);
+        link_of.insert(partition, position);
+    }
+    Ok(link_of)
 }
 
 async fn sleep_until(wake: Option<Instant>) {
@@ -400,9 +446,18 @@ impl Producer {
         if self.shared.keys.is_none() && self.partitions[self.sticky] == partition {
             self.sticky = (self.sticky + 1) % self.partitions.len();
         }
-        let link = self.link_of[&partition];
+        let link = self.link_of.get(&partition).copied();
         match open.builder.seal(self.shared.args.compression) {
-            Ok(batch) => self.links[link].sealed.push_back(Sealed {
+            Ok(batch) if link.is_none() => {
+                let batch = Sealed {
+                    partition,
+                    batch,
+                    messages: open.messages,
+                    bytes: open.bytes,
+                };
+                self.fail(&[batch], format!("partition {partition} has no leader"));
+            }
+            Ok(batch) => self.links[link.expect("checked")].sealed.push_back(Sealed {
                 partition,
                 batch,
                 messages: open.messages,
@@ -424,8 +479,9 @@ impl Producer {
         self.open
             .iter()
             .filter(|(partition, _)| {
-                let link = &self.links[self.link_of[partition]];
-                link.in_flight < self.shared.args.in_flight
+                self.link_of
+                    .get(partition)
+                    .is_some_and(|&link| self.links[link].in_flight < self.shared.args.in_flight)
             })
             .map(|(_, open)| open.opened)
             .min()
@@ -511,10 +567,6 @@ impl Producer {
                 }
             },
         };
-        // The request holds its own copy of the batches' bytes now.
-        for batch in &mut batches {
-            batch.batch = Bytes::new();
-        }
         match outcome {
             Err(error) => {
                 if matches!(error, BenchError::Connect(_)) {
@@ -537,6 +589,60 @@ impl Producer {
                         batches,
                     },
                 );
+            }
+        }
+    }
+
+    /// Asks who leads the partitions now, and queues the batches whose
+    /// leader moved (and those queued for a node that no longer leads their
+    /// partition) for the new leaders.
+    async fn reroute(&mut self) {
+        let now = Instant::now();
+        self.refresh_at = None;
+        let args = &self.shared.args;
+        let fresh = async {
+            if self.metadata.is_none() {
+                self.metadata = Some(crate::cluster::bootstrap(&args.bootstrap).await?);
+            }
+            let connection = self.metadata.as_mut().expect("just opened");
+            crate::cluster::layout(connection, &args.topic, false).await
+        }
+        .await;
+        let layout = match fresh {
+            Ok(Some(layout)) => layout,
+            Ok(None) => {
+                // A partition has no leader yet: ask again shortly.
+                self.refresh_at = Some(now + Duration::from_millis(REROUTE_BACKOFF_MS));
+                return;
+            }
+            Err(error) => {
+                self.metadata = None;
+                self.shared.live.note(format!("metadata: {error}"));
+                self.refresh_at = Some(now + Duration::from_millis(REROUTE_BACKOFF_MS));
+                return;
+            }
+        };
+        if layout.leaders.keys().ne(self.link_of.keys()) {
+            self.shared
+                .live
+                .note("the topic's partitions changed during the run".into());
+        }
+        match route(&mut self.links, &layout).await {
+            Ok(link_of) => self.link_of = link_of,
+            Err(error) => {
+                self.shared.live.note(format!("reconnecting: {error}"));
+                self.refresh_at = Some(now + Duration::from_millis(REROUTE_BACKOFF_MS));
+                return;
+            }
+        }
+        let mut queued: Vec<Sealed> = std::mem::take(&mut self.rerouting);
+        for link in &mut self.links {
+            queued.extend(link.sealed.drain(..));
+        }
+        for batch in queued {
+            match self.link_of.get(&batch.partition) {
+                Some(&link) => self.links[link].sealed.push_back(batch),
+                None => self.fail(&[batch], "a partition disappeared".into()),
             }
         }
     }
@@ -588,6 +694,21 @@ impl Producer {
                 self.result.errors += count;
                 continue;
             };
+            let first_made = batch.messages.first().map_or(now, |m| m.1);
+            let young = now.saturating_duration_since(first_made)
+                < Duration::from_millis(DELIVERY_TIMEOUT_MS);
+            if leader_moved(answer.error_code) && young {
+                self.result.rerouted_batches += 1;
+                self.shared.live.note(format!(
+                    "produce sent to the new leader after {}",
+                    error_name(answer.error_code)
+                ));
+                self.buffered_bytes += batch.bytes; // still held
+                self.rerouting.push(batch);
+                self.refresh_at
+                    .get_or_insert(now + Duration::from_millis(REROUTE_BACKOFF_MS));
+                continue;
+            }
             if answer.error_code != 0 {
                 self.shared.live.error(
                     format!("produce refused: {}", error_name(answer.error_code)),

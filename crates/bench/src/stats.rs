@@ -92,6 +92,10 @@ pub struct Live {
     pub interval_end_to_end: Mutex<Option<Histogram<u64>>>,
     /// The first errors, by message, with how often each came.
     pub error_kinds: Mutex<BTreeMap<String, u64>>,
+    /// Things that went wrong and were recovered from (a leader moved and
+    /// the batch went to the new one), by message: not errors, but the
+    /// report says they happened.
+    pub notes: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Distinct error messages kept; more are counted under one entry.
@@ -123,6 +127,17 @@ impl Live {
             kind
         };
         *kinds.entry(key).or_insert(0) += count.max(1);
+    }
+
+    /// Notes something recovered from.
+    pub fn note(&self, kind: String) {
+        let mut notes = self.notes.lock().expect("lock");
+        let key = if notes.len() >= ERROR_KINDS_MAX && !notes.contains_key(&kind) {
+            "other notes".to_string()
+        } else {
+            kind
+        };
+        *notes.entry(key).or_insert(0) += 1;
     }
 
     /// Records latencies (µs) into an interval histogram.
