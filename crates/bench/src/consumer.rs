@@ -160,7 +160,15 @@ pub async fn run(
                             .leader_address(assigned.partition)
                             .map(str::to_string);
                         let position = match address {
-                            Some(address) => link_to(&mut links, &address).await?,
+                            Some(address) => match link_to(&mut links, &address).await {
+                                Ok(position) => position,
+                                Err(error) => {
+                                    setup.live.error(format!("fetch: {error}"), 1);
+                                    result.errors += 1;
+                                    assigned.failed = true;
+                                    0
+                                }
+                            },
                             None => {
                                 assigned.failed = true;
                                 0
@@ -233,7 +241,8 @@ pub async fn run(
             let (correlation_id, frame) =
                 link.connection
                     .encode(ApiKey::Fetch, link.version, &request)?;
-            link.connection
+            let sent = link
+                .connection
                 .send(
                     frame,
                     Some((
@@ -241,17 +250,39 @@ pub async fn run(
                         ReplyTo::Channel(index as u64, replies.clone()),
                     )),
                 )
-                .await?;
-            link.fetching = true;
+                .await;
+            match sent {
+                Ok(()) => link.fetching = true,
+                Err(error) => {
+                    // The connection broke: its partitions are not read
+                    // further, and the report says so.
+                    setup.live.error(format!("fetch: {error}"), 1);
+                    result.errors += 1;
+                    for assigned in &mut link.assigned {
+                        assigned.failed = true;
+                    }
+                }
+            }
         }
         tokio::select! {
             reply = receiver.recv() => {
                 let Some((index, reply)) = reply else { continue };
                 let link = &mut links[index as usize];
                 link.fetching = false;
-                let response: FetchResponse = reply
+                let decoded: Result<FetchResponse, BenchError> = reply
                     .map_err(BenchError::Connect)
-                    .and_then(|body| decode_response(ApiKey::Fetch, link.version, body))?;
+                    .and_then(|body| decode_response(ApiKey::Fetch, link.version, body));
+                let response = match decoded {
+                    Ok(response) => response,
+                    Err(error) => {
+                        setup.live.error(format!("fetch from {}: {error}", link.connection.address), 1);
+                        result.errors += 1;
+                        for assigned in &mut link.assigned {
+                            assigned.failed = true;
+                        }
+                        continue;
+                    }
+                };
                 if response.error_code != 0 {
                     setup.live.error(format!("fetch refused: {}", error_name(response.error_code)), 1);
                     result.errors += 1;
