@@ -264,7 +264,15 @@ pub async fn run(
                 }
             }
         }
+        let deadline = ends.borrow().as_ref().map(|(_, deadline)| *deadline);
         tokio::select! {
+            // A broker that stops answering must not hang the bench.
+            _ = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             reply = receiver.recv() => {
                 let Some((index, reply)) = reply else { continue };
                 let link = &mut links[index as usize];

@@ -43,6 +43,11 @@ pub const KEY_BYTES: usize = 12;
 pub const DELIVERY_TIMEOUT_MS: u64 = 30_000;
 /// The pause before asking again who leads the partitions.
 pub const REROUTE_BACKOFF_MS: u64 = 100;
+/// How long after the load stops a producer still waits for answers
+/// (beyond the broker's own 30 s produce timeout) before it counts what is
+/// unanswered as errors, so that a broker that stops answering cannot hang
+/// the bench.
+pub const ANSWER_GRACE_MS: u64 = 40_000;
 
 /// Kafka errors after which nothing was written and the leader moved.
 fn leader_moved(code: i16) -> bool {
@@ -284,8 +289,13 @@ pub async fn run(
     let mut next_due = started;
     let linger = Duration::from_millis(args.linger_ms);
     let mut stopping = false;
+    let give_up_at = stop_at + Duration::from_millis(ANSWER_GRACE_MS);
     loop {
         let now = Instant::now();
+        if now > give_up_at {
+            producer.give_up();
+            break;
+        }
         let producing = now < stop_at && producer.next_sequence < MESSAGES_PER_PRODUCER_MAX;
         if producing {
             let mut made = 0;
@@ -342,6 +352,7 @@ pub async fn run(
         if let Some(at) = producer.refresh_at {
             sooner(at);
         }
+        sooner(give_up_at);
         let wake = wake.map(|w| w.max(Instant::now()));
         tokio::select! {
             biased;
@@ -647,7 +658,31 @@ impl Producer {
         }
     }
 
+    /// Counts everything not acknowledged yet as errors.
+    fn give_up(&mut self) {
+        let waiting: Vec<Sealed> = std::mem::take(&mut self.in_flight)
+            .into_values()
+            .flat_map(|in_flight| in_flight.batches)
+            .chain(std::mem::take(&mut self.rerouting))
+            .collect();
+        let reason = format!("no answer within {} s of the end", ANSWER_GRACE_MS / 1000);
+        self.fail(&waiting, reason.clone());
+        let partitions: Vec<i32> = self.open.keys().copied().collect();
+        for partition in partitions {
+            self.seal(partition);
+        }
+        let queued: Vec<Sealed> = self
+            .links
+            .iter_mut()
+            .flat_map(|link| link.sealed.drain(..))
+            .collect();
+        self.fail(&queued, reason);
+    }
+
     fn fail(&mut self, batches: &[Sealed], reason: String) {
+        if batches.is_empty() {
+            return;
+        }
         let count: u64 = batches.iter().map(|b| b.messages.len() as u64).sum();
         self.shared.live.error(reason, count);
         self.result.errors += count;
