@@ -54,9 +54,9 @@ run() {
       -- sleep $((DURATION / 2))) >"$out/$name.perf.log" 2>&1 &
     perf_pid=$!
   fi
+  local code=0
   "$bin" bench -b "127.0.0.1:$kafka_port" --baseline-dir "$data" -d "$DURATION" \
-    --report "$out/$name.json" "${watch[@]}" "$@" | tee "$out/$name.txt"
-  local code=${PIPESTATUS[0]}
+    --report "$out/$name.json" "${watch[@]}" "$@" | tee "$out/$name.txt" || code=${PIPESTATUS[0]}
   [ -n "$perf_pid" ] && wait "$perf_pid"
   kill -TERM "$dev"
   wait "$dev" || true

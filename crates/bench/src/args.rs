@@ -63,7 +63,10 @@ pub enum Keys {
     Zipf,
 }
 
+/// A flag given twice takes its last value, so that a script's defaults
+/// can be overridden by the flags passed after them.
 #[derive(Args, Clone, Debug, Serialize)]
+#[command(args_override_self = true)]
 pub struct BenchArgs {
     /// Brokers to start from, host:port, comma separated.
     #[arg(long, short = 'b', default_value = "127.0.0.1:9092")]

@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::BenchError;
 
@@ -25,6 +25,9 @@ pub const RESPONSE_BYTES_MAX: usize = 80 << 20;
 /// Requests queued for the writer of one connection: the in-flight limits
 /// of producers and consumers keep far fewer there.
 pub const WRITE_QUEUE_MAX: usize = 4_096;
+/// Bytes queued for the writer of one connection: with acks=0 nothing else
+/// holds a producer back, so this is where it waits for the socket.
+pub const WRITE_QUEUE_BYTES_MAX: usize = 64 << 20;
 /// The writer gathers queued frames into one write up to this many bytes,
 /// so that small requests do not cost a system call each.
 pub const WRITE_GATHER_BYTES_MAX: usize = 256 << 10;
@@ -55,6 +58,8 @@ impl ReplyTo {
 struct Outgoing {
     frame: Bytes,
     reply: Option<(i32, ReplyTo)>,
+    /// The frame's share of WRITE_QUEUE_BYTES_MAX, given back once written.
+    _budget: OwnedSemaphorePermit,
 }
 
 /// Requests written and not answered yet, oldest first. Shared by the
@@ -79,6 +84,7 @@ fn fail_all(pending: &Pending, reason: String) {
 pub struct Connection {
     pub address: String,
     outgoing: mpsc::Sender<Outgoing>,
+    budget: Arc<Semaphore>,
     pending: Pending,
     correlation_id: i32,
     client_id: StrBytes,
@@ -107,6 +113,7 @@ impl Connection {
         let mut connection = Connection {
             address: address.to_string(),
             outgoing,
+            budget: Arc::new(Semaphore::new(WRITE_QUEUE_BYTES_MAX)),
             pending,
             correlation_id: 0,
             client_id: StrBytes::from_static_str("runnel-bench"),
@@ -182,8 +189,20 @@ impl Connection {
         if let Some(reason) = self.pending.lock().expect("pending lock").broken.clone() {
             return Err(BenchError::Connect(reason));
         }
+        // A frame larger than the whole budget takes all of it.
+        let share = frame.len().clamp(1, WRITE_QUEUE_BYTES_MAX) as u32;
+        let budget = Arc::clone(&self.budget)
+            .acquire_many_owned(share)
+            .await
+            .map_err(|_| {
+                BenchError::Connect(format!("the connection to {} is closed", self.address))
+            })?;
         self.outgoing
-            .send(Outgoing { frame, reply })
+            .send(Outgoing {
+                frame,
+                reply,
+                _budget: budget,
+            })
             .await
             .map_err(|_| {
                 BenchError::Connect(format!("the connection to {} is closed", self.address))
@@ -237,9 +256,17 @@ async fn write_loop(
         let mut next = Some(first);
         let mut frames: Vec<Bytes> = Vec::new();
         let mut bytes = 0usize;
+        // Held until the frames are written.
+        let mut budgets = Vec::new();
         {
             let mut state = pending.lock().expect("pending lock");
-            while let Some(Outgoing { frame, reply }) = next.take() {
+            while let Some(Outgoing {
+                frame,
+                reply,
+                _budget: budget,
+            }) = next.take()
+            {
+                budgets.push(budget);
                 if let Some(reply) = reply {
                     if let Some(reason) = &state.broken {
                         reply.1.send(Err(reason.clone()));
@@ -265,6 +292,7 @@ async fn write_loop(
             }
             socket.write_all(&gathered).await
         };
+        drop(budgets);
         if let Err(error) = result {
             fail_all(&pending, format!("writing failed: {error}"));
             return;

@@ -94,6 +94,11 @@ pub fn error_name(code: i16) -> String {
     name.to_string()
 }
 
+/// With acks=0, how many times (200 ms apart) the end offsets are read
+/// again until they stop moving, before the consumers are told where to
+/// stop.
+const ACKS_NONE_SETTLE_CHECKS_MAX: usize = 50;
+
 /// Runs `runnel bench`; returns the exit code: 0 when every message was
 /// acknowledged and consumed once, 1 when any was not (or the broker
 /// refused), 2 for bad usage, 3 when no broker answers.
@@ -266,8 +271,17 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
     let producing_ended = Instant::now();
     let mut end_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     if args.acks == Acks::None {
-        // Nothing was acknowledged: read whatever the logs hold now.
+        // Nothing was acknowledged: read what the logs hold once they stop
+        // growing (the broker may still be writing what was sent).
         end_offsets = cluster::end_offsets(&layout, &args.topic).await?;
+        for _ in 0..ACKS_NONE_SETTLE_CHECKS_MAX {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = cluster::end_offsets(&layout, &args.topic).await?;
+            if now == end_offsets {
+                break;
+            }
+            end_offsets = now;
+        }
     } else {
         for result in &produced {
             for (&partition, &end) in &result.end_offsets {
@@ -301,6 +315,7 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
 
     // Produce side.
     let sent: u64 = produced.iter().map(|r| r.sent).sum();
+    let sent_bytes: u64 = produced.iter().map(|r| r.sent_bytes).sum();
     let acknowledged: u64 = produced.iter().map(|r| r.acked.len()).sum();
     let acked_bytes: u64 = produced.iter().map(|r| r.acked_bytes).sum();
     let produce_errors: u64 = produced.iter().map(|r| r.errors).sum();
@@ -368,7 +383,14 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
         && all_acknowledged
         && (!verified || (lost == 0 && duplicates == 0 && unfinished.is_empty()));
 
-    let produce_mb_per_s = mb(acked_bytes as f64) / produce_seconds;
+    // With acks=0 nothing is acknowledged: the rate is what was sent.
+    let (counted, counted_bytes) = if args.acks == Acks::None {
+        (sent, sent_bytes)
+    } else {
+        (acknowledged, acked_bytes)
+    };
+    let produce_mb_per_s = mb(counted_bytes as f64) / produce_seconds;
+    let produce_messages_per_s = counted as f64 / produce_seconds;
     let consume_mb_per_s = mb(consumed_bytes as f64) / consume_seconds;
     let cpu_user = cpu_after.0 - cpu_before.0;
     let cpu_system = cpu_after.1 - cpu_before.1;
@@ -388,15 +410,16 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
         .collect();
 
     println!();
-    println!(
-        "produce: {acknowledged} of {sent} messages acknowledged in {produce_seconds:.1} s: {:.0} msg/s, {produce_mb_per_s:.1} MB/s (acks={})",
-        acknowledged as f64 / produce_seconds,
-        match args.acks {
-            Acks::None => "0",
-            Acks::Leader => "1",
-            Acks::All => "all",
-        }
-    );
+    if args.acks == Acks::None {
+        println!(
+            "produce: {sent} messages sent in {produce_seconds:.1} s: {produce_messages_per_s:.0} msg/s, {produce_mb_per_s:.1} MB/s (acks=0: none acknowledged)"
+        );
+    } else {
+        println!(
+            "produce: {acknowledged} of {sent} messages acknowledged in {produce_seconds:.1} s: {produce_messages_per_s:.0} msg/s, {produce_mb_per_s:.1} MB/s (acks={})",
+            if args.acks == Acks::Leader { "1" } else { "all" }
+        );
+    }
     if !produce_latency.is_empty() {
         println!("  produce latency    {}", latency_line(&produce_latency));
     }
@@ -479,7 +502,8 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
                 "acknowledged_bytes": acked_bytes,
                 "errors": produce_errors,
                 "seconds": produce_seconds,
-                "messages_per_s": acknowledged as f64 / produce_seconds,
+                "sent_bytes": sent_bytes,
+                "messages_per_s": produce_messages_per_s,
                 "mb_per_s": produce_mb_per_s,
                 "latency": percentiles_ms(&produce_latency),
             },

@@ -173,6 +173,7 @@ pub struct Shared {
 pub struct ProducerResult {
     pub index: u32,
     pub sent: u64,
+    pub sent_bytes: u64,
     pub acked: BitSet,
     pub acked_bytes: u64,
     pub errors: u64,
@@ -267,6 +268,7 @@ pub async fn run(
         result: ProducerResult {
             index,
             sent: 0,
+            sent_bytes: 0,
             acked: BitSet::default(),
             acked_bytes: 0,
             errors: 0,
@@ -444,6 +446,7 @@ impl Producer {
         self.buffered_bytes += bytes;
         Live::add(&shared.live.sent, 1);
         self.result.sent += 1;
+        self.result.sent_bytes += bytes as u64;
         if open.builder.len_bytes() >= batch_bytes {
             self.seal(partition);
         }
