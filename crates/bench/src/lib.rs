@@ -409,6 +409,8 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
         })
         .collect();
 
+    let watched_cpu_s: Option<f64> =
+        (!watched.is_empty()).then(|| watched.iter().filter_map(|w| w["cpu_s"].as_f64()).sum());
     println!();
     if args.acks == Acks::None {
         println!(
@@ -453,6 +455,13 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
         cpu_system,
         100.0 * (cpu_user + cpu_system) / load_seconds
     );
+    if let Some(cpu) = watched_cpu_s {
+        println!(
+            "watched processes' CPU: {cpu:.2} s over {load_seconds:.1} s ({:.2} cores), {:.1} us per message",
+            cpu / load_seconds,
+            cpu * 1e6 / counted.max(1) as f64
+        );
+    }
     if verified {
         println!(
             "delivery: {lost} acknowledged messages not consumed, {duplicates} consumed twice, {consumed_unacknowledged} consumed but not acknowledged{}",
@@ -539,6 +548,11 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
                 "cores_used": (cpu_user + cpu_system) / load_seconds,
             },
             "watched_processes": watched,
+            "watched_cpu": {
+                "cpu_s": watched_cpu_s,
+                "cores_used": watched_cpu_s.map(|cpu| cpu / load_seconds),
+                "us_per_message": watched_cpu_s.map(|cpu| cpu * 1e6 / counted.max(1) as f64),
+            },
             "versus_limits": {
                 "disk_ceiling_mb_per_s": disk_ceiling_mb_per_s,
                 "produce_of_disk_ceiling": disk_ceiling_mb_per_s.map(|c| produce_mb_per_s / c),
