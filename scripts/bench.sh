@@ -8,6 +8,7 @@
 #   bash scripts/bench.sh                 # both, 30 s of load each
 #   DURATION=10 bash scripts/bench.sh single
 #   PROFILE=1 bash scripts/bench.sh       # also perf-sample the brokers
+#   TAG=window bash scripts/bench.sh cluster --buffer-bytes 262144   # files cluster-window.*
 #
 # Extra `runnel bench` flags can follow the run's name:
 #   bash scripts/bench.sh cluster --buffer-bytes 262144
@@ -28,7 +29,7 @@ rpc_port="${RPC_PORT:-30692}"
 
 # run NAME NODES [runnel bench flags...]
 run() {
-  local name=$1 nodes=$2
+  local name=$1${TAG:+-$TAG} nodes=$2
   shift 2
   local data="$out/$name-data"
   rm -rf "$data"
@@ -49,7 +50,7 @@ run() {
     # cpu-clock: a software event, for virtual machines without hardware
     # counters. Sampling covers the middle half of the load, past the
     # baseline (about 6 s) and topic creation.
-    (sleep $((6 + DURATION / 4)) && perf record -e cpu-clock -F 499 -g \
+    (sleep $((6 + DURATION / 4)) && perf record -e cpu-clock -F 499 --call-graph dwarf,16384 \
       -o "$out/$name.perf.data" -p "$(echo "$pids" | paste -sd, -)" \
       -- sleep $((DURATION / 2))) >"$out/$name.perf.log" 2>&1 &
     perf_pid=$!
@@ -68,6 +69,12 @@ run() {
           --percent-limit 0.7 --sort "$sort" 2>/dev/null \
           | grep -E '^ +[0-9.]+%' | sed 's/ *$//' | head -40
       done
+      # Inclusive time (a function and what it calls), from the DWARF call
+      # chains: which parts of Runnel the time goes to.
+      echo "== inclusive, by function"
+      perf report -i "$out/$name.perf.data" --stdio --children -g none \
+        --percent-limit 2 --sort symbol 2>/dev/null \
+        | grep -E '^ +[0-9.]+%' | sed 's/ *$//' | head -60
     } >"$out/$name.profile.txt" || true
     echo "profile: $out/$name.profile.txt"
   fi

@@ -46,6 +46,7 @@ def test_a_short_run_reports_every_message_acknowledged_and_consumed(broker, top
     out = done.stdout.decode()
     assert "baseline: disk" in out and "produce:" in out and "end-to-end latency" in out
     assert out.count("] sent") >= 1, "a progress line each second"
+    assert len(report["timeline"]) >= 1 and "acknowledged" in report["timeline"][0]
 
     assert report["revision"]["commit"], "the git revision is recorded"
     machine = report["machine"]

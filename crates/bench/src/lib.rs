@@ -247,7 +247,7 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
     for index in 0..args.producers {
         producers.push(tokio::spawn(producer::run(index, shared.clone(), stop_at)));
     }
-    let progress = (!args.quiet).then(|| tokio::spawn(progress(live.clone(), load_started)));
+    let progress = tokio::spawn(progress(live.clone(), load_started, args.quiet));
 
     let mut produced = Vec::new();
     let mut first_error = None;
@@ -263,9 +263,7 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
         }
     }
     if let Some(error) = first_error.take() {
-        if let Some(progress) = &progress {
-            progress.abort();
-        }
+        progress.abort();
         return Err(error);
     }
     let producing_ended = Instant::now();
@@ -304,9 +302,7 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
             }
         }
     }
-    if let Some(progress) = &progress {
-        progress.abort();
-    }
+    progress.abort();
     if let Some(error) = first_error {
         return Err(error);
     }
@@ -547,6 +543,7 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
                 "wall_s": load_seconds,
                 "cores_used": (cpu_user + cpu_system) / load_seconds,
             },
+            "timeline": live.timeline.lock().expect("lock").clone(),
             "watched_processes": watched,
             "watched_cpu": {
                 "cpu_s": watched_cpu_s,
@@ -582,8 +579,9 @@ fn latency_line(histogram: &hdrhistogram::Histogram<u64>) -> String {
     )
 }
 
-/// A line each second: rates over the last second and its latencies.
-async fn progress(live: Arc<Live>, started: Instant) {
+/// A line each second (unless `quiet`): rates over the last second and
+/// its latencies, also kept for the report's timeline.
+async fn progress(live: Arc<Live>, started: Instant, quiet: bool) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut last = (0u64, 0u64, 0u64, 0u64);
@@ -597,27 +595,37 @@ async fn progress(live: Arc<Live>, started: Instant) {
         );
         let produce = Live::take(&live.interval_produce);
         let end_to_end = Live::take(&live.interval_end_to_end);
-        let p99 = |histogram: &hdrhistogram::Histogram<u64>| {
-            if histogram.is_empty() {
-                "-".to_string()
-            } else {
-                format!(
-                    "{:.1} ms",
-                    histogram.value_at_quantile(0.99) as f64 / 1000.0
-                )
-            }
+        let p99_ms = |histogram: &hdrhistogram::Histogram<u64>| {
+            (!histogram.is_empty()).then(|| histogram.value_at_quantile(0.99) as f64 / 1000.0)
         };
-        println!(
-            "[{:>4.0}s] sent {:>7}/s  acked {:>7}/s {:>6.1} MB/s  p99 {:>8} | consumed {:>7}/s  e2e p99 {:>8} | errors {}",
-            started.elapsed().as_secs_f64(),
-            now.0 - last.0,
-            now.1 - last.1,
-            mb((now.2 - last.2) as f64),
-            p99(&produce),
-            now.3 - last.3,
-            p99(&end_to_end),
-            Live::get(&live.errors)
-        );
+        let shown = |p99: Option<f64>| p99.map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+        let second = json!({
+            "second": started.elapsed().as_secs_f64().round(),
+            "sent": now.0 - last.0,
+            "acknowledged": now.1 - last.1,
+            "mb": mb((now.2 - last.2) as f64),
+            "produce_p99_ms": p99_ms(&produce),
+            "consumed": now.3 - last.3,
+            "end_to_end_p99_ms": p99_ms(&end_to_end),
+            "errors": Live::get(&live.errors),
+        });
+        if !quiet {
+            println!(
+                "[{:>4.0}s] sent {:>7}/s  acked {:>7}/s {:>6.1} MB/s  p99 {:>8} | consumed {:>7}/s  e2e p99 {:>8} | errors {}",
+                started.elapsed().as_secs_f64(),
+                now.0 - last.0,
+                now.1 - last.1,
+                mb((now.2 - last.2) as f64),
+                shown(p99_ms(&produce)),
+                now.3 - last.3,
+                shown(p99_ms(&end_to_end)),
+                Live::get(&live.errors)
+            );
+        }
+        let mut timeline = live.timeline.lock().expect("lock");
+        if timeline.len() < stats::TIMELINE_SECONDS_MAX {
+            timeline.push(second);
+        }
         last = now;
     }
 }

@@ -96,7 +96,12 @@ pub struct Live {
     /// the batch went to the new one), by message: not errors, but the
     /// report says they happened.
     pub notes: Mutex<BTreeMap<String, u64>>,
+    /// One entry per second of the run, as the progress line shows it.
+    pub timeline: Mutex<Vec<Value>>,
 }
+
+/// Seconds of the run the report's timeline keeps (a day).
+pub const TIMELINE_SECONDS_MAX: usize = 86_400 + 600;
 
 /// Distinct error messages kept; more are counted under one entry.
 pub const ERROR_KINDS_MAX: usize = 32;
