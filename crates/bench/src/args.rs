@@ -90,6 +90,7 @@ pub struct BenchArgs {
     /// Bytes of each message's value.
     #[arg(long, short = 's', default_value_t = 1024)]
     pub message_bytes: usize,
+    /// How messages get keys, and so partitions.
     #[arg(long, value_enum, default_value = "none")]
     pub keys: Keys,
     /// Distinct keys for --keys uniform or zipf.
@@ -101,8 +102,11 @@ pub struct BenchArgs {
     /// ... or once its first message is this old.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// What a produce waits for: 0 nothing, 1 the leader, all the
+    /// replicas (Runnel answers 1 like all: once the batch is committed).
     #[arg(long, value_enum, default_value = "all")]
     pub acks: Acks,
+    /// The batches' compression codec.
     #[arg(long, short = 'z', value_enum, default_value = "none")]
     pub compression: Codec,
     /// Messages per second over all producers (0: as fast as possible).
