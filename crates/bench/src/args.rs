@@ -166,14 +166,13 @@ impl BenchArgs {
         if self.in_flight == 0 || self.in_flight > IN_FLIGHT_MAX {
             return usage(format!("--in-flight must be 1 to {IN_FLIGHT_MAX}"));
         }
-        if self.producers > PRODUCERS_MAX {
-            return usage(format!("--producers must be 0 to {PRODUCERS_MAX}"));
+        // Consumers read what this run's producers wrote, so there is
+        // always at least one producer.
+        if self.producers == 0 || self.producers > PRODUCERS_MAX {
+            return usage(format!("--producers must be 1 to {PRODUCERS_MAX}"));
         }
         if self.consumers > CONSUMERS_MAX {
             return usage(format!("--consumers must be 0 to {CONSUMERS_MAX}"));
-        }
-        if self.producers == 0 && self.consumers == 0 {
-            return usage("nothing to do: --producers and --consumers are both 0".into());
         }
         if self.partitions == 0 || self.partitions < -1 || self.partitions > PARTITIONS_MAX {
             return usage(format!("--partitions must be 1 to {PARTITIONS_MAX}"));
