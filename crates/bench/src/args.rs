@@ -203,3 +203,53 @@ impl BenchArgs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn parse(flags: &[&str]) -> BenchArgs {
+        let mut argv = vec!["bench"];
+        argv.extend_from_slice(flags);
+        Command::try_parse_from(argv).expect("parses").args
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_a_repeated_flag_takes_its_last_value() {
+        assert!(parse(&[]).validate().is_ok());
+        let args = parse(&["--acks", "all", "--acks", "0", "-r", "3"]);
+        assert_eq!(args.acks, Acks::None);
+        assert_eq!(args.replication_factor, 3);
+    }
+
+    #[test]
+    fn every_bound_is_a_usage_error() {
+        for flags in [
+            &["--message-bytes", "27"][..],
+            &["--message-bytes", "1000001"],
+            &["--batch-bytes", "0"],
+            &["--batch-bytes", "2000000"],
+            &["--in-flight", "0"],
+            &["--in-flight", "1025"],
+            &["--producers", "0"],
+            &["--consumers", "257"],
+            &["--partitions", "0"],
+            &["--keys", "zipf", "--key-count", "0"],
+            &["--duration-secs", "0"],
+            &["--buffer-bytes", "1000"],
+            &["--baseline-secs", "0"],
+            &["--topic", ""],
+        ] {
+            let error = parse(flags).validate().expect_err("out of bounds");
+            assert!(matches!(error, BenchError::Usage(_)), "{flags:?}");
+            assert_eq!(error.exit_code(), 2);
+        }
+    }
+}
