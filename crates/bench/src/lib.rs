@@ -38,11 +38,12 @@ pub mod machine;
 pub mod producer;
 pub mod records;
 pub mod stats;
+pub mod totals;
 
 pub use args::BenchArgs;
 
 use args::Acks;
-use stats::{latency_histogram, percentiles_ms, BitSet, Clock, Live};
+use stats::{percentiles_ms, Clock, Live};
 
 /// What stopped a run, and the exit code it maps to (as the other
 /// `runnel` tools: 1 the broker refused, 2 bad usage, 3 no broker).
@@ -309,82 +310,39 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
     let load_seconds = load_started.elapsed().as_secs_f64();
     let cpu_after = stats::cpu_seconds();
 
-    // Produce side.
-    let sent: u64 = produced.iter().map(|r| r.sent).sum();
-    let sent_bytes: u64 = produced.iter().map(|r| r.sent_bytes).sum();
-    let acknowledged: u64 = produced.iter().map(|r| r.acked.len()).sum();
-    let acked_bytes: u64 = produced.iter().map(|r| r.acked_bytes).sum();
-    let produce_errors: u64 = produced.iter().map(|r| r.errors).sum();
-    let mut produce_latency = latency_histogram();
-    for result in &produced {
-        let _ = produce_latency.add(&result.latency);
-    }
-    let last_ack = produced.iter().filter_map(|r| r.last_ack).max();
-    let produce_seconds = last_ack
-        .unwrap_or(producing_ended)
-        .saturating_duration_since(load_started)
-        .as_secs_f64()
-        .max(1e-3);
-
-    // Consume side.
-    let consumer_count = consumed.len();
-    let consumed_count: u64 = consumed.iter().map(|r| r.consumed).sum();
-    let consumed_bytes: u64 = consumed.iter().map(|r| r.consumed_bytes).sum();
-    let duplicates: u64 = consumed.iter().map(|r| r.duplicates).sum();
-    let foreign: u64 = consumed.iter().map(|r| r.foreign).sum();
-    let consume_errors: u64 = consumed.iter().map(|r| r.errors).sum();
-    let unfinished: Vec<i32> = consumed.iter().flat_map(|r| r.unfinished.clone()).collect();
-    let mut end_to_end = latency_histogram();
-    let mut seen: BTreeMap<u32, BitSet> = BTreeMap::new();
-    for result in &consumed {
-        let _ = end_to_end.add(&result.latency);
-        for (&producer, bits) in &result.seen {
-            seen.entry(producer).or_default().union_with(bits);
-        }
-    }
-    let last_consumed = consumed.iter().filter_map(|r| r.last_consumed).max();
-    let consume_seconds = last_consumed
-        .unwrap_or(producing_ended)
-        .saturating_duration_since(load_started)
-        .as_secs_f64()
-        .max(1e-3);
-
-    // Delivery: every acknowledged message consumed, once.
-    let empty = BitSet::default();
-    let verified = args.acks != Acks::None && consumer_count > 0;
-    let lost: u64 = if verified {
-        produced
-            .iter()
-            .map(|r| r.acked.missing_from(seen.get(&r.index).unwrap_or(&empty)))
-            .sum()
-    } else {
-        0
-    };
-    let consumed_unacknowledged: u64 = if verified {
-        seen.iter()
-            .map(|(producer, bits)| {
-                let acked = produced
-                    .iter()
-                    .find(|r| r.index == *producer)
-                    .map_or(&empty, |r| &r.acked);
-                bits.missing_from(acked)
-            })
-            .sum()
-    } else {
-        0
-    };
-    let errors = Live::get(&live.errors);
-    let all_acknowledged = args.acks == Acks::None || sent == acknowledged;
-    let delivered = errors == 0
-        && all_acknowledged
-        && (!verified || (lost == 0 && duplicates == 0 && unfinished.is_empty()));
-
-    // With acks=0 nothing is acknowledged: the rate is what was sent.
-    let (counted, counted_bytes) = if args.acks == Acks::None {
-        (sent, sent_bytes)
-    } else {
-        (acknowledged, acked_bytes)
-    };
+    let totals = totals::Totals::new(
+        args.acks,
+        &produced,
+        &consumed,
+        load_started,
+        producing_ended,
+        Live::get(&live.errors),
+    );
+    let totals::Totals {
+        sent,
+        sent_bytes,
+        acknowledged,
+        acked_bytes,
+        produce_errors,
+        produce_latency,
+        produce_seconds,
+        consumer_count,
+        consumed_count,
+        consumed_bytes,
+        duplicates,
+        foreign,
+        consume_errors,
+        unfinished,
+        end_to_end,
+        consume_seconds,
+        verified,
+        lost,
+        consumed_unacknowledged,
+        errors,
+        delivered,
+        counted,
+        counted_bytes,
+    } = totals;
     let produce_mb_per_s = mb(counted_bytes as f64) / produce_seconds;
     let produce_messages_per_s = counted as f64 / produce_seconds;
     let consume_mb_per_s = mb(consumed_bytes as f64) / consume_seconds;
