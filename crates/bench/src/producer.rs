@@ -319,6 +319,11 @@ pub async fn run(
         } else {
             stopping = true;
         }
+        // Replies that are already in, before deciding what to send and
+        // whether the run is over: the last of them may end it.
+        while let Ok((tag, reply)) = receiver.try_recv() {
+            producer.complete(tag, reply);
+        }
         if producer.refresh_at.is_some_and(|at| at <= now) {
             producer.reroute().await;
         }
@@ -329,9 +334,6 @@ pub async fn run(
             && producer.rerouting.is_empty()
         {
             break;
-        }
-        while let Ok((tag, reply)) = receiver.try_recv() {
-            producer.complete(tag, reply);
         }
         let can_make_now = producing
             && producer.buffered_bytes < args.buffer_bytes
