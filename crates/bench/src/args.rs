@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// broker's default).
     #[arg(long, short = 'r', default_value_t = -1)]
     pub replication_factor: i16,
+    /// A configuration of the topic when the bench creates it, key=value
+    /// (for example retention.bytes=1073741824); repeat for more.
+    #[arg(long = "topic-config")]
+    pub topic_configs: Vec<String>,
     /// Producer clients, each with its own connection to every broker.
     #[arg(long, default_value_t = 1)]
     pub producers: u32,
@@ -197,6 +201,9 @@ impl BenchArgs {
         if !(self.baseline_secs > 0.0 && self.baseline_secs <= 60.0) {
             return usage("--baseline-secs must be over 0 and at most 60".into());
         }
+        if let Some(bad) = self.topic_configs.iter().find(|c| !c.contains('=')) {
+            return usage(format!("--topic-config \"{bad}\" is not key=value"));
+        }
         if self.topic.is_empty() || self.topic.len() > 249 {
             return usage("--topic must be 1 to 249 characters".into());
         }
@@ -246,6 +253,7 @@ mod tests {
             &["--buffer-bytes", "1000"],
             &["--baseline-secs", "0"],
             &["--topic", ""],
+            &["--topic-config", "retention.ms"],
         ] {
             let error = parse(flags).validate().expect_err("out of bounds");
             assert!(matches!(error, BenchError::Usage(_)), "{flags:?}");

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
@@ -99,6 +99,7 @@ pub async fn prepare_topic(
     topic: &str,
     partitions: i32,
     replication_factor: i16,
+    configs: &[String],
 ) -> Result<(Layout, bool), BenchError> {
     let existing = metadata(bootstrap, Some(topic)).await?;
     let exists = existing
@@ -118,7 +119,18 @@ pub async fn prepare_topic(
             .with_topics(vec![CreatableTopic::default()
                 .with_name(topic_name(topic))
                 .with_num_partitions(partitions)
-                .with_replication_factor(replication_factor)])
+                .with_replication_factor(replication_factor)
+                .with_configs(
+                    configs
+                        .iter()
+                        .filter_map(|config| config.split_once('='))
+                        .map(|(key, value)| {
+                            CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(key.to_string()))
+                                .with_value(Some(StrBytes::from_string(value.to_string())))
+                        })
+                        .collect(),
+                )])
             .with_timeout_ms(30_000);
         let response: CreateTopicsResponse = connection
             .request(ApiKey::CreateTopics, version, &request)

@@ -178,6 +178,7 @@ async fn bench(args: BenchArgs) -> Result<bool, BenchError> {
         &args.topic,
         args.partitions,
         args.replication_factor,
+        &args.topic_configs,
     )
     .await?;
     let replicas = layout.replicas;
