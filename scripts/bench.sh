@@ -45,7 +45,7 @@ run() {
   local pids watch=()
   pids=$(pgrep -P "$dev" || true)
   for pid in $pids; do watch+=(--watch-pid "$pid"); done
-  local perf_pid=""
+  local perf_pid="" stat_pid=""
   if [ "$PROFILE" = 1 ]; then
     # cpu-clock: a software event, for virtual machines without hardware
     # counters. Sampling covers the middle half of the load, past the
@@ -54,11 +54,19 @@ run() {
       -o "$out/$name.perf.data" -p "$(echo "$pids" | paste -sd, -)" \
       -- sleep $((DURATION / 2))) >"$out/$name.perf.log" 2>&1 &
     perf_pid=$!
+    # System calls per second over the same window: how many fdatasyncs
+    # the disk does, and how many writes, reads and wake-ups carry them.
+    (sleep $((6 + DURATION / 4)) && perf stat -x, -o "$out/$name.syscalls.csv" \
+      -e syscalls:sys_enter_fdatasync,syscalls:sys_enter_pwrite64 \
+      -e syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto \
+      -e syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait \
+      -p "$(echo "$pids" | paste -sd, -)" -- sleep $((DURATION / 2))) >/dev/null 2>&1 &
+    stat_pid=$!
   fi
   local code=0
   "$bin" bench -b "127.0.0.1:$kafka_port" --baseline-dir "$data" -d "$DURATION" \
     --report "$out/$name.json" "${watch[@]}" "$@" | tee "$out/$name.txt" || code=${PIPESTATUS[0]}
-  [ -n "$perf_pid" ] && wait "$perf_pid"
+  if [ -n "$perf_pid" ]; then wait "$perf_pid" "$stat_pid"; fi
   kill -TERM "$dev"
   wait "$dev" || true
   if [ "$PROFILE" = 1 ]; then
