@@ -9,6 +9,7 @@
 #   DURATION=10 bash scripts/bench.sh single
 #   PROFILE=1 bash scripts/bench.sh       # also perf-sample the brokers
 #   TAG=window bash scripts/bench.sh cluster --buffer-bytes 262144   # files cluster-window.*
+#   KEEP_DATA=1 bash scripts/bench.sh single   # keep the brokers' data and logs afterwards
 #
 # Extra `runnel bench` flags can follow the run's name:
 #   bash scripts/bench.sh cluster --buffer-bytes 262144
@@ -69,6 +70,8 @@ run() {
   if [ -n "$perf_pid" ]; then wait "$perf_pid" "$stat_pid"; fi
   kill -TERM "$dev"
   wait "$dev" || true
+  # The brokers' data is gigabytes after a run; KEEP_DATA=1 keeps it.
+  [ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$data"
   if [ "$PROFILE" = 1 ]; then
     {
       for sort in comm dso dso,symbol; do
