@@ -24,12 +24,12 @@
 //! figures wanted need no statistics beyond a timed run, and criterion's
 //! dependency tree is a long first build on a 2-core machine.
 
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use runnel_disk::ceiling::raw_fdatasync_appends;
 use runnel_disk::{FileDisk, FileDiskOptions};
 use runnel_io::{Disk, DiskCompletion, DiskOp};
 
@@ -64,31 +64,20 @@ fn budget_left(started: Instant, bytes: u64) -> bool {
 }
 
 fn raw(dir: &Path, size: usize) -> Row {
-    let path = dir.join("raw");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("open");
-    let data = vec![0x5A; size];
-    let started = Instant::now();
-    let (mut appends, mut bytes) = (0, 0);
-    while budget_left(started, bytes) {
-        file.write_all_at(&data, bytes).expect("write");
-        file.sync_data().expect("fdatasync");
-        appends += 1;
-        bytes += size as u64;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    fs::remove_file(&path).expect("remove");
+    let appends = raw_fdatasync_appends(
+        dir,
+        "raw",
+        size,
+        Duration::from_secs_f64(SLICE_SECONDS),
+        SLICE_BYTES_MAX,
+    )
+    .expect("raw appends");
     Row {
         label: "raw: pwrite + fdatasync each".into(),
-        appends,
-        bytes,
-        fdatasyncs: appends,
-        seconds,
+        appends: appends.appends,
+        bytes: appends.bytes,
+        fdatasyncs: appends.appends,
+        seconds: appends.seconds,
     }
 }
 

@@ -12,12 +12,11 @@
 //! Rows alternate in `ROUNDS` rounds and report their median, because
 //! fdatasync latency on a shared virtual disk drifts over seconds.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use runnel_consensus::{Entry, HardState, Payload};
+use runnel_disk::ceiling::raw_fdatasync_appends;
 use runnel_disk::FileDisk;
 use runnel_io::Disk;
 use runnel_storage::{GroupStore, StoreOptions};
@@ -43,29 +42,18 @@ impl Measure {
 }
 
 fn raw(dir: &Path, batch: usize) -> Measure {
-    let path = dir.join("raw");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .expect("open");
-    let data = vec![0x5A; batch * ENTRY_BYTES];
-    let started = Instant::now();
-    let (mut offset, mut batches) = (0u64, 0u64);
-    while started.elapsed().as_secs_f64() < SLICE_SECONDS {
-        file.write_all_at(&data, offset).expect("write");
-        file.sync_data().expect("fdatasync");
-        offset += data.len() as u64;
-        batches += 1;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(&path).expect("remove");
+    let appends = raw_fdatasync_appends(
+        dir,
+        "raw",
+        batch * ENTRY_BYTES,
+        Duration::from_secs_f64(SLICE_SECONDS),
+        u64::MAX,
+    )
+    .expect("raw appends");
     Measure {
-        bytes: offset,
-        batches,
-        seconds,
+        bytes: appends.bytes,
+        batches: appends.appends,
+        seconds: appends.seconds,
     }
 }
 

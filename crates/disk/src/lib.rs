@@ -112,6 +112,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ceiling;
 pub mod conformance;
 mod handles;
 mod paths;

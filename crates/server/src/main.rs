@@ -60,6 +60,9 @@ enum Command {
     },
     /// A local cluster for trying things out; Ctrl-C stops it.
     Dev(dev::DevArgs),
+    /// A load generator for any Kafka broker: throughput and latency
+    /// beside the machine's own limits (see docs/performance.md).
+    Bench(runnel_bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
             finish(runnel_server::group_cli::group(&connect, command))
         }
         Command::Dev(args) => ExitCode::from(dev::run(args)),
+        Command::Bench(args) => ExitCode::from(runnel_bench::run(args)),
     }
 }
 
