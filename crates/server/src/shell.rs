@@ -71,6 +71,18 @@ pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// How long one envelope may take to write before the connection is given
 /// up as stalled (a peer behind a partition that does not reset it).
 pub const PEER_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// How often the receiving end of a peer connection acknowledges the
+/// envelopes it took from it (a count, u64 little-endian, written back on
+/// the same connection), when it took any.
+pub const PEER_ACK_INTERVAL_MS: u64 = 200;
+/// How long a peer sender waits for its oldest unacknowledged envelope to
+/// be acknowledged before it gives the connection up and reconnects. A
+/// connection whose segments vanish (a partition that outlived the
+/// sender's socket, a middlebox that lost its state) is otherwise written
+/// into for as long as the socket buffer takes envelopes, with nothing
+/// arriving and no error, long after the network healed.
+pub const PEER_ACK_TIMEOUT_MS: u64 = 3_000;
+const _: () = assert!(5 * PEER_ACK_INTERVAL_MS <= PEER_ACK_TIMEOUT_MS);
 /// Inbound peer connections open at once. Each peer keeps one (a few more
 /// while one reconnects); the bound keeps a stray or hostile client of the
 /// peer port from holding unbounded tasks and sockets.

@@ -148,7 +148,10 @@ pub(crate) fn start_peer_sender<T: Transport>(
 
 /// Keeps a connection to one peer and writes its envelopes in order. While
 /// the peer cannot be reached, what was queued is dropped: consensus resends
-/// what matters, and stale messages would only be discarded there.
+/// what matters, and stale messages would only be discarded there. The
+/// peer acknowledges what it took (see `peer_listener`); a connection whose
+/// envelopes go unacknowledged for `PEER_ACK_TIMEOUT_MS` is given up, as is
+/// one whose write stalls for `PEER_WRITE_TIMEOUT_MS`.
 async fn peer_sender<T: Transport>(
     node_id: NodeId,
     address: String,
@@ -158,33 +161,78 @@ async fn peer_sender<T: Transport>(
     let mut backoff_ms = 50;
     let connect_timeout = Duration::from_millis(PEER_CONNECT_TIMEOUT_MS);
     let write_timeout = Duration::from_millis(PEER_WRITE_TIMEOUT_MS);
+    let ack_timeout = Duration::from_millis(PEER_ACK_TIMEOUT_MS);
     loop {
         match tokio::time::timeout(connect_timeout, T::connect(&address)).await {
-            Ok(Ok(mut stream)) => {
+            Ok(Ok(stream)) => {
                 T::set_nodelay(&stream);
                 tracing::info!(peer = node_id, %address, "connected to peer");
                 backoff_ms = 50;
-                loop {
-                    let Some(frame) = queue.recv().await else {
-                        return;
-                    };
-                    queued_bytes.fetch_sub(frame.len(), Ordering::SeqCst);
-                    match tokio::time::timeout(write_timeout, stream.write_all(&frame)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => {
-                            tracing::info!(peer = node_id, %error, "lost the connection to a peer");
-                            break;
+                let (mut reader, mut writer) = T::split(stream);
+                // The peer's acknowledgements, read by a task of their own
+                // so that no partial read is ever cancelled; it ends when
+                // the connection does.
+                let (acked_sender, mut acked) = watch::channel(0u64);
+                let ack_reader = T::spawn(async move {
+                    let mut count = [0u8; 8];
+                    while reader.read_exact(&mut count).await.is_ok() {
+                        if acked_sender.send(u64::from_le_bytes(count)).is_err() {
+                            return;
                         }
-                        Err(_) => {
+                    }
+                });
+                let mut sent = 0u64;
+                // Since when the oldest unacknowledged envelope has waited
+                // (reset by every acknowledgement that makes progress).
+                let mut waiting_since: Option<tokio::time::Instant> = None;
+                loop {
+                    let ack_deadline = waiting_since.map(|since| since + ack_timeout);
+                    let far = tokio::time::Instant::now() + ack_timeout;
+                    tokio::select! {
+                        biased;
+                        changed = acked.changed() => {
+                            if changed.is_err() {
+                                tracing::info!(peer = node_id, "the peer closed its connection");
+                                break;
+                            }
+                            let count = *acked.borrow_and_update();
+                            waiting_since = (count < sent).then(tokio::time::Instant::now);
+                        }
+                        _ = tokio::time::sleep_until(ack_deadline.unwrap_or(far)), if ack_deadline.is_some() => {
                             tracing::info!(
                                 peer = node_id,
-                                PEER_WRITE_TIMEOUT_MS,
-                                "a write to a peer stalled; reconnecting"
+                                PEER_ACK_TIMEOUT_MS,
+                                "a peer stopped acknowledging; reconnecting"
                             );
                             break;
                         }
+                        frame = queue.recv() => {
+                            let Some(frame) = frame else {
+                                ack_reader.abort();
+                                return;
+                            };
+                            queued_bytes.fetch_sub(frame.len(), Ordering::SeqCst);
+                            match tokio::time::timeout(write_timeout, writer.write_all(&frame)).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(error)) => {
+                                    tracing::info!(peer = node_id, %error, "lost the connection to a peer");
+                                    break;
+                                }
+                                Err(_) => {
+                                    tracing::info!(
+                                        peer = node_id,
+                                        PEER_WRITE_TIMEOUT_MS,
+                                        "a write to a peer stalled; reconnecting"
+                                    );
+                                    break;
+                                }
+                            }
+                            sent += 1;
+                            waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                        }
                     }
                 }
+                ack_reader.abort();
             }
             Ok(Err(error)) => {
                 tracing::debug!(peer = node_id, %address, %error, "cannot reach peer");
@@ -201,6 +249,24 @@ async fn peer_sender<T: Transport>(
     }
 }
 
+/// Writes the count of envelopes taken from one inbound peer connection
+/// back on it, at most every `PEER_ACK_INTERVAL_MS`, until the connection's
+/// reader drops `received`.
+async fn acknowledge<W: tokio::io::AsyncWrite + Unpin>(
+    mut writer: W,
+    mut received: watch::Receiver<u64>,
+) {
+    let write_timeout = Duration::from_millis(PEER_WRITE_TIMEOUT_MS);
+    while received.changed().await.is_ok() {
+        let count = *received.borrow_and_update();
+        match tokio::time::timeout(write_timeout, writer.write_all(&count.to_le_bytes())).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(PEER_ACK_INTERVAL_MS)).await;
+    }
+}
+
 /// Accepts peers' connections and hands their envelopes to the core. A
 /// frame that is too large or does not decode closes that connection.
 pub(crate) async fn peer_listener<T: Transport>(
@@ -210,7 +276,7 @@ pub(crate) async fn peer_listener<T: Transport>(
 ) {
     let open = Arc::new(Semaphore::new(PEER_CONNECTIONS_INBOUND_MAX));
     loop {
-        let (mut stream, peer) = match T::accept(&listener).await {
+        let (stream, peer) = match T::accept(&listener).await {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accepting a peer failed");
@@ -228,9 +294,13 @@ pub(crate) async fn peer_listener<T: Transport>(
         };
         let inputs = inputs.clone();
         let peer_bytes = Arc::clone(&peer_bytes);
+        let (mut stream, writer) = T::split(stream);
+        let (received_sender, received) = watch::channel(0u64);
+        T::spawn(acknowledge(writer, received));
         T::spawn(async move {
             // Held for as long as the connection is served.
             let _slot = slot;
+            let mut taken = 0u64;
             loop {
                 let mut prefix = [0u8; 4];
                 if stream.read_exact(&mut prefix).await.is_err() {
@@ -262,6 +332,8 @@ pub(crate) async fn peer_listener<T: Transport>(
                         if inputs.send(input).is_err() {
                             return;
                         }
+                        taken += 1;
+                        received_sender.send_replace(taken);
                     }
                     Err(error) => {
                         tracing::warn!(%peer, %error, "bad envelope from a peer; closing");
