@@ -72,11 +72,14 @@ pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// up as stalled (a peer behind a partition that does not reset it).
 pub const PEER_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// How often the receiving end of a peer connection acknowledges the
-/// envelopes it took from it (a count, u64 little-endian, written back on
-/// the same connection), when it took any.
+/// bytes it read from it (a running count, u64 little-endian, written back
+/// on the same connection), when it read any.
 pub const PEER_ACK_INTERVAL_MS: u64 = 200;
-/// How long a peer sender waits for its oldest unacknowledged envelope to
-/// be acknowledged before it gives the connection up and reconnects. A
+/// A peer frame is read, and its progress acknowledged, in chunks of this
+/// many bytes, so that a large envelope shows progress while it arrives.
+pub const PEER_ACK_CHUNK_BYTES: usize = 64 << 10;
+/// How long a peer sender waits for its oldest unacknowledged bytes to be
+/// acknowledged before it gives the connection up and reconnects. A
 /// connection whose segments vanish (a partition that outlived the
 /// sender's socket, a middlebox that lost its state) is otherwise written
 /// into for as long as the socket buffer takes envelopes, with nothing

@@ -149,8 +149,8 @@ pub(crate) fn start_peer_sender<T: Transport>(
 /// Keeps a connection to one peer and writes its envelopes in order. While
 /// the peer cannot be reached, what was queued is dropped: consensus resends
 /// what matters, and stale messages would only be discarded there. The
-/// peer acknowledges what it took (see `peer_listener`); a connection whose
-/// envelopes go unacknowledged for `PEER_ACK_TIMEOUT_MS` is given up, as is
+/// peer acknowledges the bytes it read (see `peer_listener`); a connection
+/// whose bytes go unacknowledged for `PEER_ACK_TIMEOUT_MS` is given up, as is
 /// one whose write stalls for `PEER_WRITE_TIMEOUT_MS`.
 async fn peer_sender<T: Transport>(
     node_id: NodeId,
@@ -182,8 +182,10 @@ async fn peer_sender<T: Transport>(
                     }
                 });
                 let mut sent = 0u64;
-                // Since when the oldest unacknowledged envelope has waited
-                // (reset by every acknowledgement that makes progress).
+                // Bytes written, and since when the oldest unacknowledged
+                // of them has waited (reset by every acknowledgement that
+                // makes progress, so that a large envelope crossing a slow
+                // link is not given up while it moves).
                 let mut waiting_since: Option<tokio::time::Instant> = None;
                 loop {
                     let ack_deadline = waiting_since.map(|since| since + ack_timeout);
@@ -227,7 +229,7 @@ async fn peer_sender<T: Transport>(
                                     break;
                                 }
                             }
-                            sent += 1;
+                            sent += frame.len() as u64;
                             waiting_since.get_or_insert_with(tokio::time::Instant::now);
                         }
                     }
@@ -249,8 +251,8 @@ async fn peer_sender<T: Transport>(
     }
 }
 
-/// Writes the count of envelopes taken from one inbound peer connection
-/// back on it, at most every `PEER_ACK_INTERVAL_MS`, until the connection's
+/// Writes the count of bytes read from one inbound peer connection back
+/// on it, at most every `PEER_ACK_INTERVAL_MS`, until the connection's
 /// reader drops `received`.
 async fn acknowledge<W: tokio::io::AsyncWrite + Unpin>(
     mut writer: W,
@@ -300,12 +302,15 @@ pub(crate) async fn peer_listener<T: Transport>(
         T::spawn(async move {
             // Held for as long as the connection is served.
             let _slot = slot;
-            let mut taken = 0u64;
+            // Bytes read from the connection, acknowledged to the sender.
+            let mut read = 0u64;
             loop {
                 let mut prefix = [0u8; 4];
                 if stream.read_exact(&mut prefix).await.is_err() {
                     return;
                 }
+                read += prefix.len() as u64;
+                received_sender.send_replace(read);
                 let length = u32::from_le_bytes(prefix) as usize;
                 if length > runnel_core::wire::ENVELOPE_BYTES_MAX {
                     tracing::warn!(%peer, length, "peer frame over the limit; closing");
@@ -319,8 +324,12 @@ pub(crate) async fn peer_listener<T: Transport>(
                     return;
                 };
                 let mut frame = vec![0u8; length];
-                if stream.read_exact(&mut frame).await.is_err() {
-                    return;
+                for chunk in frame.chunks_mut(PEER_ACK_CHUNK_BYTES) {
+                    if stream.read_exact(chunk).await.is_err() {
+                        return;
+                    }
+                    read += chunk.len() as u64;
+                    received_sender.send_replace(read);
                 }
                 match runnel_core::wire::decode_envelope(&frame) {
                     Ok(envelope) => {
@@ -332,8 +341,6 @@ pub(crate) async fn peer_listener<T: Transport>(
                         if inputs.send(input).is_err() {
                             return;
                         }
-                        taken += 1;
-                        received_sender.send_replace(taken);
                     }
                     Err(error) => {
                         tracing::warn!(%peer, %error, "bad envelope from a peer; closing");
