@@ -147,6 +147,8 @@ pub struct ClientReport {
     pub stats: Option<runnel_sim::kafka_workload::KafkaStats>,
     /// Final log length per partition.
     pub final_records: u64,
+    /// After a liveness failure: each node's view of each partition.
+    pub node_views: Vec<String>,
 }
 
 /// Runs the workload until its liveness phase is done, then reads every
@@ -257,6 +259,17 @@ pub async fn run_clients(
     let stats = workload.stats();
     report.borrow_mut().stats = Some(stats);
     if report.borrow().liveness_failure.is_some() {
+        // What each node says of each partition, for the failure report.
+        let mut reader = FinalReader::new(nodes.clone());
+        let mut views = Vec::new();
+        for topic in workload.wanted_topics() {
+            for &node in &nodes {
+                reader.next_node = nodes.iter().position(|n| *n == node).unwrap_or(0);
+                let view = reader.describe(&topic).await;
+                views.push(format!("n{node} on {topic}: {view}"));
+            }
+        }
+        report.borrow_mut().node_views = views;
         return Ok(());
     }
     let mut reader = FinalReader::new(nodes);
@@ -326,6 +339,47 @@ impl FinalReader {
             }
         }
         Ok(logs)
+    }
+
+    /// The leader and replicas of every partition of `topic`, as the next
+    /// node sees them.
+    async fn describe(&mut self, topic: &str) -> String {
+        let node = self.nodes[self.next_node % self.nodes.len()];
+        let request = MetadataRequest::default()
+            .with_topics(None)
+            .with_allow_auto_topic_creation(false);
+        let Some(mut body) = self
+            .call(node, ApiKey::Metadata, METADATA_VERSION, &request)
+            .await
+        else {
+            return "no answer".to_string();
+        };
+        let Ok(response) = MetadataResponse::decode(&mut body, METADATA_VERSION) else {
+            return "an answer that does not decode".to_string();
+        };
+        let Some(found) = response
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|name| name.0.as_str() == topic))
+        else {
+            return "no such topic".to_string();
+        };
+        found
+            .partitions
+            .iter()
+            .map(|p| {
+                format!(
+                    "[{}: leader {} epoch {} replicas {:?} isr {:?} error {}]",
+                    p.partition_index,
+                    p.leader_id.0,
+                    p.leader_epoch,
+                    p.replica_nodes.iter().map(|r| r.0).collect::<Vec<_>>(),
+                    p.isr_nodes.iter().map(|r| r.0).collect::<Vec<_>>(),
+                    p.error_code
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The topic's partition count and the leader of `partition`.

@@ -29,7 +29,7 @@ use crate::transport::TurmoilTransport;
 
 /// Simulated time each step of turmoil advances every host by.
 pub const TICK_MS: u64 = 2;
-/// The safety phase: faults strike until here.
+/// The safety phase of a seed: faults strike until here.
 pub const SAFETY_MS: u64 = 12_000;
 /// After the heal, the clients must be done by this much later.
 pub const LIVENESS_MS: u64 = 40_000;
@@ -79,6 +79,8 @@ pub struct Plan {
     pub max_latency_ms: u64,
     /// When not empty: these faults at these times (ms), and no others.
     pub script: Vec<(u64, Scripted)>,
+    /// Faults heal and the liveness phase begins here (ms).
+    pub safety_ms: u64,
 }
 
 impl Plan {
@@ -110,6 +112,7 @@ impl Plan {
             kafka,
             max_latency_ms,
             script: Vec::new(),
+            safety_ms: SAFETY_MS,
         }
     }
 
@@ -127,6 +130,12 @@ impl Plan {
             faulty_disk: None,
             torn_writes: false,
         };
+        plan.safety_ms = script
+            .iter()
+            .map(|(at, _)| at + 1_000)
+            .max()
+            .unwrap_or(SAFETY_MS)
+            .max(SAFETY_MS);
         plan.script = script;
         plan
     }
@@ -505,7 +514,7 @@ impl Nemesis {
         if self.healed {
             return;
         }
-        if now >= SAFETY_MS {
+        if now >= self.plan.safety_ms {
             self.healed = true;
             self.heal_network(sim, trace, now);
             for handle in nodes.values() {
@@ -547,7 +556,9 @@ pub fn run_plan(plan: &Plan) -> Outcome {
         .tick_duration(Duration::from_millis(TICK_MS))
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(plan.max_latency_ms))
-        .simulation_duration(Duration::from_millis(SAFETY_MS + LIVENESS_MS + OVERRUN_MS))
+        .simulation_duration(Duration::from_millis(
+            plan.safety_ms + LIVENESS_MS + OVERRUN_MS,
+        ))
         // Room for every client's connection attempts while a node's
         // listener waits for its metadata leader.
         .tcp_capacity(1_024);
@@ -591,8 +602,8 @@ pub fn run_plan(plan: &Plan) -> Outcome {
     let workload = KafkaWorkload::new(&plan.kafka, &plan.nodes, None, rng.fork(100));
     let report = Rc::new(RefCell::new(ClientReport::default()));
     let schedule = ClientSchedule {
-        safety_end_ms: SAFETY_MS,
-        liveness_deadline_ms: SAFETY_MS + LIVENESS_MS,
+        safety_end_ms: plan.safety_ms,
+        liveness_deadline_ms: plan.safety_ms + LIVENESS_MS,
     };
     sim.client(
         CLIENTS_HOST,
@@ -622,6 +633,7 @@ pub fn run_plan(plan: &Plan) -> Outcome {
     let report = report.borrow();
     if let Some(failure) = &report.liveness_failure {
         failures.push(format!("liveness: {failure}"));
+        failures.extend(report.node_views.iter().map(|view| format!("  {view}")));
     }
     failures.extend(report.violations.iter().map(|v| v.to_string()));
     let stats = report.stats.unwrap_or_default();

@@ -15,6 +15,17 @@ pub mod transport;
 
 pub use harness::{run_plan, run_seed, Outcome, Plan};
 
+/// With RUST_LOG set, shows the shell's own log lines (connections, peers,
+/// shutdowns) on stderr; once per process.
+pub fn init_logging_from_env() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// The one-line command that replays `seed`.
 pub fn replay_command(seed: u64) -> String {
     format!("cargo run --release -p runnel-turmoil -- --seed {seed}")

@@ -14,14 +14,7 @@ fn usage() -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    // RUST_LOG=info shows the shell's own log lines (connections, peers,
-    // shutdowns) for a replayed seed.
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    runnel_turmoil::init_logging_from_env();
     let mut args = std::env::args().skip(1);
     let mut first_seed = 1u64;
     let mut count = 1u64;

@@ -5,6 +5,7 @@ use runnel_turmoil::harness::{Plan, Scripted};
 use runnel_turmoil::run_plan;
 
 fn assert_passes(plan: &Plan) {
+    runnel_turmoil::init_logging_from_env();
     let outcome = run_plan(plan);
     assert!(
         outcome.passed(),
@@ -34,4 +35,22 @@ fn peer_connections_come_back_after_every_node_was_partitioned() {
         );
         assert_passes(&plan);
     }
+}
+
+/// Seventy times, every node is cut off from every other for five
+/// seconds. Each time, every sender gives its connection up and connects
+/// anew after the repair; the receiving end of the old connection hears
+/// nothing more, not even its close, which the partition dropped. Unless a
+/// newer connection from the same peer replaces it, it holds one of the
+/// node's PEER_CONNECTIONS_INBOUND_MAX (256) inbound slots forever, and
+/// once they are all held no peer gets through again.
+#[test]
+fn dead_inbound_peer_connections_are_replaced_by_new_ones() {
+    let mut script = Vec::new();
+    for cycle in 0..70 {
+        let at = 3_000 + cycle * 7_000;
+        script.push((at, Scripted::PartitionNodes));
+        script.push((at + 5_000, Scripted::RepairAll));
+    }
+    assert_passes(&Plan::scripted(12, 5, script));
 }

@@ -269,14 +269,55 @@ async fn acknowledge<W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
+/// The newest inbound connection of each peer node. A peer that connects
+/// again has given its older connection up; that one's close may never
+/// arrive (it was lost in the partition that made the peer give up), so
+/// the older connection is closed here once the newer one brings its
+/// first envelope. Otherwise each would hold an inbound slot forever.
+#[derive(Default)]
+struct InboundPeers {
+    newest: std::sync::Mutex<BTreeMap<NodeId, (u64, Arc<Notify>)>>,
+}
+
+impl InboundPeers {
+    /// Records connection `sequence` as `from`'s; false if a newer one of
+    /// `from` is recorded already (this one is then stale).
+    fn register(&self, from: NodeId, sequence: u64, replaced: &Arc<Notify>) -> bool {
+        let mut newest = self.newest.lock().expect("never poisoned");
+        if let Some((recorded, older)) = newest.get(&from) {
+            if *recorded > sequence {
+                return false;
+            }
+            if *recorded < sequence {
+                older.notify_one();
+            }
+        }
+        newest.insert(from, (sequence, Arc::clone(replaced)));
+        true
+    }
+
+    fn unregister(&self, from: NodeId, sequence: u64) {
+        let mut newest = self.newest.lock().expect("never poisoned");
+        if newest
+            .get(&from)
+            .is_some_and(|(recorded, _)| *recorded == sequence)
+        {
+            newest.remove(&from);
+        }
+    }
+}
+
 /// Accepts peers' connections and hands their envelopes to the core. A
-/// frame that is too large or does not decode closes that connection.
+/// frame that is too large or does not decode closes that connection, as
+/// does a newer connection from the same peer (see `InboundPeers`).
 pub(crate) async fn peer_listener<T: Transport>(
     listener: T::Listener,
     inputs: InputSender,
     peer_bytes: Arc<Semaphore>,
 ) {
     let open = Arc::new(Semaphore::new(PEER_CONNECTIONS_INBOUND_MAX));
+    let inbound = Arc::new(InboundPeers::default());
+    let mut next_sequence = 0u64;
     loop {
         let (stream, peer) = match T::accept(&listener).await {
             Ok(accepted) => accepted,
@@ -294,61 +335,102 @@ pub(crate) async fn peer_listener<T: Transport>(
             );
             continue;
         };
+        next_sequence += 1;
+        let sequence = next_sequence;
         let inputs = inputs.clone();
         let peer_bytes = Arc::clone(&peer_bytes);
-        let (mut stream, writer) = T::split(stream);
+        let inbound = Arc::clone(&inbound);
+        let (stream, writer) = T::split(stream);
         let (received_sender, received) = watch::channel(0u64);
         T::spawn(acknowledge(writer, received));
         T::spawn(async move {
             // Held for as long as the connection is served.
             let _slot = slot;
-            // Bytes read from the connection, acknowledged to the sender.
-            let mut read = 0u64;
-            loop {
-                let mut prefix = [0u8; 4];
-                if stream.read_exact(&mut prefix).await.is_err() {
-                    return;
+            let replaced = Arc::new(Notify::new());
+            let mut from = None;
+            tokio::select! {
+                biased;
+                _ = replaced.notified() => {
+                    tracing::info!(%peer, "a peer connected again; closing its older connection");
                 }
-                read += prefix.len() as u64;
-                received_sender.send_replace(read);
-                let length = u32::from_le_bytes(prefix) as usize;
-                if length > runnel_core::wire::ENVELOPE_BYTES_MAX {
-                    tracing::warn!(%peer, length, "peer frame over the limit; closing");
-                    return;
-                }
-                // As for client frames (see `run_connection`).
-                let Ok(permit) = Arc::clone(&peer_bytes)
-                    .acquire_many_owned(length as u32)
-                    .await
-                else {
-                    return;
-                };
-                let mut frame = vec![0u8; length];
-                for chunk in frame.chunks_mut(PEER_ACK_CHUNK_BYTES) {
-                    if stream.read_exact(chunk).await.is_err() {
-                        return;
+                _ = serve_inbound_peer(stream, peer, &inputs, &peer_bytes, &received_sender, |node| {
+                    let current = inbound.register(node, sequence, &replaced);
+                    if current {
+                        from = Some(node);
                     }
-                    read += chunk.len() as u64;
-                    received_sender.send_replace(read);
-                }
-                match runnel_core::wire::decode_envelope(&frame) {
-                    Ok(envelope) => {
-                        permit.forget();
-                        let input = Input::Peer {
-                            envelope,
-                            bytes: length,
-                        };
-                        if inputs.send(input).is_err() {
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%peer, %error, "bad envelope from a peer; closing");
-                        return;
-                    }
-                }
+                    current
+                }) => {}
+            }
+            if let Some(node) = from {
+                inbound.unregister(node, sequence);
             }
         });
+    }
+}
+
+/// Reads one inbound peer connection until it ends, fails, or `register`
+/// (called with the sender of its first envelope) says it is stale.
+async fn serve_inbound_peer<R: tokio::io::AsyncRead + Unpin>(
+    mut stream: R,
+    peer: SocketAddr,
+    inputs: &InputSender,
+    peer_bytes: &Arc<Semaphore>,
+    received: &watch::Sender<u64>,
+    mut register: impl FnMut(NodeId) -> bool,
+) {
+    let mut registered = false;
+    // Bytes read from the connection, acknowledged to the sender.
+    let mut read = 0u64;
+    loop {
+        let mut prefix = [0u8; 4];
+        if stream.read_exact(&mut prefix).await.is_err() {
+            return;
+        }
+        read += prefix.len() as u64;
+        received.send_replace(read);
+        let length = u32::from_le_bytes(prefix) as usize;
+        if length > runnel_core::wire::ENVELOPE_BYTES_MAX {
+            tracing::warn!(%peer, length, "peer frame over the limit; closing");
+            return;
+        }
+        // As for client frames (see `run_connection`).
+        let Ok(permit) = Arc::clone(peer_bytes)
+            .acquire_many_owned(length as u32)
+            .await
+        else {
+            return;
+        };
+        let mut frame = vec![0u8; length];
+        for chunk in frame.chunks_mut(PEER_ACK_CHUNK_BYTES) {
+            if stream.read_exact(chunk).await.is_err() {
+                return;
+            }
+            read += chunk.len() as u64;
+            received.send_replace(read);
+        }
+        match runnel_core::wire::decode_envelope(&frame) {
+            Ok(envelope) => {
+                if !registered {
+                    if !register(envelope.from) {
+                        tracing::info!(%peer, "a newer connection of this peer exists; closing");
+                        return;
+                    }
+                    registered = true;
+                }
+                permit.forget();
+                let input = Input::Peer {
+                    envelope,
+                    bytes: length,
+                };
+                if inputs.send(input).is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%peer, %error, "bad envelope from a peer; closing");
+                return;
+            }
+        }
     }
 }
 
