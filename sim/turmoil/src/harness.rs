@@ -245,6 +245,8 @@ struct Nemesis {
     next_node_fault_at: u64,
     down: BTreeMap<NodeId, Down>,
     healed: bool,
+    /// The plan's faults are its script's, and no random ones.
+    scripted: bool,
     failures: Vec<String>,
     counts: BTreeMap<&'static str, u64>,
 }
@@ -262,6 +264,7 @@ impl Nemesis {
             next_node_fault_at: 2_000,
             down: BTreeMap::new(),
             healed: false,
+            scripted: !plan.script.is_empty(),
             failures: Vec::new(),
             counts: BTreeMap::new(),
         }
@@ -415,10 +418,6 @@ impl Nemesis {
                 return;
             }
             self.plan.script.remove(0);
-            // An empty script means a random one: keep one entry's place.
-            if self.plan.script.is_empty() {
-                self.plan.script.push((u64::MAX, Scripted::RepairAll));
-            }
             let nodes: Vec<String> = self.plan.nodes.iter().map(|&n| host_name(n)).collect();
             for a in 0..self.hosts.len() {
                 for b in a + 1..self.hosts.len() {
@@ -507,7 +506,7 @@ impl Nemesis {
                 Some(Down::Until(_)) | None => {}
             }
         }
-        if !self.plan.script.is_empty() {
+        if self.scripted {
             self.follow_script(sim, trace, now);
             return;
         }
