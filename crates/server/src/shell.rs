@@ -34,6 +34,13 @@ use transport::TokioTransport;
 pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
 /// Most client connections at once; more are accepted and closed at once.
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// A client connection with nothing read from it for this long and no
+/// request unanswered is closed, as Kafka's `connections.max.idle.ms` (10
+/// minutes): a client that vanished without its close reaching the node
+/// (a partition, a host that lost power) would otherwise hold its slot of
+/// `CONNECTIONS_MAX` until the process ends. Kafka clients close their own
+/// idle connections sooner (9 minutes) and reconnect when they need to.
+pub const CONNECTION_IDLE_MS_MAX: u64 = 600_000;
 /// Most bytes of request frames read from clients and not yet handled by
 /// the core, over all connections (Kafka's `queued.max.request.bytes`):
 /// readers wait beyond it, so many clients cannot fill memory between the

@@ -136,6 +136,8 @@ pub struct ClientSchedule {
     pub safety_end_ms: u64,
     /// The liveness phase must be done by here.
     pub liveness_deadline_ms: u64,
+    /// The wait after the final read before streams are counted.
+    pub linger_ms: u64,
 }
 
 /// What the clients report at the end.
@@ -149,6 +151,8 @@ pub struct ClientReport {
     pub final_records: u64,
     /// After a liveness failure: each node's view of each partition.
     pub node_views: Vec<String>,
+    /// TCP streams open on each node after the final read.
+    pub streams: BTreeMap<NodeId, usize>,
 }
 
 /// Runs the workload until its liveness phase is done, then reads every
@@ -272,14 +276,21 @@ pub async fn run_clients(
         report.borrow_mut().node_views = views;
         return Ok(());
     }
-    let mut reader = FinalReader::new(nodes);
+    let mut reader = FinalReader::new(nodes.clone());
     match reader.read_all(&workload.wanted_topics()).await {
         Ok(logs) => {
             let records: u64 = logs.values().map(|log| log.len() as u64).sum();
             trace.borrow_mut().final_logs(now_ms(), &logs);
+            // The final reader's connections close; give the nodes a
+            // moment to see it before their streams are counted.
+            tokio::time::sleep(Duration::from_millis(schedule.linger_ms)).await;
             let mut report = report.borrow_mut();
             report.final_records = records;
             report.violations = workload.history().check(&logs);
+            for &node in &nodes {
+                let streams = turmoil::established_tcp_stream_count_on(host_name(node).as_str());
+                report.streams.insert(node, streams);
+            }
         }
         Err(message) => {
             report.borrow_mut().liveness_failure = Some(format!("final read: {message}"));

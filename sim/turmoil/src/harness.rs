@@ -65,6 +65,8 @@ pub enum Scripted {
     /// Every node cut off from every other node (the clients still reach
     /// all of them).
     PartitionNodes,
+    /// The clients cut off from every node.
+    IsolateClients,
     /// Every link between hosts repaired.
     RepairAll,
 }
@@ -81,6 +83,9 @@ pub struct Plan {
     pub script: Vec<(u64, Scripted)>,
     /// Faults heal and the liveness phase begins here (ms).
     pub safety_ms: u64,
+    /// How long the clients wait, idle, after the final read before they
+    /// count each node's open TCP streams (ms).
+    pub linger_ms: u64,
 }
 
 impl Plan {
@@ -113,6 +118,7 @@ impl Plan {
             max_latency_ms,
             script: Vec::new(),
             safety_ms: SAFETY_MS,
+            linger_ms: 500,
         }
     }
 
@@ -151,6 +157,8 @@ pub struct Outcome {
     pub failures: Vec<String>,
     pub summary: String,
     pub last_lines: Vec<String>,
+    /// TCP streams open on each node once the clients were done.
+    pub streams: BTreeMap<NodeId, usize>,
 }
 
 impl Outcome {
@@ -428,6 +436,11 @@ impl Nemesis {
                                 sim.partition(a, b);
                             }
                         }
+                        Scripted::IsolateClients => {
+                            if a == CLIENTS_HOST || b == CLIENTS_HOST {
+                                sim.partition(a, b);
+                            }
+                        }
                         Scripted::RepairAll => sim.repair(a, b),
                     }
                 }
@@ -556,7 +569,7 @@ pub fn run_plan(plan: &Plan) -> Outcome {
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(plan.max_latency_ms))
         .simulation_duration(Duration::from_millis(
-            plan.safety_ms + LIVENESS_MS + OVERRUN_MS,
+            plan.safety_ms + LIVENESS_MS + OVERRUN_MS + plan.linger_ms,
         ))
         // Room for every client's connection attempts while a node's
         // listener waits for its metadata leader.
@@ -603,6 +616,7 @@ pub fn run_plan(plan: &Plan) -> Outcome {
     let schedule = ClientSchedule {
         safety_end_ms: plan.safety_ms,
         liveness_deadline_ms: plan.safety_ms + LIVENESS_MS,
+        linger_ms: plan.linger_ms,
     };
     sim.client(
         CLIENTS_HOST,
@@ -661,5 +675,6 @@ pub fn run_plan(plan: &Plan) -> Outcome {
         failures,
         summary,
         last_lines: trace.last_lines(),
+        streams: report.streams.clone(),
     }
 }

@@ -4,7 +4,7 @@
 use runnel_turmoil::harness::{Plan, Scripted};
 use runnel_turmoil::run_plan;
 
-fn assert_passes(plan: &Plan) {
+fn assert_passes(plan: &Plan) -> runnel_turmoil::Outcome {
     runnel_turmoil::init_logging_from_env();
     let outcome = run_plan(plan);
     assert!(
@@ -14,6 +14,7 @@ fn assert_passes(plan: &Plan) {
         outcome.failures.join("\n"),
         outcome.last_lines.join("\n"),
     );
+    outcome
 }
 
 /// Every node is cut off from every other for two seconds, long enough for
@@ -53,4 +54,33 @@ fn dead_inbound_peer_connections_are_replaced_by_new_ones() {
         script.push((at + 5_000, Scripted::RepairAll));
     }
     assert_passes(&Plan::scripted(12, 5, script));
+}
+
+/// The clients are cut off from every node for ten seconds: they give
+/// their connections up, and the closes are lost. A server that waits for
+/// each client to say goodbye keeps such connections, and a slot of
+/// CONNECTIONS_MAX, until the process ends. Once a connection has been
+/// idle (nothing read, nothing unanswered) for CONNECTION_IDLE_MS_MAX, as
+/// Kafka's `connections.max.idle.ms`, the server closes it: once the
+/// clients finished and waited that long, each node holds its peer
+/// connections and nothing else.
+#[test]
+fn connections_of_clients_that_vanished_are_closed_once_idle() {
+    let mut plan = Plan::scripted(
+        13,
+        3,
+        vec![
+            (3_000, Scripted::IsolateClients),
+            (13_000, Scripted::RepairAll),
+        ],
+    );
+    plan.linger_ms = runnel_server::shell::CONNECTION_IDLE_MS_MAX + 5_000;
+    let outcome = assert_passes(&plan);
+    let peers = 2 * (plan.nodes.len() - 1);
+    for (node, streams) in &outcome.streams {
+        assert!(
+            *streams <= peers,
+            "node {node} holds {streams} TCP streams at the end; its peer connections are {peers}"
+        );
+    }
 }

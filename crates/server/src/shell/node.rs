@@ -703,8 +703,11 @@ async fn run_connection<T: Transport>(
     let permits = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX));
     let reader_permits = Arc::clone(&permits);
     let reader_inputs = inputs.clone();
+    let idle_timeout = Duration::from_millis(CONNECTION_IDLE_MS_MAX);
     // The reader ends with `Stopped` when the node shuts down: then the
-    // connection stays open until what it asked is answered.
+    // connection stays open until what it asked is answered. It ends with
+    // `Gone` when the client goes, breaks the protocol, or leaves the
+    // connection idle for `CONNECTION_IDLE_MS_MAX`.
     let read_task = T::spawn(async move {
         loop {
             // Biased: the order of the branches, not a random draw, decides
@@ -719,14 +722,32 @@ async fn run_connection<T: Transport>(
             };
             permit.forget();
             let mut prefix = [0u8; 4];
-            // Cancelling a partial read loses bytes, which is harmless
-            // here: nothing is read from this connection afterwards.
-            tokio::select! {
-                biased;
-                _ = reading_stopped.wait_for(|stopped| *stopped) => return ReadEnd::Stopped,
-                read = reader.read_exact(&mut prefix) => {
-                    if read.is_err() {
-                        return ReadEnd::Gone;
+            let mut filled = 0;
+            while filled < prefix.len() {
+                // `read` is cancel safe: when another branch wins, nothing
+                // was read. A shutdown may still cut a prefix in half,
+                // which is harmless: nothing is read from this connection
+                // afterwards.
+                tokio::select! {
+                    biased;
+                    _ = reading_stopped.wait_for(|stopped| *stopped) => return ReadEnd::Stopped,
+                    read = reader.read(&mut prefix[filled..]) => match read {
+                        Ok(0) | Err(_) => return ReadEnd::Gone,
+                        Ok(count) => filled += count,
+                    },
+                    _ = tokio::time::sleep(idle_timeout) => {
+                        // This read holds one permit; all the others free
+                        // means no request is unanswered.
+                        let unanswered = (REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX - 1)
+                            .saturating_sub(reader_permits.available_permits());
+                        if filled == 0 && unanswered == 0 {
+                            tracing::debug!(
+                                connection,
+                                CONNECTION_IDLE_MS_MAX,
+                                "closing an idle client connection"
+                            );
+                            return ReadEnd::Gone;
+                        }
                     }
                 }
             }
