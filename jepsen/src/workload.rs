@@ -1,0 +1,510 @@
+//! The queue workload: producer workers send unique values to random keys
+//! (partitions of one topic), consumer workers `assign` partitions and poll,
+//! all through librdkafka (the `rdkafka` crate), used as a black box. Every
+//! operation is recorded as an invocation and a completion.
+//!
+//! A send produces one to [`MESSAGES_PER_SEND_MAX`] messages with an
+//! idempotent, `acks=all` producer and waits for every delivery report. It is
+//! `ok` when all were acknowledged (with their offsets), `fail` when none can
+//! have been written (librdkafka's `NOT_PERSISTED` status), and `info`
+//! otherwise. After an `info`, the worker continues as a new process.
+//!
+//! Consumer groups (`subscribe`) and a committed-offsets workload would be
+//! further workers next to these, recording `QueueOp`s and register
+//! operations for the linearizability checker; they wait on the broker's
+//! group coordinator.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use runnel_checkers::history::{EventType, Key, ProcessId, QueueOp, Record, SentMessage};
+
+use crate::history::Recorder;
+
+/// Most messages one send operation produces.
+pub const MESSAGES_PER_SEND_MAX: usize = 3;
+/// Most records one poll operation returns.
+pub const RECORDS_PER_POLL_MAX: usize = 100;
+/// How long one poll operation waits for records.
+pub const POLL_WAIT_MS: u64 = 200;
+/// librdkafka's `message.timeout.ms`: a delivery report comes within it.
+pub const MESSAGE_TIMEOUT_MS: u64 = 10_000;
+/// The process id of the final reader.
+pub const FINAL_READER: ProcessId = 1_000_000_000;
+/// The value recorded for a record whose payload no send of this run wrote.
+pub const FOREIGN_VALUE: u64 = u64::MAX;
+/// Chance, per poll, that a consumer reassigns first.
+pub const REASSIGN_PER_POLL: f64 = 0.03;
+
+/// What the workers share.
+pub struct Workload {
+    pub bootstrap: String,
+    pub topic: String,
+    pub keys: u32,
+    pub producers: u32,
+    pub consumers: u32,
+    /// Send operations per second, over all producers.
+    pub send_rate: f64,
+    /// Poll operations per second, per consumer.
+    pub poll_rate: f64,
+    pub seed: u64,
+    pub recorder: Arc<Recorder>,
+    pub stop: Arc<AtomicBool>,
+    pub next_value: AtomicU64,
+}
+
+/// Delivery reports, by value.
+#[derive(Default)]
+struct Deliveries {
+    results: Mutex<BTreeMap<u64, Delivered>>,
+}
+
+#[derive(Clone, Debug)]
+enum Delivered {
+    Ok { key: Key, offset: u64 },
+    NotPersisted(String),
+    Maybe(String),
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, value: Self::DeliveryOpaque) {
+        let delivered = match result {
+            Ok(message) => Delivered::Ok {
+                key: message.partition().max(0) as Key,
+                offset: message.offset().max(0) as u64,
+            },
+            Err((error, message)) => {
+                // SAFETY: the message pointer is valid for this callback.
+                let status = unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) };
+                if status
+                    == rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED
+                {
+                    Delivered::NotPersisted(error.to_string())
+                } else {
+                    Delivered::Maybe(error.to_string())
+                }
+            }
+        };
+        self.results
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(*value, delivered);
+    }
+}
+
+fn producer(bootstrap: &str) -> Result<BaseProducer<Deliveries>, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", MESSAGE_TIMEOUT_MS.to_string())
+        .set("request.timeout.ms", "3000")
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("retry.backoff.ms", "50")
+        .create_with_context(Deliveries::default())
+        .map_err(|error| format!("producer: {error}"))
+}
+
+/// A consumer for manual assignment, reading committed records only.
+pub fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(|error| format!("consumer: {error}"))
+}
+
+impl Workload {
+    fn workers(&self) -> u64 {
+        u64::from(self.producers + self.consumers)
+    }
+
+    /// Sleeps until `next`, or returns false if the run is stopping.
+    fn pace(&self, next: Instant) -> bool {
+        while Instant::now() < next {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep((next - Instant::now()).min(Duration::from_millis(20)));
+        }
+        !self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Producer worker `index` until the run stops.
+    pub fn run_producer(&self, index: u32) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (0x5e0d << 16) ^ u64::from(index));
+        let mut process = u64::from(index);
+        let interval = Duration::from_secs_f64(f64::from(self.producers) / self.send_rate.max(0.1));
+        let mut producer = match producer(&self.bootstrap) {
+            Ok(producer) => producer,
+            Err(error) => {
+                eprintln!("jepsen: {error}");
+                return;
+            }
+        };
+        let mut next = Instant::now();
+        while self.pace(next) {
+            next += interval;
+            let count = rng.gen_range(1..=MESSAGES_PER_SEND_MAX);
+            let messages: Vec<SentMessage> = (0..count)
+                .map(|_| SentMessage {
+                    key: rng.gen_range(0..self.keys),
+                    value: self.next_value.fetch_add(1, Ordering::Relaxed),
+                    offset: None,
+                })
+                .collect();
+            let event_type = self.send(process, &producer, messages);
+            if event_type == EventType::Info {
+                process += self.workers();
+            }
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                // A fatal idempotence error ends the producer; a new one is a
+                // new process.
+                eprintln!("jepsen: producer {process}: fatal {code:?}: {reason}; recreating it");
+                process += self.workers();
+                match self::producer(&self.bootstrap) {
+                    Ok(fresh) => producer = fresh,
+                    Err(error) => {
+                        eprintln!("jepsen: {error}");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One send operation by `process`: records its invocation, produces the
+    /// messages in order, waits for every delivery report and records the
+    /// completion. Returns how it completed.
+    fn send(
+        &self,
+        process: ProcessId,
+        producer: &BaseProducer<Deliveries>,
+        messages: Vec<SentMessage>,
+    ) -> EventType {
+        self.recorder.record(
+            process,
+            EventType::Invoke,
+            QueueOp::Send {
+                messages: messages.clone(),
+            },
+            None,
+        );
+        let mut outcomes: BTreeMap<u64, Delivered> = BTreeMap::new();
+        for message in &messages {
+            let payload = message.value.to_string();
+            let record = BaseRecord::<(), String, Box<u64>>::with_opaque_to(
+                &self.topic,
+                Box::new(message.value),
+            )
+            .partition(message.key as i32)
+            .payload(&payload);
+            if let Err((error, _)) = producer.send(record) {
+                // Never enqueued: it cannot have been written.
+                outcomes.insert(message.value, Delivered::NotPersisted(error.to_string()));
+            }
+        }
+        // librdkafka reports every message within message.timeout.ms; the
+        // margin covers a report queued just at the end.
+        let deadline = Instant::now() + Duration::from_millis(MESSAGE_TIMEOUT_MS + 5_000);
+        while outcomes.len() < messages.len() && Instant::now() < deadline {
+            producer.poll(Duration::from_millis(10));
+            let mut results = producer
+                .context()
+                .results
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for message in &messages {
+                if let Some(delivered) = results.remove(&message.value) {
+                    outcomes.insert(message.value, delivered);
+                }
+            }
+        }
+        let all_ok = messages.iter().all(|message| {
+            matches!(outcomes.get(&message.value), Some(Delivered::Ok { key, .. }) if *key == message.key)
+        });
+        let none_written = messages.iter().all(|message| {
+            matches!(
+                outcomes.get(&message.value),
+                Some(Delivered::NotPersisted(_))
+            )
+        });
+        let errors: Vec<String> = outcomes
+            .values()
+            .filter_map(|delivered| match delivered {
+                Delivered::Ok { .. } => None,
+                Delivered::NotPersisted(error) | Delivered::Maybe(error) => Some(error.clone()),
+            })
+            .collect();
+        let (event_type, error) = if all_ok {
+            (EventType::Ok, None)
+        } else if none_written {
+            (EventType::Fail, Some(errors.join("; ")))
+        } else if outcomes.len() < messages.len() {
+            (
+                EventType::Info,
+                Some("no delivery report in time".to_string()),
+            )
+        } else {
+            (EventType::Info, Some(errors.join("; ")))
+        };
+        let completed = messages
+            .into_iter()
+            .map(|message| SentMessage {
+                offset: match outcomes.get(&message.value) {
+                    Some(Delivered::Ok { offset, .. }) if event_type == EventType::Ok => {
+                        Some(*offset)
+                    }
+                    _ => None,
+                },
+                ..message
+            })
+            .collect();
+        self.recorder.record(
+            process,
+            event_type,
+            QueueOp::Send {
+                messages: completed,
+            },
+            error,
+        );
+        event_type
+    }
+
+    /// Records an assignment of `keys` by `process`, each from its offset.
+    fn assign(
+        &self,
+        process: ProcessId,
+        consumer: &BaseConsumer,
+        from: &BTreeMap<Key, Offset>,
+    ) -> bool {
+        let keys: Vec<Key> = from.keys().copied().collect();
+        self.recorder.record(
+            process,
+            EventType::Invoke,
+            QueueOp::Assign { keys: keys.clone() },
+            None,
+        );
+        let mut list = TopicPartitionList::new();
+        let mut result = Ok(());
+        for (&key, &offset) in from {
+            if let Err(error) = list.add_partition_offset(&self.topic, key as i32, offset) {
+                result = Err(error);
+            }
+        }
+        let result = result.and_then(|()| consumer.assign(&list));
+        let ok = result.is_ok();
+        self.recorder.record(
+            process,
+            if ok { EventType::Ok } else { EventType::Fail },
+            QueueOp::Assign { keys },
+            result.err().map(|error| error.to_string()),
+        );
+        ok
+    }
+
+    /// One poll operation by `process`: up to [`RECORDS_PER_POLL_MAX`]
+    /// records within [`POLL_WAIT_MS`]. Returns the records read, per key.
+    fn poll(&self, process: ProcessId, consumer: &BaseConsumer) -> BTreeMap<Key, Vec<Record>> {
+        self.recorder.record(
+            process,
+            EventType::Invoke,
+            QueueOp::Poll {
+                records: BTreeMap::new(),
+            },
+            None,
+        );
+        let (records, error) = poll_records(consumer, Duration::from_millis(POLL_WAIT_MS));
+        let event_type = if error.is_some() && records.is_empty() {
+            EventType::Fail
+        } else {
+            EventType::Ok
+        };
+        self.recorder.record(
+            process,
+            event_type,
+            QueueOp::Poll {
+                records: records.clone(),
+            },
+            error,
+        );
+        records
+    }
+
+    /// Consumer worker `index` until the run stops.
+    pub fn run_consumer(&self, index: u32) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (0xc0de << 16) ^ u64::from(index));
+        let process = u64::from(self.producers + index);
+        let group = format!("jepsen-assign-{index}");
+        let mut consumer = match consumer(&self.bootstrap, &group) {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                eprintln!("jepsen: {error}");
+                return;
+            }
+        };
+        let all: BTreeMap<Key, Offset> =
+            (0..self.keys).map(|key| (key, Offset::Beginning)).collect();
+        let mut assigned = self.assign(process, &consumer, &all);
+        // The next offset to read per key, as far as this consumer knows.
+        let mut positions: BTreeMap<Key, u64> = BTreeMap::new();
+        let interval = Duration::from_secs_f64(1.0 / self.poll_rate.max(0.1));
+        let mut next = Instant::now();
+        while self.pace(next) {
+            next += interval;
+            if !assigned || rng.gen_bool(REASSIGN_PER_POLL) {
+                // A new assignment: every key, or a random subset; each from
+                // the start or from where this consumer was.
+                let mut from: BTreeMap<Key, Offset> = BTreeMap::new();
+                for key in 0..self.keys {
+                    if !rng.gen_bool(0.7) {
+                        continue;
+                    }
+                    let offset = match positions.get(&key) {
+                        Some(&position) if rng.gen_bool(0.5) => Offset::Offset(position as i64),
+                        _ => Offset::Beginning,
+                    };
+                    from.insert(key, offset);
+                }
+                let from = if from.is_empty() { all.clone() } else { from };
+                // A fresh consumer for each new assignment: librdkafka 2.x
+                // asserts (rd_kafka_assignment_partition_stopped) when one
+                // consumer is reassigned while partitions are still stopping.
+                drop(consumer);
+                consumer = match self::consumer(&self.bootstrap, &group) {
+                    Ok(consumer) => consumer,
+                    Err(error) => {
+                        eprintln!("jepsen: {error}");
+                        return;
+                    }
+                };
+                assigned = self.assign(process, &consumer, &from);
+                continue;
+            }
+            for (key, records) in self.poll(process, &consumer) {
+                if let Some(last) = records.last() {
+                    positions.insert(key, last.offset + 1);
+                }
+            }
+        }
+    }
+
+    /// After the run: reads every key from the start up to its high
+    /// watermark, as the final reader, within `timeout`. Returns what it could
+    /// not finish, if anything.
+    pub fn final_read(&self, timeout: Duration) -> Result<u64, String> {
+        let deadline = Instant::now() + timeout;
+        let consumer = consumer(&self.bootstrap, "jepsen-final-read")?;
+        let mut ends: BTreeMap<Key, i64> = BTreeMap::new();
+        for key in 0..self.keys {
+            loop {
+                match consumer.fetch_watermarks(&self.topic, key as i32, Duration::from_secs(3)) {
+                    Ok((_, high)) => {
+                        ends.insert(key, high);
+                        break;
+                    }
+                    Err(error) if Instant::now() > deadline => {
+                        return Err(format!("high watermark of key {key}: {error}"));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        }
+        let all: BTreeMap<Key, Offset> =
+            (0..self.keys).map(|key| (key, Offset::Beginning)).collect();
+        let mut assigned = false;
+        let mut next: BTreeMap<Key, i64> = BTreeMap::new();
+        let mut read = 0u64;
+        let unfinished = |next: &BTreeMap<Key, i64>| -> Vec<Key> {
+            ends.iter()
+                .filter(|(key, &end)| end > 0 && next.get(key).copied().unwrap_or(0) < end)
+                .map(|(&key, _)| key)
+                .collect()
+        };
+        while !unfinished(&next).is_empty() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "keys {:?} not read to their end within {} s",
+                    unfinished(&next),
+                    timeout.as_secs()
+                ));
+            }
+            if !assigned {
+                assigned = self.assign(FINAL_READER, &consumer, &all);
+                if !assigned {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                continue;
+            }
+            for (key, records) in self.poll(FINAL_READER, &consumer) {
+                read += records.len() as u64;
+                if let Some(last) = records.last() {
+                    next.insert(key, last.offset as i64 + 1);
+                }
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// Polls `consumer` for up to `wait`, collecting records by key; stops early
+/// at [`RECORDS_PER_POLL_MAX`]. Returns the records and the last error.
+fn poll_records(
+    consumer: &BaseConsumer,
+    wait: Duration,
+) -> (BTreeMap<Key, Vec<Record>>, Option<String>) {
+    let deadline = Instant::now() + wait;
+    let mut records: BTreeMap<Key, Vec<Record>> = BTreeMap::new();
+    let mut count = 0usize;
+    let mut error = None;
+    while count < RECORDS_PER_POLL_MAX {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match consumer.poll(deadline - now) {
+            None => break,
+            Some(Err(problem)) => error = Some(problem.to_string()),
+            Some(Ok(message)) => {
+                let value = message
+                    .payload()
+                    .and_then(|payload| std::str::from_utf8(payload).ok())
+                    .and_then(|text| text.parse::<u64>().ok())
+                    // A payload that is not one of ours becomes a value no
+                    // send uses ([`FOREIGN_VALUE`]); the report counts them.
+                    .unwrap_or(FOREIGN_VALUE);
+                records
+                    .entry(message.partition().max(0) as Key)
+                    .or_default()
+                    .push(Record {
+                        offset: message.offset().max(0) as u64,
+                        value,
+                    });
+                count += 1;
+            }
+        }
+    }
+    (records, error)
+}
