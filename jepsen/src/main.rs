@@ -294,7 +294,12 @@ fn run(args: Args) -> Result<u8, String> {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
+    // The first SIGINT or SIGTERM stops the run cleanly (faults healed,
+    // nodes stopped, network removed, what was recorded judged); a second
+    // exits at once, and the next run removes the leftovers.
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
+            .map_err(|error| error.to_string())?;
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|error| error.to_string())?;
     }
