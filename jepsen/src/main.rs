@@ -57,9 +57,17 @@ struct Args {
     /// Fault kinds, comma separated: partition, kill, pause, clock (or none).
     #[arg(long, default_value = "partition,kill,pause,clock")]
     nemesis: String,
-    /// The workload: queue (sends and polls with assign).
+    /// The workload: queue (sends and polls with assign), or queue,offsets
+    /// to add committed-offset commits and fetches (needs the broker's group
+    /// coordinator).
     #[arg(long, default_value = "queue")]
     workload: String,
+    /// Committed-offsets workers, with --workload queue,offsets.
+    #[arg(long, default_value_t = 2)]
+    offset_workers: u32,
+    /// Commits and fetches per second per offsets worker.
+    #[arg(long, default_value_t = 10.0)]
+    offset_rate: f64,
     /// Seeds the nemesis schedule and the workload's choices (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -159,10 +167,16 @@ fn validate(args: &Args) -> Result<Vec<String>, String> {
             "--time-limit must be 1 to {TIME_LIMIT_S_MAX} seconds"
         ));
     }
-    if args.workload != "queue" {
+    if args.workload != "queue" && args.workload != "queue,offsets" {
         return Err(format!(
-            "--workload {} is not known; queue is the one workload so far",
+            "--workload {} is not known: queue, or queue,offsets",
             args.workload
+        ));
+    }
+    if args.offset_workers > WORKERS_MAX || !(args.offset_rate > 0.0 && args.offset_rate <= 1_000.0)
+    {
+        return Err(format!(
+            "--offset-workers must be at most {WORKERS_MAX} and --offset-rate in (0, 1000]"
         ));
     }
     if args.keys == 0 || args.keys > KEYS_MAX {
@@ -338,6 +352,12 @@ fn run(args: Args) -> Result<u8, String> {
         keys: args.keys,
         producers: args.producers,
         consumers: args.consumers,
+        offset_workers: if args.workload == "queue,offsets" {
+            args.offset_workers
+        } else {
+            0
+        },
+        offset_rate: args.offset_rate,
         send_rate: args.send_rate,
         poll_rate: args.poll_rate,
         seed,
@@ -353,6 +373,10 @@ fn run(args: Args) -> Result<u8, String> {
     for index in 0..args.consumers {
         let workload = Arc::clone(&workload);
         threads.push(std::thread::spawn(move || workload.run_consumer(index)));
+    }
+    for index in 0..workload.offset_workers {
+        let workload = Arc::clone(&workload);
+        threads.push(std::thread::spawn(move || workload.run_offsets(index)));
     }
 
     // The nemesis runs here, on the schedule, until the time limit.
@@ -388,11 +412,7 @@ fn run(args: Args) -> Result<u8, String> {
                 applied.push(AppliedWindow {
                     start_ns: started_ns,
                     end_ns,
-                    faults: window
-                        .faults
-                        .iter()
-                        .map(|fault| serde_json::to_string(fault).unwrap_or_default())
-                        .collect(),
+                    faults: window.faults.clone(),
                 });
                 active = None;
             }
@@ -419,11 +439,7 @@ fn run(args: Args) -> Result<u8, String> {
         applied.push(AppliedWindow {
             start_ns: started_ns,
             end_ns: recorder.now_ns(),
-            faults: window
-                .faults
-                .iter()
-                .map(|fault| serde_json::to_string(fault).unwrap_or_default())
-                .collect(),
+            faults: window.faults.clone(),
         });
     }
     problems

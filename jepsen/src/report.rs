@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use runnel_checkers::availability::{availability, Availability};
+use runnel_checkers::committed_offsets::{check_committed_offsets, CommittedOffsetsVerdict};
 use runnel_checkers::history::{pair_operations, Event, Operation, Outcome, QueueOp};
 use runnel_checkers::kafka_queue::{check_queue, QueueCheckOptions, QueueVerdict};
 use runnel_checkers::latency::{latency, Latency};
 use serde::Serialize;
 
+use crate::nemesis::Fault;
 use crate::workload::FOREIGN_VALUE;
 
 /// A fault window as it really happened, in nanoseconds since the start.
@@ -18,7 +20,7 @@ use crate::workload::FOREIGN_VALUE;
 pub struct AppliedWindow {
     pub start_ns: u64,
     pub end_ns: u64,
-    pub faults: Vec<String>,
+    pub faults: Vec<Fault>,
 }
 
 /// What the harness itself saw go wrong (beside the history).
@@ -52,6 +54,8 @@ pub struct Verdict {
     pub operations: u64,
     /// The queue checker's judgement.
     pub queue: QueueVerdict,
+    /// The committed-offsets linearizability check (the `offsets` workload).
+    pub committed_offsets: CommittedOffsetsVerdict,
     /// Records whose payload no send of this run wrote.
     pub foreign_records: u64,
     /// Completions without invocations and overlapping invocations.
@@ -67,6 +71,8 @@ fn function(op: &QueueOp) -> &'static str {
         QueueOp::Send { .. } => "send",
         QueueOp::Poll { .. } => "poll",
         QueueOp::Assign { .. } => "assign",
+        QueueOp::Commit { .. } => "commit",
+        QueueOp::FetchCommitted { .. } => "fetch_committed",
     }
 }
 
@@ -79,6 +85,7 @@ pub fn judge(
 ) -> (Verdict, Vec<Operation<QueueOp>>) {
     let (operations, pairing) = pair_operations(events);
     let queue = check_queue(&operations, QueueCheckOptions::default());
+    let committed_offsets = check_committed_offsets(&operations);
     let foreign_records = operations
         .iter()
         .filter(|operation| operation.outcome == Outcome::Ok)
@@ -98,12 +105,15 @@ pub fn judge(
         .map(|window| (window.start_ns, window.end_ns))
         .collect();
     let mut measured = BTreeMap::new();
-    for name in ["send", "poll", "assign"] {
+    for name in ["send", "poll", "assign", "commit", "fetch_committed"] {
         let of_kind: Vec<Operation<QueueOp>> = operations
             .iter()
             .filter(|operation| function(&operation.invoked) == name)
             .cloned()
             .collect();
+        if of_kind.is_empty() {
+            continue;
+        }
         measured.insert(
             name,
             Measured {
@@ -115,6 +125,7 @@ pub fn judge(
     let malformed_events =
         (pairing.unmatched_completions.len() + pairing.overlapping_invocations.len()) as u64;
     let valid = queue.valid
+        && committed_offsets.valid
         && foreign_records == 0
         && malformed_events == 0
         && problems.node_crashes.is_empty()
@@ -128,6 +139,7 @@ pub fn judge(
         seed,
         operations: operations.len() as u64,
         queue,
+        committed_offsets,
         foreign_records,
         malformed_events,
         measured,
@@ -178,6 +190,26 @@ pub fn summary(verdict: &Verdict) -> String {
         let _ = writeln!(text, "  anomaly {name}: {}", report.count);
         for example in report.examples.iter().take(3) {
             let _ = writeln!(text, "    e.g. {example}");
+        }
+    }
+    let offsets = &verdict.committed_offsets;
+    if offsets.registers > 0 {
+        let _ = writeln!(
+            text,
+            "  committed offsets: {} registers, {} operations, {}",
+            offsets.registers,
+            offsets.operations,
+            if offsets.valid {
+                "linearizable".to_string()
+            } else {
+                format!("{} NOT linearizable", offsets.not_linearizable_count)
+            }
+        );
+        for failure in offsets.not_linearizable.iter().take(3) {
+            let _ = writeln!(text, "    {failure}");
+        }
+        for unknown in &offsets.unknown {
+            let _ = writeln!(text, "    unproven: {unknown}");
         }
     }
     if verdict.foreign_records > 0 {
@@ -262,7 +294,14 @@ fn svg_start(title: &str, frame: &Frame, windows: &[AppliedWindow], y_label: &st
             r##"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="#f4c7c3" opacity="0.6"><title>{}</title></rect>"##,
             (x1 - x0).max(0.5),
             HEIGHT - TOP - BOTTOM,
-            window.faults.join(", ").replace('<', "&lt;")
+            window
+                .faults
+                .iter()
+                .map(|fault| serde_json::to_string(fault).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ")
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
         );
     }
     let _ = writeln!(

@@ -9,10 +9,13 @@
 //! have been written (librdkafka's `NOT_PERSISTED` status), and `info`
 //! otherwise. After an `info`, the worker continues as a new process.
 //!
-//! Consumer groups (`subscribe`) and a committed-offsets workload would be
-//! further workers next to these, recording `QueueOp`s and register
-//! operations for the linearizability checker; they wait on the broker's
-//! group coordinator.
+//! The `offsets` workload (opt-in: it needs the broker's group coordinator)
+//! adds workers that commit unique offsets for a few consumer groups and
+//! fetch them back, without joining the groups (as a client that uses the
+//! coordinator only to store offsets); each (group, key) is a register for
+//! the linearizability checker. A commit that returns an error is `info`:
+//! the broker may have written it anyway. Consumer groups with `subscribe`
+//! would be one more kind of worker here.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +43,8 @@ pub const POLL_WAIT_MS: u64 = 200;
 pub const MESSAGE_TIMEOUT_MS: u64 = 10_000;
 /// The process id of the final reader.
 pub const FINAL_READER: ProcessId = 1_000_000_000;
+/// Consumer groups whose committed offsets the `offsets` workload uses.
+pub const OFFSET_GROUPS: usize = 2;
 /// The value recorded for a record whose payload no send of this run wrote.
 pub const FOREIGN_VALUE: u64 = u64::MAX;
 /// Chance, per poll, that a consumer reassigns first.
@@ -52,6 +57,10 @@ pub struct Workload {
     pub keys: u32,
     pub producers: u32,
     pub consumers: u32,
+    /// Committed-offsets workers (0: the workload is off).
+    pub offset_workers: u32,
+    /// Commit and fetch operations per second, per offsets worker.
+    pub offset_rate: f64,
     /// Send operations per second, over all producers.
     pub send_rate: f64,
     /// Poll operations per second, per consumer.
@@ -138,7 +147,7 @@ pub fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
 
 impl Workload {
     fn workers(&self) -> u64 {
-        u64::from(self.producers + self.consumers)
+        u64::from(self.producers + self.consumers + self.offset_workers)
     }
 
     /// Sleeps until `next`, or returns false if the run is stopping.
@@ -470,6 +479,98 @@ impl Workload {
             }
         }
         Ok(read)
+    }
+}
+
+impl Workload {
+    /// Committed-offsets worker `index` until the run stops.
+    pub fn run_offsets(&self, index: u32) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (0x0ff5 << 16) ^ u64::from(index));
+        let mut process = u64::from(self.producers + self.consumers + index);
+        let groups: Vec<String> = (0..OFFSET_GROUPS)
+            .map(|group| format!("jepsen-offsets-{group}"))
+            .collect();
+        let mut consumers = Vec::new();
+        for group in &groups {
+            match consumer(&self.bootstrap, group) {
+                Ok(consumer) => consumers.push(consumer),
+                Err(error) => {
+                    eprintln!("jepsen: {error}");
+                    return;
+                }
+            }
+        }
+        let interval = Duration::from_secs_f64(1.0 / self.offset_rate.max(0.1));
+        let mut next = Instant::now();
+        while self.pace(next) {
+            next = (next + interval).max(Instant::now());
+            let which = rng.gen_range(0..groups.len());
+            let (group, consumer) = (&groups[which], &consumers[which]);
+            let key = rng.gen_range(0..self.keys);
+            let mut list = TopicPartitionList::new();
+            if rng.gen_bool(0.5) {
+                let offset = self.next_value.fetch_add(1, Ordering::Relaxed);
+                let op = QueueOp::Commit {
+                    group: group.clone(),
+                    key,
+                    offset,
+                };
+                self.recorder
+                    .record(process, EventType::Invoke, op.clone(), None);
+                let result = list
+                    .add_partition_offset(&self.topic, key as i32, Offset::Offset(offset as i64))
+                    .and_then(|()| consumer.commit(&list, rdkafka::consumer::CommitMode::Sync));
+                match result {
+                    Ok(()) => {
+                        self.recorder.record(process, EventType::Ok, op, None);
+                    }
+                    Err(error) => {
+                        self.recorder
+                            .record(process, EventType::Info, op, Some(error.to_string()));
+                        process += self.workers();
+                    }
+                }
+            } else {
+                let invoked = QueueOp::FetchCommitted {
+                    group: group.clone(),
+                    key,
+                    offset: None,
+                };
+                self.recorder
+                    .record(process, EventType::Invoke, invoked.clone(), None);
+                let result = list
+                    .add_partition_offset(&self.topic, key as i32, Offset::Invalid)
+                    .and_then(|()| consumer.committed_offsets(list, Duration::from_secs(5)));
+                let read = result.map_err(|error| error.to_string()).and_then(|found| {
+                    let element = found
+                        .find_partition(&self.topic, key as i32)
+                        .ok_or_else(|| "the answer lacks the partition".to_string())?;
+                    element.error().map_err(|error| error.to_string())?;
+                    match element.offset() {
+                        Offset::Offset(offset) if offset >= 0 => Ok(Some(offset as u64)),
+                        Offset::Invalid => Ok(None),
+                        other => Err(format!("unexpected committed offset {other:?}")),
+                    }
+                });
+                match read {
+                    Ok(offset) => self.recorder.record(
+                        process,
+                        EventType::Ok,
+                        QueueOp::FetchCommitted {
+                            group: group.clone(),
+                            key,
+                            offset,
+                        },
+                        None,
+                    ),
+                    // A fetch changes nothing: a failed one is simply a fail.
+                    Err(error) => {
+                        self.recorder
+                            .record(process, EventType::Fail, invoked, Some(error))
+                    }
+                };
+            }
+        }
     }
 }
 

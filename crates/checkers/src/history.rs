@@ -95,6 +95,22 @@ pub enum QueueOp {
         #[serde(default, with = "records_by_key")]
         records: BTreeMap<Key, Vec<Record>>,
     },
+    /// Commit `offset` as consumer group `group`'s committed offset of `key`
+    /// (the committed-offsets workload, judged by
+    /// [`crate::committed_offsets`]).
+    Commit {
+        group: String,
+        key: Key,
+        offset: u64,
+    },
+    /// Fetch `group`'s committed offset of `key`; the completion carries it
+    /// (`None`: nothing committed).
+    FetchCommitted {
+        group: String,
+        key: Key,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    },
     /// Assign the consumer a new set of keys (manual assignment). The next
     /// poll of a key may start anywhere: assignment resets the consumer's
     /// position, so the poll-order checks start afresh.

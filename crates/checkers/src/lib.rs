@@ -18,13 +18,15 @@
 //! Client-observed histories ([`history`]: invocations and completions, as
 //! jepsen records them) are judged by [`kafka_queue`] (the anomalies of
 //! Jepsen's Kafka test), [`linearizable`] (a WGL search over any sequential
-//! model, with a register model for committed offsets), and measured by
+//! model, with a register model; [`committed_offsets`] applies it to each
+//! consumer group's committed offset of each key), and measured by
 //! [`availability`] and [`latency`].
 
 pub mod acknowledged_appends;
 pub mod availability;
 pub mod commit_monotonic;
 pub mod committed_history;
+pub mod committed_offsets;
 pub mod election_safety;
 pub mod history;
 pub mod kafka_queue;
