@@ -57,14 +57,17 @@ struct Args {
     /// Fault kinds, comma separated: partition, kill, pause, clock (or none).
     #[arg(long, default_value = "partition,kill,pause,clock")]
     nemesis: String,
-    /// The workload: queue (sends and polls with assign), or queue,offsets
-    /// to add committed-offset commits and fetches (needs the broker's group
-    /// coordinator).
+    /// The workload: queue (sends and polls with assign), plus optionally
+    /// offsets (committed-offset commits and fetches) and subscribe (consumer
+    /// groups), comma separated; the last two need the group coordinator.
     #[arg(long, default_value = "queue")]
     workload: String,
     /// Committed-offsets workers, with --workload queue,offsets.
     #[arg(long, default_value_t = 2)]
     offset_workers: u32,
+    /// Consumer-group workers, with --workload queue,subscribe.
+    #[arg(long, default_value_t = 2)]
+    subscribers: u32,
     /// Commits and fetches per second per offsets worker.
     #[arg(long, default_value_t = 10.0)]
     offset_rate: f64,
@@ -131,9 +134,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
         Ok(code) => ExitCode::from(code),
+        // No cleanup here: the guards inside `run` clean up what this run
+        // set up, and a run refused by the lock must not touch the network
+        // of the run that holds it.
         Err(error) => {
             eprintln!("runnel-jepsen: {error}");
-            net::cleanup();
             ExitCode::from(2)
         }
     }
@@ -167,11 +172,19 @@ fn validate(args: &Args) -> Result<Vec<String>, String> {
             "--time-limit must be 1 to {TIME_LIMIT_S_MAX} seconds"
         ));
     }
-    if args.workload != "queue" && args.workload != "queue,offsets" {
+    let workloads: Vec<&str> = args.workload.split(',').map(str::trim).collect();
+    if workloads.first() != Some(&"queue")
+        || workloads
+            .iter()
+            .any(|name| !["queue", "offsets", "subscribe"].contains(name))
+    {
         return Err(format!(
-            "--workload {} is not known: queue, or queue,offsets",
+            "--workload {} is not known: queue, optionally followed by ,offsets and ,subscribe",
             args.workload
         ));
+    }
+    if args.subscribers > WORKERS_MAX {
+        return Err(format!("--subscribers must be at most {WORKERS_MAX}"));
     }
     if args.offset_workers > WORKERS_MAX || !(args.offset_rate > 0.0 && args.offset_rate <= 1_000.0)
     {
@@ -278,12 +291,34 @@ fn wait_for_leaders(
     Err("the topic's partitions did not all get leaders in time".into())
 }
 
+/// Where runs lock each other out.
+pub const LOCK_PATH: &str = "/run/runnel-jepsen.lock";
+
+/// Takes the machine-wide run lock (released when the file closes, also if
+/// the process dies), or fails if another run holds it.
+fn lock_out_other_runs() -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_PATH)
+        .map_err(|error| format!("{LOCK_PATH}: {error}"))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!("another runnel-jepsen run holds {LOCK_PATH}"));
+    }
+    Ok(file)
+}
+
 fn write(path: &Path, contents: &str) -> Result<(), String> {
     std::fs::write(path, contents).map_err(|error| format!("{}: {error}", path.display()))
 }
 
 fn run(args: Args) -> Result<u8, String> {
     let kinds = validate(&args)?;
+    // One run at a time: a second would tear down the first's network.
+    let _lock = lock_out_other_runs()?;
     let seed = args.seed.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -352,8 +387,13 @@ fn run(args: Args) -> Result<u8, String> {
         keys: args.keys,
         producers: args.producers,
         consumers: args.consumers,
-        offset_workers: if args.workload == "queue,offsets" {
+        offset_workers: if args.workload.contains("offsets") {
             args.offset_workers
+        } else {
+            0
+        },
+        subscribers: if args.workload.contains("subscribe") {
+            args.subscribers
         } else {
             0
         },
@@ -377,6 +417,10 @@ fn run(args: Args) -> Result<u8, String> {
     for index in 0..workload.offset_workers {
         let workload = Arc::clone(&workload);
         threads.push(std::thread::spawn(move || workload.run_offsets(index)));
+    }
+    for index in 0..workload.subscribers {
+        let workload = Arc::clone(&workload);
+        threads.push(std::thread::spawn(move || workload.run_subscriber(index)));
     }
 
     // The nemesis runs here, on the schedule, until the time limit.

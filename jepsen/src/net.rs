@@ -14,7 +14,10 @@
 //! clients' address is never dropped: as in Jepsen, the clients see every
 //! node and the nodes fight among themselves.
 //!
-//! Every name starts with `rj-`, and [`cleanup`] removes whatever a previous,
+//! Traffic never leaves the machine: an `unreachable` route for the subnet
+//! sits under the bridge's route for the whole run, so that a client still
+//! running while the bridge is missing gets an error instead of the default
+//! route. Every name starts with `rj-`, and [`cleanup`] removes whatever a previous,
 //! interrupted run left behind (namespaces, bridge, processes inside them).
 
 use std::collections::BTreeSet;
@@ -28,6 +31,13 @@ pub const NODES_MAX: u16 = 9;
 pub const BRIDGE: &str = "rj-br0";
 /// The clients' address, on the bridge.
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 254);
+/// The test subnet.
+pub const SUBNET: &str = "10.77.0.0/24";
+/// The metric of the safety route: an `unreachable` route for the subnet,
+/// above the bridge's connected route (metric 0), so that while the bridge
+/// is missing (being set up or torn down) traffic for the subnet fails here
+/// instead of leaving through the default route.
+pub const SAFETY_ROUTE_METRIC: &str = "4000";
 
 /// The namespace of node `id`.
 pub fn namespace(id: u16) -> String {
@@ -103,6 +113,17 @@ pub fn cleanup() {
         run_quietly("ip", &["link", "del", &format!("rj-v{id}")]);
     }
     run_quietly("ip", &["link", "del", BRIDGE]);
+    run_quietly(
+        "ip",
+        &[
+            "route",
+            "del",
+            "unreachable",
+            SUBNET,
+            "metric",
+            SAFETY_ROUTE_METRIC,
+        ],
+    );
 }
 
 /// Creates the bridge and one namespace per node, `1..=nodes`.
@@ -110,6 +131,17 @@ pub fn setup(nodes: u16) -> Result<(), String> {
     if nodes == 0 || nodes > NODES_MAX {
         return Err(format!("--nodes must be 1 to {NODES_MAX}"));
     }
+    run(
+        "ip",
+        &[
+            "route",
+            "add",
+            "unreachable",
+            SUBNET,
+            "metric",
+            SAFETY_ROUTE_METRIC,
+        ],
+    )?;
     run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
     run(
         "ip",

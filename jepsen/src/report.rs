@@ -13,7 +13,7 @@ use runnel_checkers::latency::{latency, Latency};
 use serde::Serialize;
 
 use crate::nemesis::Fault;
-use crate::workload::FOREIGN_VALUE;
+use crate::workload::{is_out_of_range, FOREIGN_VALUE};
 
 /// A fault window as it really happened, in nanoseconds since the start.
 #[derive(Clone, Debug, Serialize)]
@@ -58,6 +58,13 @@ pub struct Verdict {
     pub committed_offsets: CommittedOffsetsVerdict,
     /// Records whose payload no send of this run wrote.
     pub foreign_records: u64,
+    /// Polls in which librdkafka reported a position reset: the broker
+    /// called a fetch position out of range, leader-epoch validation saw a
+    /// truncation, or (at the start) the earliest offset could not be
+    /// resolved yet. The workers resume where they were, so no read is
+    /// wrong; but positions they had read up to should never be out of
+    /// range. Reported, not counted against validity.
+    pub offset_out_of_range: u64,
     /// Completions without invocations and overlapping invocations.
     pub malformed_events: u64,
     /// Per function (`send`, `poll`, `assign`).
@@ -100,6 +107,11 @@ pub fn judge(
             _ => None,
         })
         .sum();
+    let offset_out_of_range = operations
+        .iter()
+        .filter(|operation| matches!(operation.invoked, QueueOp::Poll { .. }))
+        .filter(|operation| operation.error.as_deref().is_some_and(is_out_of_range))
+        .count() as u64;
     let spans: Vec<(u64, u64)> = windows
         .iter()
         .map(|window| (window.start_ns, window.end_ns))
@@ -141,6 +153,7 @@ pub fn judge(
         queue,
         committed_offsets,
         foreign_records,
+        offset_out_of_range,
         malformed_events,
         measured,
         fault_windows: windows.len(),
@@ -217,6 +230,13 @@ pub fn summary(verdict: &Verdict) -> String {
             text,
             "  records not written by this run: {}",
             verdict.foreign_records
+        );
+    }
+    if verdict.offset_out_of_range > 0 {
+        let _ = writeln!(
+            text,
+            "  warning: {} polls reported a position reset (out of range, truncation, or no offset to reset to); the consumers resumed where they were",
+            verdict.offset_out_of_range
         );
     }
     if verdict.malformed_events > 0 {

@@ -14,8 +14,11 @@
 //! fetch them back, without joining the groups (as a client that uses the
 //! coordinator only to store offsets); each (group, key) is a register for
 //! the linearizability checker. A commit that returns an error is `info`:
-//! the broker may have written it anyway. Consumer groups with `subscribe`
-//! would be one more kind of worker here.
+//! the broker may have written it anyway.
+//!
+//! The `subscribe` workload (opt-in too) adds consumers in one consumer group
+//! that `subscribe` to the topic and poll; every rebalance is recorded as an
+//! assignment between two polls.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -43,6 +46,8 @@ pub const POLL_WAIT_MS: u64 = 200;
 pub const MESSAGE_TIMEOUT_MS: u64 = 10_000;
 /// The process id of the final reader.
 pub const FINAL_READER: ProcessId = 1_000_000_000;
+/// The consumer group of the `subscribe` workload.
+pub const SUBSCRIBE_GROUP: &str = "jepsen-subscribe";
 /// Consumer groups whose committed offsets the `offsets` workload uses.
 pub const OFFSET_GROUPS: usize = 2;
 /// The value recorded for a record whose payload no send of this run wrote.
@@ -59,6 +64,8 @@ pub struct Workload {
     pub consumers: u32,
     /// Committed-offsets workers (0: the workload is off).
     pub offset_workers: u32,
+    /// Consumer-group (`subscribe`) workers (0: the workload is off).
+    pub subscribers: u32,
     /// Commit and fetch operations per second, per offsets worker.
     pub offset_rate: f64,
     /// Send operations per second, over all producers.
@@ -129,14 +136,18 @@ fn producer(bootstrap: &str) -> Result<BaseProducer<Deliveries>, String> {
         .map_err(|error| format!("producer: {error}"))
 }
 
-/// A consumer for manual assignment, reading committed records only.
+/// A consumer for manual assignment, reading committed records only. An
+/// offset the broker calls out of range is an error rather than a silent
+/// jump to the start (`auto.offset.reset=error`): every position these
+/// consumers ask for is one they read up to, so the worker resumes from it
+/// (see [`is_out_of_range`]).
 pub fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", "error")
         .set("fetch.wait.max.ms", "100")
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "1000")
@@ -147,7 +158,7 @@ pub fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
 
 impl Workload {
     fn workers(&self) -> u64 {
-        u64::from(self.producers + self.consumers + self.offset_workers)
+        u64::from(self.producers + self.consumers + self.offset_workers + self.subscribers)
     }
 
     /// Sleeps until `next`, or returns false if the run is stopping.
@@ -337,8 +348,13 @@ impl Workload {
     }
 
     /// One poll operation by `process`: up to [`RECORDS_PER_POLL_MAX`]
-    /// records within [`POLL_WAIT_MS`]. Returns the records read, per key.
-    fn poll(&self, process: ProcessId, consumer: &BaseConsumer) -> BTreeMap<Key, Vec<Record>> {
+    /// records within [`POLL_WAIT_MS`]. Returns the records read, per key,
+    /// and whether the broker called a position out of range.
+    fn poll(
+        &self,
+        process: ProcessId,
+        consumer: &BaseConsumer,
+    ) -> (BTreeMap<Key, Vec<Record>>, bool) {
         self.recorder.record(
             process,
             EventType::Invoke,
@@ -347,7 +363,12 @@ impl Workload {
             },
             None,
         );
-        let (records, error) = poll_records(consumer, Duration::from_millis(POLL_WAIT_MS));
+        let Polled {
+            records,
+            error,
+            out_of_range,
+            ..
+        } = poll_records(consumer, Duration::from_millis(POLL_WAIT_MS), || false);
         let event_type = if error.is_some() && records.is_empty() {
             EventType::Fail
         } else {
@@ -361,7 +382,7 @@ impl Workload {
             },
             error,
         );
-        records
+        (records, out_of_range)
     }
 
     /// Consumer worker `index` until the run stops.
@@ -381,17 +402,27 @@ impl Workload {
         let mut assigned = self.assign(process, &consumer, &all);
         // The next offset to read per key, as far as this consumer knows.
         let mut positions: BTreeMap<Key, u64> = BTreeMap::new();
+        let mut resume = false;
         let interval = Duration::from_secs_f64(1.0 / self.poll_rate.max(0.1));
         let mut next = Instant::now();
         while self.pace(next) {
             // No catching up after a slow operation: a burst after every
             // fault would measure the backlog, not the cluster.
             next = (next + interval).max(Instant::now());
-            if !assigned || rng.gen_bool(REASSIGN_PER_POLL) {
+            if !assigned || resume || rng.gen_bool(REASSIGN_PER_POLL) {
                 // A new assignment: every key, or a random subset; each from
-                // the start or from where this consumer was.
+                // the start or from where this consumer was. After an out of
+                // range error, every key from where this consumer was.
                 let mut from: BTreeMap<Key, Offset> = BTreeMap::new();
-                for key in 0..self.keys {
+                for key in (0..self.keys).filter(|_| resume) {
+                    let offset = positions.get(&key).map_or(Offset::Beginning, |&position| {
+                        Offset::Offset(position as i64)
+                    });
+                    from.insert(key, offset);
+                }
+                let random = !resume;
+                resume = false;
+                for key in (0..self.keys).filter(|_| random) {
                     if !rng.gen_bool(0.7) {
                         continue;
                     }
@@ -416,11 +447,13 @@ impl Workload {
                 assigned = self.assign(process, &consumer, &from);
                 continue;
             }
-            for (key, records) in self.poll(process, &consumer) {
+            let (records, out_of_range) = self.poll(process, &consumer);
+            for (key, records) in records {
                 if let Some(last) = records.last() {
                     positions.insert(key, last.offset + 1);
                 }
             }
+            resume = out_of_range;
         }
     }
 
@@ -429,7 +462,7 @@ impl Workload {
     /// not finish, if anything.
     pub fn final_read(&self, timeout: Duration) -> Result<u64, String> {
         let deadline = Instant::now() + timeout;
-        let consumer = consumer(&self.bootstrap, "jepsen-final-read")?;
+        let mut consumer = consumer(&self.bootstrap, "jepsen-final-read")?;
         let mut ends: BTreeMap<Key, i64> = BTreeMap::new();
         for key in 0..self.keys {
             loop {
@@ -465,24 +498,143 @@ impl Workload {
                 ));
             }
             if !assigned {
-                assigned = self.assign(FINAL_READER, &consumer, &all);
+                // From where it was (the start at first), on a fresh
+                // consumer (see run_consumer).
+                let from: BTreeMap<Key, Offset> = all
+                    .keys()
+                    .map(|&key| {
+                        let offset = next
+                            .get(&key)
+                            .map_or(Offset::Beginning, |&position| Offset::Offset(position));
+                        (key, offset)
+                    })
+                    .collect();
+                drop(consumer);
+                consumer = self::consumer(&self.bootstrap, "jepsen-final-read")?;
+                assigned = self.assign(FINAL_READER, &consumer, &from);
                 if !assigned {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 continue;
             }
-            for (key, records) in self.poll(FINAL_READER, &consumer) {
+            let (records, out_of_range) = self.poll(FINAL_READER, &consumer);
+            for (key, records) in records {
                 read += records.len() as u64;
                 if let Some(last) = records.last() {
                     next.insert(key, last.offset as i64 + 1);
                 }
             }
+            assigned = !out_of_range;
         }
         Ok(read)
     }
 }
 
+/// Notes every rebalance of a subscribed consumer and what it was assigned.
+#[derive(Default)]
+struct RebalanceWatch {
+    changed: AtomicBool,
+    keys: Mutex<Vec<Key>>,
+}
+
+impl ClientContext for RebalanceWatch {}
+
+impl ConsumerContext for RebalanceWatch {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let keys = match rebalance {
+            Rebalance::Assign(list) => list
+                .elements()
+                .iter()
+                .map(|element| element.partition().max(0) as Key)
+                .collect(),
+            Rebalance::Revoke(_) => Vec::new(),
+            Rebalance::Error(_) => return,
+        };
+        *self
+            .keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+        self.changed.store(true, Ordering::SeqCst);
+    }
+}
+
 impl Workload {
+    /// Consumer-group worker `index` (`subscribe`) until the run stops. Each
+    /// rebalance is recorded as an assignment between two polls, so that the
+    /// poll-order checks start afresh where the group moved partitions.
+    pub fn run_subscriber(&self, index: u32) {
+        let mut process = u64::from(self.producers + self.consumers + self.offset_workers + index);
+        let watch = RebalanceWatch::default();
+        let created: Result<BaseConsumer<RebalanceWatch>, _> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", SUBSCRIBE_GROUP)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "100")
+            .set("reconnect.backoff.ms", "50")
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("isolation.level", "read_committed")
+            .create_with_context(watch);
+        let consumer = match created {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                eprintln!("jepsen: subscriber: {error}");
+                return;
+            }
+        };
+        if let Err(error) = consumer.subscribe(&[self.topic.as_str()]) {
+            eprintln!("jepsen: subscribe: {error}");
+            return;
+        }
+        let interval = Duration::from_secs_f64(1.0 / self.poll_rate.max(0.1));
+        let mut next = Instant::now();
+        let mut deferred: Option<(Key, Record)> = None;
+        while self.pace(next) {
+            next = (next + interval).max(Instant::now());
+            let watch = consumer.context();
+            self.recorder.record(
+                process,
+                EventType::Invoke,
+                QueueOp::Poll {
+                    records: BTreeMap::new(),
+                },
+                None,
+            );
+            let polled = poll_records(&consumer, Duration::from_millis(POLL_WAIT_MS), || {
+                watch.changed.load(Ordering::SeqCst)
+            });
+            let mut records = polled.records;
+            if let Some((key, record)) = deferred.take() {
+                records.entry(key).or_default().insert(0, record);
+            }
+            let event_type = if polled.error.is_some() && records.is_empty() {
+                EventType::Fail
+            } else {
+                EventType::Ok
+            };
+            self.recorder
+                .record(process, event_type, QueueOp::Poll { records }, polled.error);
+            deferred = polled.deferred;
+            if watch.changed.swap(false, Ordering::SeqCst) {
+                let keys = watch
+                    .keys
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone();
+                let op = QueueOp::Assign { keys };
+                self.recorder
+                    .record(process, EventType::Invoke, op.clone(), None);
+                self.recorder.record(process, EventType::Ok, op, None);
+            }
+            if consumer.client().fatal_error().is_some() {
+                process += self.workers();
+            }
+        }
+    }
+
     /// Committed-offsets worker `index` until the run stops.
     pub fn run_offsets(&self, index: u32) {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (0x0ff5 << 16) ^ u64::from(index));
@@ -574,16 +726,51 @@ impl Workload {
     }
 }
 
+/// What one poll operation read.
+struct Polled {
+    records: BTreeMap<Key, Vec<Record>>,
+    error: Option<String>,
+    /// A record that arrived after `interrupted` turned true: it belongs to
+    /// the next operation.
+    deferred: Option<(Key, Record)>,
+    /// Some error said a fetch position was out of range.
+    out_of_range: bool,
+}
+
+/// Whether a consumer error says its fetch position is gone: the broker
+/// called it out of range, or librdkafka's leader-epoch validation (KIP-320)
+/// concluded the log was truncated below it. With `auto.offset.reset=error`
+/// either is an error (`_AUTO_OFFSET_RESET`, `_LOG_TRUNCATION`) instead of a
+/// jump to the start.
+pub fn is_out_of_range(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    [
+        "out of range",
+        "autooffsetreset",
+        "auto.offset.reset",
+        "truncation",
+    ]
+    .iter()
+    .any(|needle| error.contains(needle))
+}
+
 /// Polls `consumer` for up to `wait`, collecting records by key; stops early
-/// at [`RECORDS_PER_POLL_MAX`]. Returns the records and the last error.
-fn poll_records(
-    consumer: &BaseConsumer,
+/// at [`RECORDS_PER_POLL_MAX`], or at the first record that arrives once
+/// `interrupted()` is true (a rebalance happened inside the poll), which it
+/// hands back unrecorded.
+fn poll_records<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     wait: Duration,
-) -> (BTreeMap<Key, Vec<Record>>, Option<String>) {
+    interrupted: impl Fn() -> bool,
+) -> Polled {
     let deadline = Instant::now() + wait;
-    let mut records: BTreeMap<Key, Vec<Record>> = BTreeMap::new();
+    let mut polled = Polled {
+        records: BTreeMap::new(),
+        error: None,
+        deferred: None,
+        out_of_range: false,
+    };
     let mut count = 0usize;
-    let mut error = None;
     while count < RECORDS_PER_POLL_MAX {
         let now = Instant::now();
         if now >= deadline {
@@ -591,7 +778,11 @@ fn poll_records(
         }
         match consumer.poll(deadline - now) {
             None => break,
-            Some(Err(problem)) => error = Some(problem.to_string()),
+            Some(Err(problem)) => {
+                let problem = problem.to_string();
+                polled.out_of_range |= is_out_of_range(&problem);
+                polled.error = Some(problem);
+            }
             Some(Ok(message)) => {
                 let value = message
                     .payload()
@@ -600,16 +791,38 @@ fn poll_records(
                     // A payload that is not one of ours becomes a value no
                     // send uses ([`FOREIGN_VALUE`]); the report counts them.
                     .unwrap_or(FOREIGN_VALUE);
-                records
-                    .entry(message.partition().max(0) as Key)
-                    .or_default()
-                    .push(Record {
-                        offset: message.offset().max(0) as u64,
-                        value,
-                    });
+                let key = message.partition().max(0) as Key;
+                let record = Record {
+                    offset: message.offset().max(0) as u64,
+                    value,
+                };
+                if interrupted() {
+                    polled.deferred = Some((key, record));
+                    break;
+                }
+                polled.records.entry(key).or_default().push(record);
                 count += 1;
             }
         }
     }
-    (records, error)
+    polled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_resets_are_recognised_in_librdkafka_errors() {
+        for error in [
+            "Message consumption error: AutoOffsetReset (Local: No offset to automatically reset to)",
+            "Message consumption error: OffsetOutOfRange (Broker: Offset out of range)",
+            "Message consumption error: LogTruncation (Local: Partition log truncation detected)",
+        ] {
+            assert!(is_out_of_range(error), "{error}");
+        }
+        assert!(!is_out_of_range(
+            "Message consumption error: BrokerTransportFailure (Local: Broker transport failure)"
+        ));
+    }
 }
