@@ -6,8 +6,8 @@
 //! A send produces one to [`MESSAGES_PER_SEND_MAX`] messages with an
 //! idempotent, `acks=all` producer and waits for every delivery report. It is
 //! `ok` when all were acknowledged (with their offsets), `fail` when none can
-//! have been written (librdkafka's `NOT_PERSISTED` status), and `info`
-//! otherwise. After an `info`, the worker continues as a new process.
+//! have been written (librdkafka's `NOT_PERSISTED` status, except for a
+//! timeout: see `--trust-timeouts`), and `info` otherwise. After an `info`, the worker continues as a new process.
 //!
 //! The `offsets` workload (opt-in: it needs the broker's group coordinator)
 //! adds workers that commit unique offsets for a few consumer groups and
@@ -29,8 +29,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use runnel_checkers::history::{EventType, Key, ProcessId, QueueOp, Record, SentMessage};
 
@@ -62,6 +64,9 @@ pub struct Workload {
     pub keys: u32,
     pub producers: u32,
     pub consumers: u32,
+    /// Count a timed-out send that librdkafka calls `NOT_PERSISTED` as
+    /// failed (strict) rather than indeterminate.
+    pub trust_timeouts: bool,
     /// Committed-offsets workers (0: the workload is off).
     pub offset_workers: u32,
     /// Consumer-group (`subscribe`) workers (0: the workload is off).
@@ -82,6 +87,8 @@ pub struct Workload {
 #[derive(Default)]
 struct Deliveries {
     results: Mutex<BTreeMap<u64, Delivered>>,
+    /// Believe librdkafka's `NOT_PERSISTED` for a message that timed out.
+    trust_timeouts: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -105,8 +112,18 @@ impl ProducerContext for Deliveries {
             Err((error, message)) => {
                 // SAFETY: the message pointer is valid for this callback.
                 let status = unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) };
+                // librdkafka derives a timed-out message's status from the
+                // broker's earlier answers: NOT_LEADER_OR_FOLLOWER counts as
+                // "not written", which runnel also answers when leadership
+                // moved after the batch was proposed (it may still commit).
+                // So a timeout is indeterminate unless told otherwise.
+                let timed_out = matches!(
+                    error,
+                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
+                );
                 if status
                     == rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED
+                    && (!timed_out || self.trust_timeouts)
                 {
                     Delivered::NotPersisted(error.to_string())
                 } else {
@@ -121,7 +138,7 @@ impl ProducerContext for Deliveries {
     }
 }
 
-fn producer(bootstrap: &str) -> Result<BaseProducer<Deliveries>, String> {
+fn producer(bootstrap: &str, trust_timeouts: bool) -> Result<BaseProducer<Deliveries>, String> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -132,7 +149,10 @@ fn producer(bootstrap: &str) -> Result<BaseProducer<Deliveries>, String> {
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "1000")
         .set("retry.backoff.ms", "50")
-        .create_with_context(Deliveries::default())
+        .create_with_context(Deliveries {
+            results: Mutex::default(),
+            trust_timeouts,
+        })
         .map_err(|error| format!("producer: {error}"))
 }
 
@@ -177,7 +197,7 @@ impl Workload {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (0x5e0d << 16) ^ u64::from(index));
         let mut process = u64::from(index);
         let interval = Duration::from_secs_f64(f64::from(self.producers) / self.send_rate.max(0.1));
-        let mut producer = match producer(&self.bootstrap) {
+        let mut producer = match producer(&self.bootstrap, self.trust_timeouts) {
             Ok(producer) => producer,
             Err(error) => {
                 eprintln!("jepsen: {error}");
@@ -206,7 +226,7 @@ impl Workload {
                 // new process.
                 eprintln!("jepsen: producer {process}: fatal {code:?}: {reason}; recreating it");
                 process += self.workers();
-                match self::producer(&self.bootstrap) {
+                match self::producer(&self.bootstrap, self.trust_timeouts) {
                     Ok(fresh) => producer = fresh,
                     Err(error) => {
                         eprintln!("jepsen: {error}");
