@@ -385,6 +385,32 @@ fn run(args: Args) -> Result<u8, String> {
     )?;
 
     let recorder = Arc::new(Recorder::create(&run_dir.join("history.jsonl"))?);
+    // The history's times count from here; this anchors them to real time.
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64);
+    let run_info = serde_json::json!({
+        "seed": seed,
+        "nodes": args.nodes,
+        "time_limit_s": args.time_limit,
+        "nemesis": kinds,
+        "workload": args.workload,
+        "keys": args.keys,
+        "replication": replication,
+        "runnel_bin": binary,
+        "history_time_zero_unix_ms": started_unix_ms,
+        "replay": format!(
+            "cargo run --release -p runnel-jepsen -- --nodes {} --time-limit {} --nemesis {} --workload {} --seed {seed}",
+            args.nodes,
+            args.time_limit,
+            if kinds.is_empty() { "none".to_string() } else { kinds.join(",") },
+            args.workload
+        ),
+    });
+    write(
+        &run_dir.join("run.json"),
+        &serde_json::to_string_pretty(&run_info).map_err(|error| error.to_string())?,
+    )?;
     let workers_stop = Arc::new(AtomicBool::new(false));
     let workload = Arc::new(Workload {
         bootstrap: bootstrap.clone(),
