@@ -59,6 +59,8 @@ use uuid::Uuid;
 use crate::fetch::{self, FetchResult};
 
 mod groups;
+#[cfg(feature = "ack-before-commit")]
+mod ack_before_commit; // FAILPOINT: a broken build for jepsen/, see the module
 mod membership;
 pub mod metrics;
 mod reassign;
@@ -184,6 +186,9 @@ pub struct Broker {
     pending: BTreeMap<u64, Pending>,
     /// Core request id -> (pending id, part).
     proposals: BTreeMap<u64, (u64, usize)>,
+    /// FAILPOINT state (`ack-before-commit` builds only).
+    #[cfg(feature = "ack-before-commit")]
+    early_ack_offsets: ack_before_commit::EarlyAckOffsets,
     next_id: u64,
     /// Partition groups this node hosts, as metadata last said.
     /// The initial membership to start each from, or `None` to join it
@@ -258,6 +263,8 @@ impl Broker {
             connections: BTreeMap::new(),
             pending: BTreeMap::new(),
             proposals: BTreeMap::new(),
+            #[cfg(feature = "ack-before-commit")]
+            early_ack_offsets: Default::default(),
             next_id: 1,
             hosted: BTreeMap::new(),
             hosted_synced_at: None,
@@ -1237,6 +1244,9 @@ impl Broker {
         for (group, data, part) in proposals {
             self.propose(group, data, id, part, env, collector);
         }
+        // FAILPOINT (`ack-before-commit` builds only): answer before commit.
+        #[cfg(feature = "ack-before-commit")]
+        self.ack_before_commit(id, &request);
         self.finish_if_done(id);
     }
 

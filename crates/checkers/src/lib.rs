@@ -14,11 +14,24 @@
 //! ([`check_log_matching`], [`check_state_machine_agreement`],
 //! [`check_acknowledged_appends`]) scan what they are given and are meant to be
 //! called periodically or at the end of a run.
+//!
+//! Client-observed histories ([`history`]: invocations and completions, as
+//! jepsen records them) are judged by [`kafka_queue`] (the anomalies of
+//! Jepsen's Kafka test), [`linearizable`] (a WGL search over any sequential
+//! model, with a register model; [`committed_offsets`] applies it to each
+//! consumer group's committed offset of each key), and measured by
+//! [`availability`] and [`latency`].
 
 pub mod acknowledged_appends;
+pub mod availability;
 pub mod commit_monotonic;
 pub mod committed_history;
+pub mod committed_offsets;
 pub mod election_safety;
+pub mod history;
+pub mod kafka_queue;
+pub mod latency;
+pub mod linearizable;
 pub mod log_matching;
 pub mod state_machine_agreement;
 
