@@ -58,9 +58,9 @@ use uuid::Uuid;
 
 use crate::fetch::{self, FetchResult};
 
-mod groups;
 #[cfg(feature = "ack-before-commit")]
 mod ack_before_commit; // FAILPOINT: a broken build for jepsen/, see the module
+mod groups;
 mod membership;
 pub mod metrics;
 mod reassign;
