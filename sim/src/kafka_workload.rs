@@ -72,6 +72,20 @@ const CREATE_TOPICS_VERSION: i16 = 7;
 mod code {
     pub const NONE: i16 = 0;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+
+    /// Produce errors after which a Kafka client takes the batch as not
+    /// written (librdkafka's "not persisted"): a broker must answer them
+    /// only when it knows the batch will never be in the log. An outcome it
+    /// does not know must be REQUEST_TIMED_OUT ("possibly persisted").
+    pub const PRODUCE_NOT_WRITTEN: &[i16] = &[
+        2,  // CORRUPT_MESSAGE
+        3,  // UNKNOWN_TOPIC_OR_PARTITION
+        6,  // NOT_LEADER_OR_FOLLOWER
+        45, // OUT_OF_ORDER_SEQUENCE_NUMBER
+        47, // INVALID_PRODUCER_EPOCH
+        56, // KAFKA_STORAGE_ERROR
+        87, // INVALID_RECORD
+    ];
 }
 
 const OFFSET_COMMIT_VERSION: i16 = 8;
@@ -261,6 +275,9 @@ pub struct KafkaHistory {
     sent: BTreeSet<u64>,
     /// Acknowledged values: partition -> offset -> value id.
     acknowledged: BTreeMap<PartitionKey, BTreeMap<i64, u64>>,
+    /// Values of produces the broker answered with an error that tells the
+    /// client the batch was not written (`code::PRODUCE_NOT_WRITTEN`).
+    refused: BTreeSet<u64>,
     /// Consumed values: partition -> offset -> value id (the first read).
     consumed: BTreeMap<PartitionKey, BTreeMap<i64, u64>>,
     /// Problems the clients saw while running (a consumer's skip, two
@@ -307,6 +324,15 @@ impl KafkaHistory {
                     ));
                 }
                 expected_offset = offset + 1;
+                if let Some(value) = value.filter(|value| self.refused.contains(value)) {
+                    violations.push(kafka_violation(
+                        "kafka-refused-write-in-log",
+                        format!(
+                            "{}-{} offset {offset} holds {value:#x}, whose produce the broker answered as not written",
+                            key.0, key.1
+                        ),
+                    ));
+                }
                 match value {
                     Some(value) if self.sent.contains(&value) => {
                         if let Some((other, other_offset)) =
@@ -1113,6 +1139,11 @@ impl KafkaWorkload {
                         }
                         true
                     }
+                    Some(answer) if code::PRODUCE_NOT_WRITTEN.contains(&answer.error_code) => {
+                        self.history.refused.extend(values.iter().copied());
+                        self.settle_unknown(&Op::Produce { key, values });
+                        false
+                    }
                     _ => {
                         self.settle_unknown(&Op::Produce { key, values });
                         false
@@ -1375,6 +1406,20 @@ mod tests {
         assert_eq!(
             check(&[(0, Some(1)), (1, Some(3)), (2, Some(2))]),
             ["kafka-lost-write"]
+        );
+    }
+
+    #[test]
+    fn a_value_the_broker_refused_in_the_log_is_named() {
+        let mut history = history();
+        history.refused.insert(3);
+        let logs = BTreeMap::from([(key(), vec![(0, Some(1)), (1, Some(2)), (2, Some(3))])]);
+        let found: Vec<&str> = history.check(&logs).iter().map(|v| v.invariant).collect();
+        assert_eq!(found, ["kafka-refused-write-in-log"]);
+        let logs = BTreeMap::from([(key(), vec![(0, Some(1)), (1, Some(2))])]);
+        assert!(
+            history.check(&logs).is_empty(),
+            "refused and absent is right"
         );
     }
 

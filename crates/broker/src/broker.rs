@@ -1849,9 +1849,25 @@ impl Broker {
                             answer.error_message = Some(StrBytes::from_string(message));
                         }
                     }
-                    // The outcome is unknown or leadership moved: the client
+                    // Leadership lost while the batch was in flight: it may
+                    // still commit under the next leader. REQUEST_TIMED_OUT
+                    // tells the client so ("possibly persisted" in
+                    // librdkafka); NOT_LEADER_OR_FOLLOWER would tell it the
+                    // batch was not written, and a client that then gives up
+                    // would see it read back (an aborted read). Either way it
                     // retries, and idempotence makes the retry safe.
-                    Err(_) => answer.error_code = error_code::NOT_LEADER_OR_FOLLOWER,
+                    Err(ClientError::Unknown) => {
+                        answer.error_code = error_code::REQUEST_TIMED_OUT;
+                        if version >= 8 {
+                            answer.error_message = Some(StrBytes::from_static_str(
+                                "leadership moved while the batch was in flight; it may have been written",
+                            ));
+                        }
+                    }
+                    // Refused before it was proposed: not written.
+                    Err(ClientError::NotLeader { .. } | ClientError::UnknownGroup) => {
+                        answer.error_code = error_code::NOT_LEADER_OR_FOLLOWER
+                    }
                 }
             }
             PendingKind::CreateTopics { response: create } => {
