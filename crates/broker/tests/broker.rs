@@ -579,8 +579,15 @@ fn metrics_report_what_the_node_leads_and_holds() {
             .expect("a number")
     };
     assert_eq!(value("runnel_metadata_leader"), 1);
-    assert_eq!(value("runnel_partitions_hosted"), 2);
-    assert_eq!(value("runnel_partitions_led"), 2);
+    // The topic's two partitions and those of the internal offsets topic,
+    // all led by the only node.
+    let offsets_partitions = text
+        .lines()
+        .filter(|line| line.starts_with("runnel_partition_replicas{topic=\"__consumer_offsets\""))
+        .count() as u64;
+    assert!(offsets_partitions > 0, "{text}");
+    assert_eq!(value("runnel_partitions_hosted"), 2 + offsets_partitions);
+    assert_eq!(value("runnel_partitions_led"), 2 + offsets_partitions);
     assert_eq!(value("runnel_partitions_under_replicated"), 0);
     assert_eq!(value("runnel_node_failed"), 0);
     // create_topic wrote one record to partition 0, the produce three more.

@@ -401,6 +401,17 @@ impl Replica {
         self.role == Role::Leader && self.commit >= self.term_start_index
     }
 
+    /// §6.2: ready, and its term-start entry handed to the application, so
+    /// that the state machine holds every entry any earlier leader
+    /// committed. A leader can be ready before that: followers alone may
+    /// commit its term-start entry while its own disk is slow, and it
+    /// applies only what it holds durably. Reads of the state machine wait
+    /// for this, or a consumer that read up to the old leader's commit point
+    /// would find the new leader behind it.
+    pub fn can_serve_reads(&self) -> bool {
+        self.is_leader_ready() && self.applied >= self.term_start_index
+    }
+
     /// The leader's match index for `node` (for status output and checks).
     pub fn match_index(&self, node: NodeId) -> Option<Index> {
         self.progress

@@ -1684,3 +1684,34 @@ fn a_learner_that_never_acknowledged_is_not_promoted() {
         .propose_config(config(&[1, 2, 3, 4], &[]))
         .expect("a learner that keeps up is promoted");
 }
+
+/// §6.2: a new leader whose own disk is slow is ready once followers alone
+/// commit its term-start entry, but it has not applied that entry (it
+/// applies only what it holds durably), so its state machine may lack
+/// entries the old leader committed and served. It serves reads only once
+/// it applied its term-start entry.
+#[test]
+fn a_leader_serves_reads_only_once_it_applied_its_term_start() {
+    let mut c = Cluster::new(&[1, 2, 3, 4, 5]);
+    c.elect(1);
+    c.propose(1, b"A");
+    c.settle();
+    assert!(c.node(1).can_serve_reads());
+    c.crash(1);
+    c.campaign(2, &[2, 3, 4, 5]);
+    c.set_auto_persist(2, false);
+    c.stabilize();
+    let leader = c.node(2);
+    assert!(
+        leader.is_leader_ready(),
+        "followers alone committed the term-start entry"
+    );
+    assert!(
+        !leader.can_serve_reads(),
+        "its own copy of the term-start entry is not durable, so not applied"
+    );
+    c.set_auto_persist(2, true);
+    c.persist_all(2);
+    c.stabilize();
+    assert!(c.node(2).can_serve_reads());
+}

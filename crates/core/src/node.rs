@@ -350,12 +350,13 @@ impl Node {
         self.groups.get(&group).map(|group| &group.machine)
     }
 
-    /// Whether this node leads `group` and has committed an entry of its
-    /// term, so that its state machine holds every committed entry (§5).
+    /// Whether this node leads `group`, has committed an entry of its term
+    /// and applied it, so that its state machine holds every entry any
+    /// leader committed (§6.2, `Replica::can_serve_reads`).
     pub fn leader_ready(&self, group: GroupId) -> bool {
         self.groups
             .get(&group)
-            .is_some_and(|group| group.replica.is_leader_ready())
+            .is_some_and(|group| group.replica.can_serve_reads())
     }
 
     /// On the leader of `group`: the replicas in sync (Kafka's ISR), see
