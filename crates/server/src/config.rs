@@ -53,6 +53,10 @@ pub struct ServeFlags {
     /// on every node).
     #[arg(long)]
     pub offsets_topic_partitions: Option<u32>,
+    /// Where an HTTP `GET /metrics` answers with the node's metrics in the
+    /// Prometheus text format, e.g. 127.0.0.1:9644 (default: not served).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The file's format: the same settings as the flags, plus topic defaults.
@@ -70,6 +74,7 @@ struct FileConfig {
     log_level: Option<String>,
     cluster_id: Option<String>,
     offsets_topic_partitions: Option<u32>,
+    metrics_addr: Option<SocketAddr>,
     #[serde(default)]
     topic_defaults: FileTopicDefaults,
 }
@@ -102,6 +107,8 @@ pub struct ServeConfig {
     pub rpc_addr: SocketAddr,
     pub peers: Vec<Peer>,
     pub log_level: String,
+    /// Where `GET /metrics` is served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     pub broker: BrokerConfig,
 }
 
@@ -268,12 +275,20 @@ impl ServeConfig {
             broker.election_timeout_ms = 150;
             broker.heartbeat_interval_ms = 50;
         }
+        let metrics_addr = flags.metrics_addr.or(file.metrics_addr);
+        if metrics_addr.is_some_and(|address| address == kafka_addr || address == rpc_addr) {
+            return Err(format!(
+                "--metrics-addr {} is also the Kafka or the peer address",
+                metrics_addr.expect("checked")
+            ));
+        }
         Ok(ServeConfig {
             data_dir,
             kafka_addr,
             rpc_addr,
             peers,
             log_level,
+            metrics_addr,
             broker,
         })
     }

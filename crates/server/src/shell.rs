@@ -11,6 +11,7 @@
 //! turmoil tier (`sim/turmoil`) runs the same code over a simulated network
 //! and disk with the core as a task ([`node::run_in_task`]).
 
+pub mod metrics;
 pub mod node;
 pub mod transport;
 
@@ -266,6 +267,16 @@ pub fn serve(mut config: ServeConfig) -> i32 {
             return 2;
         }
     };
+    let metrics_listener = match config.metrics_addr {
+        Some(address) => match runtime.block_on(tokio::net::TcpListener::bind(address)) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                eprintln!("runnel: cannot serve metrics on {address}: {error}");
+                return 2;
+            }
+        },
+        None => None,
+    };
     let (input_sender, input_receiver) = mpsc::channel();
     let inputs = InputSender::Thread(input_sender.clone());
     // Peers: a listener for their envelopes, a connection task for each.
@@ -304,6 +315,15 @@ pub fn serve(mut config: ServeConfig) -> i32 {
         ready_sender,
         runtime.handle().clone(),
     );
+    let mut core = core;
+    if let Some(listener) = metrics_listener {
+        let text = metrics::MetricsText::default();
+        core.publish_metrics(std::sync::Arc::clone(&text));
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "serving metrics at /metrics");
+        }
+        runtime.spawn(metrics::serve_metrics(listener, text));
+    }
     let core = std::thread::Builder::new()
         .name("runnel-core".into())
         .spawn(move || {

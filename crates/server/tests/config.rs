@@ -34,6 +34,10 @@ fn defaults_are_one_node_on_localhost() {
     assert_eq!(config.rpc_addr.to_string(), "127.0.0.1:19092");
     assert_eq!(config.log_level, "info");
     assert!(config.peers.is_empty());
+    assert_eq!(
+        config.metrics_addr, None,
+        "metrics are served only when asked"
+    );
     assert_eq!(config.broker.cluster_id, "runnel-cluster");
     // The advertised address defaults to the listener's.
     assert_eq!(config.broker.cluster.len(), 1);
@@ -57,6 +61,7 @@ rpc_addr = "0.0.0.0:19192"
 peers = "1@h1:19092=h1:9092, 3@h3:19092=h3:9092"
 log_level = "debug"
 cluster_id = "prod"
+metrics_addr = "0.0.0.0:9644"
 
 [topic_defaults]
 partitions = 6
@@ -74,6 +79,10 @@ auto_create = false
     assert_eq!(config.rpc_addr.to_string(), "0.0.0.0:19192");
     assert_eq!(config.log_level, "debug");
     assert_eq!(config.broker.cluster_id, "prod");
+    assert_eq!(
+        config.metrics_addr.map(|a| a.to_string()).as_deref(),
+        Some("0.0.0.0:9644")
+    );
     assert_eq!(config.peers.len(), 2);
     let nodes: Vec<(u64, &str, u16)> = config
         .broker
@@ -150,6 +159,8 @@ fn bad_values_are_refused() {
         "[topic_defaults]\nreplication_factor = 3\n",
         "peers = \"2@h2:19092\"\n",
         "node_id = 2\npeers = \"2@h2:19092=h2:9092\"\n",
+        "metrics_addr = \"127.0.0.1:9092\"\n",
+        "metrics_addr = \"somewhere\"\n",
         "this is not toml",
     ];
     for case in cases {

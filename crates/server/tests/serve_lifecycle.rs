@@ -82,3 +82,72 @@ fn one_data_dir_one_process_and_sigterm_exits_0() {
     assert_eq!(sent, 0);
     assert_eq!(wait_for_exit(&mut again), Some(0));
 }
+
+/// One HTTP request to the metrics port; the whole answer.
+fn http(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(WAIT_MS_MAX)))
+        .expect("timeout");
+    // A peer that closes while we write (the oversized head) is an answer.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn metrics_are_served_in_the_prometheus_text_format() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka_port = free_port();
+    let metrics_port = free_port();
+    let mut node = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--kafka-addr", &format!("127.0.0.1:{kafka_port}")])
+        .args(["--rpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start runnel serve");
+    wait_until_listening(kafka_port);
+    // The text is rendered every second: wait for one that knows the
+    // metadata leader.
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+    let answer = loop {
+        let answer = http(metrics_port, b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+        if answer.contains("\nrunnel_metadata_leader 1\n") {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metadata leader in:\n{answer}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.contains("Content-Type: text/plain; version=0.0.4"),
+        "{answer}"
+    );
+    for series in [
+        "# TYPE runnel_partitions_led gauge",
+        "\nrunnel_node_failed 0\n",
+        "\nrunnel_client_connections_open ",
+        "\nrunnel_request_bytes_queued ",
+    ] {
+        assert!(answer.contains(series), "{series} missing in:\n{answer}");
+    }
+    assert!(http(metrics_port, b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    assert!(http(metrics_port, b"DELETE /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    let oversized = [b"GET /metrics HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 20_000]].concat();
+    assert!(http(metrics_port, &oversized).starts_with("HTTP/1.1 431"));
+    // The node goes on serving after bad requests, and stops cleanly.
+    assert!(http(metrics_port, b"GET /metrics HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 200"));
+    // SAFETY: a signal to a child process this test started and still owns.
+    let sent = unsafe { libc::kill(node.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0);
+    assert_eq!(wait_for_exit(&mut node), Some(0));
+}

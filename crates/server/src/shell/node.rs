@@ -474,6 +474,9 @@ pub(crate) struct Core<T: Transport> {
     last_tick_ms: u64,
     shutdown_deadline_ms: Option<u64>,
     runtime: tokio::runtime::Handle,
+    /// Where the metrics text goes (`publish_metrics`), and when it was
+    /// last rendered.
+    metrics: Option<(super::metrics::MetricsText, u64)>,
     _transport: std::marker::PhantomData<T>,
 }
 
@@ -502,7 +505,64 @@ impl<T: Transport> Core<T> {
             last_tick_ms,
             shutdown_deadline_ms: None,
             runtime,
+            metrics: None,
             _transport: std::marker::PhantomData,
+        }
+    }
+
+    /// Renders the node's metrics into `text` every `METRICS_REFRESH_MS`,
+    /// for the metrics server to hand out (`runnel serve --metrics-addr`).
+    pub(crate) fn publish_metrics(&mut self, text: super::metrics::MetricsText) {
+        self.metrics = Some((text, 0));
+        self.render_metrics();
+    }
+
+    fn render_metrics(&mut self) {
+        let Some((text, last_ms)) = &mut self.metrics else {
+            return;
+        };
+        *last_ms = self.clock.now_ms();
+        let mut rendered = self.broker.metrics_text();
+        let queued_requests =
+            REQUEST_QUEUE_BYTES_MAX.saturating_sub(self.queued.requests.available_permits());
+        let queued_peers =
+            PEER_INBOUND_BYTES_MAX.saturating_sub(self.queued.peers.available_permits());
+        let peer_queues: usize = self
+            .network
+            .queues
+            .values()
+            .map(|queue| queue.bytes.load(Ordering::SeqCst))
+            .sum();
+        for (name, help, value) in [
+            (
+                "runnel_client_connections_open",
+                "Client connections the shell holds open.",
+                self.outputs.len(),
+            ),
+            (
+                "runnel_request_bytes_queued",
+                "Bytes of client requests read and not yet handled by the core.",
+                queued_requests,
+            ),
+            (
+                "runnel_peer_inbound_bytes_queued",
+                "Bytes of peer envelopes read and not yet handled by the core.",
+                queued_peers,
+            ),
+            (
+                "runnel_peer_outbound_bytes_queued",
+                "Bytes of envelopes waiting for their peer connections.",
+                peer_queues,
+            ),
+        ] {
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                rendered,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        if let Ok(mut shared) = text.lock() {
+            *shared = rendered;
         }
     }
 
@@ -578,6 +638,11 @@ impl<T: Transport> Core<T> {
                 let queue = start_peer_sender::<T>(&self.runtime, node, address);
                 self.network.queues.insert(node, queue);
             }
+        }
+        if self.metrics.as_ref().is_some_and(|(_, last_ms)| {
+            now_ms.saturating_sub(*last_ms) >= super::metrics::METRICS_REFRESH_MS
+        }) {
+            self.render_metrics();
         }
         if self.ready.is_some() && self.broker.metadata_leader_known() {
             let _ = self.ready.take().expect("checked").send(());
