@@ -539,8 +539,9 @@ pub fn serve(mut config: ServeConfig) -> i32 {
     let accept_writers = Arc::clone(&writers);
     let code = runtime.block_on(async move {
         let (stop_reading, reading_stopped) = watch::channel(false);
-        // Clients are let in once the metadata group has a leader, so that
-        // their first requests are answered rather than refused. A signal
+        // Clients are let in once the metadata group has a leader (and the
+        // offsets partitions this node hosts), so that their first requests
+        // are answered rather than refused. A signal
         // during that wait stops the node without letting them in.
         let ready_wait = tokio::task::spawn_blocking(move || {
             ready.recv_timeout(Duration::from_millis(STARTUP_LEADER_WAIT_MS))
@@ -556,7 +557,7 @@ pub fn serve(mut config: ServeConfig) -> i32 {
                 if !matches!(waited, Ok(Ok(()))) {
                     tracing::warn!(
                         STARTUP_LEADER_WAIT_MS,
-                        "no metadata leader yet; accepting clients anyway"
+                        "no metadata leader or offsets partition leaders yet; accepting clients anyway"
                     );
                 }
                 tracing::info!(
@@ -736,7 +737,7 @@ fn run_core(
                 runtime.spawn(peer_sender(node, address, receiver, bytes));
             }
         }
-        if ready.is_some() && broker.metadata_leader_known() {
+        if ready.is_some() && broker.metadata_leader_known() && broker.offsets_ready() {
             let _ = ready.take().expect("checked").send(());
         }
         if let Some(reason) = broker.failed() {
