@@ -25,18 +25,21 @@ use kafka_protocol::messages::alter_partition_reassignments_request::{
 };
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     AddRaftVoterRequest, AddRaftVoterResponse, AlterPartitionReassignmentsRequest,
     AlterPartitionReassignmentsResponse, ApiKey, BrokerId, CreateTopicsRequest,
-    CreateTopicsResponse, FetchRequest, FetchResponse, GroupId, MetadataRequest, MetadataResponse,
+    CreateTopicsResponse, FetchRequest, FetchResponse, GroupId, HeartbeatRequest,
+    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
     ProduceRequest, ProduceResponse, RemoveRaftVoterRequest, RemoveRaftVoterResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
@@ -72,6 +75,7 @@ const CREATE_TOPICS_VERSION: i16 = 7;
 mod code {
     pub const NONE: i16 = 0;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
 
     /// Produce errors after which a Kafka client takes the batch as not
     /// written (librdkafka's "not persisted"): a broker must answer them
@@ -90,6 +94,23 @@ mod code {
 
 const OFFSET_COMMIT_VERSION: i16 = 8;
 const OFFSET_FETCH_VERSION: i16 = 7;
+const JOIN_GROUP_VERSION: i16 = 5;
+const SYNC_GROUP_VERSION: i16 = 3;
+const HEARTBEAT_VERSION: i16 = 3;
+/// The consumer group the members form.
+const MEMBERS_GROUP: &str = "sim-members";
+/// Members' sessions and rebalance timeout, in simulated ms.
+const MEMBER_SESSION_MS: i32 = 6_000;
+const MEMBER_REBALANCE_MS: i32 = 10_000;
+/// A member's pause between heartbeats, in ms (low, high).
+const MEMBER_HEARTBEAT_MS: (u64, u64) = (300, 800);
+
+/// Kafka error codes a group member reacts to.
+mod group_code {
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+}
 
 /// The Kafka workload of one seed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +143,9 @@ pub struct KafkaPlan {
     /// Clients that commit offsets of their own consumer group and read
     /// them back (0 to 2); with any, the cluster has an offsets topic.
     pub committers: usize,
+    /// Members of one consumer group (0 to 3) that join, sync and
+    /// heartbeat, sharing the first topic's partitions.
+    pub group_members: usize,
 }
 
 impl KafkaPlan {
@@ -147,6 +171,7 @@ impl KafkaPlan {
             racks: false,
             membership: false,
             committers: 0,
+            group_members: 0,
         };
         // Drawn last, so that adding it left the other draws as they were.
         let plan = KafkaPlan {
@@ -156,10 +181,14 @@ impl KafkaPlan {
         };
         let plan = KafkaPlan {
             committers: rng.range(0, 3) as usize,
+            group_members: rng.range(0, 4) as usize,
             ..plan
         };
         assert!(plan.topics_at_start + plan.topics_later <= KAFKA_TOPICS_MAX);
-        assert!(1 + plan.producers + plan.consumers + plan.committers <= KAFKA_CLIENTS_MAX);
+        assert!(
+            1 + plan.producers + plan.consumers + plan.committers + plan.group_members
+                <= KAFKA_CLIENTS_MAX
+        );
         plan
     }
 }
@@ -188,6 +217,19 @@ enum Role {
     Producer,
     Consumer,
     Committer,
+    GroupMember,
+}
+
+/// Where a group member is: its id, and the generation it joined and the
+/// partitions it got (once synced).
+#[derive(Clone, Debug, Default)]
+struct Membership {
+    member_id: String,
+    generation: i32,
+    /// From the JoinGroup answer: the assignments to send in SyncGroup
+    /// (the leader's; empty for the others), until synced.
+    to_sync: Option<Vec<(String, Vec<i32>)>>,
+    assigned: Option<Vec<i32>>,
 }
 
 type PartitionKey = (String, i32);
@@ -227,6 +269,18 @@ enum Op {
         group: String,
         key: PartitionKey,
     },
+    Join {
+        member_id: String,
+    },
+    Sync {
+        member_id: String,
+        generation: i32,
+        assignments: Vec<(String, Vec<i32>)>,
+    },
+    Heartbeat {
+        member_id: String,
+        generation: i32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -248,6 +302,7 @@ struct Client {
     /// Consumers: the next offset to read per partition.
     positions: BTreeMap<PartitionKey, i64>,
     cursor: usize,
+    membership: Membership,
 }
 
 /// Counts for the end-of-run line.
@@ -266,6 +321,8 @@ pub struct KafkaStats {
     pub nodes_removed: u64,
     pub commits_acknowledged: u64,
     pub offsets_read: u64,
+    /// SyncGroup answers with an assignment (one per member and generation).
+    pub group_syncs: u64,
 }
 
 /// What the clients saw, for the final check.
@@ -288,6 +345,9 @@ pub struct KafkaHistory {
     commits_sent: BTreeMap<String, (PartitionKey, BTreeSet<i64>)>,
     /// Per group: the largest offset whose commit was acknowledged.
     commits_acknowledged: BTreeMap<String, i64>,
+    /// The group members' SyncGroup answers: generation -> member id ->
+    /// partitions of the first topic.
+    assignments: BTreeMap<i32, BTreeMap<String, Vec<i32>>>,
 }
 
 fn kafka_violation(invariant: &'static str, message: String) -> Violation {
@@ -433,6 +493,25 @@ impl KafkaHistory {
                 }
             }
         }
+        // Within one generation, no partition goes to two members: members
+        // of a generation all got their assignments from the one leader's
+        // SyncGroup (a generation number a new coordinator reused would
+        // mix two leaders' assignments).
+        for (generation, members) in &self.assignments {
+            let mut owner: BTreeMap<i32, &String> = BTreeMap::new();
+            for (member, partitions) in members {
+                for partition in partitions {
+                    if let Some(other) = owner.insert(*partition, member) {
+                        violations.push(kafka_violation(
+                            "kafka-generation-exclusive",
+                            format!(
+                                "generation {generation}: partition {partition} assigned to both {other} and {member}"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         violations
     }
 }
@@ -485,12 +564,14 @@ impl KafkaWorkload {
                 next_seq: 1,
                 positions: BTreeMap::new(),
                 cursor: 0,
+                membership: Membership::default(),
             })
         };
         push(Role::Admin);
         (0..plan.producers).for_each(|_| push(Role::Producer));
         (0..plan.consumers).for_each(|_| push(Role::Consumer));
         (0..plan.committers).for_each(|_| push(Role::Committer));
+        (0..plan.group_members).for_each(|_| push(Role::GroupMember));
         let wanted = (0..plan.topics_at_start + plan.topics_later)
             .map(|index| {
                 let partitions = rng.range(1, plan.partitions_max as u64 + 1) as i32;
@@ -572,6 +653,7 @@ impl KafkaWorkload {
             && self
                 .committers()
                 .all(|index| commits.get(&index).copied().unwrap_or(0) >= 1)
+            && self.members_settled()
             && self.wanted.iter().all(|(name, partitions)| {
                 (0..*partitions).all(|partition| {
                     produces
@@ -593,6 +675,9 @@ impl KafkaWorkload {
                 self.created,
                 self.wanted.len()
             ));
+        }
+        if !self.members_settled() {
+            missing.push("the group members to settle on one generation".into());
         }
         let commits = self.liveness_commits.clone().unwrap_or_default();
         for index in self.committers() {
@@ -620,6 +705,32 @@ impl KafkaWorkload {
         missing
     }
 
+    /// Whether every group member has its assignment in one generation
+    /// and together they hold every partition of the first topic.
+    fn members_settled(&self) -> bool {
+        let members: Vec<&Membership> = self
+            .clients
+            .iter()
+            .filter(|client| client.role == Role::GroupMember)
+            .map(|client| &client.membership)
+            .collect();
+        let Some(first) = members.first() else {
+            return true;
+        };
+        let Some(partitions) = self.topics.values().next() else {
+            return false;
+        };
+        let mut held: Vec<i32> = members
+            .iter()
+            .flat_map(|member| member.assigned.clone().unwrap_or_default())
+            .collect();
+        held.sort_unstable();
+        members
+            .iter()
+            .all(|member| member.assigned.is_some() && member.generation == first.generation)
+            && held == (0..*partitions).collect::<Vec<_>>()
+    }
+
     fn committers(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.clients.len()).filter(|index| self.clients[*index].role == Role::Committer)
     }
@@ -630,6 +741,11 @@ impl KafkaWorkload {
         let delay = if self.clients[index].role == Role::Admin {
             self.rng
                 .range(KAFKA_ADMIN_THINK_MS.0, KAFKA_ADMIN_THINK_MS.1 + 1)
+        } else if self.clients[index].role == Role::GroupMember
+            && self.clients[index].membership.assigned.is_some()
+        {
+            self.rng
+                .range(MEMBER_HEARTBEAT_MS.0, MEMBER_HEARTBEAT_MS.1 + 1)
         } else {
             self.rng.range(0, self.plan.think_time_ms_max + 1)
         };
@@ -694,6 +810,7 @@ impl KafkaWorkload {
                 self.leaders.remove(key);
             }
             Op::Commit { .. } | Op::FetchOffset { .. } => {}
+            Op::Join { .. } | Op::Sync { .. } | Op::Heartbeat { .. } => {}
             Op::Metadata
             | Op::CreateTopic { .. }
             | Op::Reassign { .. }
@@ -798,6 +915,35 @@ impl KafkaWorkload {
                 };
                 self.send(now, index, leader, op, out);
             }
+            Role::GroupMember => {
+                if self.topics.is_empty() {
+                    let node = self.random_node();
+                    self.send(now, index, node, Op::Metadata, out);
+                    return;
+                }
+                let membership = &self.clients[index].membership;
+                let member_id = membership.member_id.clone();
+                let generation = membership.generation;
+                let op = if membership.assigned.is_some() {
+                    Op::Heartbeat {
+                        member_id,
+                        generation,
+                    }
+                } else if let Some(assignments) = membership.to_sync.clone() {
+                    Op::Sync {
+                        member_id,
+                        generation,
+                        assignments,
+                    }
+                } else {
+                    Op::Join { member_id }
+                };
+                let node = match self.clients[index].connection {
+                    Some((node, _)) => node,
+                    None => self.random_node(),
+                };
+                self.send(now, index, node, op, out);
+            }
             Role::Committer => {
                 // Every committer commits the first partition of the first
                 // topic; each has its own group.
@@ -862,7 +1008,13 @@ impl KafkaWorkload {
             correlation,
             op,
         });
-        let timeout = self.plan.request_timeout_ms;
+        let timeout = match self.clients[index].in_flight.as_ref().map(|f| &f.op) {
+            // A JoinGroup or SyncGroup waits for the other members.
+            Some(Op::Join { .. } | Op::Sync { .. }) => {
+                self.plan.request_timeout_ms + MEMBER_REBALANCE_MS as u64
+            }
+            _ => self.plan.request_timeout_ms,
+        };
         self.wake(now + timeout, index, out);
     }
 
@@ -879,6 +1031,9 @@ impl KafkaWorkload {
             Op::Fetch { .. } => (ApiKey::Fetch, FETCH_VERSION),
             Op::Commit { .. } => (ApiKey::OffsetCommit, OFFSET_COMMIT_VERSION),
             Op::FetchOffset { .. } => (ApiKey::OffsetFetch, OFFSET_FETCH_VERSION),
+            Op::Join { .. } => (ApiKey::JoinGroup, JOIN_GROUP_VERSION),
+            Op::Sync { .. } => (ApiKey::SyncGroup, SYNC_GROUP_VERSION),
+            Op::Heartbeat { .. } => (ApiKey::Heartbeat, HEARTBEAT_VERSION),
         };
         RequestHeader::default()
             .with_request_api_key(key as i16)
@@ -985,6 +1140,43 @@ impl KafkaWorkload {
                     .with_name(topic_name(&key.0))
                     .with_partition_indexes(vec![key.1])]))
                 .encode(&mut frame, version),
+            Op::Join { member_id } => JoinGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str(MEMBERS_GROUP)))
+                .with_session_timeout_ms(MEMBER_SESSION_MS)
+                .with_rebalance_timeout_ms(MEMBER_REBALANCE_MS)
+                .with_member_id(StrBytes::from_string(member_id.clone()))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("sim"))
+                    .with_metadata(Bytes::from_static(b"sim"))])
+                .encode(&mut frame, version),
+            Op::Sync {
+                member_id,
+                generation,
+                assignments,
+            } => SyncGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str(MEMBERS_GROUP)))
+                .with_generation_id(*generation)
+                .with_member_id(StrBytes::from_string(member_id.clone()))
+                .with_assignments(
+                    assignments
+                        .iter()
+                        .map(|(member, partitions)| {
+                            SyncGroupRequestAssignment::default()
+                                .with_member_id(StrBytes::from_string(member.clone()))
+                                .with_assignment(encode_partitions(partitions))
+                        })
+                        .collect(),
+                )
+                .encode(&mut frame, version),
+            Op::Heartbeat {
+                member_id,
+                generation,
+            } => HeartbeatRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str(MEMBERS_GROUP)))
+                .with_generation_id(*generation)
+                .with_member_id(StrBytes::from_string(member_id.clone()))
+                .encode(&mut frame, version),
         };
         encoded.expect("a request body encodes");
         frame.freeze()
@@ -1036,6 +1228,9 @@ impl KafkaWorkload {
             Op::Fetch { .. } => (ApiKey::Fetch, FETCH_VERSION),
             Op::Commit { .. } => (ApiKey::OffsetCommit, OFFSET_COMMIT_VERSION),
             Op::FetchOffset { .. } => (ApiKey::OffsetFetch, OFFSET_FETCH_VERSION),
+            Op::Join { .. } => (ApiKey::JoinGroup, JOIN_GROUP_VERSION),
+            Op::Sync { .. } => (ApiKey::SyncGroup, SYNC_GROUP_VERSION),
+            Op::Heartbeat { .. } => (ApiKey::Heartbeat, HEARTBEAT_VERSION),
         };
         let header = ResponseHeader::decode(&mut body, key.response_header_version(version))
             .expect("the broker's response header decodes");
@@ -1222,11 +1417,109 @@ impl KafkaWorkload {
                     }
                 }
             }
+            Op::Join { .. } => {
+                let response = JoinGroupResponse::decode(&mut body, version).expect("decodes");
+                self.on_joined(index, response, out)
+            }
+            Op::Sync {
+                member_id,
+                generation,
+                ..
+            } => {
+                let response = SyncGroupResponse::decode(&mut body, version).expect("decodes");
+                let membership = &mut self.clients[index].membership;
+                match response.error_code {
+                    code::NONE => {
+                        let partitions = decode_partitions(&response.assignment);
+                        membership.assigned = Some(partitions.clone());
+                        membership.to_sync = None;
+                        self.stats.group_syncs += 1;
+                        self.history
+                            .assignments
+                            .entry(generation)
+                            .or_default()
+                            .insert(member_id, partitions);
+                        true
+                    }
+                    error => {
+                        self.rejoin(index, error, out);
+                        false
+                    }
+                }
+            }
+            Op::Heartbeat { .. } => {
+                let response = HeartbeatResponse::decode(&mut body, version).expect("decodes");
+                match response.error_code {
+                    code::NONE => true,
+                    error => {
+                        self.rejoin(index, error, out);
+                        false
+                    }
+                }
+            }
         };
         if ok {
             self.think(now, index, out);
         } else {
             self.backoff(now, index, out);
+        }
+    }
+
+    /// A JoinGroup answer: on success the member syncs next (the leader
+    /// with a round-robin assignment of the first topic's partitions).
+    fn on_joined(
+        &mut self,
+        index: usize,
+        response: JoinGroupResponse,
+        out: &mut Vec<KafkaAction>,
+    ) -> bool {
+        if response.error_code == group_code::MEMBER_ID_REQUIRED {
+            self.clients[index].membership.member_id = response.member_id.to_string();
+            return false;
+        }
+        if response.error_code != code::NONE {
+            self.rejoin(index, response.error_code, out);
+            return false;
+        }
+        let partitions = self.topics.values().next().copied().unwrap_or(0);
+        let membership = &mut self.clients[index].membership;
+        membership.member_id = response.member_id.to_string();
+        membership.generation = response.generation_id;
+        membership.assigned = None;
+        let mut assignments = Vec::new();
+        if response.leader == response.member_id {
+            let mut members: Vec<String> = response
+                .members
+                .iter()
+                .map(|m| m.member_id.to_string())
+                .collect();
+            members.sort();
+            for (position, member) in members.iter().enumerate() {
+                let mine: Vec<i32> = (0..partitions)
+                    .filter(|p| *p as usize % members.len() == position)
+                    .collect();
+                assignments.push((member.clone(), mine));
+            }
+        }
+        membership.to_sync = Some(assignments);
+        true
+    }
+
+    /// A member's request failed: it starts over with a JoinGroup (with
+    /// no member id once the group no longer knows it), at another node
+    /// when this one does not coordinate the group.
+    fn rejoin(&mut self, index: usize, error: i16, out: &mut Vec<KafkaAction>) {
+        let membership = &mut self.clients[index].membership;
+        membership.assigned = None;
+        membership.to_sync = None;
+        if error == group_code::UNKNOWN_MEMBER_ID {
+            membership.member_id.clear();
+        }
+        if error != group_code::ILLEGAL_GENERATION
+            && error != code::REBALANCE_IN_PROGRESS
+            && error != group_code::UNKNOWN_MEMBER_ID
+        {
+            self.drop_connection(index, out);
         }
     }
 
@@ -1306,6 +1599,23 @@ impl KafkaWorkload {
     }
 }
 
+/// A member's assignment as the sim's leader encodes it: the partition
+/// numbers of the first topic, 4 bytes each.
+fn encode_partitions(partitions: &[i32]) -> Bytes {
+    let mut out = BytesMut::new();
+    for partition in partitions {
+        out.extend_from_slice(&partition.to_be_bytes());
+    }
+    out.freeze()
+}
+
+fn decode_partitions(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks_exact(4)
+        .map(|chunk| i32::from_be_bytes(chunk.try_into().expect("4 bytes")))
+        .collect()
+}
+
 /// The records of a partition's stored batches as (offset, value id).
 pub fn log_values<'a>(batches: impl Iterator<Item = &'a [u8]>) -> Vec<(i64, Option<u64>)> {
     let mut out = Vec::new();
@@ -1382,6 +1692,31 @@ mod tests {
     fn a_committed_offset_behind_the_acknowledged_one_is_lost() {
         assert_eq!(offsets_check(Some(1)), vec!["kafka-lost-offset-commit"]);
         assert_eq!(offsets_check(None), vec!["kafka-lost-offset-commit"]);
+    }
+
+    #[test]
+    fn two_members_of_one_generation_with_one_partition_are_named() {
+        let mut history = KafkaHistory::default();
+        history.assignments.insert(
+            1,
+            BTreeMap::from([("a".to_string(), vec![0, 2]), ("b".to_string(), vec![1])]),
+        );
+        // A later generation may move partitions.
+        history
+            .assignments
+            .insert(2, BTreeMap::from([("b".to_string(), vec![0, 1, 2])]));
+        assert!(history.check_offsets(&BTreeMap::new()).is_empty());
+        history
+            .assignments
+            .get_mut(&2)
+            .expect("inserted")
+            .insert("c".to_string(), vec![2]);
+        let found: Vec<&str> = history
+            .check_offsets(&BTreeMap::new())
+            .iter()
+            .map(|v| v.invariant)
+            .collect();
+        assert_eq!(found, vec!["kafka-generation-exclusive"]);
     }
 
     #[test]

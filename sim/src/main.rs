@@ -139,7 +139,7 @@ fn main() -> ExitCode {
                 totals.faults.merge(&outcome.faults);
                 let layout = match &outcome.kafka {
                     Some(k) => format!(
-                        "broker layout: {} topics created, {} moves, {} nodes added, {} removed, {} produces acknowledged ({} records), {} unknown, {} records consumed, {} offset commits acknowledged, {} read, ",
+                        "broker layout: {} topics created, {} moves, {} nodes added, {} removed, {} produces acknowledged ({} records), {} unknown, {} records consumed, {} offset commits acknowledged, {} read, {} group syncs, ",
                         k.topics_created,
                         k.reassignments,
                         k.nodes_added,
@@ -149,7 +149,8 @@ fn main() -> ExitCode {
                         k.produces_unknown,
                         k.records_consumed,
                         k.commits_acknowledged,
-                        k.offsets_read
+                        k.offsets_read,
+                        k.group_syncs
                     ),
                     None => String::new(),
                 };

@@ -498,9 +498,14 @@ impl Simulation {
                 ..TopicDefaults::default()
             },
             incarnation: self.nodes[index].incarnation,
-            // Two offsets partitions when the workload has committers
-            // (fewer groups than the default eight); none otherwise.
-            offsets_topic_partitions: if self.plan.kafka.as_ref().is_some_and(|k| k.committers > 0)
+            // Two offsets partitions when the workload has committers or
+            // group members (fewer groups than the default eight); none
+            // otherwise.
+            offsets_topic_partitions: if self
+                .plan
+                .kafka
+                .as_ref()
+                .is_some_and(|k| k.committers + k.group_members > 0)
             {
                 2
             } else {

@@ -160,7 +160,13 @@ def test_runnel_dev_and_cluster_status(tmp_path):
             capture_output=True, timeout=60,
         )
         assert created.returncode == 0, created.stderr
+        # A new partition's leader serves (and shows) once it has committed
+        # an entry of its term, a moment after CreateTopics is answered.
+        deadline = time.time() + 10
         healthy = status()
+        while "0 offline" not in healthy and time.time() < deadline:
+            time.sleep(0.2)
+            healthy = status()
         assert healthy.count(" up,") == 3
         assert "3 partitions: 0 under-replicated, 0 offline" in healthy
         victim = subprocess.run(

@@ -103,6 +103,30 @@ impl Broker {
         }
     }
 
+    /// Whether the offsets partitions this node hosts have leaders it
+    /// knows (or there is no offsets topic to wait for). The server lets
+    /// clients in once this and the metadata leader are known, so that a
+    /// cluster's first requests do not race the elections of its internal
+    /// topic.
+    pub fn offsets_ready(&self) -> bool {
+        if self.config.offsets_topic_partitions == 0 {
+            return true;
+        }
+        let Some(topic) = self.metadata().and_then(|m| m.topic(OFFSETS_TOPIC)) else {
+            // A joining node learns the topic once it is added.
+            return self.config.join;
+        };
+        topic
+            .partitions
+            .iter()
+            .filter(|placement| placement.replicas.contains(&self.config.node_id))
+            .all(|placement| {
+                self.node
+                    .summary(placement.group)
+                    .is_some_and(|view| view.leader.is_some())
+            })
+    }
+
     /// The replication group of the offsets partition that holds
     /// `group_id`, once the offsets topic exists.
     fn offsets_partition_group(&self, group_id: &str) -> Option<GroupId> {

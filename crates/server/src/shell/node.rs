@@ -644,7 +644,13 @@ impl<T: Transport> Core<T> {
         }) {
             self.render_metrics();
         }
-        if self.ready.is_some() && self.broker.metadata_leader_known() {
+        // Clients are let in once the metadata group has a leader and the
+        // offsets partitions this node hosts have theirs, so that their
+        // first requests are answered rather than refused.
+        if self.ready.is_some()
+            && self.broker.metadata_leader_known()
+            && self.broker.offsets_ready()
+        {
             let _ = self.ready.take().expect("checked").send(());
         }
         if let Some(reason) = self.broker.failed() {
@@ -971,7 +977,7 @@ pub(crate) async fn serve_clients<T: Transport>(
             if !matches!(waited, Ok(Ok(()))) {
                 tracing::warn!(
                     STARTUP_LEADER_WAIT_MS,
-                    "no metadata leader yet; accepting clients anyway"
+                    "no metadata leader or offsets partition leaders yet; accepting clients anyway"
                 );
             }
             tracing::info!(
