@@ -46,6 +46,20 @@ pub const OFFSETS_COMMAND_BYTES_MAX: usize = 1 << 20;
 /// Most bytes of the short strings of a group record (protocol type and
 /// name, member id, instance id, client id, client host).
 pub const GROUP_STRING_BYTES_MAX: usize = 1_024;
+/// Most bytes one offsets partition holds, as its snapshot encodes them.
+/// The counts above alone allow far more (a thousand members of 128 KiB
+/// each, or 10,000 groups of 100,000 offsets), and the whole state travels
+/// as one snapshot message inside one peer envelope: past this bound, a
+/// commit or a group record that would grow the partition is refused.
+pub const OFFSETS_PARTITION_BYTES_MAX: u64 = 64 << 20;
+const _: () = assert!(
+    OFFSETS_PARTITION_BYTES_MAX as usize
+        + crate::wire::SNAPSHOT_MESSAGE_OVERHEAD_BYTES_MAX
+        + crate::wire::ENVELOPE_OVERHEAD_BYTES
+        + 12
+        <= crate::wire::ENVELOPE_BYTES_MAX,
+    "an offsets partition's snapshot travels in one envelope"
+);
 
 /// Kafka error codes the offsets machine answers with.
 pub mod error_code {
@@ -143,6 +157,26 @@ pub enum OffsetsOutcome {
 pub struct OffsetsState {
     groups: BTreeMap<String, StoredGroup>,
     offsets: BTreeMap<String, BTreeMap<(String, i32), CommittedOffset>>,
+    /// What `encode` writes for the groups and offsets, kept as they
+    /// change (the snapshot's version and two counts, 12 bytes, aside).
+    bytes: u64,
+}
+
+/// Bytes `encode` writes for one group's metadata, its id included.
+fn group_record_bytes(group: &str, record: &StoredGroup) -> u64 {
+    let mut out = Vec::new();
+    put_group(&mut out, record);
+    (4 + group.len() + out.len()) as u64
+}
+
+/// Bytes `encode` writes for one committed offset, its key included.
+fn offset_entry_bytes(topic: &str, offset: &CommittedOffset) -> u64 {
+    (4 + topic.len() + 4 + 8 + 4 + 4 + offset.metadata.len() + 8) as u64
+}
+
+/// Bytes `encode` writes for a group's offsets map around its entries.
+fn offsets_group_bytes(group: &str) -> u64 {
+    (4 + group.len() + 4) as u64
 }
 
 impl OffsetsState {
@@ -180,6 +214,22 @@ impl OffsetsState {
             .get(&(topic.to_string(), partition))
     }
 
+    /// What the partition holds, as `OFFSETS_PARTITION_BYTES_MAX` counts it.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn over_bytes(&self, grown_by: u64) -> Option<OffsetsOutcome> {
+        (self.bytes + grown_by > OFFSETS_PARTITION_BYTES_MAX).then(|| {
+            refused(
+                error_code::POLICY_VIOLATION,
+                format!(
+                    "the offsets partition would hold more than {OFFSETS_PARTITION_BYTES_MAX} bytes"
+                ),
+            )
+        })
+    }
+
     /// Whether one more group fits in the partition.
     pub fn has_room_for(&self, group: &str) -> bool {
         self.knows(group) || self.group_ids().count() < GROUPS_PER_PARTITION_MAX
@@ -212,6 +262,29 @@ impl OffsetsState {
                         ),
                     );
                 }
+                let existing = self.offsets.get(&group);
+                let existing_was_none = existing.is_none();
+                let mut grown: u64 = if existing.is_none() {
+                    offsets_group_bytes(&group)
+                } else {
+                    0
+                };
+                let mut shrunk: u64 = 0;
+                for (topic, partition, offset) in &offsets {
+                    grown += offset_entry_bytes(topic, offset);
+                    if let Some(old) =
+                        existing.and_then(|stored| stored.get(&(topic.clone(), *partition)))
+                    {
+                        shrunk += offset_entry_bytes(topic, old);
+                    }
+                }
+                // A commit that would grow the partition past its bound is
+                // refused; one that replaces offsets in place never is.
+                if grown > shrunk {
+                    if let Some(refusal) = self.over_bytes(grown - shrunk) {
+                        return refusal;
+                    }
+                }
                 let stored = self.offsets.entry(group.clone()).or_default();
                 let new_keys = offsets
                     .iter()
@@ -231,7 +304,14 @@ impl OffsetsState {
                     );
                 }
                 for (topic, partition, offset) in offsets {
-                    stored.insert((topic, partition), offset);
+                    let added = offset_entry_bytes(&topic, &offset);
+                    if let Some(old) = stored.insert((topic.clone(), partition), offset) {
+                        self.bytes -= offset_entry_bytes(&topic, &old);
+                    }
+                    self.bytes += added;
+                }
+                if existing_was_none {
+                    self.bytes += offsets_group_bytes(&group);
                 }
                 OffsetsOutcome::Done
             }
@@ -251,12 +331,35 @@ impl OffsetsState {
                         format!("a group has at most {GROUP_MEMBERS_MAX} members"),
                     );
                 }
+                let added = group_record_bytes(&group, &record);
+                let removed = self
+                    .groups
+                    .get(&group)
+                    .map_or(0, |old| group_record_bytes(&group, old));
+                if added > removed {
+                    if let Some(refusal) = self.over_bytes(added - removed) {
+                        return refusal;
+                    }
+                }
+                self.bytes = self.bytes - removed + added;
                 self.groups.insert(group, record);
                 OffsetsOutcome::Done
             }
             OffsetsCommand::DeleteGroup { group } => {
-                let had_metadata = self.groups.remove(&group).is_some();
-                let had_offsets = self.offsets.remove(&group).is_some();
+                let metadata = self.groups.remove(&group);
+                let offsets = self.offsets.remove(&group);
+                if let Some(record) = &metadata {
+                    self.bytes -= group_record_bytes(&group, record);
+                }
+                if let Some(offsets) = &offsets {
+                    self.bytes -= offsets_group_bytes(&group)
+                        + offsets
+                            .iter()
+                            .map(|((topic, _), offset)| offset_entry_bytes(topic, offset))
+                            .sum::<u64>();
+                }
+                let had_metadata = metadata.is_some();
+                let had_offsets = offsets.is_some();
                 if had_metadata || had_offsets {
                     OffsetsOutcome::Done
                 } else {
@@ -274,10 +377,13 @@ impl OffsetsState {
                     );
                 };
                 for key in partitions {
-                    stored.remove(&key);
+                    if let Some(old) = stored.remove(&key) {
+                        self.bytes -= offset_entry_bytes(&key.0, &old);
+                    }
                 }
                 if stored.is_empty() {
                     self.offsets.remove(&group);
+                    self.bytes -= offsets_group_bytes(&group);
                 }
                 OffsetsOutcome::Done
             }
@@ -321,6 +427,7 @@ impl OffsetsState {
         for _ in 0..cursor.count(8)? {
             let group = cursor.string()?;
             let record = cursor.group()?;
+            state.bytes += group_record_bytes(&group, &record);
             state.groups.insert(group, record);
         }
         for _ in 0..cursor.count(8)? {
@@ -329,8 +436,11 @@ impl OffsetsState {
             for _ in 0..cursor.count(8)? {
                 let topic = cursor.string()?;
                 let partition = cursor.i32()?;
-                offsets.insert((topic, partition), cursor.offset()?);
+                let offset = cursor.offset()?;
+                state.bytes += offset_entry_bytes(&topic, &offset);
+                offsets.insert((topic, partition), offset);
             }
+            state.bytes += offsets_group_bytes(&group);
             state.offsets.insert(group, offsets);
         }
         cursor.data.is_empty().then_some(state)
@@ -740,5 +850,87 @@ mod tests {
         put_str(&mut hostile, "g");
         hostile.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(OffsetsCommand::decode(&hostile), None);
+    }
+
+    /// The byte count the bound uses is what the snapshot encodes.
+    fn assert_counted(state: &OffsetsState) {
+        assert_eq!(state.bytes() + 12, state.encode().len() as u64);
+        assert_eq!(OffsetsState::decode(&state.encode()).bytes(), state.bytes());
+    }
+
+    #[test]
+    fn the_byte_count_follows_every_change() {
+        let mut state = OffsetsState::default();
+        assert_counted(&state);
+        let steps = [
+            commit("g", "orders", 0, 5),
+            commit("g", "orders", 1, 6),
+            // A replacement in place, with longer metadata.
+            OffsetsCommand::Commit {
+                group: "g".into(),
+                offsets: vec![("orders".into(), 0, offset(9, "a longer metadata string"))],
+            },
+            OffsetsCommand::StoreGroup {
+                group: "g".into(),
+                record: stored_group(),
+            },
+            OffsetsCommand::StoreGroup {
+                group: "g".into(),
+                record: StoredGroup::default(),
+            },
+            commit("h", "audit", 3, 1),
+            OffsetsCommand::DeleteOffsets {
+                group: "g".into(),
+                partitions: vec![("orders".into(), 1)],
+            },
+            OffsetsCommand::DeleteOffsets {
+                group: "h".into(),
+                partitions: vec![("audit".into(), 3)],
+            },
+            OffsetsCommand::DeleteGroup { group: "g".into() },
+        ];
+        for step in steps {
+            assert_eq!(state.apply(step.clone()), OffsetsOutcome::Done, "{step:?}");
+            assert_counted(&state);
+        }
+        assert_eq!(state.bytes(), 0);
+    }
+
+    #[test]
+    fn a_partition_at_its_byte_bound_refuses_growth_but_not_replacement() {
+        let mut state = OffsetsState::default();
+        let metadata = "m".repeat(OFFSET_METADATA_BYTES_MAX);
+        let mut partition = 0;
+        let refusal = loop {
+            let outcome = state.apply(OffsetsCommand::Commit {
+                group: format!("g{}", partition / 50_000),
+                offsets: (0..50)
+                    .map(|i| ("t".to_string(), partition + i, offset(1, &metadata)))
+                    .collect(),
+            });
+            partition += 50;
+            if outcome != OffsetsOutcome::Done {
+                break outcome;
+            }
+            assert!(partition < 1_000_000, "the bound never refused");
+        };
+        assert!(matches!(
+            refusal,
+            OffsetsOutcome::Refused {
+                error_code: error_code::POLICY_VIOLATION,
+                ..
+            }
+        ));
+        assert!(state.bytes() <= OFFSETS_PARTITION_BYTES_MAX);
+        assert_counted(&state);
+        // Moving an existing offset on takes no more room: still accepted.
+        assert_eq!(
+            state.apply(OffsetsCommand::Commit {
+                group: "g0".into(),
+                offsets: vec![("t".into(), 0, offset(2, &metadata))],
+            }),
+            OffsetsOutcome::Done
+        );
+        assert_eq!(state.committed("g0", "t", 0).map(|o| o.offset), Some(2));
     }
 }
