@@ -4,10 +4,11 @@
 //! broker carries one batch for each of as many of its partitions as are
 //! ready (as Kafka's producer drains them), and up to `--in-flight`
 //! requests are outstanding per connection. A batch refused because the
-//! partition's leader moved (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE:
-//! nothing was written) is sent again to the new leader, found from fresh
-//! metadata; any other failure counts the batch's messages as errors (a
-//! retry could write them twice).
+//! partition's leader moved (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE,
+//! which say nothing was appended) is sent again to the new leader, found
+//! from fresh metadata; should the old leader have kept it after all, the
+//! consumers' check reports the duplicates. Any other failure counts the
+//! batch's messages as errors (a retry could write them twice).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
