@@ -65,8 +65,12 @@ run() {
     stat_pid=$!
   fi
   local code=0
+  # Runnel holds every partition's batches in memory until retention drops
+  # them (docs/performance.md): without a bound, a fast run of a few
+  # minutes fills this machine's memory. The flags given override it.
   "$bin" bench -b "127.0.0.1:$kafka_port" --baseline-dir "$data" -d "$DURATION" \
-    --report "$out/$name.json" "${watch[@]}" "$@" | tee "$out/$name.txt" || code=${PIPESTATUS[0]}
+    --report "$out/$name.json" --topic-config retention.bytes=536870912 "${watch[@]}" "$@" \
+    | tee "$out/$name.txt" || code=${PIPESTATUS[0]}
   if [ -n "$perf_pid" ]; then wait "$perf_pid" "$stat_pid"; fi
   kill -TERM "$dev"
   wait "$dev" || true

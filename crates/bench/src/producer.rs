@@ -4,10 +4,11 @@
 //! broker carries one batch for each of as many of its partitions as are
 //! ready (as Kafka's producer drains them), and up to `--in-flight`
 //! requests are outstanding per connection. A batch refused because the
-//! partition's leader moved (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE:
-//! nothing was written) is sent again to the new leader, found from fresh
-//! metadata; any other failure counts the batch's messages as errors (a
-//! retry could write them twice).
+//! partition's leader moved (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE,
+//! which say nothing was appended) is sent again to the new leader, found
+//! from fresh metadata; should the old leader have kept it after all, the
+//! consumers' check reports the duplicates. Any other failure counts the
+//! batch's messages as errors (a retry could write them twice).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -35,6 +36,10 @@ pub const REQUEST_BYTES_MAX: usize = 1 << 20;
 const MESSAGES_PER_TURN_MAX: usize = 4_096;
 /// Bytes of filler the values are cut from.
 const FILLER_BYTES: usize = 1 << 20;
+/// Most bytes a record adds besides its key and value: its length,
+/// attributes, timestamp and offset deltas, key and value lengths, and
+/// header count, as varints.
+const RECORD_OVERHEAD_BYTES_MAX: usize = 32;
 /// Bytes of each generated key ("key-" and eight digits).
 pub const KEY_BYTES: usize = 12;
 /// How long after its first message a batch may still be sent again to a
@@ -449,7 +454,10 @@ impl Producer {
         Live::add(&shared.live.sent, 1);
         self.result.sent += 1;
         self.result.sent_bytes += bytes as u64;
-        if open.builder.len_bytes() >= batch_bytes {
+        // Sealed as soon as the next record would not fit, so that a batch
+        // never grows past --batch-bytes (a broker refuses batches over
+        // its limit) unless one record alone is larger.
+        if open.builder.len_bytes() + bytes + RECORD_OVERHEAD_BYTES_MAX > batch_bytes {
             self.seal(partition);
         }
     }
