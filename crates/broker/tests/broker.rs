@@ -1,67 +1,23 @@
 //! The broker driven deterministically: the simulator's disk and a manual
 //! clock, Kafka requests encoded as a client would, responses decoded.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
-    TopicName,
+    FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use runnel_broker::{Broker, BrokerConfig, BrokerEnv, BrokerEvent, ConnectionId, Responses};
-use runnel_core::Envelope;
-use runnel_io::{Clock, Network, NodeId, Rng};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use runnel_broker::BrokerEvent;
+use runnel_io::Rng;
 use runnel_kafka::batch::build_uncompressed;
 use runnel_sim::disk::{DiskFaults, SimDisk};
 
-struct ManualClock {
-    now_ms: u64,
-}
+mod support;
 
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.now_ms
-    }
-    fn wall_clock_ms(&self) -> i64 {
-        1_800_000_000_000 + self.now_ms as i64
-    }
-}
-
-struct NoPeers;
-
-impl Network<Envelope> for NoPeers {
-    fn send(&mut self, _to: NodeId, _message: Envelope) {
-        panic!("a single node has no peers");
-    }
-}
-
-#[derive(Default)]
-struct Collected {
-    frames: BTreeMap<ConnectionId, Vec<Option<Bytes>>>,
-    closed: BTreeSet<ConnectionId>,
-}
-
-impl Responses for Collected {
-    fn respond(&mut self, connection: ConnectionId, frame: Option<Bytes>) {
-        self.frames.entry(connection).or_default().push(frame);
-    }
-    fn close(&mut self, connection: ConnectionId, _reason: &str) {
-        self.closed.insert(connection);
-    }
-}
-
-struct Harness {
-    broker: Broker,
-    disk: SimDisk,
-    clock: ManualClock,
-    collected: Collected,
-    correlation: i32,
-}
+use support::{decode, single_node_config, Harness};
 
 impl Harness {
     fn new() -> Harness {
@@ -69,84 +25,11 @@ impl Harness {
         Harness::start(disk, 0)
     }
 
-    fn start(mut disk: SimDisk, now_ms: u64) -> Harness {
-        let mut config = BrokerConfig::single_node("127.0.0.1", 9092);
-        config.election_timeout_ms = 150;
-        config.heartbeat_interval_ms = 50;
-        let broker = Broker::start(config, &mut disk).expect("starts");
-        let mut harness = Harness {
-            broker,
-            disk,
-            clock: ManualClock { now_ms },
-            collected: Collected::default(),
-            correlation: 0,
-        };
+    /// A node recovered from `disk`, given a second to elect itself.
+    fn start(disk: SimDisk, now_ms: u64) -> Harness {
+        let mut harness = Harness::recover(disk, now_ms, single_node_config());
         harness.advance(1_000);
         harness
-    }
-
-    fn event(&mut self, event: BrokerEvent) {
-        self.disk.set_now(self.clock.now_ms);
-        let mut network = NoPeers;
-        let mut env = BrokerEnv {
-            disk: &mut self.disk,
-            network: &mut network,
-            clock: &self.clock,
-            responses: &mut self.collected,
-        };
-        self.broker.handle(event, &mut env);
-    }
-
-    /// Moves time on by `ms`, delivering disk completions and ticks.
-    fn advance(&mut self, ms: u64) {
-        let end = self.clock.now_ms + ms;
-        while self.clock.now_ms < end {
-            self.clock.now_ms += 1;
-            while let Some(completion) = self.disk.pop_completion(self.clock.now_ms) {
-                self.event(BrokerEvent::Disk(completion));
-            }
-            if self.clock.now_ms % 10 == 0 {
-                self.event(BrokerEvent::Tick);
-            }
-        }
-    }
-
-    fn send<T: Encodable>(
-        &mut self,
-        connection: ConnectionId,
-        key: ApiKey,
-        version: i16,
-        body: &T,
-    ) {
-        self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("test")));
-        let mut frame = BytesMut::new();
-        header
-            .encode(&mut frame, key.request_header_version(version))
-            .expect("header");
-        body.encode(&mut frame, version).expect("body");
-        self.event(BrokerEvent::Request {
-            connection,
-            frame: frame.freeze(),
-        });
-    }
-
-    fn take(&mut self, connection: ConnectionId) -> Vec<Option<Bytes>> {
-        self.collected
-            .frames
-            .remove(&connection)
-            .unwrap_or_default()
-    }
-
-    /// The one response `connection` got, decoded.
-    fn response<T: Decodable>(&mut self, connection: ConnectionId, key: ApiKey, version: i16) -> T {
-        let frames = self.take(connection);
-        assert_eq!(frames.len(), 1, "one response expected");
-        decode(frames[0].clone().expect("a response frame"), key, version)
     }
 
     fn create_topic(&mut self, name: &str, partitions: i32) {
@@ -176,17 +59,6 @@ impl Harness {
 
 fn topic(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
-}
-
-fn decode<T: Decodable>(frame: Bytes, key: ApiKey, version: i16) -> T {
-    let mut body = frame.slice(4..);
-    let header_version = if key == ApiKey::ApiVersions {
-        0
-    } else {
-        key.response_header_version(version)
-    };
-    ResponseHeader::decode(&mut body, header_version).expect("response header");
-    T::decode(&mut body, version).expect("response body")
 }
 
 fn produce_request(name: &str, batch: Vec<u8>, acks: i16) -> ProduceRequest {

@@ -4,9 +4,7 @@
 //! so it coordinates every group; a restart from its disk is the failover
 //! of a coordinator to a node that rebuilds from the offsets partitions.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
@@ -24,13 +22,12 @@ use kafka_protocol::messages::{
     GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, MetadataRequest,
     MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
-    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader,
-    SyncGroupRequest, SyncGroupResponse, TopicName,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use runnel_broker::{Broker, BrokerConfig, BrokerEnv, BrokerEvent, ConnectionId, Responses};
-use runnel_core::Envelope;
-use runnel_io::{Clock, Network, NodeId, Rng};
+use kafka_protocol::protocol::StrBytes;
+use runnel_broker::ConnectionId;
+use runnel_io::Rng;
 use runnel_sim::disk::{DiskFaults, SimDisk};
 
 const NONE: i16 = 0;
@@ -51,49 +48,9 @@ const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 
 const SESSION_MS: i32 = 6_000;
 
-struct ManualClock {
-    now_ms: u64,
-}
+mod support;
 
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.now_ms
-    }
-    fn wall_clock_ms(&self) -> i64 {
-        1_800_000_000_000 + self.now_ms as i64
-    }
-}
-
-struct NoPeers;
-
-impl Network<Envelope> for NoPeers {
-    fn send(&mut self, _to: NodeId, _message: Envelope) {
-        panic!("a single node has no peers");
-    }
-}
-
-#[derive(Default)]
-struct Collected {
-    frames: BTreeMap<ConnectionId, Vec<Option<Bytes>>>,
-    closed: BTreeSet<ConnectionId>,
-}
-
-impl Responses for Collected {
-    fn respond(&mut self, connection: ConnectionId, frame: Option<Bytes>) {
-        self.frames.entry(connection).or_default().push(frame);
-    }
-    fn close(&mut self, connection: ConnectionId, _reason: &str) {
-        self.closed.insert(connection);
-    }
-}
-
-struct Harness {
-    broker: Broker,
-    disk: SimDisk,
-    clock: ManualClock,
-    collected: Collected,
-    correlation: i32,
-}
+use support::{single_node_config, Harness};
 
 impl Harness {
     fn new() -> Harness {
@@ -105,19 +62,10 @@ impl Harness {
     }
 
     /// A broker recovered from `disk`, before any time passed.
-    fn start(mut disk: SimDisk, now_ms: u64) -> Harness {
-        let mut config = BrokerConfig::single_node("127.0.0.1", 9092);
-        config.election_timeout_ms = 150;
-        config.heartbeat_interval_ms = 50;
+    fn start(disk: SimDisk, now_ms: u64) -> Harness {
+        let mut config = single_node_config();
         config.offsets_topic_partitions = 4;
-        let broker = Broker::start(config, &mut disk).expect("starts");
-        Harness {
-            broker,
-            disk,
-            clock: ManualClock { now_ms },
-            collected: Collected::default(),
-            correlation: 0,
-        }
+        Harness::recover(disk, now_ms, config)
     }
 
     /// The node crashes (losing what it did not sync) and restarts.
@@ -127,91 +75,6 @@ impl Harness {
         } = self;
         disk.crash();
         Harness::start(disk, clock.now_ms)
-    }
-
-    fn event(&mut self, event: BrokerEvent) {
-        self.disk.set_now(self.clock.now_ms);
-        let mut network = NoPeers;
-        let mut env = BrokerEnv {
-            disk: &mut self.disk,
-            network: &mut network,
-            clock: &self.clock,
-            responses: &mut self.collected,
-        };
-        self.broker.handle(event, &mut env);
-    }
-
-    fn advance(&mut self, ms: u64) {
-        let end = self.clock.now_ms + ms;
-        while self.clock.now_ms < end {
-            self.clock.now_ms += 1;
-            while let Some(completion) = self.disk.pop_completion(self.clock.now_ms) {
-                self.event(BrokerEvent::Disk(completion));
-            }
-            if self.clock.now_ms % 10 == 0 {
-                self.event(BrokerEvent::Tick);
-            }
-        }
-    }
-
-    fn send<T: Encodable>(
-        &mut self,
-        connection: ConnectionId,
-        key: ApiKey,
-        version: i16,
-        body: &T,
-    ) {
-        self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("test")));
-        let mut frame = BytesMut::new();
-        header
-            .encode(&mut frame, key.request_header_version(version))
-            .expect("header");
-        body.encode(&mut frame, version).expect("body");
-        self.event(BrokerEvent::Request {
-            connection,
-            frame: frame.freeze(),
-        });
-    }
-
-    fn pending(&self, connection: ConnectionId) -> usize {
-        self.collected.frames.get(&connection).map_or(0, Vec::len)
-    }
-
-    /// The one response `connection` got, decoded.
-    fn response<T: Decodable>(&mut self, connection: ConnectionId, key: ApiKey, version: i16) -> T {
-        let frames = self
-            .collected
-            .frames
-            .remove(&connection)
-            .unwrap_or_default();
-        assert_eq!(frames.len(), 1, "one {key:?} response expected");
-        let frame = frames[0].clone().expect("a response frame");
-        let mut body = frame.slice(4..);
-        ResponseHeader::decode(&mut body, key.response_header_version(version)).expect("header");
-        T::decode(&mut body, version).expect("body")
-    }
-
-    /// Sends and waits (at most `wait_ms`) for the answer.
-    fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        connection: ConnectionId,
-        key: ApiKey,
-        version: i16,
-        body: &Req,
-        wait_ms: u64,
-    ) -> Resp {
-        self.send(connection, key, version, body);
-        let mut waited = 0;
-        while self.pending(connection) == 0 && waited < wait_ms {
-            self.advance(1);
-            waited += 1;
-        }
-        self.response(connection, key, version)
     }
 
     fn create_topic(&mut self, name: &str, partitions: i32) {
