@@ -103,6 +103,17 @@ impl Broker {
         }
     }
 
+    /// `coordinator_for`, for a request that will wait for its answer (a
+    /// join or a sync): past `PENDING_REQUESTS_MAX` waiting requests it is
+    /// refused with COORDINATOR_NOT_AVAILABLE, and the client retries.
+    fn coordinator_with_room_for(&self, group_id: &str) -> Result<GroupId, i16> {
+        let group = self.coordinator_for(group_id)?;
+        if self.pending.len() >= PENDING_REQUESTS_MAX {
+            return Err(error_code::COORDINATOR_NOT_AVAILABLE);
+        }
+        Ok(group)
+    }
+
     /// Whether the offsets partitions this node hosts have leaders it
     /// knows (or there is no offsets topic to wait for). The server lets
     /// clients in once this and the metadata leader are known, so that a
@@ -517,17 +528,7 @@ impl Broker {
                 version,
             ))
         };
-        let group = match self.coordinator_for(&group_id) {
-            Ok(_) if self.pending.len() >= PENDING_REQUESTS_MAX => {
-                // Too many requests wait already: the client retries.
-                return self.answer_group_now(
-                    connection,
-                    &header,
-                    ApiKey::JoinGroup,
-                    version,
-                    fallback(error_code::COORDINATOR_NOT_AVAILABLE),
-                );
-            }
+        let group = match self.coordinator_with_room_for(&group_id) {
             Ok(group) => group,
             Err(code) => {
                 return self.answer_group_now(
@@ -593,16 +594,7 @@ impl Broker {
                 ..SyncResult::default()
             }))
         };
-        let group = match self.coordinator_for(&group_id) {
-            Ok(_) if self.pending.len() >= PENDING_REQUESTS_MAX => {
-                return self.answer_group_now(
-                    connection,
-                    &header,
-                    ApiKey::SyncGroup,
-                    version,
-                    fallback(error_code::COORDINATOR_NOT_AVAILABLE),
-                );
-            }
+        let group = match self.coordinator_with_room_for(&group_id) {
             Ok(group) => group,
             Err(code) => {
                 return self.answer_group_now(
