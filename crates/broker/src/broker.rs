@@ -385,6 +385,27 @@ impl Broker {
         self.node.handle(event, &mut core_env);
     }
 
+    /// Hands the node an operation nobody waits for (client 0): whoever
+    /// asked for it retries at its next check if it is lost.
+    fn unawaited(
+        &mut self,
+        group: GroupId,
+        op: ClientOp,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        self.node_event(
+            Event::Client(ClientRequest {
+                client: 0,
+                request_id: 0,
+                group,
+                op,
+            }),
+            env,
+            collector,
+        );
+    }
+
     fn propose(
         &mut self,
         group: GroupId,
@@ -557,16 +578,7 @@ impl Broker {
                 to,
                 "handing a partition back to its preferred leader"
             );
-            self.node_event(
-                Event::Client(ClientRequest {
-                    client: 0,
-                    request_id: 0,
-                    group,
-                    op: ClientOp::TransferLeader { to },
-                }),
-                env,
-                collector,
-            );
+            self.unawaited(group, ClientOp::TransferLeader { to }, env, collector);
         }
     }
 
@@ -603,18 +615,8 @@ impl Broker {
             };
             // Nobody waits for the outcome: a lost proposal is retried at
             // the next check.
-            self.node_event(
-                Event::Client(ClientRequest {
-                    client: 0,
-                    request_id: 0,
-                    group,
-                    op: ClientOp::Propose {
-                        data: command.encode(),
-                    },
-                }),
-                env,
-                collector,
-            );
+            let data = command.encode();
+            self.unawaited(group, ClientOp::Propose { data }, env, collector);
         }
     }
 
@@ -1042,18 +1044,8 @@ impl Broker {
             racks: self.cluster_racks(),
         };
         // Nobody waits for the outcome: the client retries its Metadata.
-        self.node_event(
-            Event::Client(ClientRequest {
-                client: 0,
-                request_id: 0,
-                group: METADATA_GROUP,
-                op: ClientOp::Propose {
-                    data: command.encode(),
-                },
-            }),
-            env,
-            collector,
-        );
+        let data = command.encode();
+        self.unawaited(METADATA_GROUP, ClientOp::Propose { data }, env, collector);
     }
 
     /// Each node's rack; empty when racks are not configured.

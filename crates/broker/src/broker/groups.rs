@@ -187,18 +187,8 @@ impl Broker {
             "creating the offsets topic"
         );
         // Nobody waits: a lost proposal is retried.
-        self.node_event(
-            Event::Client(ClientRequest {
-                client: 0,
-                request_id: 0,
-                group: METADATA_GROUP,
-                op: ClientOp::Propose {
-                    data: command.encode(),
-                },
-            }),
-            env,
-            collector,
-        );
+        let data = command.encode();
+        self.unawaited(METADATA_GROUP, ClientOp::Propose { data }, env, collector);
     }
 
     /// Loads a coordinator for every offsets partition this node leads and
