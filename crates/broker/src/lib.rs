@@ -193,4 +193,4 @@ pub mod error_code {
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
 
-pub use broker::{Broker, INCARNATION_MAX, NODE_ID_MAX};
+pub use broker::{metrics, Broker, INCARNATION_MAX, NODE_ID_MAX};

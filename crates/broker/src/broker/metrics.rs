@@ -106,15 +106,15 @@ impl Broker {
                     .node
                     .machine(placement.group)
                     .and_then(|machine| machine.partition());
-                partitions.push((
-                    format!("topic=\"{}\",partition=\"{index}\"", escape(&topic.name)),
-                    view.term,
-                    replicas as u64,
-                    in_sync as u64,
-                    log.map(|log| log.high_watermark().max(0) as u64),
-                    log.map(|log| log.log_start_offset().max(0) as u64),
-                    log.map(|log| log.retained_bytes()),
-                ));
+                partitions.push(PartitionSeries {
+                    labels: format!("topic=\"{}\",partition=\"{index}\"", escape(&topic.name)),
+                    leader_epoch: view.term,
+                    replicas: replicas as u64,
+                    in_sync: in_sync as u64,
+                    high_watermark: log.map(|log| log.high_watermark().max(0) as u64),
+                    log_start_offset: log.map(|log| log.log_start_offset().max(0) as u64),
+                    retained_bytes: log.map(|log| log.retained_bytes()),
+                });
             }
         }
         gauge(
@@ -144,55 +144,66 @@ impl Broker {
         let series = |pick: &dyn Fn(&PartitionSeries) -> Option<u64>| -> Vec<(String, u64)> {
             partitions
                 .iter()
-                .filter_map(|partition| pick(partition).map(|value| (partition.0.clone(), value)))
+                .filter_map(|partition| {
+                    pick(partition).map(|value| (partition.labels.clone(), value))
+                })
                 .collect()
         };
         gauge(
             &mut out,
             "runnel_partition_leader_epoch",
             "The leader epoch (consensus term) of each partition this node leads.",
-            &series(&|partition| Some(partition.1)),
+            &series(&|partition| Some(partition.leader_epoch)),
         );
         gauge(
             &mut out,
             "runnel_partition_replicas",
             "Voting replicas of each partition this node leads.",
-            &series(&|partition| Some(partition.2)),
+            &series(&|partition| Some(partition.replicas)),
         );
         gauge(
             &mut out,
             "runnel_partition_in_sync_replicas",
             "Replicas in sync of each partition this node leads.",
-            &series(&|partition| Some(partition.3)),
+            &series(&|partition| Some(partition.in_sync)),
         );
         gauge(
             &mut out,
             "runnel_partition_high_watermark",
             "The high watermark (next offset) of each partition this node leads.",
-            &series(&|partition| partition.4),
+            &series(&|partition| partition.high_watermark),
         );
         gauge(
             &mut out,
             "runnel_partition_log_start_offset",
             "The first offset retained of each partition this node leads.",
-            &series(&|partition| partition.5),
+            &series(&|partition| partition.log_start_offset),
         );
         gauge(
             &mut out,
             "runnel_partition_retained_bytes",
             "Bytes of batches retained by each partition this node leads.",
-            &series(&|partition| partition.6),
+            &series(&|partition| partition.retained_bytes),
         );
         out
     }
 }
 
-/// Labels, leader epoch, replicas, in sync, high watermark, log start and
-/// retained bytes of one partition.
-type PartitionSeries = (String, u64, u64, u64, Option<u64>, Option<u64>, Option<u64>);
+/// What is exported of one partition this node leads; the log's figures
+/// are `None` where the node has no partition machine for it.
+struct PartitionSeries {
+    labels: String,
+    leader_epoch: u64,
+    replicas: u64,
+    in_sync: u64,
+    high_watermark: Option<u64>,
+    log_start_offset: Option<u64>,
+    retained_bytes: Option<u64>,
+}
 
-/// Appends one gauge with its help text and every labelled value.
-fn gauge(out: &mut String, name: &str, help: &str, values: &[(String, u64)]) {
+/// Appends one gauge with its help text and every labelled value (labels
+/// as `key="value",...`, or empty for none).
+pub fn gauge(out: &mut String, name: &str, help: &str, values: &[(String, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} gauge");
     for (labels, value) in values {

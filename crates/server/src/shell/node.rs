@@ -555,10 +555,11 @@ impl<T: Transport> Core<T> {
                 peer_queues,
             ),
         ] {
-            use std::fmt::Write as _;
-            let _ = writeln!(
-                rendered,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            runnel_broker::metrics::gauge(
+                &mut rendered,
+                name,
+                help,
+                &[(String::new(), value as u64)],
             );
         }
         if let Ok(mut shared) = text.lock() {
