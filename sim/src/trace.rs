@@ -75,6 +75,7 @@ impl MessageLine {
                 success,
                 match_index,
                 reject_hint,
+                ..
             } => ("AppendResp", *success as u64, *match_index, *reject_hint),
             Body::InstallSnapshot { snapshot } => (
                 "InstallSnapshot",
@@ -260,6 +261,7 @@ impl TraceKind {
             ClientOp::ChangeConfig { .. } => ("change-config", 0),
             ClientOp::TransferLeader { to } => ("transfer-leader to", *to),
             ClientOp::Propose { data } => ("propose bytes", data.len() as u64),
+            ClientOp::ReadIndex => ("read-index", 0),
         };
         TraceKind::Request {
             client: request.client,
@@ -276,6 +278,7 @@ impl TraceKind {
             Ok(ClientReply::Records { records, .. }) => ("records", records.len() as u64),
             Ok(ClientReply::Accepted) => ("accepted", 0),
             Ok(ClientReply::Applied(_)) => ("applied", 0),
+            Ok(ClientReply::ReadReady) => ("read-ready", 0),
             Err(ClientError::NotLeader { leader_hint }) => {
                 ("not-leader hint", leader_hint.unwrap_or(0))
             }

@@ -412,8 +412,9 @@ impl Workload {
                 self.clients[index].pending = None;
                 self.think(now, index, out);
             }
-            // The record workload never proposes machine commands.
-            Ok(ClientReply::Accepted) | Ok(ClientReply::Applied(_)) => {}
+            // The record workload never proposes machine commands or asks
+            // for read indexes.
+            Ok(ClientReply::Accepted | ClientReply::Applied(_) | ClientReply::ReadReady) => {}
             Err(error) => {
                 if response.request_id != pending.request_id {
                     return;

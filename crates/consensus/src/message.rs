@@ -44,6 +44,10 @@ pub enum Body {
         /// The leader's last log index when it sent this: how far a replica
         /// that lost its vote record must catch up before it votes (§10.3).
         leader_last_index: Index,
+        /// §6.3: the leader's read round when it sent this; the follower
+        /// echoes it, confirming that it still followed this leader after
+        /// every read registered in that round.
+        read_round: u64,
     },
     /// §5.3: `success` with the highest index now known to match the
     /// leader's log (and durable), or a rejection with a hint where the
@@ -52,6 +56,9 @@ pub enum Body {
         success: bool,
         match_index: Index,
         reject_hint: Index,
+        /// §6.3: the `read_round` of the Append this answers (0 when it
+        /// answers none, such as a snapshot).
+        read_round: u64,
     },
     /// §8: the leader's snapshot, for a follower that needs compacted entries.
     InstallSnapshot {

@@ -7,7 +7,7 @@
 //! order (docs/protocol.md §3.1, §10). Section numbers in comments refer to
 //! docs/protocol.md.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use runnel_io::{NodeId, Rng};
 
@@ -107,7 +107,23 @@ struct Progress {
     inflight: Vec<Index>,
     /// When the follower last answered (§4.4, check-quorum).
     last_ack_ms: u64,
+    /// §6.3: the highest read round the follower echoed in this term.
+    read_round_acked: u64,
 }
+
+/// §6.3: a linearizable read registered at the leader, waiting for a quorum
+/// to confirm the leadership in `round` or later, then for the state
+/// machine to apply `index`.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    id: u64,
+    index: Index,
+    round: u64,
+}
+
+/// At most this many linearizable reads wait at one leader (§6.3); more are
+/// refused with `Backpressure`.
+pub const READS_PENDING_MAX: usize = 16_384;
 
 /// How far behind the commit index a follower may be and still count as in
 /// sync (`Replica::replicas_in_sync`).
@@ -152,6 +168,12 @@ pub struct Ready {
     /// §8.1: read these entries from disk and pass them to
     /// `entries_loaded`.
     pub reads: Vec<LogRead>,
+    /// §6.3: linearizable reads (by the caller's id) that may now be served
+    /// from the state machine, once `committed` is applied.
+    pub reads_ready: Vec<u64>,
+    /// §6.3: linearizable reads that can no longer be confirmed (the
+    /// replica stopped leading): the caller tells their clients to retry.
+    pub reads_failed: Vec<u64>,
 }
 
 /// A request to read entries from `from` on, below the snapshot point, for
@@ -163,9 +185,31 @@ pub struct LogRead {
 }
 
 impl Ready {
+    /// Whether this `Ready` asks anything of the caller.
+    pub fn is_empty(&self) -> bool {
+        !self.has_writes()
+            && self.messages.is_empty()
+            && self.persisted_messages.is_empty()
+            && self.committed.is_empty()
+            && self.apply_snapshot.is_none()
+            && self.reads.is_empty()
+            && self.reads_ready.is_empty()
+            && self.reads_failed.is_empty()
+    }
+
     pub fn has_writes(&self) -> bool {
         self.hard_state.is_some() || self.snapshot.is_some() || !self.entries.is_empty()
     }
+}
+
+/// The fields of an Append that `handle_append` needs besides its entries.
+#[derive(Clone, Copy, Debug)]
+struct AppendFrom {
+    leader: NodeId,
+    prev_index: Index,
+    prev_term: Term,
+    leader_commit: Index,
+    read_round: u64,
 }
 
 pub struct Replica {
@@ -221,6 +265,18 @@ pub struct Replica {
     self_vote_unsynced: bool,
     /// The latest snapshot with data, kept to send to lagging followers.
     latest_snapshot: Option<Snapshot>,
+    /// §6.3: the leader's current read round, carried by every Append. It
+    /// never decreases, across terms too.
+    read_round: u64,
+    /// §6.3: a read joined `read_round` since the last `take_ready`, which
+    /// then sends every follower an Append carrying it.
+    read_round_due: bool,
+    /// §6.3: reads waiting for a quorum to echo their round, in order.
+    reads_unconfirmed: VecDeque<PendingRead>,
+    /// §6.3: confirmed reads waiting for the state machine to apply their
+    /// index, in order (their indexes never decrease).
+    reads_confirmed: VecDeque<PendingRead>,
+    reads_failed: Vec<u64>,
     // Outputs not yet taken.
     hard_state_dirty: bool,
     unstable_from: Option<Index>,
@@ -302,6 +358,11 @@ impl Replica {
             transfer: None,
             self_vote_unsynced: false,
             latest_snapshot: snapshot.clone(),
+            read_round: 0,
+            read_round_due: false,
+            reads_unconfirmed: VecDeque::new(),
+            reads_confirmed: VecDeque::new(),
+            reads_failed: Vec::new(),
             hard_state_dirty,
             unstable_from: None,
             snapshot_to_persist: None,
@@ -746,16 +807,30 @@ impl Replica {
                 entries,
                 commit,
                 leader_last_index,
+                read_round,
             } => {
                 self.accept_leader(message.from);
                 self.learn_repair_target(message.from, leader_last_index);
-                self.handle_append(message.from, prev_index, prev_term, entries, commit);
+                let append = AppendFrom {
+                    leader: message.from,
+                    prev_index,
+                    prev_term,
+                    leader_commit: commit,
+                    read_round,
+                };
+                self.handle_append(append, entries);
             }
             Body::AppendResponse {
                 success,
                 match_index,
                 reject_hint,
-            } => self.handle_append_response(message.from, success, match_index, reject_hint),
+                read_round,
+            } => {
+                // The term rules above let through only answers in our
+                // term, to Appends of ours in it (§6.3).
+                self.note_read_round(message.from, read_round);
+                self.handle_append_response(message.from, success, match_index, reject_hint);
+            }
             Body::InstallSnapshot { snapshot } => {
                 self.accept_leader(message.from);
                 self.handle_install_snapshot(message.from, snapshot);
@@ -797,6 +872,7 @@ impl Replica {
                         success: false,
                         match_index: 0,
                         reject_hint: 0,
+                        read_round: 0,
                     },
                 );
             }
@@ -972,6 +1048,17 @@ impl Replica {
         self.progress.clear();
         self.transfer = None;
         self.self_vote_unsynced = false;
+        // §6.3: a read this replica registered as leader cannot be
+        // confirmed any more; another leader may have taken writes.
+        let unconfirmed = std::mem::take(&mut self.reads_unconfirmed);
+        let confirmed = std::mem::take(&mut self.reads_confirmed);
+        self.reads_failed.extend(
+            unconfirmed
+                .iter()
+                .chain(confirmed.iter())
+                .map(|read| read.id),
+        );
+        self.read_round_due = false;
         self.reset_election_deadline();
     }
 
@@ -1019,6 +1106,7 @@ impl Replica {
             state: ProgressState::Probe { sent: false },
             inflight: Vec::new(),
             last_ack_ms: self.now_ms,
+            read_round_acked: 0,
         }
     }
 
@@ -1178,6 +1266,7 @@ impl Replica {
         // §5.1: the follower may commit only what it knows matches ours.
         let commit = self.commit;
         let sent_entries = !entries.is_empty();
+        let read_round = self.read_round;
         self.send(
             peer,
             Body::Append {
@@ -1186,6 +1275,7 @@ impl Replica {
                 entries,
                 commit,
                 leader_last_index: last_index,
+                read_round,
             },
         );
         sent_entries
@@ -1246,6 +1336,7 @@ impl Replica {
                 entries,
                 commit,
                 leader_last_index,
+                read_round: self.read_round,
             },
         );
     }
@@ -1275,20 +1366,20 @@ impl Replica {
         self.send(peer, Body::InstallSnapshot { snapshot });
     }
 
-    fn handle_append(
-        &mut self,
-        leader: NodeId,
-        prev_index: Index,
-        prev_term: Term,
-        entries: Vec<Entry>,
-        leader_commit: Index,
-    ) {
+    fn handle_append(&mut self, append: AppendFrom, entries: Vec<Entry>) {
+        let AppendFrom {
+            leader,
+            prev_index,
+            prev_term,
+            leader_commit,
+            read_round,
+        } = append;
         if prev_index < self.commit {
             // Everything up to our commit point matches the leader (§5.4).
             // Skip what we already have and answer from the commit point.
             let skip = (self.commit - prev_index) as usize;
             if skip >= entries.len() {
-                self.acknowledge(leader, self.commit);
+                self.acknowledge(leader, self.commit, read_round);
                 return;
             }
             let commit = self.commit;
@@ -1297,7 +1388,12 @@ impl Replica {
                 .term_at(commit)
                 .expect("commit point is in the log");
             let rest = entries[skip..].to_vec();
-            return self.handle_append(leader, commit, commit_term, rest, leader_commit);
+            let append = AppendFrom {
+                prev_index: commit,
+                prev_term: commit_term,
+                ..append
+            };
+            return self.handle_append(append, rest);
         }
         if self.log.term_at(prev_index) != Some(prev_term) {
             // §5.3: reject, suggesting where to probe next.
@@ -1313,6 +1409,7 @@ impl Replica {
                     success: false,
                     match_index: prev_index,
                     reject_hint: hint,
+                    read_round,
                 },
             );
             return;
@@ -1350,13 +1447,14 @@ impl Replica {
             self.commit = new_commit;
         }
         // §3.1: acknowledged only once durable.
-        self.acknowledge(leader, last_new_index);
+        self.acknowledge(leader, last_new_index, read_round);
     }
 
     /// §3.1: a successful answer to the leader, claiming the log matches
     /// up to `match_index`; it leaves only once everything this replica was
-    /// asked to persist so far is durable.
-    fn acknowledge(&mut self, leader: NodeId, match_index: Index) {
+    /// asked to persist so far is durable. `read_round` echoes the Append
+    /// it answers (§6.3).
+    fn acknowledge(&mut self, leader: NodeId, match_index: Index, read_round: u64) {
         self.persisted_messages.push(Message {
             from: self.id(),
             to: leader,
@@ -1365,8 +1463,102 @@ impl Replica {
                 success: true,
                 match_index,
                 reject_hint: 0,
+                read_round,
             },
         });
+    }
+
+    // ----- Linearizable reads (§6.3) -----
+
+    /// §6.3: registers linearizable read `id` (the caller's). Once a quorum
+    /// has confirmed that this replica still led after the read arrived,
+    /// and the state machine has applied every entry committed before it,
+    /// a later `Ready::reads_ready` lists `id`: the caller then reads its
+    /// state machine. If leadership is lost first, `Ready::reads_failed`
+    /// lists it instead.
+    pub fn read_index(&mut self, id: u64) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        if self.reads_unconfirmed.len() + self.reads_confirmed.len() >= READS_PENDING_MAX {
+            return Err(ProposeError::Backpressure);
+        }
+        // Until its term-start entry commits, a leader's commit index may
+        // lag entries earlier leaders committed (§5.4); the term-start
+        // entry follows all of them.
+        let index = self.commit.max(self.term_start_index);
+        if !self.read_round_due {
+            // Appends already handed out carry an older round, so echoes of
+            // them cannot confirm this read: they may have been answered
+            // before it arrived.
+            self.read_round += 1;
+            self.read_round_due = true;
+        }
+        self.reads_unconfirmed.push_back(PendingRead {
+            id,
+            index,
+            round: self.read_round,
+        });
+        self.confirm_reads();
+        Ok(())
+    }
+
+    fn note_read_round(&mut self, from: NodeId, read_round: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        if read_round > progress.read_round_acked {
+            assert!(
+                read_round <= self.read_round,
+                "a follower echoed read round {read_round}, above ours ({})",
+                self.read_round
+            );
+            progress.read_round_acked = read_round;
+            self.confirm_reads();
+        }
+    }
+
+    /// §6.3: reads whose round a quorum of voters (this leader counting as
+    /// having echoed every round) has echoed are confirmed.
+    fn confirm_reads(&mut self) {
+        if self.reads_unconfirmed.is_empty() {
+            return;
+        }
+        let id = self.id();
+        let mut echoed: Vec<u64> = self
+            .config
+            .voters
+            .iter()
+            .map(|voter| {
+                if *voter == id {
+                    u64::MAX
+                } else {
+                    self.progress
+                        .get(voter)
+                        .map_or(0, |progress| progress.read_round_acked)
+                }
+            })
+            .collect();
+        if echoed.is_empty() {
+            return;
+        }
+        echoed.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed_round = echoed[self.config.quorum() - 1];
+        while let Some(read) = self.reads_unconfirmed.front() {
+            if read.round > confirmed_round {
+                break;
+            }
+            let read = self.reads_unconfirmed.pop_front().expect("front exists");
+            if let Some(last) = self.reads_confirmed.back() {
+                assert!(last.index <= read.index, "read indexes never decrease");
+            }
+            self.reads_confirmed.push_back(read);
+        }
     }
 
     fn handle_append_response(
@@ -1493,7 +1685,7 @@ impl Replica {
             // We already have everything it holds. §3.1: like every
             // acknowledgment, this one waits until our log up to the commit
             // point is durable (it may not be yet).
-            self.acknowledge(leader, self.commit);
+            self.acknowledge(leader, self.commit, 0);
             return;
         }
         // §8: keep our suffix only when it continues the snapshot.
@@ -1521,7 +1713,7 @@ impl Replica {
         self.latest_snapshot = Some(snapshot.clone());
         self.snapshot_to_persist = Some(snapshot.clone());
         self.snapshot_to_apply = Some(snapshot);
-        self.acknowledge(leader, meta.index);
+        self.acknowledge(leader, meta.index, 0);
     }
 
     // ----- Proposals and commands (§6, §7, §9) -----
@@ -1706,6 +1898,10 @@ impl Replica {
 
     /// Collects the outputs accumulated since the last call.
     pub fn take_ready(&mut self) -> Ready {
+        if self.role == Role::Leader && std::mem::take(&mut self.read_round_due) {
+            // §6.3: one Append to every follower carries the new read round.
+            self.heartbeat();
+        }
         if self.role == Role::Leader {
             let peers: Vec<NodeId> = self.progress.keys().copied().collect();
             for peer in peers {
@@ -1744,6 +1940,14 @@ impl Replica {
                 .slice(self.applied + 1, apply_to, usize::MAX, usize::MAX);
             self.applied = apply_to;
         }
+        while let Some(read) = self.reads_confirmed.front() {
+            if read.index > self.applied {
+                break;
+            }
+            ready.reads_ready.push(read.id);
+            self.reads_confirmed.pop_front();
+        }
+        ready.reads_failed = std::mem::take(&mut self.reads_failed);
         ready
     }
 }

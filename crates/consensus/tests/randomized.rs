@@ -41,6 +41,9 @@ enum Action {
     /// Propose to this node, or (when the node is 0) to the leader of the
     /// highest term, if any.
     Propose(u64),
+    /// §6.3: a linearizable read at this node (0: the leader); the harness
+    /// checks that a read served holds every entry committed before it.
+    Read(u64),
     /// Complete one pending write of a node with a slow disk.
     Persist(u64),
     Crash(u64),
@@ -87,6 +90,7 @@ fn action() -> impl Strategy<Value = Action> {
         3 => any::<usize>().prop_map(Action::Duplicate),
         5 => any::<usize>().prop_map(Action::Drop),
         10 => node_or_leader().prop_map(Action::Propose),
+        4 => node_or_leader().prop_map(Action::Read),
         15 => node().prop_map(Action::Persist),
         1 => node().prop_map(Action::Crash),
         3 => any::<usize>().prop_map(Action::Restart),
@@ -187,6 +191,7 @@ fn run(voters: u64, slow_disks: Vec<bool>, seed: u64, actions: Vec<Action>) {
     }
     c.record_delivered = false;
     let mut proposal = 0u64;
+    let mut read_id = 0u64;
     let mut lost_tails = 0u64;
     let count = actions.len();
     for action in actions {
@@ -228,6 +233,13 @@ fn run(voters: u64, slow_disks: Vec<bool>, seed: u64, actions: Vec<Action>) {
                     proposal += 1;
                     let _ = c.node_mut(node).propose(proposal.to_le_bytes().to_vec());
                     c.check();
+                }
+            }
+            Action::Read(node) => {
+                let node = pick(node);
+                if c.nodes[&node].is_up() {
+                    read_id += 1;
+                    let _ = c.read(node, read_id);
                 }
             }
             Action::Persist(node) => {
@@ -306,10 +318,12 @@ fn run(voters: u64, slow_disks: Vec<bool>, seed: u64, actions: Vec<Action>) {
     }
 
     if std::env::var_os("CONSENSUS_STATS").is_some() {
+        let served = c.reads.values().filter(|r| r.outcome == Some(true)).count();
         eprintln!(
             "STATS voters {voters} actions {} terms {} committed {} lost-tails {lost_tails} \
-             max-snapshot {:?}",
+             reads {} served {served} max-snapshot {:?}",
             count,
+            c.reads.len(),
             c.leaders.len(),
             c.committed.len(),
             c.up_ids()
@@ -334,6 +348,19 @@ fn run(voters: u64, slow_disks: Vec<bool>, seed: u64, actions: Vec<Action>) {
         if let Some((leader, index, term)) = proposed {
             let replica = c.node(leader);
             if replica.commit_index() >= index && replica.log().term_at(index) == Some(term) {
+                // §6.3: with the faults gone, the leader serves a
+                // linearizable read.
+                read_id += 1;
+                if c.read(leader, read_id).is_ok() {
+                    c.run_for(HEARTBEAT_MS);
+                    if c.node(leader).role() == Role::Leader {
+                        assert_eq!(
+                            c.read_outcome(read_id),
+                            Some(true),
+                            "a healthy leader did not serve a read"
+                        );
+                    }
+                }
                 return;
             }
             if replica.role() != Role::Leader || replica.term() != term {

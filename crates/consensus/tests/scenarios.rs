@@ -478,7 +478,8 @@ fn an_uncommitted_conflicting_suffix_is_truncated() {
         Body::AppendResponse {
             success: false,
             match_index: 4,
-            reject_hint: 4
+            reject_hint: 4,
+            read_round: 0,
         }
     );
     // Then after (3, 2): 2 holds (3, 1); hint: the start of its term-1 run
@@ -488,7 +489,8 @@ fn an_uncommitted_conflicting_suffix_is_truncated() {
         Body::AppendResponse {
             success: false,
             match_index: 3,
-            reject_hint: 2
+            reject_hint: 2,
+            read_round: 0,
         }
     );
     assert!(matches!(
@@ -1714,4 +1716,128 @@ fn a_leader_serves_reads_only_once_it_applied_its_term_start() {
     c.persist_all(2);
     c.stabilize();
     assert!(c.node(2).can_serve_reads());
+}
+
+// ----- §6.3: linearizable reads -----
+
+fn is_append_response(message: &Message) -> bool {
+    matches!(message.body, Body::AppendResponse { .. })
+}
+
+/// §6.3: a read is servable once a quorum echoed its read round, and the
+/// state machine holds everything committed before it was registered.
+#[test]
+fn a_read_waits_for_a_quorum_to_confirm_the_leader() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"A");
+    c.settle();
+    c.read(1, 7).expect("the leader takes reads");
+    c.ready(1);
+    assert_eq!(c.read_outcome(7), None, "no follower has answered yet");
+    assert!(
+        c.network.iter().any(|m| matches!(
+            m.body,
+            Body::Append { read_round, .. } if read_round > 0
+        )),
+        "the read's round goes out at once, not at the next heartbeat"
+    );
+    // One follower's echo plus the leader is a quorum of three.
+    c.deliver_where(|m| m.to == 2);
+    c.ready(2);
+    c.deliver_where(|m| m.from == 2 && is_append_response(m));
+    c.ready(1);
+    assert_eq!(c.read_outcome(7), Some(true));
+}
+
+/// §6.3: an answer to an Append sent before the read was registered may
+/// have left the follower before the read arrived: it confirms nothing.
+#[test]
+fn an_echo_of_an_earlier_round_does_not_confirm_a_read() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.settle();
+    c.tick(1);
+    c.tick_only(&[1], HEARTBEAT_MS);
+    c.ready(1);
+    assert!(c.network.iter().any(is_append), "a heartbeat is in flight");
+    c.deliver_where(is_append);
+    c.ready(2);
+    c.ready(3);
+    assert!(c.network.iter().any(is_append_response));
+    // The read arrives while the answers to that heartbeat are on their way.
+    c.read(1, 1).expect("the leader takes reads");
+    c.deliver_where(is_append_response);
+    c.ready(1);
+    assert_eq!(c.read_outcome(1), None, "answers to an older round");
+    c.stabilize();
+    assert_eq!(c.read_outcome(1), Some(true));
+}
+
+/// §6.3: a leader cut off from the others cannot confirm a read, and once
+/// it steps down the read fails; meanwhile the new leader's reads see the
+/// writes it committed.
+#[test]
+fn a_deposed_leader_cannot_serve_a_read() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"A");
+    c.settle();
+    c.isolate(1);
+    c.campaign(2, &[2, 3]);
+    c.stabilize();
+    // Only 2 and 3 see time pass: 1's check-quorum has not run yet.
+    c.propose(2, b"B");
+    c.stabilize();
+    assert_eq!(c.node(1).role(), Role::Leader, "1 has not noticed yet");
+    c.read(1, 1).expect("1 still thinks it leads");
+    c.read(2, 2).expect("2 leads");
+    c.stabilize();
+    assert_eq!(c.read_outcome(2), Some(true));
+    assert_eq!(c.read_outcome(1), None);
+    // Check-quorum (§4.4) deposes 1 within two election timeouts.
+    c.run_for(3 * ET);
+    assert_ne!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.read_outcome(1), Some(false), "the read fails, not served");
+    assert!(matches!(
+        c.node_mut(1).read_index(3),
+        Err(ProposeError::NotLeader { .. })
+    ));
+}
+
+/// §6.3: a new leader's read waits for its term-start entry to commit and
+/// apply: before that, its commit index may lag what the old leader
+/// committed.
+#[test]
+fn a_new_leaders_read_waits_for_its_term_start_entry() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"A");
+    c.settle();
+    c.crash(1);
+    c.campaign(2, &[2, 3]);
+    c.set_auto_persist(2, false);
+    c.read(2, 1).expect("2 leads");
+    c.stabilize();
+    assert_eq!(
+        c.read_outcome(1),
+        None,
+        "confirmed, but the term-start entry is not applied here"
+    );
+    c.set_auto_persist(2, true);
+    c.persist_all(2);
+    c.stabilize();
+    assert_eq!(c.read_outcome(1), Some(true));
+}
+
+/// §6.3: a single voter is its own quorum.
+#[test]
+fn a_single_voters_read_needs_no_messages() {
+    let mut c = Cluster::new(&[1]);
+    c.elect(1);
+    c.propose(1, b"A");
+    c.settle();
+    c.read(1, 1).expect("the leader takes reads");
+    c.ready(1);
+    assert_eq!(c.read_outcome(1), Some(true));
 }

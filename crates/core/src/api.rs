@@ -58,6 +58,12 @@ pub enum ClientOp {
     ChangeConfig { config: Config },
     /// Leadership transfer (§9) to `to`.
     TransferLeader { to: NodeId },
+    /// A linearizable read (docs/protocol.md §6.3): answered with
+    /// [`ClientReply::ReadReady`] once a quorum confirmed that this node
+    /// still led the group after the request arrived and its state machine
+    /// holds every entry committed before it. The caller then reads the
+    /// machine (`Node::machine`) in the same step.
+    ReadIndex,
 }
 
 /// A record of the replicated state machine: the value a client appended.
@@ -89,6 +95,9 @@ pub enum ClientReply {
     Accepted,
     /// A proposed command was committed and applied with this outcome.
     Applied(Applied),
+    /// A `ReadIndex` request passed: the state machine, read now, reflects
+    /// every write committed before the request.
+    ReadReady,
 }
 
 /// What applying a proposed command did.

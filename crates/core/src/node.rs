@@ -93,6 +93,8 @@ struct Group {
     machine: Machine,
     /// Keyed by the index of the proposed entry.
     pending: BTreeMap<Index, Pending>,
+    /// §6.3: linearizable reads waiting at the replica, by read id.
+    reads: BTreeMap<u64, Pending>,
     /// Bytes of the entries applied since the last snapshot: the replica
     /// holds them in memory until a snapshot lets it forget them.
     applied_bytes_since_snapshot: u64,
@@ -125,6 +127,8 @@ pub struct Node {
     /// Disk operations planned before the first event (torn-tail repair).
     startup_ops: Vec<DiskOp>,
     next_token: u64,
+    /// The id of the next linearizable read handed to a replica (§6.3).
+    next_read_id: u64,
     /// The token of the last operation submitted, and of the last completed.
     submitted_token: u64,
     completed_token: u64,
@@ -245,6 +249,7 @@ impl Node {
             dormant,
             startup_ops,
             next_token: 1,
+            next_read_id: 1,
             submitted_token: 0,
             completed_token: 0,
             after_persist: VecDeque::new(),
@@ -445,7 +450,7 @@ impl Node {
         }
         self.bootstrap_configs.remove(&group);
         let store = if let Some(group_state) = self.groups.remove(&group) {
-            for (_, pending) in group_state.pending {
+            for (_, pending) in group_state.pending.into_iter().chain(group_state.reads) {
                 reply_pending(env, group, &pending, Err(ClientError::UnknownGroup));
             }
             group_state.store
@@ -571,6 +576,7 @@ impl Node {
                 store: dormant.store,
                 machine: Machine::new(self.config.machines, group),
                 pending: BTreeMap::new(),
+                reads: BTreeMap::new(),
                 applied_bytes_since_snapshot: 0,
             },
         );
@@ -645,6 +651,7 @@ impl Node {
                 store,
                 machine: Machine::new(self.config.machines, group_id),
                 pending: BTreeMap::new(),
+                reads: BTreeMap::new(),
                 applied_bytes_since_snapshot: 0,
             },
         );
@@ -736,6 +743,30 @@ impl Node {
                 let proposed = replica.propose_config(config.clone());
                 track_proposal(&mut group.pending, &request, proposed, env);
             }
+            ClientOp::ReadIndex => {
+                if group.reads.len() >= PENDING_REQUESTS_MAX {
+                    return reply(
+                        env,
+                        &request,
+                        Err(ClientError::Rejected("too many reads in flight".into())),
+                    );
+                }
+                let read_id = self.next_read_id;
+                match replica.read_index(read_id) {
+                    Ok(()) => {
+                        self.next_read_id += 1;
+                        group.reads.insert(
+                            read_id,
+                            Pending {
+                                client: request.client,
+                                request_id: request.request_id,
+                                term: replica.term(),
+                            },
+                        );
+                    }
+                    Err(error) => reply(env, &request, Err(propose_error(error))),
+                }
+            }
             ClientOp::TransferLeader { to } => match replica.transfer_leader(*to) {
                 Ok(()) => reply(env, &request, Ok(ClientReply::Accepted)),
                 Err(error) => reply(env, &request, Err(propose_error(error))),
@@ -764,12 +795,7 @@ impl Node {
                 return;
             };
             let ready = group.replica.take_ready();
-            let had_output = ready.has_writes()
-                || !ready.messages.is_empty()
-                || !ready.persisted_messages.is_empty()
-                || !ready.committed.is_empty()
-                || ready.apply_snapshot.is_some()
-                || !ready.reads.is_empty();
+            let had_output = !ready.is_empty();
             self.process_ready(group_id, ready, env);
             self.maybe_snapshot(group_id, env);
             self.fail_orphaned_requests(group_id, env);
@@ -849,6 +875,27 @@ impl Node {
         // sends the snapshot instead.
         for read in ready.reads {
             group.replica.entries_loaded(read.peer, read.from, None);
+        }
+        // §6.3: after the committed entries above are applied.
+        for read_id in ready.reads_ready {
+            let pending = group
+                .reads
+                .remove(&read_id)
+                .expect("a read this node asked");
+            reply_pending(env, group_id, &pending, Ok(ClientReply::ReadReady));
+        }
+        let leader_hint = group.replica.leader();
+        for read_id in ready.reads_failed {
+            let pending = group
+                .reads
+                .remove(&read_id)
+                .expect("a read this node asked");
+            reply_pending(
+                env,
+                group_id,
+                &pending,
+                Err(ClientError::NotLeader { leader_hint }),
+            );
         }
     }
 

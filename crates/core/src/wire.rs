@@ -21,7 +21,8 @@ use runnel_io::GroupId;
 use crate::api::Envelope;
 
 const MAGIC: u32 = 0x524e_4c45; // "RNLE"
-const VERSION: u16 = 1;
+                                // Version 2: Append and AppendResponse carry the read round (§6.3).
+const VERSION: u16 = 2;
 
 /// The largest encoded envelope a node sends or accepts. It must hold the
 /// largest snapshot a group takes (a partition's, see
@@ -146,7 +147,7 @@ pub fn encoded_message_bytes(message: &Message) -> usize {
         Body::PreVoteResponse { .. } | Body::VoteResponse { .. } => 1,
         Body::Vote { .. } => 17,
         Body::Append { entries, .. } => {
-            32 + 4
+            40 + 4
                 + entries
                     .iter()
                     .map(|entry| {
@@ -159,7 +160,7 @@ pub fn encoded_message_bytes(message: &Message) -> usize {
                     })
                     .sum::<usize>()
         }
-        Body::AppendResponse { .. } => 17,
+        Body::AppendResponse { .. } => 25,
         Body::InstallSnapshot { snapshot } => {
             16 + config_bytes(&snapshot.meta.config) + 4 + snapshot.data.len()
         }
@@ -251,12 +252,14 @@ fn encode_message(out: &mut Vec<u8>, message: &Message) {
             entries,
             commit,
             leader_last_index,
+            read_round,
         } => {
             out.push(5);
             put_u64(out, *prev_index);
             put_u64(out, *prev_term);
             put_u64(out, *commit);
             put_u64(out, *leader_last_index);
+            put_u64(out, *read_round);
             put_u32(
                 out,
                 u32::try_from(entries.len()).expect("entry count fits u32"),
@@ -271,11 +274,13 @@ fn encode_message(out: &mut Vec<u8>, message: &Message) {
             success,
             match_index,
             reject_hint,
+            read_round,
         } => {
             out.push(6);
             out.push(u8::from(*success));
             put_u64(out, *match_index);
             put_u64(out, *reject_hint);
+            put_u64(out, *read_round);
         }
         Body::InstallSnapshot { snapshot } => {
             out.push(7);
@@ -320,6 +325,7 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
             let prev_term = reader.u64()?;
             let commit = reader.u64()?;
             let leader_last_index = reader.u64()?;
+            let read_round = reader.u64()?;
             // An entry takes at least 17 bytes (index, term, payload tag).
             let count = reader.count(ENVELOPE_MESSAGES_MAX, 17, "entries")?;
             let mut entries = Vec::with_capacity(count);
@@ -339,12 +345,14 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
                 entries,
                 commit,
                 leader_last_index,
+                read_round,
             }
         }
         6 => Body::AppendResponse {
             success: reader.bool()?,
             match_index: reader.u64()?,
             reject_hint: reader.u64()?,
+            read_round: reader.u64()?,
         },
         7 => {
             let index = reader.u64()?;
@@ -565,6 +573,7 @@ mod tests {
                             ],
                             commit: 10,
                             leader_last_index: 13,
+                            read_round: 7,
                         },
                     ),
                 ),
@@ -576,6 +585,7 @@ mod tests {
                             success: false,
                             match_index: 10,
                             reject_hint: 4,
+                            read_round: 7,
                         },
                     ),
                 ),
@@ -649,6 +659,7 @@ mod tests {
                     }],
                     commit: 0,
                     leader_last_index: 1,
+                    read_round: 0,
                 },
             ),
         )
@@ -743,7 +754,7 @@ mod tests {
                 from: 3,
                 to: 1,
                 messages: vec![(1, Message { from: 3, to: 1, term, body: Body::Append {
-                    prev_index: 0, prev_term: 0, entries, commit: 0, leader_last_index: 0 } })],
+                    prev_index: 0, prev_term: 0, entries, commit: 0, leader_last_index: 0, read_round: 0 } })],
             };
             prop_assert_eq!(decode_envelope(&encode_envelope(&envelope)), Ok(envelope));
         }

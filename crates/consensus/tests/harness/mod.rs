@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use runnel_consensus::{
-    Body, Config, Entry, HardState, Index, Message, Options, Payload, Ready, Replica, Role,
-    Snapshot, SnapshotMeta, Term, REPAIR_INDEX_UNKNOWN,
+    Body, Config, Entry, HardState, Index, Message, Options, Payload, ProposeError, Ready, Replica,
+    Role, Snapshot, SnapshotMeta, Term, REPAIR_INDEX_UNKNOWN,
 };
 use runnel_io::{NodeId, Rng};
 
@@ -194,6 +194,19 @@ pub struct Cluster {
     /// Every message handed to a replica, in order (when recording).
     pub delivered: Vec<Message>,
     pub record_delivered: bool,
+    /// §6.3: every linearizable read registered through `read`, by id.
+    pub reads: BTreeMap<u64, ReadWatch>,
+}
+
+/// §6.3: a linearizable read the harness registered and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadWatch {
+    pub node: NodeId,
+    /// The highest index any replica knew committed when the read was
+    /// registered: the state it is served from must hold it.
+    pub committed_before: Index,
+    /// `Some(true)` once servable, `Some(false)` once failed.
+    pub outcome: Option<bool>,
 }
 
 pub fn bootstrap(config: Config) -> Snapshot {
@@ -237,6 +250,7 @@ impl Cluster {
             check_log_matching: true,
             delivered: Vec::new(),
             record_delivered: true,
+            reads: BTreeMap::new(),
         };
         let members: Vec<NodeId> = config.members().collect();
         for id in members {
@@ -493,11 +507,7 @@ impl Cluster {
                 positions(&ready.committed),
             );
         }
-        let had_output = ready.has_writes()
-            || !ready.messages.is_empty()
-            || !ready.persisted_messages.is_empty()
-            || !ready.committed.is_empty()
-            || ready.apply_snapshot.is_some();
+        let had_output = !ready.is_empty();
         self.handle_ready(id, ready);
         self.check();
         had_output
@@ -578,6 +588,26 @@ impl Cluster {
                     self.applied.insert(entry.index, entry.clone());
                 }
             }
+        }
+        // §6.3: a read is served from a state that holds every entry
+        // committed anywhere before it was registered.
+        for read_id in &ready.reads_ready {
+            let watch = self.reads.get_mut(read_id).expect("a registered read");
+            assert_eq!(watch.node, id, "read {read_id} answered by another node");
+            assert_eq!(watch.outcome, None, "read {read_id} answered twice");
+            assert!(
+                node.applied.len() as u64 >= watch.committed_before,
+                "linearizable read {read_id} at node {id} served from applied index {}, \
+                 below {} committed before it",
+                node.applied.len(),
+                watch.committed_before
+            );
+            watch.outcome = Some(true);
+        }
+        for read_id in &ready.reads_failed {
+            let watch = self.reads.get_mut(read_id).expect("a registered read");
+            assert_eq!(watch.outcome, None, "read {read_id} answered twice");
+            watch.outcome = Some(false);
         }
         let has_writes = ready.persist_point.is_some();
         if !has_writes && node.pending.is_empty() {
@@ -793,6 +823,27 @@ impl Cluster {
             .collect();
         leaders.sort();
         leaders.last().map(|(_, id)| *id)
+    }
+
+    /// §6.3: registers linearizable read `read_id` at `id`, watched by the
+    /// harness until it is served or fails.
+    pub fn read(&mut self, id: NodeId, read_id: u64) -> Result<(), ProposeError> {
+        let committed_before = self.committed.keys().next_back().copied().unwrap_or(0);
+        self.node_mut(id).read_index(read_id)?;
+        let previous = self.reads.insert(
+            read_id,
+            ReadWatch {
+                node: id,
+                committed_before,
+                outcome: None,
+            },
+        );
+        assert!(previous.is_none(), "read id {read_id} used twice");
+        Ok(())
+    }
+
+    pub fn read_outcome(&self, read_id: u64) -> Option<bool> {
+        self.reads[&read_id].outcome
     }
 
     pub fn propose(&mut self, id: NodeId, data: &[u8]) -> (Index, Term) {
