@@ -9,9 +9,11 @@
 //! once, and an error or a timeout leaves its outcome unknown. Consumers
 //! fetch each partition in turn from where they got to. Committers (issue
 //! 6) each commit ever larger offsets for their own consumer group, through
-//! the group coordinator, and read them back. At the end the runner hands
-//! the final partition logs and committed offsets to
-//! [`KafkaHistory::check`] and [`KafkaHistory::check_offsets`].
+//! the group coordinator, and read them back; every commit and fetch goes
+//! into a history that [`KafkaHistory::check_offsets`] hands to the WGL
+//! checker (each group's committed offset is a linearizable register). At
+//! the end the runner hands the final partition logs and committed offsets
+//! to [`KafkaHistory::check`] and [`KafkaHistory::check_offsets`].
 //!
 //! Like the record workload, this one does no IO: it returns
 //! [`KafkaAction`]s that the runner turns into deliveries and wake-ups.
@@ -44,6 +46,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
 use runnel_broker::ConnectionId;
+use runnel_checkers::committed_offsets::check_committed_offsets;
+use runnel_checkers::history::{Operation, Outcome, QueueOp};
 use runnel_checkers::Violation;
 use runnel_io::{NodeId, Rng};
 
@@ -288,6 +292,8 @@ struct InFlight {
     connection: ConnectionId,
     correlation: i32,
     op: Op,
+    /// When it was sent, on the history's operation clock.
+    invoked_at: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -348,6 +354,13 @@ pub struct KafkaHistory {
     /// The group members' SyncGroup answers: generation -> member id ->
     /// partitions of the first topic.
     assignments: BTreeMap<i32, BTreeMap<String, Vec<i32>>>,
+    /// The committers' commits and fetches, for the linearizability check.
+    offset_operations: Vec<Operation<QueueOp>>,
+    /// A logical clock for `offset_operations`: it ticks at every send and
+    /// every completion, so its order is the simulation's real-time order
+    /// (two events in one simulated millisecond still come one after the
+    /// other, which a millisecond timestamp would make concurrent).
+    operation_clock: u64,
 }
 
 fn kafka_violation(invariant: &'static str, message: String) -> Violation {
@@ -359,6 +372,54 @@ fn kafka_violation(invariant: &'static str, message: String) -> Violation {
 }
 
 impl KafkaHistory {
+    fn next_operation_time(&mut self) -> u64 {
+        self.operation_clock += 1;
+        self.operation_clock
+    }
+
+    /// Records a committer's commit or fetch that ended: `completed` is the
+    /// fetch's answer, `None` when the operation's outcome is unknown (a
+    /// commit may then have taken effect at any time after it was sent).
+    fn record_offset_operation(
+        &mut self,
+        process: usize,
+        in_flight: &InFlight,
+        outcome: Outcome,
+        completed: Option<QueueOp>,
+    ) {
+        let invoked = match &in_flight.op {
+            Op::Commit { group, key, offset } => QueueOp::Commit {
+                group: group.clone(),
+                key: key.1 as u32,
+                offset: *offset as u64,
+            },
+            Op::FetchOffset { group, key } => QueueOp::FetchCommitted {
+                group: group.clone(),
+                key: key.1 as u32,
+                offset: None,
+            },
+            _ => return,
+        };
+        let complete_ns = match outcome {
+            Outcome::Info => None,
+            Outcome::Ok | Outcome::Fail => Some(self.next_operation_time()),
+        };
+        self.offset_operations.push(Operation {
+            process: process as u64,
+            invoke_ns: in_flight.invoked_at,
+            complete_ns,
+            outcome,
+            invoked,
+            completed,
+            error: None,
+        });
+    }
+
+    /// How many commits and fetches the linearizability check covers.
+    pub fn offset_operations(&self) -> usize {
+        self.offset_operations.len()
+    }
+
     pub fn acknowledged_records(&self) -> u64 {
         self.acknowledged.values().map(|m| m.len() as u64).sum()
     }
@@ -472,6 +533,21 @@ impl KafkaHistory {
     /// offset is one a committer sent (docs/guarantees.md, consumer groups).
     pub fn check_offsets(&self, final_offsets: &BTreeMap<String, Option<i64>>) -> Vec<Violation> {
         let mut violations = Vec::new();
+        let verdict = check_committed_offsets(&self.offset_operations);
+        for failure in &verdict.not_linearizable {
+            violations.push(kafka_violation(
+                "kafka-offsets-linearizable",
+                format!("committed offsets are not a linearizable register: {failure}"),
+            ));
+        }
+        // The search gives up only on histories far larger than a seed
+        // makes; should it, the seed is not proven, which is a failure too.
+        for reason in &verdict.unknown {
+            violations.push(kafka_violation(
+                "kafka-offsets-linearizable",
+                format!("the linearizability search gave up: {reason}"),
+            ));
+        }
         for (group, (_, sent)) in &self.commits_sent {
             let found = final_offsets.get(group).copied().flatten();
             if let Some(&acknowledged) = self.commits_acknowledged.get(group) {
@@ -774,7 +850,7 @@ impl KafkaWorkload {
         if let Some(in_flight) = self.clients[index].in_flight.take() {
             // The request timed out: its outcome is unknown, and the
             // connection is dropped (as clients do after a timeout).
-            self.settle_unknown(&in_flight.op);
+            self.settle_unknown_in_flight(index, &in_flight);
             self.drop_connection(index, out);
             self.backoff(now, index, out);
             return;
@@ -791,12 +867,19 @@ impl KafkaWorkload {
             {
                 self.clients[index].connection = None;
                 if let Some(in_flight) = self.clients[index].in_flight.take() {
-                    self.settle_unknown(&in_flight.op);
+                    self.settle_unknown_in_flight(index, &in_flight);
                     self.backoff(now, index, out);
                 }
             }
         }
         self.leaders.retain(|_, leader| *leader != node);
+    }
+
+    /// A request that never got its answer (a timeout, a crashed node).
+    fn settle_unknown_in_flight(&mut self, index: usize, in_flight: &InFlight) {
+        self.history
+            .record_offset_operation(index, in_flight, Outcome::Info, None);
+        self.settle_unknown(&in_flight.op);
     }
 
     fn settle_unknown(&mut self, op: &Op) {
@@ -970,7 +1053,15 @@ impl KafkaWorkload {
                 // The coordinator is whichever node leads the group's
                 // offsets partition: the client tries nodes until one
                 // takes the request (NOT_COORDINATOR from the others).
+                // Half of the fetches go to any node, as a second consumer
+                // of the group would: a node deposed as coordinator that
+                // has not noticed yet must not answer an offset older than
+                // the newest acknowledged commit (the linearizability
+                // check in `check_offsets`).
                 let node = match self.clients[index].connection {
+                    Some(_) if matches!(op, Op::FetchOffset { .. }) && self.rng.chance(0.5) => {
+                        self.random_node()
+                    }
                     Some((node, _)) => node,
                     None => self.random_node(),
                 };
@@ -1003,10 +1094,12 @@ impl KafkaWorkload {
             connection,
             frame,
         });
+        let invoked_at = self.history.next_operation_time();
         self.clients[index].in_flight = Some(InFlight {
             connection,
             correlation,
             op,
+            invoked_at,
         });
         let timeout = match self.clients[index].in_flight.as_ref().map(|f| &f.op) {
             // A JoinGroup or SyncGroup waits for the other members.
@@ -1192,7 +1285,7 @@ impl KafkaWorkload {
             {
                 self.clients[index].connection = None;
                 if let Some(in_flight) = self.clients[index].in_flight.take() {
-                    self.settle_unknown(&in_flight.op);
+                    self.settle_unknown_in_flight(index, &in_flight);
                     self.backoff(now, index, out);
                 }
             }
@@ -1238,6 +1331,7 @@ impl KafkaWorkload {
             header.correlation_id, in_flight.correlation,
             "responses come in request order on a connection"
         );
+        let offsets_in_flight = in_flight.clone();
         let ok = match in_flight.op {
             Op::Metadata => {
                 let response = MetadataResponse::decode(&mut body, version).expect("decodes");
@@ -1369,6 +1463,16 @@ impl KafkaWorkload {
                     .first()
                     .and_then(|topic| topic.partitions.first())
                     .map_or(-1, |partition| partition.error_code);
+                // Any error leaves the commit's outcome unknown to the
+                // checker: some (a lost leadership) are answered while the
+                // entry may still commit.
+                let outcome = if error == code::NONE {
+                    Outcome::Ok
+                } else {
+                    Outcome::Info
+                };
+                self.history
+                    .record_offset_operation(index, &offsets_in_flight, outcome, None);
                 if error == code::NONE {
                     let acknowledged = self
                         .history
@@ -1397,6 +1501,17 @@ impl KafkaWorkload {
                 match answer {
                     Some(answer) if answer.error_code == code::NONE => {
                         let offset = answer.committed_offset;
+                        let completed = QueueOp::FetchCommitted {
+                            group: group.clone(),
+                            key: 0,
+                            offset: u64::try_from(offset).ok(),
+                        };
+                        self.history.record_offset_operation(
+                            index,
+                            &offsets_in_flight,
+                            Outcome::Ok,
+                            Some(completed),
+                        );
                         let sent = self
                             .history
                             .commits_sent

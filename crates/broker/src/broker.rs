@@ -161,6 +161,14 @@ enum PendingKind {
     DeleteGroups {
         response: kafka_protocol::messages::DeleteGroupsResponse,
     },
+    /// An OffsetFetch waiting for a read index of each offsets partition
+    /// in `parts` (one per part); `confirmed` are those that passed. The
+    /// answer is read when the last one is in.
+    OffsetFetch {
+        request: kafka_protocol::messages::OffsetFetchRequest,
+        parts: Vec<GroupId>,
+        confirmed: std::collections::BTreeSet<GroupId>,
+    },
     OffsetDelete {
         response: kafka_protocol::messages::OffsetDeleteResponse,
         parts: Vec<(usize, usize)>,
@@ -769,9 +777,10 @@ impl Broker {
                 self.offset_commit(connection, header, version, request, env, collector);
                 return;
             }
-            RequestKind::OffsetFetch(request) => Some(ResponseKind::OffsetFetch(
-                self.offset_fetch(request, version),
-            )),
+            RequestKind::OffsetFetch(request) => {
+                self.offset_fetch_start(connection, header, version, request, env, collector);
+                return;
+            }
             RequestKind::DescribeGroups(request) => Some(ResponseKind::DescribeGroups(
                 self.describe_groups(request, version),
             )),
@@ -1937,6 +1946,13 @@ impl Broker {
                 let pending = self.pending.get_mut(&pending_id).expect("still pending");
                 pending.kind = kind;
             }
+            PendingKind::OffsetFetch {
+                parts, confirmed, ..
+            } => {
+                if matches!(response.result, Ok(ClientReply::ReadReady)) {
+                    confirmed.insert(parts[part]);
+                }
+            }
             PendingKind::Fetch { .. } | PendingKind::Group { .. } => {}
         }
         let pending = self.pending.get_mut(&pending_id).expect("still pending");
@@ -2021,6 +2037,9 @@ impl Broker {
             PendingKind::OffsetCommit { response, .. } => ResponseKind::OffsetCommit(response),
             PendingKind::DeleteGroups { response } => ResponseKind::DeleteGroups(response),
             PendingKind::OffsetDelete { response, .. } => ResponseKind::OffsetDelete(response),
+            PendingKind::OffsetFetch {
+                request, confirmed, ..
+            } => ResponseKind::OffsetFetch(self.offset_fetch(request, pending.version, &confirmed)),
             PendingKind::Fetch { request } => {
                 let FetchResult { response, .. } =
                     fetch::evaluate(&request, pending.version, self.metadata(), &self.node);

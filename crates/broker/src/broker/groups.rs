@@ -10,7 +10,7 @@
 //! NOT_COORDINATOR. Offset commits, group records and deletions are
 //! proposals to the partition's group, answered once applied, like Produce.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::messages::delete_groups_response::{
     DeletableGroupResult, DeleteGroupsResponse,
@@ -70,6 +70,10 @@ pub const GROUP_WAIT_MS_MAX: u64 = GROUP_REBALANCE_TIMEOUT_MS_MAX + 30_000;
 pub const OFFSETS_TOPIC_RETRY_MS: u64 = 1_000;
 /// Most groups one DescribeGroups, DeleteGroups or OffsetFetch may name.
 pub const GROUPS_PER_REQUEST_MAX: usize = 1_000;
+/// How long an OffsetFetch waits for a quorum to confirm that this node
+/// still coordinates the group (docs/protocol.md §6.3) before answering
+/// NOT_COORDINATOR, which sends the client to look for the coordinator.
+pub const OFFSET_FETCH_CONFIRM_MS_MAX: u64 = 5_000;
 
 /// Kafka error codes of the group APIs beyond the coordinator's.
 mod code {
@@ -912,10 +916,87 @@ impl Broker {
         }
     }
 
+    /// OffsetFetch: committed offsets are a linearizable register
+    /// (docs/guarantees.md), so the answer waits for a read index of every
+    /// offsets partition it reads (docs/protocol.md §6.3). A coordinator
+    /// that was deposed without noticing yet cannot confirm one, and so
+    /// never answers an offset older than a commit its successor took.
+    pub(super) fn offset_fetch_start(
+        &mut self,
+        connection: ConnectionId,
+        header: RequestHeader,
+        version: i16,
+        request: OffsetFetchRequest,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        let now_ms = env.clock.now_ms();
+        let group_ids: Vec<&str> = if version >= 8 {
+            request
+                .groups
+                .iter()
+                .take(GROUPS_PER_REQUEST_MAX)
+                .map(|wanted| wanted.group_id.as_str())
+                .collect()
+        } else {
+            vec![request.group_id.as_str()]
+        };
+        let parts: Vec<GroupId> = group_ids
+            .iter()
+            .filter_map(|group_id| self.coordinator_for(group_id).ok())
+            .collect::<BTreeSet<GroupId>>()
+            .into_iter()
+            .collect();
+        let id = self.next_id();
+        self.slot(connection, id);
+        let reads = if self.pending.len() >= PENDING_REQUESTS_MAX {
+            // Answered at once below: every group gets NOT_COORDINATOR
+            // and the client retries.
+            Vec::new()
+        } else {
+            parts.clone()
+        };
+        self.pending.insert(
+            id,
+            Pending {
+                connection,
+                header,
+                api_key: ApiKey::OffsetFetch,
+                version,
+                deadline_ms: now_ms + OFFSET_FETCH_CONFIRM_MS_MAX,
+                outstanding: reads.len(),
+                kind: PendingKind::OffsetFetch {
+                    request,
+                    parts,
+                    confirmed: BTreeSet::new(),
+                },
+            },
+        );
+        for (part, group) in reads.into_iter().enumerate() {
+            let request_id = self.next_id();
+            self.proposals.insert(request_id, (id, part));
+            self.node_event(
+                Event::Client(ClientRequest {
+                    client: 0,
+                    request_id,
+                    group,
+                    op: ClientOp::ReadIndex,
+                }),
+                env,
+                collector,
+            );
+        }
+        self.finish_if_done(id);
+    }
+
+    /// The answer to an OffsetFetch, read from the offsets partitions in
+    /// `confirmed` (whose read index passed); groups in others get
+    /// NOT_COORDINATOR.
     pub(super) fn offset_fetch(
         &self,
         request: OffsetFetchRequest,
         version: i16,
+        confirmed: &BTreeSet<GroupId>,
     ) -> OffsetFetchResponse {
         if version >= 8 {
             let groups = request
@@ -932,7 +1013,8 @@ impl Broker {
                                 })
                                 .collect()
                         });
-                    let (code, found) = self.fetch_offsets(wanted.group_id.as_str(), topics);
+                    let (code, found) =
+                        self.fetch_offsets(wanted.group_id.as_str(), topics, confirmed);
                     OffsetFetchResponseGroup::default()
                         .with_group_id(wanted.group_id.clone())
                         .with_error_code(code)
@@ -969,7 +1051,7 @@ impl Broker {
                 .map(|topic| (topic.name.0.to_string(), topic.partition_indexes.clone()))
                 .collect()
         });
-        let (code, found) = self.fetch_offsets(request.group_id.as_str(), topics);
+        let (code, found) = self.fetch_offsets(request.group_id.as_str(), topics, confirmed);
         let topics = found
             .into_iter()
             .map(|(topic, partitions)| {
@@ -1010,11 +1092,21 @@ impl Broker {
         &self,
         group_id: &str,
         topics: Option<Vec<(String, Vec<i32>)>>,
+        confirmed: &BTreeSet<GroupId>,
     ) -> (i16, Vec<(String, Vec<(i32, Option<CommittedOffset>, i16)>)>) {
-        let state = self.coordinator_for(group_id).and_then(|group| {
-            self.offsets_state(group)
-                .ok_or(error_code::COORDINATOR_NOT_AVAILABLE)
-        });
+        let state = self
+            .coordinator_for(group_id)
+            .and_then(|group| {
+                if confirmed.contains(&group) {
+                    Ok(group)
+                } else {
+                    Err(coordinator::error_code::NOT_COORDINATOR)
+                }
+            })
+            .and_then(|group| {
+                self.offsets_state(group)
+                    .ok_or(error_code::COORDINATOR_NOT_AVAILABLE)
+            });
         match (state, topics) {
             (Err(code), None) => (code, Vec::new()),
             (Err(code), Some(topics)) => (
