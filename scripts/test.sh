@@ -34,18 +34,20 @@ e2e_rc=0
 bash tests/e2e/run.sh 2>&1 | tee "$log_dir/e2e.log" || e2e_rc=$?
 
 # jepsen/ (issue 8): a 60 s run of a 5-node cluster in network namespaces
-# under the combined nemesis, its seed from the commit like the sweep's. It
-# needs root; without it the step is skipped and counted as neither.
+# under the combined nemesis, its seed from the commit like the sweep's, with
+# the queue workload and the committed-offsets one (issue 6: every group's
+# committed offset checked as a linearizable register). It needs root;
+# without it the step is skipped and counted as neither.
 jepsen_rc=0
 jepsen_passed=0
 jepsen_failed=0
 if [ "$(id -u)" -eq 0 ]; then
   cargo build --release -p runnel-jepsen
   ./target/release/runnel-jepsen --nodes 5 --time-limit 60 --nemesis partition,kill,pause,clock \
-    --workload queue --seed "$first_seed" --store target/jepsen-store 2>&1 | tee "$log_dir/jepsen.log" \
+    --workload queue,offsets --seed "$first_seed" --store target/jepsen-store 2>&1 | tee "$log_dir/jepsen.log" \
     || jepsen_rc=$?
   if [ "$jepsen_rc" -eq 0 ]; then jepsen_passed=1; else jepsen_failed=1; fi
-  echo "jepsen: $jepsen_passed passed, $jepsen_failed failed (replay: cargo run --release -p runnel-jepsen -- --seed $first_seed)"
+  echo "jepsen: $jepsen_passed passed, $jepsen_failed failed (replay: cargo run --release -p runnel-jepsen -- --nodes 5 --time-limit 60 --nemesis partition,kill,pause,clock --workload queue,offsets --seed $first_seed)"
 else
   echo "jepsen: skipped (network namespaces need root)"
 fi
