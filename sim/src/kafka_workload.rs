@@ -80,6 +80,7 @@ mod code {
     pub const NONE: i16 = 0;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
 
     /// Produce errors after which a Kafka client takes the batch as not
     /// written (librdkafka's "not persisted"): a broker must answer them
@@ -294,6 +295,9 @@ struct InFlight {
     op: Op,
     /// When it was sent, on the history's operation clock.
     invoked_at: u64,
+    /// For a fetch: the end of the partition's acknowledged records when
+    /// it was sent (one past the highest acknowledged offset, or 0).
+    acknowledged_end: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -1095,11 +1099,21 @@ impl KafkaWorkload {
             frame,
         });
         let invoked_at = self.history.next_operation_time();
+        let acknowledged_end = match &op {
+            Op::Fetch { key, .. } => self
+                .history
+                .acknowledged
+                .get(key)
+                .and_then(|offsets| offsets.keys().next_back())
+                .map_or(0, |last| last + 1),
+            _ => 0,
+        };
         self.clients[index].in_flight = Some(InFlight {
             connection,
             correlation,
             op,
             invoked_at,
+            acknowledged_end,
         });
         let timeout = match self.clients[index].in_flight.as_ref().map(|f| &f.op) {
             // A JoinGroup or SyncGroup waits for the other members.
@@ -1449,6 +1463,31 @@ impl KafkaWorkload {
                     Some(answer) if answer.error_code == code::NONE => {
                         self.on_fetched(index, key, offset, answer.records.clone());
                         true
+                    }
+                    Some(answer)
+                        if answer.error_code == code::OFFSET_OUT_OF_RANGE
+                            && offset >= answer.log_start_offset
+                            && offset < offsets_in_flight.acknowledged_end =>
+                    {
+                        // A Kafka consumer resets its position on this
+                        // answer (to the log start or end, by
+                        // auto.offset.reset), skipping or rereading
+                        // records: it must come only for an offset past
+                        // the end of the committed log.
+                        self.history.violations.push(kafka_violation(
+                            "kafka-out-of-range-inside-log",
+                            format!(
+                                "{}-{}: a fetch at offset {offset} was told OFFSET_OUT_OF_RANGE, \
+                                 though offsets up to {} were acknowledged before it was sent \
+                                 (log start {})",
+                                key.0,
+                                key.1,
+                                offsets_in_flight.acknowledged_end - 1,
+                                answer.log_start_offset
+                            ),
+                        ));
+                        self.settle_unknown(&Op::Fetch { key, offset });
+                        false
                     }
                     _ => {
                         self.settle_unknown(&Op::Fetch { key, offset });

@@ -71,6 +71,11 @@ use crate::{configs, error_code, BrokerConfig, BrokerEnv, BrokerEvent, Connectio
 pub const PENDING_REQUESTS_MAX: usize = 65_536;
 /// The longest a Fetch long-polls, whatever it asks.
 pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
+/// How long a Fetch past a partition's high watermark waits for a read
+/// index (`fetch::evaluate`) before it is answered NOT_LEADER_OR_FOLLOWER:
+/// a deposed leader steps down within two election timeouts (check-quorum)
+/// and fails the read sooner.
+pub const FETCH_CONFIRM_MS_MAX: u64 = 5_000;
 /// The longest a request waits for its proposals to commit.
 pub const REQUEST_TIMEOUT_MS_MAX: u64 = 120_000;
 /// Producer ids this node hands out per incarnation (their low 32 bits).
@@ -124,8 +129,14 @@ enum PendingKind {
         parts: Vec<(usize, usize)>,
         no_response: bool,
     },
+    /// A long poll waiting for data, or (`parts` not empty) a fetch
+    /// waiting for a read index of each partition group in `parts` before
+    /// it may answer OFFSET_OUT_OF_RANGE (`fetch::evaluate`); `confirmed`
+    /// says which passed.
     Fetch {
         request: FetchRequest,
+        parts: Vec<GroupId>,
+        confirmed: BTreeMap<GroupId, bool>,
     },
     CreateTopics {
         response: CreateTopicsResponse,
@@ -673,8 +684,46 @@ impl Broker {
             }
             RequestKind::Fetch(request) => {
                 let metadata = self.metadata();
-                let result = fetch::evaluate(&request, version, metadata, &self.node);
+                let result =
+                    fetch::evaluate(&request, version, metadata, &self.node, &BTreeMap::new());
                 let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
+                if !result.to_confirm.is_empty() && self.pending.len() < PENDING_REQUESTS_MAX {
+                    let parts: Vec<GroupId> = result.to_confirm.into_iter().collect();
+                    let id = self.next_id();
+                    self.slot(connection, id);
+                    self.pending.insert(
+                        id,
+                        Pending {
+                            connection,
+                            header,
+                            api_key,
+                            version,
+                            deadline_ms: now_ms + FETCH_CONFIRM_MS_MAX,
+                            outstanding: parts.len(),
+                            kind: PendingKind::Fetch {
+                                request,
+                                parts: parts.clone(),
+                                confirmed: BTreeMap::new(),
+                            },
+                        },
+                    );
+                    for (part, group) in parts.into_iter().enumerate() {
+                        let request_id = self.next_id();
+                        self.proposals.insert(request_id, (id, part));
+                        self.node_event(
+                            Event::Client(ClientRequest {
+                                client: 0,
+                                request_id,
+                                group,
+                                op: ClientOp::ReadIndex,
+                            }),
+                            env,
+                            collector,
+                        );
+                    }
+                    self.finish_if_done(id);
+                    return;
+                }
                 if result.has_error
                     || result.bytes >= min_bytes.max(1)
                     || request.max_wait_ms <= 0
@@ -694,7 +743,11 @@ impl Broker {
                             version,
                             deadline_ms: now_ms + wait_ms,
                             outstanding: 0,
-                            kind: PendingKind::Fetch { request },
+                            kind: PendingKind::Fetch {
+                                request,
+                                parts: Vec::new(),
+                                confirmed: BTreeMap::new(),
+                            },
                         },
                     );
                     return;
@@ -1953,7 +2006,13 @@ impl Broker {
                     confirmed.insert(parts[part]);
                 }
             }
-            PendingKind::Fetch { .. } | PendingKind::Group { .. } => {}
+            PendingKind::Fetch {
+                parts, confirmed, ..
+            } => {
+                let passed = matches!(response.result, Ok(ClientReply::ReadReady));
+                confirmed.insert(parts[part], passed);
+            }
+            PendingKind::Group { .. } => {}
         }
         let pending = self.pending.get_mut(&pending_id).expect("still pending");
         pending.outstanding -= 1;
@@ -1963,12 +2022,14 @@ impl Broker {
     /// Answers a pending request whose proposals have all been answered.
     fn finish_if_done(&mut self, id: u64) {
         let done = self.pending.get(&id).is_some_and(|pending| {
-            pending.outstanding == 0
-                && !matches!(
-                    pending.kind,
-                    PendingKind::Fetch { .. } | PendingKind::Group { .. }
-                )
-                && self.leaders_settled(pending)
+            let waits_otherwise = match &pending.kind {
+                // A long poll is answered by `expire`; a fetch waiting for
+                // read indexes, once they are in.
+                PendingKind::Fetch { parts, .. } => parts.is_empty(),
+                PendingKind::Group { .. } => true,
+                _ => false,
+            };
+            pending.outstanding == 0 && !waits_otherwise && self.leaders_settled(pending)
         });
         if done {
             let pending = self.pending.remove(&id).expect("checked");
@@ -2040,9 +2101,16 @@ impl Broker {
             PendingKind::OffsetFetch {
                 request, confirmed, ..
             } => ResponseKind::OffsetFetch(self.offset_fetch(request, pending.version, &confirmed)),
-            PendingKind::Fetch { request } => {
-                let FetchResult { response, .. } =
-                    fetch::evaluate(&request, pending.version, self.metadata(), &self.node);
+            PendingKind::Fetch {
+                request, confirmed, ..
+            } => {
+                let FetchResult { response, .. } = fetch::evaluate(
+                    &request,
+                    pending.version,
+                    self.metadata(),
+                    &self.node,
+                    &confirmed,
+                );
                 ResponseKind::Fetch(response)
             }
         };
@@ -2056,13 +2124,23 @@ impl Broker {
         let mut ready = Vec::new();
         for (id, pending) in &self.pending {
             match &pending.kind {
-                PendingKind::Fetch { request } => {
+                PendingKind::Fetch { request, parts, .. } => {
                     if now_ms >= pending.deadline_ms {
                         ready.push(*id);
                         continue;
                     }
-                    let result =
-                        fetch::evaluate(request, pending.version, self.metadata(), &self.node);
+                    if !parts.is_empty() {
+                        // Waiting for read indexes: answered when they are
+                        // in, or at the deadline.
+                        continue;
+                    }
+                    let result = fetch::evaluate(
+                        request,
+                        pending.version,
+                        self.metadata(),
+                        &self.node,
+                        &BTreeMap::new(),
+                    );
                     let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
                     if result.has_error || result.bytes >= min_bytes.max(1) {
                         ready.push(*id);

@@ -1,6 +1,8 @@
 //! Reading partitions for Fetch: which batches a fetch gets, within its
 //! limits, and whether a long-polling fetch has enough to answer yet.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::messages::fetch_response::{
@@ -9,6 +11,7 @@ use kafka_protocol::messages::fetch_response::{
 use kafka_protocol::messages::TopicName;
 use runnel_core::metadata::MetadataState;
 use runnel_core::Node;
+use runnel_io::GroupId;
 use uuid::Uuid;
 
 use crate::error_code;
@@ -23,6 +26,11 @@ pub struct FetchResult {
     pub bytes: usize,
     /// A partition answered with an error: Kafka answers at once then.
     pub has_error: bool,
+    /// Partition groups asked for an offset past their high watermark and
+    /// not in `confirmed`: the broker confirms with a read index that this
+    /// node still leads them before it says OFFSET_OUT_OF_RANGE (their
+    /// partitions carry NOT_LEADER_OR_FOLLOWER meanwhile).
+    pub to_confirm: BTreeSet<GroupId>,
 }
 
 /// Builds the response to `request` from the node's partitions as they are
@@ -30,12 +38,23 @@ pub struct FetchResult {
 /// batches exist in a partition's machine, so nothing uncommitted is ever
 /// returned, whatever the isolation level (the last stable offset is the
 /// high watermark: there are no transactions).
+///
+/// An offset past the high watermark is out of range only at a leader that
+/// is still current: a leader deposed without knowing it yet lags the new
+/// one, and a consumer told OFFSET_OUT_OF_RANGE resets its position (to the
+/// start or the end of the log, skipping or rereading records). So that
+/// answer is given only for groups whose read index passed (`confirmed`
+/// maps a group to whether it did, docs/protocol.md §6.3); others are
+/// listed in `FetchResult::to_confirm`, or answered NOT_LEADER_OR_FOLLOWER
+/// when their read index failed.
 pub fn evaluate(
     request: &FetchRequest,
     version: i16,
     metadata: Option<&MetadataState>,
     node: &Node,
+    confirmed: &BTreeMap<GroupId, bool>,
 ) -> FetchResult {
+    let mut to_confirm = BTreeSet::new();
     let max_bytes = usize::try_from(request.max_bytes.max(0))
         .unwrap_or(0)
         .min(FETCH_RESPONSE_BYTES_MAX);
@@ -88,10 +107,17 @@ pub fn evaluate(
                                 // The client knows a newer leader than this
                                 // node does yet.
                                 Some(error_code::UNKNOWN_LEADER_EPOCH)
-                            } else if partition.fetch_offset < log.log_start_offset()
-                                || partition.fetch_offset > log.high_watermark()
-                            {
+                            } else if partition.fetch_offset < log.log_start_offset() {
                                 Some(error_code::OFFSET_OUT_OF_RANGE)
+                            } else if partition.fetch_offset > log.high_watermark() {
+                                match confirmed.get(&placement.group) {
+                                    Some(true) => Some(error_code::OFFSET_OUT_OF_RANGE),
+                                    Some(false) => Some(error_code::NOT_LEADER_OR_FOLLOWER),
+                                    None => {
+                                        to_confirm.insert(placement.group);
+                                        Some(error_code::NOT_LEADER_OR_FOLLOWER)
+                                    }
+                                }
                             } else {
                                 let partition_max =
                                     usize::try_from(partition.partition_max_bytes.max(0))
@@ -159,5 +185,6 @@ pub fn evaluate(
             .with_responses(topics),
         bytes,
         has_error,
+        to_confirm,
     }
 }

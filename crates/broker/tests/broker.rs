@@ -491,3 +491,30 @@ fn metrics_report_what_the_node_leads_and_holds() {
         );
     }
 }
+
+/// A fetch past the high watermark is out of range only once the node has
+/// confirmed with a read index that it still leads (a deposed leader lags
+/// the new one, docs/protocol.md §6.3); a single voter confirms at once,
+/// and a fetch before the log start needs no confirmation.
+#[test]
+fn a_fetch_past_the_end_is_out_of_range_after_a_read_index() {
+    let mut harness = Harness::new();
+    harness.create_topic("range", 1);
+    harness.send(
+        1,
+        ApiKey::Produce,
+        9,
+        &produce_request("range", batch(&[b"a", b"b"], None), -1),
+    );
+    harness.advance(20);
+    let _: ProduceResponse = harness.response(1, ApiKey::Produce, 9);
+    // The harness's topic already holds one record: the log ends at 3.
+    for (offset, code) in [(3, 0), (4, 1), (1_000, 1)] {
+        harness.send(2, ApiKey::Fetch, 12, &fetch_request("range", offset, 0));
+        harness.advance(1);
+        let response: FetchResponse = harness.response(2, ApiKey::Fetch, 12);
+        let partition = &response.responses[0].partitions[0];
+        assert_eq!(partition.error_code, code, "offset {offset}");
+        assert_eq!(partition.high_watermark, 3);
+    }
+}
