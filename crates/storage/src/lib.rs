@@ -9,9 +9,11 @@
 //! alone: an op takes effect only after every op planned before it, and a
 //! completed `Sync`/`SyncDir` makes every earlier op it covers durable.
 //!
-//! Recovery (`GroupStore::recover`) is the one place that reads, through the
-//! synchronous `Disk::list` and `Disk::read_file`, before the node handles any
-//! event.
+//! Recovery (`GroupStore::recover`) reads through the synchronous
+//! `Disk::list` and `Disk::read_file`, before the node handles any event.
+//! The only other reads are of entries retained below the snapshot
+//! (`retain_below_snapshot`, `plan_read`): planned `Read` ops whose bytes
+//! `LogReadPlan::decode` checks frame by frame.
 //!
 //! The rule that keeps recovery unambiguous (docs/storage.md, "Invariants"):
 //! bytes or files that are no longer part of the log are removed *durably*
