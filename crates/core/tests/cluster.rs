@@ -108,6 +108,18 @@ impl Cluster {
     }
 
     fn with_snapshot_interval(ids: &[NodeId], snapshot_interval_entries: u64) -> Cluster {
+        Cluster::with_layout(
+            ids,
+            snapshot_interval_entries,
+            runnel_core::MachineLayout::Records,
+        )
+    }
+
+    fn with_layout(
+        ids: &[NodeId],
+        snapshot_interval_entries: u64,
+        machines: runnel_core::MachineLayout,
+    ) -> Cluster {
         let mut nodes = BTreeMap::new();
         for id in ids {
             let mut disk = InstantDisk::default();
@@ -119,7 +131,7 @@ impl Cluster {
                 heartbeat_interval_ms: 50,
                 snapshot_interval_entries,
                 segment_bytes_max: 4096,
-                machines: runnel_core::MachineLayout::Records,
+                machines,
             };
             let node = Node::start(config, &mut disk).expect("start");
             nodes.insert(*id, (node, disk));
@@ -574,4 +586,109 @@ fn the_retained_log_survives_a_restart_and_still_serves_the_follower() {
     let stats = cluster.catch_up_stats(leader);
     assert_eq!(stats.snapshots_sent, 0, "{stats:?}");
     assert!(stats.log_reads_served > 0, "{stats:?}");
+}
+
+/// Proposes a partition command through `leader` and settles.
+fn propose_partition_command(
+    cluster: &mut Cluster,
+    leader: NodeId,
+    request_id: u64,
+    command: &runnel_core::partition::PartitionCommand,
+) {
+    cluster.deliver(
+        leader,
+        Event::Client(ClientRequest {
+            client: 6,
+            request_id,
+            group: GROUP,
+            op: ClientOp::Propose {
+                data: command.encode(),
+            },
+        }),
+    );
+    cluster.settle();
+}
+
+#[test]
+fn a_partition_deletes_the_log_its_retention_no_longer_needs() {
+    use runnel_core::partition::{PartitionCommand, ProduceCommand, Retention};
+    // Group 7 is a Kafka partition in the broker layout.
+    let mut cluster = Cluster::with_layout(&[1, 2, 3], 20, runnel_core::MachineLayout::Broker);
+    cluster.advance(2_000);
+    let leader = cluster.leader().expect("a leader");
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .expect("3 nodes");
+    cluster.isolated.insert(follower);
+    for seq in 1..=60u64 {
+        let value = [seq as u8; 16];
+        let batch =
+            runnel_kafka::batch::build_uncompressed(&[(None, Some(&value[..]))], 1_000, None);
+        let produce = PartitionCommand::Produce(ProduceCommand {
+            append_time_ms: 1_000,
+            log_append_time: false,
+            batch,
+        });
+        propose_partition_command(&mut cluster, leader, seq, &produce);
+    }
+    cluster.advance(200);
+    let machine = |cluster: &Cluster, id: NodeId| {
+        cluster.nodes[&id]
+            .0
+            .machine(GROUP)
+            .and_then(|machine| machine.partition())
+            .expect("a partition")
+            .clone()
+    };
+    assert_eq!(machine(&cluster, leader).high_watermark(), 60);
+    // Everything is still needed: the log below the snapshot is kept.
+    assert!(cluster.nodes[&leader]
+        .1
+        .files
+        .contains_key(&segment_path(1)));
+
+    // Retention drops every batch but the last: the log before it goes.
+    let retain = PartitionCommand::Retain {
+        now_ms: 2_000,
+        retention: Retention {
+            retention_ms: -1,
+            retention_bytes: 0,
+        },
+    };
+    propose_partition_command(&mut cluster, leader, 61, &retain);
+    // More entries move the snapshot past the retained batch's entry.
+    for seq in 62..=90u64 {
+        propose_partition_command(&mut cluster, leader, seq, &retain);
+    }
+    cluster.advance(200);
+    let log = machine(&cluster, leader);
+    assert_eq!(log.log_start_offset(), 59);
+    let needed = log
+        .lowest_raft_index_needed()
+        .expect("the last batch is kept");
+    let files = &cluster.nodes[&leader].1.files;
+    let first_segment = files
+        .keys()
+        .filter_map(|file| file.strip_prefix(&format!("groups/{GROUP:020}/log/")))
+        .filter_map(|name| name.strip_suffix(".seg"))
+        .map(|digits| digits.parse::<u64>().expect("20 digits"))
+        .min()
+        .expect("a segment");
+    assert!(
+        !files.contains_key(&segment_path(1)),
+        "the first segment held only entries retention dropped"
+    );
+    assert!(
+        first_segment <= needed,
+        "the entry of the oldest batch kept ({needed}) is still there (from {first_segment})"
+    );
+
+    // The follower, behind what is kept, gets the snapshot.
+    cluster.isolated.clear();
+    cluster.advance(1_000);
+    let stats = cluster.catch_up_stats(leader);
+    assert!(stats.snapshots_sent > 0, "{stats:?}");
+    assert_eq!(machine(&cluster, follower), machine(&cluster, leader));
 }
