@@ -50,6 +50,7 @@ struct Totals {
     acknowledged: u64,
     events: u64,
     faults: FaultCounts,
+    catch_up: runnel_core::CatchUpStats,
 }
 
 fn time_seed() -> u64 {
@@ -111,6 +112,7 @@ fn main() -> ExitCode {
         acknowledged: 0,
         events: 0,
         faults: FaultCounts::default(),
+        catch_up: runnel_core::CatchUpStats::default(),
     };
     for offset in 0..count {
         let seed = first.wrapping_add(offset);
@@ -137,6 +139,8 @@ fn main() -> ExitCode {
                 totals.acknowledged += outcome.acknowledged;
                 totals.events += outcome.events;
                 totals.faults.merge(&outcome.faults);
+                runnel_sim::runner::add_catch_up(&mut totals.catch_up, outcome.catch_up);
+                let c = &outcome.catch_up;
                 let layout = match &outcome.kafka {
                     Some(k) => format!(
                         "broker layout: {} topics created, {} moves, {} nodes added, {} removed, {} produces acknowledged ({} records), {} unknown, {} records consumed, {} offset commits acknowledged, {} read, {} group syncs, ",
@@ -155,10 +159,15 @@ fn main() -> ExitCode {
                     None => String::new(),
                 };
                 summary = format!(
-                    "{:.1} s simulated, {} events, {layout}{} appends acknowledged, {} faults ({})",
+                    "{:.1} s simulated, {} events, {layout}{} appends acknowledged, followers caught up {} times from the retained log and sent {} snapshots ({} log reads refused, {} failed, {} damaged), {} faults ({})",
                     outcome.simulated_ms as f64 / 1000.0,
                     outcome.events,
                     outcome.acknowledged,
+                    c.log_reads_served,
+                    c.snapshots_sent,
+                    c.log_reads_refused,
+                    c.log_reads_failed,
+                    c.log_reads_damaged,
                     outcome.faults.total(),
                     outcome.faults
                 );
@@ -232,6 +241,11 @@ fn main() -> ExitCode {
         .map(|class| format!("{}={}", class.name(), totals.faults.get(*class)))
         .collect();
     println!("faults injected: {}", per_class.join(" "));
+    let c = &totals.catch_up;
+    println!(
+        "followers caught up: {} from the retained log, {} snapshots sent; log reads refused {}, failed {}, damaged {}",
+        c.log_reads_served, c.snapshots_sent, c.log_reads_refused, c.log_reads_failed, c.log_reads_damaged
+    );
     if totals.failed.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -29,7 +29,8 @@ use runnel_checkers::{
 use runnel_consensus::Config;
 use runnel_core::metadata::METADATA_GROUP;
 use runnel_core::{
-    ClientRequest, ClientResponse, Env, Event, GroupView, Node, NodeConfig, Replies, Role,
+    CatchUpStats, ClientRequest, ClientResponse, Env, Event, GroupView, Node, NodeConfig, Replies,
+    Role,
 };
 use runnel_io::{GroupId, NodeId, Rng};
 
@@ -146,6 +147,18 @@ pub struct Outcome {
     /// The broker layout's clients, when the seed runs it.
     pub kafka: Option<KafkaStats>,
     pub network: NetworkStats,
+    /// How leaders caught lagging followers up (§8.1), summed over every
+    /// node incarnation.
+    pub catch_up: CatchUpStats,
+}
+
+/// Adds one node incarnation's catch-up counts to a total.
+pub fn add_catch_up(total: &mut CatchUpStats, more: CatchUpStats) {
+    total.snapshots_sent += more.snapshots_sent;
+    total.log_reads_served += more.log_reads_served;
+    total.log_reads_refused += more.log_reads_refused;
+    total.log_reads_failed += more.log_reads_failed;
+    total.log_reads_damaged += more.log_reads_damaged;
 }
 
 impl Outcome {
@@ -338,6 +351,8 @@ pub struct Simulation {
     violations: Vec<Violation>,
     trace: Trace,
     faults: FaultCounts,
+    /// Catch-up counts of node incarnations that ended.
+    catch_up: CatchUpStats,
     actions: Vec<Action>,
     replies: Vec<ClientResponse>,
     touched: Vec<GroupId>,
@@ -423,6 +438,7 @@ impl Simulation {
             violations: Vec::new(),
             trace: Trace::new(),
             faults: FaultCounts::default(),
+            catch_up: CatchUpStats::default(),
             actions: Vec::new(),
             replies: Vec::new(),
             touched: Vec::new(),
@@ -973,6 +989,7 @@ impl Simulation {
                 now,
                 panic_text(payload.as_ref())
             );
+            add_catch_up(&mut self.catch_up, process.node().catch_up_stats());
             sim_node.node = None;
             self.push_violation(violation("node-panic", "DESIGN.md: The shape", message));
             return;
@@ -1060,6 +1077,7 @@ impl Simulation {
         let skew = self.plan.clock_skew;
         self.nodes[index].incarnation += 1;
         let broker_config = self.plan.kafka.is_some().then(|| self.broker_config(index));
+        let retained_log_bytes_max = self.plan.timing.retained_log_bytes_max;
         let sim_node = &mut self.nodes[index];
         if sim_node.incarnation > 1 {
             let origin = self.plan.clocks[index].origin_ms;
@@ -1080,7 +1098,10 @@ impl Simulation {
         let disk = &mut sim_node.disk;
         let started = catch_unwind(AssertUnwindSafe(|| match broker_config {
             Some(config) => Broker::start(config, disk).map(|b| Process::Broker(Box::new(b))),
-            None => Node::start(config, disk).map(|n| Process::Records(Box::new(n))),
+            None => Node::start(config, disk).map(|mut node| {
+                node.set_retained_log_bytes_max(retained_log_bytes_max);
+                Process::Records(Box::new(node))
+            }),
         }));
         match started {
             Ok(Ok(node)) => {
@@ -1131,6 +1152,9 @@ impl Simulation {
         let crashed = self.nodes[index].id;
         self.with_kafka(|kafka, now, out| kafka.on_node_down(now, crashed, out));
         let sim_node = &mut self.nodes[index];
+        if let Some(node) = sim_node.core() {
+            add_catch_up(&mut self.catch_up, node.catch_up_stats());
+        }
         sim_node.node = None;
         sim_node.state = NodeState::Crashed;
         sim_node.held.clear();
@@ -1868,6 +1892,9 @@ impl Simulation {
         }
         let network = self.network.stats();
         for node in &self.nodes {
+            if let Some(core) = node.core() {
+                add_catch_up(&mut self.catch_up, core.catch_up_stats());
+            }
             let injected = node.disk.injected();
             self.faults.add(FaultClass::SlowDisk, injected.slow_ops);
             self.faults
@@ -1907,6 +1934,7 @@ impl Simulation {
             last_events: self.trace.last_lines(),
             workload: self.workload.stats(),
             network,
+            catch_up: self.catch_up,
             violations: self.violations,
         }
     }

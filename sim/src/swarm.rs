@@ -15,6 +15,8 @@ use crate::network::LinkFaults;
 pub const PLAN_STREAM: u64 = 0x504c_414e;
 /// The stream the layout (records or broker) is drawn from.
 pub const LAYOUT_STREAM: u64 = 0x4c41_594f;
+/// The stream the bound on the log kept below snapshots is drawn from.
+pub const RETAINED_STREAM: u64 = 0x5245_5441;
 /// The stream misdirected writes are drawn from: added after the others, so
 /// that every earlier draw of a seed stayed as it was.
 pub const MISDIRECT_STREAM: u64 = 0x4d49_5344;
@@ -204,6 +206,10 @@ pub struct NodeTiming {
     pub heartbeat_interval_ms: u64,
     pub snapshot_interval_entries: u64,
     pub segment_bytes_max: u64,
+    /// Record layout: the bytes of log each group keeps below its snapshot
+    /// for lagging followers (`Node::set_retained_log_bytes_max`); the
+    /// broker layout runs the node's default.
+    pub retained_log_bytes_max: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,12 +331,13 @@ impl FaultPlan {
             .collect();
 
         let election_timeout_ms = rng.range(150, 601);
-        let timing = NodeTiming {
+        let mut timing = NodeTiming {
             tick_interval_ms: 10,
             election_timeout_ms,
             heartbeat_interval_ms: election_timeout_ms / rng.range(3, 7),
             snapshot_interval_entries: pick(&mut rng, &[16, 64, 256, 1024]),
             segment_bytes_max: pick(&mut rng, &[4 << 10, 64 << 10, 1 << 20]),
+            retained_log_bytes_max: runnel_core::RETAINED_LOG_BYTES_MAX,
         };
         let loss = rng.chance(0.5);
         let duplication = rng.chance(0.5);
@@ -454,6 +461,15 @@ impl FaultPlan {
         } else {
             None
         };
+
+        // From a stream of its own too: none (every follower behind a
+        // snapshot gets the snapshot), a little (both ways of catching up
+        // mix), or the default (followers catch up from the log).
+        let mut retained_rng = Rng::new(seed).fork(RETAINED_STREAM);
+        timing.retained_log_bytes_max = pick(
+            &mut retained_rng,
+            &[0, 16 << 10, runnel_core::RETAINED_LOG_BYTES_MAX],
+        );
 
         FaultPlan {
             seed,
@@ -606,12 +622,13 @@ impl fmt::Display for FaultPlan {
         let t = &self.timing;
         writeln!(
             f,
-            "  timing            tick {} ms, election timeout {} ms, heartbeat {} ms, snapshot every {} entries, segments {} bytes",
+            "  timing            tick {} ms, election timeout {} ms, heartbeat {} ms, snapshot every {} entries, segments {} bytes, log kept below snapshots {} bytes",
             t.tick_interval_ms,
             t.election_timeout_ms,
             t.heartbeat_interval_ms,
             t.snapshot_interval_entries,
-            t.segment_bytes_max
+            t.segment_bytes_max,
+            t.retained_log_bytes_max
         )?;
         let w = &self.workload;
         writeln!(

@@ -23,3 +23,4 @@ pub use node::{
     entry_hash, Node, NodeConfig, StartError, GROUPS_MAX, PENDING_REQUESTS_MAX, READ_RECORDS_MAX,
     SNAPSHOT_INTERVAL_BYTES,
 };
+pub use node::{CatchUpStats, LOG_READS_IN_FLIGHT_MAX, RETAINED_LOG_BYTES_MAX};

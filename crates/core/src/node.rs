@@ -12,8 +12,8 @@ use runnel_consensus::{
     Body, Config, Entry, HardState, Index, Message, Options, Payload, ProposeError, Ready, Replica,
     Snapshot, SnapshotMeta, Term, REPAIR_INDEX_UNKNOWN,
 };
-use runnel_io::{Disk, DiskError, DiskOp, GroupId, NodeId, Rng};
-use runnel_storage::{GroupStore, RecoveryError, StoreOptions};
+use runnel_io::{Disk, DiskError, DiskOp, DiskOutput, GroupId, NodeId, Rng};
+use runnel_storage::{GroupStore, LogReadPlan, RecoveryError, StoreOptions};
 
 use crate::api::{
     Applied, ClientError, ClientOp, ClientReply, ClientRequest, ClientResponse, Env, Envelope,
@@ -38,6 +38,35 @@ pub const GROUPS_MAX: usize = 100_000;
 /// up to a MiB) would otherwise let `snapshot_interval_entries` of them
 /// take gigabytes.
 pub const SNAPSHOT_INTERVAL_BYTES: u64 = 64 << 20;
+/// §8.1: at most this many reads of entries retained below a snapshot are
+/// in flight on one node; a read asked for past it is answered as if the
+/// entries were gone, and the follower gets the snapshot instead. Each read
+/// is at most `runnel_storage::LOG_READ_BYTES_MAX` (or one frame).
+pub const LOG_READS_IN_FLIGHT_MAX: usize = 16;
+/// §8.1: the most bytes of log entries a group keeps on disk below its
+/// snapshot for lagging followers (by default; `set_retained_log_bytes_max`),
+/// so that disk use stays bounded however a partition's retention is set.
+/// Storage deletes whole segments, so up to one segment more may remain.
+pub const RETAINED_LOG_BYTES_MAX: u64 = 64 << 20;
+
+/// How this node's leaders brought lagging followers back (§8.1): from the
+/// entries retained on disk, or with a snapshot. Counted since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CatchUpStats {
+    /// InstallSnapshot messages sent.
+    pub snapshots_sent: u64,
+    /// Reads of retained entries that came back intact and were handed to
+    /// the replica.
+    pub log_reads_served: u64,
+    /// Reads answered "gone" without touching the disk: too many in flight,
+    /// or the entries were no longer retained.
+    pub log_reads_refused: u64,
+    /// Reads the disk failed (a latent sector error, a segment deleted
+    /// meanwhile).
+    pub log_reads_failed: u64,
+    /// Reads that found a damaged frame, which was not served.
+    pub log_reads_damaged: u64,
+}
 
 /// How a node is set up. Every duration is measured on the node's own clock.
 #[derive(Clone, Debug)]
@@ -98,6 +127,35 @@ struct Group {
     /// Bytes of the entries applied since the last snapshot: the replica
     /// holds them in memory until a snapshot lets it forget them.
     applied_bytes_since_snapshot: u64,
+    /// (snapshot index, applied index) when what is retained below the
+    /// snapshot was last bounded (`discard_retained`): only a new snapshot
+    /// or new applied entries can change what should be discarded.
+    retained_checked_at: (Index, Index),
+}
+
+/// A read of retained entries in flight (§8.1).
+struct LogReadInFlight {
+    group: GroupId,
+    peer: NodeId,
+    plan: LogReadPlan,
+}
+
+/// §8.1: whether `group` keeps its log below the snapshot for lagging
+/// followers. Kafka partitions do (their batches are their log), and so does
+/// the plain record log; the metadata and offsets groups do not: their
+/// snapshots are small, compacted state, cheaper to send than the log.
+fn retains_log(layout: MachineLayout, group: GroupId) -> bool {
+    matches!(
+        Machine::new(layout, group),
+        Machine::Records(_) | Machine::Partition(_)
+    )
+}
+
+fn store_options(config: &NodeConfig, group: GroupId) -> StoreOptions {
+    StoreOptions {
+        segment_bytes_max: config.segment_bytes_max,
+        retain_below_snapshot: retains_log(config.machines, group),
+    }
 }
 
 /// Replica state recovered from disk, turned into a `Replica` at the first
@@ -107,6 +165,9 @@ struct Dormant {
     hard_state: HardState,
     snapshot: Option<Snapshot>,
     entries: Vec<Entry>,
+    /// §8.1: the term runs of the entries storage retains below the
+    /// snapshot (`Replica::set_retained`).
+    retained_terms: Vec<(Index, Term)>,
 }
 
 /// Messages and a persist point released when a disk operation completes.
@@ -145,20 +206,23 @@ pub struct Node {
     /// Messages not sent because even alone they were over the envelope
     /// limit (see `flush`); zero unless a bound is missing somewhere.
     oversized_messages_dropped: u64,
+    /// §8.1: reads of retained entries submitted and not yet completed, by
+    /// disk token (at most `LOG_READS_IN_FLIGHT_MAX`).
+    log_reads: BTreeMap<u64, LogReadInFlight>,
+    /// §8.1: the bound on what each group retains below its snapshot.
+    retained_log_bytes_max: u64,
+    catch_up: CatchUpStats,
 }
 
 impl Node {
     /// Recovers every group found on `disk` (reading synchronously) and
     /// creates the configured groups that are not there yet.
     pub fn start(config: NodeConfig, disk: &mut dyn Disk) -> Result<Node, StartError> {
-        let store_options = StoreOptions {
-            segment_bytes_max: config.segment_bytes_max,
-        };
         let mut dormant = BTreeMap::new();
         let mut startup_ops = Vec::new();
         let mut recovery_notes = Vec::new();
         for group in GroupStore::groups_on_disk(disk).map_err(StartError::Disk)? {
-            match GroupStore::recover(disk, group, store_options.clone()) {
+            match GroupStore::recover(disk, group, store_options(&config, group)) {
                 Ok(None) => {}
                 Ok(Some(recovered)) => {
                     let report = &recovered.report;
@@ -176,6 +240,11 @@ impl Node {
                         hard_state.repair_index =
                             hard_state.repair_index.max(report.highest_index_on_disk);
                     }
+                    if report.retained_damage {
+                        recovery_notes.push(format!(
+                            "group {group}: damage below the snapshot; the log retained for lagging followers starts after it"
+                        ));
+                    }
                     startup_ops.extend(recovered.store.repair_ops());
                     dormant.insert(
                         group,
@@ -184,6 +253,7 @@ impl Node {
                             hard_state,
                             snapshot: recovered.snapshot,
                             entries: recovered.entries,
+                            retained_terms: recovered.retained_terms,
                         },
                     );
                 }
@@ -204,7 +274,7 @@ impl Node {
                         ..HardState::default()
                     };
                     let (store, ops) =
-                        GroupStore::create(group, store_options.clone(), &hard_state);
+                        GroupStore::create(group, store_options(&config, group), &hard_state);
                     startup_ops.extend(ops);
                     recovery_notes.push(format!("group {group}: {error}; rejoining empty"));
                     dormant.insert(
@@ -214,6 +284,7 @@ impl Node {
                             hard_state,
                             snapshot: None,
                             entries: Vec::new(),
+                            retained_terms: Vec::new(),
                         },
                     );
                 }
@@ -223,8 +294,11 @@ impl Node {
             if dormant.contains_key(group) {
                 continue;
             }
-            let (store, ops) =
-                GroupStore::create(*group, store_options.clone(), &HardState::default());
+            let (store, ops) = GroupStore::create(
+                *group,
+                store_options(&config, *group),
+                &HardState::default(),
+            );
             startup_ops.extend(ops);
             dormant.insert(
                 *group,
@@ -233,6 +307,7 @@ impl Node {
                     hard_state: HardState::default(),
                     snapshot: None,
                     entries: Vec::new(),
+                    retained_terms: Vec::new(),
                 },
             );
         }
@@ -258,7 +333,22 @@ impl Node {
             recovery_notes,
             bootstrap_configs: BTreeMap::new(),
             oversized_messages_dropped: 0,
+            log_reads: BTreeMap::new(),
+            retained_log_bytes_max: RETAINED_LOG_BYTES_MAX,
+            catch_up: CatchUpStats::default(),
         })
+    }
+
+    /// §8.1: how many bytes of log each group keeps below its snapshot for
+    /// lagging followers (`RETAINED_LOG_BYTES_MAX` unless set); 0 keeps
+    /// none, so followers that fell behind the snapshot get the snapshot.
+    pub fn set_retained_log_bytes_max(&mut self, bytes: u64) {
+        self.retained_log_bytes_max = bytes;
+    }
+
+    /// How this node's leaders caught lagging followers up, since start.
+    pub fn catch_up_stats(&self) -> CatchUpStats {
+        self.catch_up
     }
 
     pub fn id(&self) -> NodeId {
@@ -479,6 +569,19 @@ impl Node {
                 }
             }
             Event::Peer(envelope) => self.handle_envelope(envelope, env, &mut touched),
+            Event::Disk(completion) if self.log_reads.contains_key(&completion.token) => {
+                assert!(
+                    completion.token > self.completed_token,
+                    "disk completions out of order"
+                );
+                self.completed_token = completion.token;
+                let read = self
+                    .log_reads
+                    .remove(&completion.token)
+                    .expect("checked above");
+                self.finish_log_read(read, completion.result, env, &mut touched);
+                self.release_after_persist(&mut touched);
+            }
             Event::Disk(completion) => match completion.result {
                 Ok(_) => {
                     assert!(
@@ -513,10 +616,11 @@ impl Node {
         self.flush(env);
     }
 
-    fn replica_options(&self) -> Options {
+    fn replica_options(&self, group: GroupId) -> Options {
         let mut options = Options::new(self.config.id);
         options.election_timeout_ms = self.config.election_timeout_ms;
         options.heartbeat_interval_ms = self.config.heartbeat_interval_ms;
+        options.retain_log_below_snapshot = retains_log(self.config.machines, group);
         options
     }
 
@@ -561,14 +665,19 @@ impl Node {
         let snapshot = dormant
             .snapshot
             .or_else(|| bootstrap.map(bootstrap_snapshot));
-        let replica = Replica::new(
-            self.replica_options(),
+        let mut replica = Replica::new(
+            self.replica_options(group),
             self.rng.fork(group),
             dormant.hard_state,
             snapshot,
             dormant.entries,
             now_ms,
         );
+        if !dormant.retained_terms.is_empty() {
+            // §8.1: the entries recovery found below the snapshot can be
+            // read back for a lagging follower.
+            replica.set_retained(dormant.retained_terms);
+        }
         self.groups.insert(
             group,
             Group {
@@ -578,6 +687,7 @@ impl Node {
                 pending: BTreeMap::new(),
                 reads: BTreeMap::new(),
                 applied_bytes_since_snapshot: 0,
+                retained_checked_at: (0, 0),
             },
         );
     }
@@ -628,16 +738,14 @@ impl Node {
     ) {
         let (store, ops) = GroupStore::create(
             group_id,
-            StoreOptions {
-                segment_bytes_max: self.config.segment_bytes_max,
-            },
+            store_options(&self.config, group_id),
             &HardState::default(),
         );
         for op in ops {
             self.submit(op, env);
         }
         let replica = Replica::new(
-            self.replica_options(),
+            self.replica_options(group_id),
             self.rng.fork(group_id),
             HardState::default(),
             bootstrap,
@@ -653,6 +761,7 @@ impl Node {
                 pending: BTreeMap::new(),
                 reads: BTreeMap::new(),
                 applied_bytes_since_snapshot: 0,
+                retained_checked_at: (0, 0),
             },
         );
     }
@@ -798,6 +907,7 @@ impl Node {
             let had_output = !ready.is_empty();
             self.process_ready(group_id, ready, env);
             self.maybe_snapshot(group_id, env);
+            self.discard_retained(group_id, env);
             self.fail_orphaned_requests(group_id, env);
             if !had_output {
                 return;
@@ -821,6 +931,9 @@ impl Node {
             ops.extend(group.store.sync_ops());
         }
         for message in ready.messages {
+            if matches!(message.body, Body::InstallSnapshot { .. }) {
+                self.catch_up.snapshots_sent += 1;
+            }
             self.outbox
                 .entry(message.to)
                 .or_default()
@@ -869,13 +982,6 @@ impl Node {
             group.applied_bytes_since_snapshot += entry.size_bytes() as u64;
             apply_entry(group, group_id, entry, env);
         }
-        // §8.1: this node's storage deletes what a snapshot covers (the
-        // replicas run without `retain_log_below_snapshot`), so a read of
-        // entries below the snapshot point cannot be served: the replica
-        // sends the snapshot instead.
-        for read in ready.reads {
-            group.replica.entries_loaded(read.peer, read.from, None);
-        }
         // §6.3: after the committed entries above are applied.
         for read_id in ready.reads_ready {
             let pending = group
@@ -896,6 +1002,140 @@ impl Node {
                 &pending,
                 Err(ClientError::NotLeader { leader_hint }),
             );
+        }
+        // §8.1: entries below the snapshot point are read back from the
+        // segments storage retains; the replica sends them when the read
+        // completes (`finish_log_read`), or the snapshot if it cannot.
+        for read in ready.reads {
+            self.start_log_read(group_id, read.peer, read.from, env);
+        }
+    }
+
+    /// §8.1: submits the read of retained entries from `from` on for
+    /// `peer`, or answers at once that they are gone (too many reads in
+    /// flight, or storage no longer holds them): the replica then sends the
+    /// snapshot.
+    fn start_log_read(&mut self, group_id: GroupId, peer: NodeId, from: Index, env: &mut Env<'_>) {
+        let room = self.log_reads.len() < LOG_READS_IN_FLIGHT_MAX;
+        let group = self.groups.get_mut(&group_id).expect("group exists");
+        let Some(plan) = room.then(|| group.store.plan_read(from)).flatten() else {
+            self.catch_up.log_reads_refused += 1;
+            group.replica.entries_loaded(peer, from, None);
+            return;
+        };
+        let op = plan.op();
+        let token = self.next_token();
+        self.submitted_token = token;
+        env.disk.submit(token, op);
+        self.log_reads.insert(
+            token,
+            LogReadInFlight {
+                group: group_id,
+                peer,
+                plan,
+            },
+        );
+    }
+
+    /// §8.1: hands the entries a read brought back to the replica, only if
+    /// every frame was intact. Damage is never served: the replica gets
+    /// `None` and sends the snapshot, and the group stops retaining the
+    /// entries up to the damaged one (the snapshot covers them), so that no
+    /// later read tries them again. A failed read (a latent sector error)
+    /// is treated alike for everything it covered; a segment deleted
+    /// meanwhile only means the entries are gone.
+    fn finish_log_read(
+        &mut self,
+        read: LogReadInFlight,
+        result: Result<DiskOutput, DiskError>,
+        env: &mut Env<'_>,
+        touched: &mut BTreeSet<GroupId>,
+    ) {
+        let Some(group) = self.groups.get_mut(&read.group) else {
+            return;
+        };
+        let first = read.plan.first_index();
+        let last = first + read.plan.entry_count() as u64 - 1;
+        let (entries, stop_retaining_below) = match result {
+            Ok(DiskOutput::Data(bytes)) => match read.plan.decode(&bytes) {
+                Ok(entries) => {
+                    self.catch_up.log_reads_served += 1;
+                    (Some(entries), None)
+                }
+                Err(damage) => {
+                    self.catch_up.log_reads_damaged += 1;
+                    tracing::warn!(
+                        group = read.group,
+                        index = damage.index,
+                        "a log entry retained below the snapshot is damaged; not served, the follower gets the snapshot"
+                    );
+                    (None, Some(damage.index + 1))
+                }
+            },
+            Ok(DiskOutput::Done) => {
+                self.catch_up.log_reads_failed += 1;
+                (None, None)
+            }
+            Err(DiskError::NotFound) => {
+                self.catch_up.log_reads_failed += 1;
+                (None, None)
+            }
+            Err(error) => {
+                self.catch_up.log_reads_failed += 1;
+                tracing::warn!(
+                    group = read.group,
+                    first,
+                    last,
+                    %error,
+                    "reading log entries retained below the snapshot failed; the follower gets the snapshot"
+                );
+                (None, Some(last + 1))
+            }
+        };
+        let mut ops = Vec::new();
+        if let Some(below) = stop_retaining_below {
+            ops = group.store.discard_below(below);
+            group.replica.discard_retained_below(below);
+        }
+        group.replica.entries_loaded(read.peer, first, entries);
+        touched.insert(read.group);
+        for op in ops {
+            self.submit(op, env);
+        }
+    }
+
+    /// §8.1: deletes what a group retains below its snapshot once no
+    /// follower should be served from it: entries before the oldest batch a
+    /// partition still holds (retention dropped theirs), and whatever is
+    /// over the node's byte bound. A follower behind that point gets the
+    /// snapshot instead.
+    fn discard_retained(&mut self, group_id: GroupId, env: &mut Env<'_>) {
+        let bytes_max = self.retained_log_bytes_max;
+        let group = self.groups.get_mut(&group_id).expect("group exists");
+        let snapshot_index = group.store.snapshot_index();
+        let checked_at = (snapshot_index, group.replica.applied_index());
+        if group.retained_checked_at == checked_at || group.store.retained_first() > snapshot_index
+        {
+            group.retained_checked_at = checked_at;
+            return;
+        }
+        group.retained_checked_at = checked_at;
+        // A partition without a batch needs none of its log; the record log
+        // keeps no less than its whole history, so it needs all of it.
+        let needed = match &group.machine {
+            Machine::Partition(log) => log.lowest_raft_index_needed().unwrap_or(Index::MAX),
+            _ => 0,
+        };
+        let below = needed
+            .min(snapshot_index + 1)
+            .max(group.store.retained_floor_for_bytes(bytes_max));
+        if below <= group.store.retained_first() {
+            return;
+        }
+        let ops = group.store.discard_below(below);
+        group.replica.discard_retained_below(below);
+        for op in ops {
+            self.submit(op, env);
         }
     }
 
@@ -1031,9 +1271,11 @@ fn apply_data(
         // decode is refused alike on every replica and changes nothing.
         Machine::Partition(log) => match PartitionCommand::decode(data) {
             None => Err(ClientError::Rejected("malformed partition command".into())),
-            Some(command) => Ok(ClientReply::Applied(Applied::Produce(
-                log.apply(command, entry.term),
-            ))),
+            Some(command) => Ok(ClientReply::Applied(Applied::Produce(log.apply(
+                command,
+                entry.index,
+                entry.term,
+            )))),
         },
         Machine::Metadata(state) => match MetadataCommand::decode(data) {
             None => Err(ClientError::Rejected("malformed metadata command".into())),

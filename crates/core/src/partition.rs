@@ -37,8 +37,8 @@ pub const PRODUCER_BATCHES_REMEMBERED_MAX: usize = 5;
 pub const PRODUCERS_MAX: usize = 100_000;
 
 /// What one stored batch costs in a snapshot beside its bytes: offsets,
-/// timestamps, epoch and length (see `PartitionLog::encode`).
-pub const STORED_BATCH_OVERHEAD_BYTES: u64 = 8 + 8 + 8 + 8 + 4 + 8;
+/// timestamps, epoch, raft index and length (see `PartitionLog::encode`).
+pub const STORED_BATCH_OVERHEAD_BYTES: u64 = 8 + 8 + 8 + 8 + 4 + 8 + 8;
 /// What one producer costs in a snapshot, at most.
 pub const PRODUCER_SNAPSHOT_BYTES_MAX: u64 =
     8 + 2 + 8 + 8 + 16 * PRODUCER_BATCHES_REMEMBERED_MAX as u64;
@@ -79,6 +79,10 @@ pub struct StoredBatch {
     /// when the producer's timestamps cannot be trusted (they may be old).
     pub append_time_ms: i64,
     pub leader_epoch: i32,
+    /// The index of the consensus log entry that appended it (0 when not
+    /// known: a batch from a version 1 snapshot). Retention below it lets
+    /// the node delete the log entries before it (`lowest_raft_index_needed`).
+    pub raft_index: u64,
     pub bytes: Vec<u8>,
 }
 
@@ -136,7 +140,8 @@ pub struct PartitionLog {
 
 const COMMAND_PRODUCE: u8 = 1;
 const COMMAND_RETAIN: u8 = 2;
-const SNAPSHOT_VERSION: u32 = 1;
+/// Version 2 added each batch's raft index; version 1 still decodes.
+const SNAPSHOT_VERSION: u32 = 2;
 
 /// A command for a partition's log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -261,11 +266,11 @@ impl PartitionLog {
             })
     }
 
-    /// Applies a committed command. `term` is the entry's term, stamped as
-    /// the partition leader epoch.
-    pub fn apply(&mut self, command: PartitionCommand, term: u64) -> ProduceOutcome {
+    /// Applies a committed command, from the log entry at `index` of term
+    /// `term` (stamped as the partition leader epoch).
+    pub fn apply(&mut self, command: PartitionCommand, index: u64, term: u64) -> ProduceOutcome {
         match command {
-            PartitionCommand::Produce(produce) => self.apply_produce(produce, term),
+            PartitionCommand::Produce(produce) => self.apply_produce(produce, index, term),
             PartitionCommand::Retain { now_ms, retention } => {
                 self.retain(now_ms, retention);
                 ProduceOutcome::Appended {
@@ -277,7 +282,7 @@ impl PartitionLog {
         }
     }
 
-    fn apply_produce(&mut self, produce: ProduceCommand, term: u64) -> ProduceOutcome {
+    fn apply_produce(&mut self, produce: ProduceCommand, index: u64, term: u64) -> ProduceOutcome {
         // The leader validated the batch before proposing it, and storage
         // checksums the entry; a batch that fails here was damaged in a way
         // both missed, and is refused on every replica alike.
@@ -316,6 +321,7 @@ impl PartitionLog {
             max_timestamp_ms,
             append_time_ms: produce.append_time_ms,
             leader_epoch,
+            raft_index: index,
             bytes,
         });
         self.next_offset = last_offset + 1;
@@ -413,6 +419,16 @@ impl PartitionLog {
         }
     }
 
+    /// The lowest consensus log index whose entry this partition still
+    /// holds a batch of: retention dropped every batch of the entries
+    /// before it, so the node need not keep those entries on disk for a
+    /// lagging follower (docs/protocol.md §8.1). None when the partition
+    /// holds no batch (nothing before the applied index is needed); 0 when
+    /// the oldest batch came from a snapshot that did not record it.
+    pub fn lowest_raft_index_needed(&self) -> Option<u64> {
+        self.batches.front().map(|batch| batch.raft_index)
+    }
+
     /// Whether retention would drop anything now.
     pub fn retention_due(&self, now_ms: i64, retention: Retention) -> bool {
         let Some(front) = self.batches.front() else {
@@ -479,6 +495,7 @@ impl PartitionLog {
             out.extend_from_slice(&batch.max_timestamp_ms.to_le_bytes());
             out.extend_from_slice(&batch.append_time_ms.to_le_bytes());
             out.extend_from_slice(&batch.leader_epoch.to_le_bytes());
+            out.extend_from_slice(&batch.raft_index.to_le_bytes());
             out.extend_from_slice(&(batch.bytes.len() as u64).to_le_bytes());
             out.extend_from_slice(&batch.bytes);
         }
@@ -501,7 +518,11 @@ impl PartitionLog {
     /// malformed data here is a programmer error.
     pub fn decode(data: &[u8]) -> PartitionLog {
         let mut reader = crate::state_machine::Reader::new(data);
-        assert_eq!(reader.u32(), SNAPSHOT_VERSION, "partition snapshot version");
+        let version = reader.u32();
+        assert!(
+            (1..=SNAPSHOT_VERSION).contains(&version),
+            "partition snapshot version {version}"
+        );
         let log_start_offset = reader.u64() as i64;
         let next_offset = reader.u64() as i64;
         let count = reader.u64();
@@ -513,6 +534,7 @@ impl PartitionLog {
             let max_timestamp_ms = reader.u64() as i64;
             let append_time_ms = reader.u64() as i64;
             let leader_epoch = reader.u32() as i32;
+            let raft_index = if version >= 2 { reader.u64() } else { 0 };
             let length = reader.u64() as usize;
             let bytes = reader.bytes(length).to_vec();
             retained_bytes += bytes.len() as u64;
@@ -522,6 +544,7 @@ impl PartitionLog {
                 max_timestamp_ms,
                 append_time_ms,
                 leader_epoch,
+                raft_index,
                 bytes,
             });
         }
@@ -571,12 +594,15 @@ mod tests {
         let records: Vec<runnel_kafka::batch::KeyValue<'_>> =
             values.iter().map(|v| (None, Some(v.as_slice()))).collect();
         let batch = build_uncompressed(&records, 1_000, producer);
+        // A raft index that tells the batches apart: 100 + their offset.
+        let index = 100 + log.high_watermark() as u64;
         log.apply(
             PartitionCommand::Produce(ProduceCommand {
                 append_time_ms: 5_000,
                 log_append_time: false,
                 batch,
             }),
+            index,
             3,
         )
     }
@@ -661,10 +687,12 @@ mod tests {
                     retention_bytes: (2 * one) as i64,
                 },
             },
+            1,
             3,
         );
         assert_eq!(log.log_start_offset(), 6);
         assert_eq!(log.high_watermark(), 10);
+        assert_eq!(log.lowest_raft_index_needed(), Some(106));
         log.apply(
             PartitionCommand::Retain {
                 now_ms: 1_000_000,
@@ -673,9 +701,12 @@ mod tests {
                     retention_bytes: -1,
                 },
             },
+            1,
             3,
         );
         assert_eq!(log.log_start_offset(), 8, "the last batch is kept");
+        assert_eq!(log.lowest_raft_index_needed(), Some(108));
+        assert_eq!(PartitionLog::default().lowest_raft_index_needed(), None);
     }
 
     /// Applies a produce of one record of `value_bytes`.
@@ -689,6 +720,7 @@ mod tests {
                 log_append_time: false,
                 batch,
             }),
+            1,
             3,
         );
         (outcome, length)
@@ -735,6 +767,7 @@ mod tests {
                     retention_bytes: RETENTION_BYTES_CEILING,
                 },
             },
+            1,
             3,
         );
         assert!(log.retained_bytes() <= RETENTION_BYTES_CEILING as u64);

@@ -2,7 +2,7 @@
 //! disk and network: the smoke test below the simulator. The simulator
 //! (`sim/`) is where faults are thrown at the same code.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use runnel_consensus::Config;
 use runnel_core::{
@@ -96,6 +96,8 @@ struct Cluster {
     in_flight: VecDeque<Envelope>,
     responses: Vec<ClientResponse>,
     now_ms: u64,
+    /// Nodes cut off from the others: envelopes to and from them are lost.
+    isolated: BTreeSet<NodeId>,
 }
 
 const GROUP: u64 = 7;
@@ -106,6 +108,18 @@ impl Cluster {
     }
 
     fn with_snapshot_interval(ids: &[NodeId], snapshot_interval_entries: u64) -> Cluster {
+        Cluster::with_layout(
+            ids,
+            snapshot_interval_entries,
+            runnel_core::MachineLayout::Records,
+        )
+    }
+
+    fn with_layout(
+        ids: &[NodeId],
+        snapshot_interval_entries: u64,
+        machines: runnel_core::MachineLayout,
+    ) -> Cluster {
         let mut nodes = BTreeMap::new();
         for id in ids {
             let mut disk = InstantDisk::default();
@@ -117,7 +131,7 @@ impl Cluster {
                 heartbeat_interval_ms: 50,
                 snapshot_interval_entries,
                 segment_bytes_max: 4096,
-                machines: runnel_core::MachineLayout::Records,
+                machines,
             };
             let node = Node::start(config, &mut disk).expect("start");
             nodes.insert(*id, (node, disk));
@@ -127,6 +141,7 @@ impl Cluster {
             in_flight: VecDeque::new(),
             responses: Vec::new(),
             now_ms: 0,
+            isolated: BTreeSet::new(),
         }
     }
 
@@ -160,6 +175,9 @@ impl Cluster {
                 }
             }
             while let Some(envelope) = self.in_flight.pop_front() {
+                if self.isolated.contains(&envelope.to) || self.isolated.contains(&envelope.from) {
+                    continue;
+                }
                 self.deliver(envelope.to, Event::Peer(envelope));
                 progressed = true;
             }
@@ -367,4 +385,310 @@ fn large_entries_make_a_snapshot_due_by_their_bytes() {
         );
         assert_eq!(node.records(GROUP).expect("group").len() as u64, count);
     }
+}
+
+impl Cluster {
+    /// Appends `values` records through the leader, one at a time.
+    fn append_records(&mut self, leader: NodeId, seqs: std::ops::RangeInclusive<u64>) {
+        for seq in seqs {
+            self.deliver(
+                leader,
+                Event::Client(ClientRequest {
+                    client: 4,
+                    request_id: seq,
+                    group: GROUP,
+                    op: ClientOp::Append {
+                        seq,
+                        value: vec![seq as u8; 8],
+                    },
+                }),
+            );
+            self.settle();
+        }
+    }
+
+    /// Isolates a follower, appends 1..=60 through the leader (a snapshot
+    /// every 20 entries moves the leader's snapshot past the follower's log),
+    /// and returns (leader, follower).
+    fn leave_a_follower_behind_the_snapshot(&mut self) -> (NodeId, NodeId) {
+        self.advance(2_000);
+        let leader = self.leader().expect("a leader");
+        let follower = *self
+            .nodes
+            .keys()
+            .find(|id| **id != leader)
+            .expect("3 nodes");
+        self.isolated.insert(follower);
+        self.append_records(leader, 1..=60);
+        self.advance(200);
+        let leader_view = self.nodes[&leader].0.view(GROUP).expect("group");
+        let follower_view = self.nodes[&follower].0.view(GROUP).expect("group");
+        assert!(
+            leader_view.snapshot_index > follower_view.last_index + 1,
+            "the leader's snapshot ({}) is past the follower's log ({})",
+            leader_view.snapshot_index,
+            follower_view.last_index
+        );
+        (leader, follower)
+    }
+
+    fn catch_up_stats(&self, id: NodeId) -> runnel_core::CatchUpStats {
+        self.nodes[&id].0.catch_up_stats()
+    }
+}
+
+fn segment_path(first: u64) -> String {
+    format!("groups/{GROUP:020}/log/{first:020}.seg")
+}
+
+#[test]
+fn a_follower_behind_the_snapshot_catches_up_from_the_retained_log() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    let (leader, follower) = cluster.leave_a_follower_behind_the_snapshot();
+    cluster.isolated.clear();
+    cluster.advance(1_000);
+    assert_eq!(
+        cluster.nodes[&follower]
+            .0
+            .records(GROUP)
+            .expect("group")
+            .len(),
+        60
+    );
+    let stats = cluster.catch_up_stats(leader);
+    assert_eq!(stats.snapshots_sent, 0, "no snapshot was sent: {stats:?}");
+    assert!(stats.log_reads_served > 0, "{stats:?}");
+    // The leader kept its covered segments: the first one is still there.
+    assert!(cluster.nodes[&leader]
+        .1
+        .files
+        .contains_key(&segment_path(1)));
+}
+
+#[test]
+fn with_no_log_kept_below_the_snapshot_the_follower_gets_the_snapshot() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    for (node, _) in cluster.nodes.values_mut() {
+        node.set_retained_log_bytes_max(0);
+    }
+    let (leader, follower) = cluster.leave_a_follower_behind_the_snapshot();
+    assert!(
+        !cluster.nodes[&leader]
+            .1
+            .files
+            .contains_key(&segment_path(1)),
+        "nothing is kept below the snapshot"
+    );
+    cluster.isolated.clear();
+    cluster.advance(1_000);
+    assert_eq!(
+        cluster.nodes[&follower]
+            .0
+            .records(GROUP)
+            .expect("group")
+            .len(),
+        60
+    );
+    let stats = cluster.catch_up_stats(leader);
+    assert!(stats.snapshots_sent > 0, "{stats:?}");
+    assert_eq!(stats.log_reads_served, 0, "{stats:?}");
+}
+
+#[test]
+fn a_damaged_retained_entry_is_not_served_and_the_follower_gets_the_snapshot() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    let (leader, follower) = cluster.leave_a_follower_behind_the_snapshot();
+    // Damage every frame's payload area of the leader's first segment: any
+    // read of retained entries from there finds a bad checksum.
+    let file = cluster
+        .nodes
+        .get_mut(&leader)
+        .unwrap()
+        .1
+        .files
+        .get_mut(&segment_path(1))
+        .expect("retained segment");
+    for byte in (30..file.len()).step_by(7) {
+        file[byte] ^= 0x10;
+    }
+    // While it was cut off, the leader already read entries back for it
+    // (they were lost on the way): only what follows counts.
+    let before = cluster.catch_up_stats(leader);
+    cluster.isolated.clear();
+    cluster.advance(1_000);
+    assert_eq!(
+        cluster.nodes[&follower]
+            .0
+            .records(GROUP)
+            .expect("group")
+            .len(),
+        60,
+        "the follower caught up from the snapshot"
+    );
+    let stats = cluster.catch_up_stats(leader);
+    assert!(
+        stats.log_reads_damaged > before.log_reads_damaged,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.log_reads_served, before.log_reads_served,
+        "damage was never served: {stats:?}"
+    );
+    assert!(stats.snapshots_sent > before.snapshots_sent, "{stats:?}");
+    // Every record the follower applied is the leader's, byte for byte.
+    assert_eq!(
+        cluster.nodes[&follower].0.records(GROUP),
+        cluster.nodes[&leader].0.records(GROUP)
+    );
+}
+
+#[test]
+fn the_retained_log_survives_a_restart_and_still_serves_the_follower() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    let (_, follower) = cluster.leave_a_follower_behind_the_snapshot();
+    // Restart the two up-to-date nodes from their disks.
+    let ids: Vec<NodeId> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != follower)
+        .collect();
+    for id in ids {
+        let (node, mut disk) = cluster.nodes.remove(&id).unwrap();
+        drop(node);
+        disk.completions.clear();
+        let config = NodeConfig {
+            id,
+            groups: vec![(GROUP, Config::new([1, 2, 3]))],
+            rng_seed: id + 100,
+            election_timeout_ms: 300,
+            heartbeat_interval_ms: 50,
+            snapshot_interval_entries: 20,
+            segment_bytes_max: 4096,
+            machines: runnel_core::MachineLayout::Records,
+        };
+        let node = Node::start(config, &mut disk).expect("restart");
+        cluster.nodes.insert(id, (node, disk));
+    }
+    cluster.advance(2_000);
+    let leader = cluster.leader().expect("a leader after the restart");
+    assert_ne!(leader, follower);
+    cluster.isolated.clear();
+    cluster.advance(1_000);
+    assert_eq!(
+        cluster.nodes[&follower]
+            .0
+            .records(GROUP)
+            .expect("group")
+            .len(),
+        60
+    );
+    let stats = cluster.catch_up_stats(leader);
+    assert_eq!(stats.snapshots_sent, 0, "{stats:?}");
+    assert!(stats.log_reads_served > 0, "{stats:?}");
+}
+
+/// Proposes a partition command through `leader` and settles.
+fn propose_partition_command(
+    cluster: &mut Cluster,
+    leader: NodeId,
+    request_id: u64,
+    command: &runnel_core::partition::PartitionCommand,
+) {
+    cluster.deliver(
+        leader,
+        Event::Client(ClientRequest {
+            client: 6,
+            request_id,
+            group: GROUP,
+            op: ClientOp::Propose {
+                data: command.encode(),
+            },
+        }),
+    );
+    cluster.settle();
+}
+
+#[test]
+fn a_partition_deletes_the_log_its_retention_no_longer_needs() {
+    use runnel_core::partition::{PartitionCommand, ProduceCommand, Retention};
+    // Group 7 is a Kafka partition in the broker layout.
+    let mut cluster = Cluster::with_layout(&[1, 2, 3], 20, runnel_core::MachineLayout::Broker);
+    cluster.advance(2_000);
+    let leader = cluster.leader().expect("a leader");
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .expect("3 nodes");
+    cluster.isolated.insert(follower);
+    for seq in 1..=60u64 {
+        let value = [seq as u8; 16];
+        let batch =
+            runnel_kafka::batch::build_uncompressed(&[(None, Some(&value[..]))], 1_000, None);
+        let produce = PartitionCommand::Produce(ProduceCommand {
+            append_time_ms: 1_000,
+            log_append_time: false,
+            batch,
+        });
+        propose_partition_command(&mut cluster, leader, seq, &produce);
+    }
+    cluster.advance(200);
+    let machine = |cluster: &Cluster, id: NodeId| {
+        cluster.nodes[&id]
+            .0
+            .machine(GROUP)
+            .and_then(|machine| machine.partition())
+            .expect("a partition")
+            .clone()
+    };
+    assert_eq!(machine(&cluster, leader).high_watermark(), 60);
+    // Everything is still needed: the log below the snapshot is kept.
+    assert!(cluster.nodes[&leader]
+        .1
+        .files
+        .contains_key(&segment_path(1)));
+
+    // Retention drops every batch but the last: the log before it goes.
+    let retain = PartitionCommand::Retain {
+        now_ms: 2_000,
+        retention: Retention {
+            retention_ms: -1,
+            retention_bytes: 0,
+        },
+    };
+    propose_partition_command(&mut cluster, leader, 61, &retain);
+    // More entries move the snapshot past the retained batch's entry.
+    for seq in 62..=90u64 {
+        propose_partition_command(&mut cluster, leader, seq, &retain);
+    }
+    cluster.advance(200);
+    let log = machine(&cluster, leader);
+    assert_eq!(log.log_start_offset(), 59);
+    let needed = log
+        .lowest_raft_index_needed()
+        .expect("the last batch is kept");
+    let files = &cluster.nodes[&leader].1.files;
+    let first_segment = files
+        .keys()
+        .filter_map(|file| file.strip_prefix(&format!("groups/{GROUP:020}/log/")))
+        .filter_map(|name| name.strip_suffix(".seg"))
+        .map(|digits| digits.parse::<u64>().expect("20 digits"))
+        .min()
+        .expect("a segment");
+    assert!(
+        !files.contains_key(&segment_path(1)),
+        "the first segment held only entries retention dropped"
+    );
+    assert!(
+        first_segment <= needed,
+        "the entry of the oldest batch kept ({needed}) is still there (from {first_segment})"
+    );
+
+    // The follower, behind what is kept, gets the snapshot.
+    cluster.isolated.clear();
+    cluster.advance(1_000);
+    let stats = cluster.catch_up_stats(leader);
+    assert!(stats.snapshots_sent > 0, "{stats:?}");
+    assert_eq!(machine(&cluster, follower), machine(&cluster, leader));
 }

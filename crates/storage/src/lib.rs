@@ -9,9 +9,11 @@
 //! alone: an op takes effect only after every op planned before it, and a
 //! completed `Sync`/`SyncDir` makes every earlier op it covers durable.
 //!
-//! Recovery (`GroupStore::recover`) is the one place that reads, through the
-//! synchronous `Disk::list` and `Disk::read_file`, before the node handles any
-//! event.
+//! Recovery (`GroupStore::recover`) reads through the synchronous
+//! `Disk::list` and `Disk::read_file`, before the node handles any event.
+//! The only other reads are of entries retained below the snapshot
+//! (`retain_below_snapshot`, `plan_read`): planned `Read` ops whose bytes
+//! `LogReadPlan::decode` checks frame by frame.
 //!
 //! The rule that keeps recovery unambiguous (docs/storage.md, "Invariants"):
 //! bytes or files that are no longer part of the log are removed *durably*
@@ -51,6 +53,15 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// The largest snapshot file. Recovery reads the whole file into memory, so
 /// this also bounds the memory recovery needs for it.
 pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
+/// At most this many entries in one read of entries retained below the
+/// snapshot (`GroupStore::plan_read`): the consensus default for one Append
+/// (`Options::append_entries_max`), which is what the read becomes.
+pub const LOG_READ_ENTRIES_MAX: usize = 256;
+/// At most this many bytes of frames in one read of retained entries,
+/// unless the first frame alone is larger (it is then read alone, and is at
+/// most `FRAME_BYTES_MAX`): the consensus default for one Append
+/// (`Options::append_bytes_max`).
+pub const LOG_READ_BYTES_MAX: u64 = 1 << 20;
 
 // The bounds must be consistent with each other: a frame of the largest size
 // must be writable into an empty segment, a segment (which may exceed
@@ -74,12 +85,18 @@ pub struct StoreOptions {
     /// own still goes into a segment, alone. Must be within
     /// `SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX_LIMIT`.
     pub segment_bytes_max: u64,
+    /// Keep the segments a snapshot covers, so that entries below the
+    /// snapshot point can be read back for a lagging follower
+    /// (docs/protocol.md §8.1, `plan_read`), until `discard_below` deletes
+    /// them. Without it a snapshot deletes every segment it covers.
+    pub retain_below_snapshot: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
             segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            retain_below_snapshot: false,
         }
     }
 }
@@ -122,6 +139,11 @@ pub struct RecoveryReport {
     /// or damaged at rest, in which case the record returned may be older
     /// than the newest one ever synced.
     pub hard_state_copies_valid: u8,
+    /// With `retain_below_snapshot`: damage below the snapshot point (a bad
+    /// frame or an unreadable segment) cut the entries retained there, which
+    /// then start after it. Nothing the replica needs is lost: the snapshot
+    /// covers those entries.
+    pub retained_damage: bool,
 }
 
 /// Everything recovery read back for one group.
@@ -134,7 +156,81 @@ pub struct Recovered {
     /// Every entry after the snapshot, contiguous from `snapshot index + 1`,
     /// up to the first damage (see `report`).
     pub entries: Vec<Entry>,
+    /// With `retain_below_snapshot`: the entries still held below the
+    /// snapshot point, as runs of `(first index, term)` covering
+    /// `[retained_first(), snapshot index]` (what `Replica::set_retained`
+    /// takes). Empty when none are (see docs/storage.md, "Recovery").
+    pub retained_terms: Vec<(Index, Term)>,
     pub report: RecoveryReport,
+}
+
+/// A planned read of entries retained below the snapshot point
+/// (`GroupStore::plan_read`): one `Read` of consecutive frames of one
+/// segment, and what it must find there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogReadPlan {
+    group: GroupId,
+    file: String,
+    offset: u64,
+    first_index: Index,
+    /// The length of each frame expected, in order.
+    frame_bytes: Vec<u32>,
+}
+
+/// A retained frame that failed its checks when read back: it is never
+/// served, and the store no longer retains anything at or below it once the
+/// caller reports it (`GroupStore::discard_below(index + 1)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetainedDamage {
+    /// The index of the first frame that was not intact.
+    pub index: Index,
+}
+
+impl LogReadPlan {
+    /// The op to submit.
+    pub fn op(&self) -> DiskOp {
+        DiskOp::Read {
+            file: self.file.clone(),
+            offset: self.offset,
+            len: self.bytes(),
+        }
+    }
+
+    /// The index of the first entry read.
+    pub fn first_index(&self) -> Index {
+        self.first_index
+    }
+
+    /// How many entries the read covers.
+    pub fn entry_count(&self) -> usize {
+        self.frame_bytes.len()
+    }
+
+    /// Bytes the read covers.
+    pub fn bytes(&self) -> u64 {
+        self.frame_bytes.iter().map(|&bytes| u64::from(bytes)).sum()
+    }
+
+    /// The entries in the bytes the `Read` returned. Every frame must be
+    /// whole, pass its checksum (which binds it to the group), carry the
+    /// expected index and have the planned length; the first that does not
+    /// is reported, and nothing is served (damaged data is never sent,
+    /// docs/protocol.md §8.1). Terms are the caller's to check.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Vec<Entry>, RetainedDamage> {
+        let mut entries = Vec::with_capacity(self.frame_bytes.len());
+        let mut position = 0;
+        for (k, &expected_bytes) in self.frame_bytes.iter().enumerate() {
+            let index = self.first_index + k as u64;
+            match codec::decode_frame(self.group, bytes, position, |found| found == index) {
+                Some((entry, length)) if length == expected_bytes as usize => {
+                    entries.push(entry);
+                    position += length;
+                }
+                _ => return Err(RetainedDamage { index }),
+            }
+        }
+        Ok(entries)
+    }
 }
 
 /// Why a group could not be recovered at all.
@@ -287,6 +383,11 @@ pub struct GroupStore {
     terms: Vec<(Index, Term)>,
     hard_state: HardState,
     vote: VoteSlots,
+    /// The lowest index the store holds and serves (`plan_read`): frames
+    /// from here up to the snapshot index are retained below the snapshot.
+    /// `snapshot_index + 1` when none are (always, without
+    /// `retain_below_snapshot`). The first segment's `base` is at most this.
+    retained_first: Index,
     /// Segments (by name) written or truncated since their last planned sync.
     dirty_segments: BTreeSet<Index>,
     /// Vote slots written since their last planned sync.
@@ -370,6 +471,7 @@ impl GroupStore {
                 sequence: 2,
                 newest_unsynced: false,
             },
+            retained_first: 1,
             dirty_segments: BTreeSet::new(),
             dirty_votes: [false; 2],
             dirty_log_dir: false,
@@ -685,7 +787,9 @@ impl GroupStore {
     /// `SyncDir` the group directory. Then:
     /// - if the log holds `(index, term)` of the snapshot, `Delete` every
     ///   segment whose entries are all at or below the index, then `SyncDir`
-    ///   the log directory; the entries after the index stay;
+    ///   the log directory; the entries after the index stay; with
+    ///   `retain_below_snapshot` nothing is deleted, and the entries at or
+    ///   below the index stay readable (`plan_read`) until `discard_below`;
     /// - otherwise the whole log is discarded: first the segments that start
     ///   after the snapshot index are deleted and the directory synced, then
     ///   the rest and the directory synced again, so that a crash part-way
@@ -729,7 +833,10 @@ impl GroupStore {
         });
         self.dirty_group_dir = false;
 
-        if contains {
+        // §8.1: when retaining, the covered segments stay, readable below
+        // the snapshot point until `discard_below` deletes them, and the
+        // frames from `retained_first` on are retained.
+        if contains && !self.options.retain_below_snapshot {
             // A segment is wholly covered when the next one starts at or
             // below index + 1, or, for the last one, when it ends at or below
             // the index (an empty last segment is named last_index + 1, which
@@ -752,6 +859,9 @@ impl GroupStore {
                     first.base = index + 1;
                 }
             }
+            self.retained_first = index + 1;
+        }
+        if contains {
             // Keep only the runs of entries after the index: the run that
             // covers index + 1 restarts there unless a new run starts there.
             let keep_from = self.terms.partition_point(|&(start, _)| start <= index);
@@ -773,6 +883,7 @@ impl GroupStore {
             self.delete_segments(&rest, &mut ops);
             self.terms.clear();
             self.last_index = index;
+            self.retained_first = index + 1;
         }
         self.snapshot_index = index;
         self.snapshot_term = term;
@@ -859,6 +970,141 @@ impl GroupStore {
     /// The index of the current snapshot, 0 when there is none.
     pub fn snapshot_index(&self) -> Index {
         self.snapshot_index
+    }
+
+    /// The lowest index retained below the snapshot point and readable with
+    /// `plan_read`; `snapshot_index() + 1` when nothing is retained (always,
+    /// without `retain_below_snapshot`).
+    pub fn retained_first(&self) -> Index {
+        self.retained_first
+    }
+
+    /// Bytes of the frames retained below the snapshot point, from
+    /// `retained_first()` up to the snapshot index.
+    pub fn retained_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter_map(|segment| self.retained_in(segment))
+            .map(|(segment, count)| frame_end(segment, count - 1) - u64::from(segment.offsets[0]))
+            .sum()
+    }
+
+    /// The lowest index from which the frames retained up to the snapshot
+    /// point hold at most `bytes_max` bytes: `discard_below` of it bounds
+    /// what the store keeps below the snapshot. `snapshot_index() + 1` when
+    /// not even the frame at the snapshot index fits.
+    pub fn retained_floor_for_bytes(&self, bytes_max: u64) -> Index {
+        let mut floor = self.snapshot_index + 1;
+        let mut total = 0;
+        for (segment, count) in self
+            .segments
+            .iter()
+            .rev()
+            .filter_map(|segment| self.retained_in(segment))
+        {
+            let end = frame_end(segment, count - 1);
+            let room = bytes_max - total;
+            // The first frame from which the rest of this segment's retained
+            // frames fit in the room left.
+            let fits_from =
+                segment.offsets[..count].partition_point(|&offset| end - u64::from(offset) > room);
+            if fits_from > 0 {
+                return segment.base + fits_from as u64;
+            }
+            total += end - u64::from(segment.offsets[0]);
+            floor = segment.base;
+        }
+        floor
+    }
+
+    /// The frames of `segment` retained below the snapshot point: the
+    /// segment and how many, from its `base` on; None if it holds none.
+    fn retained_in<'a>(&self, segment: &'a Segment) -> Option<(&'a Segment, usize)> {
+        if segment.offsets.is_empty() || segment.base > self.snapshot_index {
+            return None;
+        }
+        let stop = segment.end().min(self.snapshot_index + 1);
+        Some((segment, (stop - segment.base) as usize))
+    }
+
+    /// Plans a read of retained entries from `from` on, below the snapshot
+    /// point (docs/protocol.md §8.1): one `Read` of consecutive frames of the
+    /// segment holding `from`, at most up to the snapshot index, at most
+    /// `LOG_READ_ENTRIES_MAX` frames and `LOG_READ_BYTES_MAX` bytes (or the
+    /// first frame alone when it is larger). None when `from` is not
+    /// retained (`retained_first()..=snapshot_index()`).
+    ///
+    /// The read changes nothing, so it needs no durability contract; being
+    /// submitted to the FIFO disk after every op planned before it, it sees
+    /// their effects. Its result goes through `LogReadPlan::decode`, which
+    /// refuses any frame that fails its checks. A segment deleted before the
+    /// read runs (`discard_below`) makes it fail; the caller then answers
+    /// as for damage, without serving anything.
+    pub fn plan_read(&self, from: Index) -> Option<LogReadPlan> {
+        if from < self.retained_first || from > self.snapshot_index {
+            return None;
+        }
+        let segment = self
+            .segments
+            .iter()
+            .rfind(|segment| segment.base <= from && from < segment.end())?;
+        let (_, count) = self.retained_in(segment)?;
+        let start = (from - segment.base) as usize;
+        let mut frame_bytes = Vec::new();
+        let mut total = 0;
+        for position in start..count {
+            let bytes = frame_end(segment, position) - u64::from(segment.offsets[position]);
+            if !frame_bytes.is_empty()
+                && (frame_bytes.len() >= LOG_READ_ENTRIES_MAX || total + bytes > LOG_READ_BYTES_MAX)
+            {
+                break;
+            }
+            frame_bytes.push(u32::try_from(bytes).expect("frames are within FRAME_BYTES_MAX"));
+            total += bytes;
+        }
+        Some(LogReadPlan {
+            group: self.group,
+            file: self.paths.segment(segment.name),
+            offset: u64::from(segment.offsets[start]),
+            first_index: from,
+            frame_bytes,
+        })
+    }
+
+    /// Stops retaining the entries below `index` (at most the snapshot
+    /// index + 1) and deletes every segment whose frames are all below it;
+    /// a segment that also holds later frames stays whole (the frames below
+    /// `index` in it are no longer served). The ops: the repair ops on the
+    /// first plan after recovery, then a `Delete` of each such segment,
+    /// oldest first, and one `SyncDir` of the log directory.
+    ///
+    /// Durability contract: when the ops complete the segments are durably
+    /// gone. A crash part-way can leave any subset of them; recovery keeps
+    /// only the retained frames that run without a gap up to the snapshot
+    /// index, and deletes the rest (docs/storage.md, "Recovery"), so a
+    /// survivor below a gap is removed then. Nothing is written, and no
+    /// entry above the snapshot is touched.
+    pub fn discard_below(&mut self, index: Index) -> Vec<DiskOp> {
+        let index = index.min(self.snapshot_index + 1);
+        if index <= self.retained_first {
+            return Vec::new();
+        }
+        self.retained_first = index;
+        let mut ops = self.take_prelude(false);
+        let whole = self
+            .segments
+            .iter()
+            .take_while(|segment| !segment.offsets.is_empty() && segment.end() <= index)
+            .count();
+        let removed: Vec<Segment> = self.segments.drain(..whole).collect();
+        self.delete_segments(&removed, &mut ops);
+        if let Some(first) = self.segments.first_mut() {
+            if first.base < index && index < first.end() {
+                first.offsets.drain(..(index - first.base) as usize);
+                first.base = index;
+            }
+        }
+        ops
     }
 
     /// The group this store belongs to.
@@ -974,6 +1220,15 @@ impl GroupStore {
     }
 }
 
+/// Where the frame at `position` of `segment` ends: where the next one
+/// starts, or the end of the segment's log bytes for the last.
+fn frame_end(segment: &Segment, position: usize) -> u64 {
+    segment
+        .offsets
+        .get(position + 1)
+        .map_or(segment.len, |&offset| u64::from(offset))
+}
+
 /// Exposed to recovery, which builds a store from what it found.
 pub(crate) struct RecoveredParts {
     pub group: GroupId,
@@ -983,6 +1238,7 @@ pub(crate) struct RecoveredParts {
     pub segments: Vec<(Index, Index, Vec<u32>, u64)>,
     pub entries_terms: Vec<(Index, Term)>,
     pub last_index: Index,
+    pub retained_first: Index,
     pub hard_state: HardState,
     pub newest_slot: usize,
     pub sequence: u64,
@@ -1011,6 +1267,7 @@ impl GroupStore {
                 })
                 .collect(),
             terms: parts.entries_terms,
+            retained_first: parts.retained_first,
             hard_state: parts.hard_state,
             vote: VoteSlots {
                 newest: parts.newest_slot,

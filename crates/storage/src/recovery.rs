@@ -216,7 +216,14 @@ pub(crate) fn recover(
         .as_ref()
         .map_or((0, 0), |snapshot| (snapshot.meta.index, snapshot.meta.term));
 
-    let log = scan_log(disk, group, &paths, &names, snapshot_index, snapshot_term)?;
+    let log = scan_log(
+        disk,
+        group,
+        &paths,
+        &names,
+        (snapshot_index, snapshot_term),
+        options.retain_below_snapshot,
+    )?;
 
     // Repair: make what was read durable, then remove what is not part of
     // the state returned. The syncs come first so that, for example, the
@@ -335,7 +342,12 @@ pub(crate) fn recover(
             .max(last_index),
         corrupt_entries: log.corrupt,
         hard_state_copies_valid: copies_valid,
+        retained_damage: log.retained_damage,
     };
+    let retained_first = log
+        .retained_terms
+        .first()
+        .map_or(snapshot_index + 1, |&(first, _)| first);
     let store = GroupStore::from_recovery(RecoveredParts {
         group,
         options,
@@ -344,6 +356,7 @@ pub(crate) fn recover(
         segments: log.segments,
         entries_terms: terms,
         last_index,
+        retained_first,
         hard_state: newest.state,
         newest_slot,
         sequence: newest.sequence,
@@ -356,6 +369,7 @@ pub(crate) fn recover(
         hard_state: newest.state,
         snapshot,
         entries: log.entries,
+        retained_terms: log.retained_terms,
         report,
     }))
 }
@@ -382,6 +396,134 @@ struct LogScan {
     /// The highest index of any intact frame, including frames past a
     /// corruption that are not returned.
     highest_index: Index,
+    /// §8.1: the runs of `(first index, term)` of the frames retained below
+    /// the snapshot point, up to it; empty when none are.
+    retained_terms: Vec<(Index, Term)>,
+    /// Damage below the snapshot point cut what is retained.
+    retained_damage: bool,
+}
+
+/// One intact frame at or below the snapshot point.
+struct RetainedFrame {
+    segment: Index,
+    offset: u64,
+    length: u64,
+    index: Index,
+    term: Term,
+}
+
+/// The frames at or below the snapshot point that run without a gap or
+/// damage, newest run only: retention below the snapshot restarts after any
+/// damage (the snapshot covers those entries, so damage there loses nothing
+/// the replica needs, only what it could have served from disk).
+#[derive(Default)]
+struct RetainedRun {
+    frames: Vec<RetainedFrame>,
+    damaged: bool,
+    /// An intact frame at the snapshot index with another term: the log is
+    /// one the snapshot replaced.
+    stale: bool,
+}
+
+impl RetainedRun {
+    fn add_segment(&mut self, segment: &ParsedSegment, snapshot: (Index, Term)) {
+        let (snapshot_index, snapshot_term) = snapshot;
+        if self
+            .frames
+            .last()
+            .is_some_and(|last| last.index + 1 != segment.name)
+        {
+            self.frames.clear();
+        }
+        for item in &segment.items {
+            match item {
+                Item::Frame { offset, entry } => {
+                    if entry.index > snapshot_index {
+                        return;
+                    }
+                    if entry.index == snapshot_index && entry.term != snapshot_term {
+                        self.stale = true;
+                    }
+                    if self
+                        .frames
+                        .last()
+                        .is_some_and(|last| last.index + 1 != entry.index)
+                    {
+                        self.frames.clear();
+                    }
+                    self.frames.push(RetainedFrame {
+                        segment: segment.name,
+                        offset: *offset,
+                        length: codec::frame_bytes(entry) as u64,
+                        index: entry.index,
+                        term: entry.term,
+                    });
+                }
+                Item::Damage { expected, .. } => {
+                    if *expected > snapshot_index {
+                        return;
+                    }
+                    self.damaged = true;
+                    self.frames.clear();
+                }
+            }
+        }
+    }
+
+    /// The run, if it reaches the snapshot point (only then can it serve a
+    /// follower whose next entry is anywhere in it).
+    fn finish(mut self, snapshot: (Index, Term)) -> Vec<RetainedFrame> {
+        let reaches = self
+            .frames
+            .last()
+            .is_some_and(|last| (last.index, last.term) == snapshot);
+        if !reaches {
+            self.frames.clear();
+        }
+        self.frames
+    }
+}
+
+/// Reads and parses one segment file. Err (with the reason) when the file
+/// is larger than any segment the store writes.
+fn read_segment(
+    disk: &mut dyn Disk,
+    group: GroupId,
+    paths: &Paths,
+    name: Index,
+) -> Result<ParsedSegment, String> {
+    let file = paths.segment(name);
+    match disk.read_file(&file) {
+        Ok(bytes) => {
+            if bytes.len() as u64 > SEGMENT_FILE_BYTES_MAX {
+                return Err(format!(
+                    "{file} has {} bytes, more than any segment the store writes",
+                    bytes.len()
+                ));
+            }
+            Ok(ParsedSegment {
+                name,
+                file_bytes: bytes.len() as u64,
+                items: parse_segment(group, name, &bytes),
+            })
+        }
+        Err(_) => Ok(unreadable_segment(name)),
+    }
+}
+
+/// A segment that could not be read: damaged from its start.
+fn unreadable_segment(name: Index) -> ParsedSegment {
+    ParsedSegment {
+        name,
+        file_bytes: 0,
+        items: vec![Item::Damage {
+            offset: 0,
+            end: 0,
+            expected: name,
+            next: None,
+            unreadable: true,
+        }],
+    }
 }
 
 fn scan_log(
@@ -389,9 +531,10 @@ fn scan_log(
     group: GroupId,
     paths: &Paths,
     names: &[Index],
-    snapshot_index: Index,
-    snapshot_term: Term,
+    snapshot: (Index, Term),
+    retain: bool,
 ) -> Result<LogScan, RecoveryError> {
+    let (snapshot_index, snapshot_term) = snapshot;
     let mut scan = LogScan::default();
     // Segments wholly at or below the snapshot, known from the name of the
     // next segment alone, so they need not be read (a crash during
@@ -401,36 +544,28 @@ fn scan_log(
         first_live += 1;
     }
     scan.dead.extend_from_slice(&names[..first_live]);
+    // §8.1: with retention those segments hold the entries below the
+    // snapshot point that can still be served. Each is read and parsed on
+    // its own, keeping only the frames' positions, so that memory holds one
+    // segment's bytes at a time. A file too large to be a segment is damage
+    // here, not a reason to refuse the group: the snapshot covers it.
+    let retaining = retain && snapshot_index > 0;
+    let mut retained = RetainedRun::default();
+    if retaining {
+        for &name in &names[..first_live] {
+            let segment =
+                read_segment(disk, group, paths, name).unwrap_or_else(|_| unreadable_segment(name));
+            retained.add_segment(&segment, snapshot);
+        }
+    }
     let mut parsed = Vec::new();
     for &name in &names[first_live..] {
-        let file = paths.segment(name);
-        let segment = match disk.read_file(&file) {
-            Ok(bytes) => {
-                if bytes.len() as u64 > SEGMENT_FILE_BYTES_MAX {
-                    return Err(RecoveryError::Corrupt(format!(
-                        "{file} has {} bytes, more than any segment the store writes",
-                        bytes.len()
-                    )));
-                }
-                ParsedSegment {
-                    name,
-                    file_bytes: bytes.len() as u64,
-                    items: parse_segment(group, name, &bytes),
-                }
-            }
-            Err(_) => ParsedSegment {
-                name,
-                file_bytes: 0,
-                items: vec![Item::Damage {
-                    offset: 0,
-                    end: 0,
-                    expected: name,
-                    next: None,
-                    unreadable: true,
-                }],
-            },
-        };
-        parsed.push(segment);
+        parsed.push(read_segment(disk, group, paths, name).map_err(RecoveryError::Corrupt)?);
+    }
+    if retaining {
+        if let Some(first) = parsed.first() {
+            retained.add_segment(first, snapshot);
+        }
     }
 
     // A log the snapshot replaced: its entry at the snapshot index has
@@ -448,7 +583,10 @@ fn scan_log(
         })
     };
     let mut stale = snapshot_index > 0 && parsed.iter().any(|segment| mismatch(&segment.items));
-    if snapshot_index > 0 && !stale && first_live > 0 {
+    if retaining {
+        // Every segment set aside was read above.
+        stale |= retained.stale;
+    } else if snapshot_index > 0 && !stale && first_live > 0 {
         let name = names[first_live - 1];
         if let Ok(bytes) = disk.read_file(&paths.segment(name)) {
             stale = mismatch(&parse_segment(group, name, &bytes));
@@ -599,5 +737,60 @@ fn scan_log(
     for segment in &parsed[end.segment + 1..] {
         past_end(&mut scan, segment.name);
     }
+    scan.retained_damage = retained.damaged;
+    add_retained(&mut scan, retained.finish(snapshot));
     Ok(scan)
+}
+
+/// Puts the retained frames in front of the store's segments: the segments
+/// set aside below the snapshot that hold them are kept (and no longer dead),
+/// and the first live segment's frames at or below the snapshot, if it holds
+/// some, come before its own.
+fn add_retained(scan: &mut LogScan, frames: Vec<RetainedFrame>) {
+    let Some(first) = frames.first() else {
+        return;
+    };
+    let mut runs: Vec<(Index, Term)> = Vec::new();
+    for frame in &frames {
+        if runs.last().is_none_or(|&(_, term)| term != frame.term) {
+            runs.push((frame.index, frame.term));
+        }
+    }
+    scan.retained_terms = runs;
+    let live_first = scan.segments.first().map(|segment| segment.0);
+    let mut below: Vec<(Index, Index, Vec<u32>, u64)> = Vec::new();
+    let mut live_prefix: Vec<u32> = Vec::new();
+    let mut live_base = None;
+    for frame in &frames {
+        let offset = u32::try_from(frame.offset).expect("segment size checked above");
+        if Some(frame.segment) == live_first {
+            live_base.get_or_insert(frame.index);
+            live_prefix.push(offset);
+            continue;
+        }
+        match below.last_mut() {
+            Some(segment) if segment.0 == frame.segment => {
+                segment.2.push(offset);
+                segment.3 = frame.offset + frame.length;
+            }
+            _ => below.push((
+                frame.segment,
+                frame.index,
+                vec![offset],
+                frame.offset + frame.length,
+            )),
+        }
+    }
+    debug_assert!(first.index == below.first().map_or(first.index, |segment| segment.1));
+    if let (Some(base), Some(segment)) = (live_base, scan.segments.first_mut()) {
+        debug_assert_eq!(segment.1, base + live_prefix.len() as u64);
+        live_prefix.append(&mut segment.2);
+        segment.1 = base;
+        segment.2 = live_prefix;
+    }
+    scan.dead
+        .retain(|name| !below.iter().any(|segment| segment.0 == *name));
+    scan.kept.extend(below.iter().map(|segment| segment.0));
+    below.append(&mut scan.segments);
+    scan.segments = below;
 }

@@ -2,8 +2,10 @@
 //!
 //! `scenarios` walks through each part of the format and each kind of damage
 //! on purpose; `model` runs random sequences of appends, truncations,
-//! snapshots, vote saves and crashes against a model of what must survive.
+//! snapshots, vote saves and crashes against a model of what must survive;
+//! `retained` covers the entries kept below the snapshot point (§8.1).
 
 mod model;
+mod retained;
 mod scenarios;
 mod support;

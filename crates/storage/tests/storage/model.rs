@@ -17,10 +17,19 @@
 //!
 //! After each completed `sync_ops` the test double must have no uncovered op
 //! left: that checks `sync_ops` covers every write, create and delete.
+//!
+//! Half the cases run with `retain_below_snapshot`, with discards of retained
+//! entries among the actions: between crashes, reading back every retained
+//! entry (`plan_read`) must give exactly the entries that snapshots covered
+//! since, from `retained_first` to the snapshot index; after a crash, every
+//! retained entry recovery kept must read back intact, with the terms it
+//! reported, up to the snapshot's own index and term.
+
+use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use runnel_consensus::{Config, Entry, HardState, Payload, Snapshot, SnapshotMeta};
-use runnel_io::DiskOp;
+use runnel_io::{Disk, DiskOp, DiskOutput};
 use runnel_storage::{GroupStore, Recovered, StoreOptions};
 
 use crate::support::{Crash, MemDisk};
@@ -49,6 +58,11 @@ enum Action {
         size: u8,
     },
     Sync,
+    /// Discards retained entries below a point picked between the retained
+    /// first index and the snapshot index + 1.
+    Discard {
+        pick: u16,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +111,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u8..3, any::<u16>(), any::<u8>())
             .prop_map(|(kind, pick, size)| Action::Snapshot { kind, pick, size }),
         3 => Just(Action::Sync),
+        1 => any::<u16>().prop_map(|pick| Action::Discard { pick }),
     ]
 }
 
@@ -179,11 +194,17 @@ struct Harness {
     /// The last recovery reported corruption, whose evidence stays on disk
     /// until a plan that writes the log completes.
     evidence: bool,
+    /// With retention: the entries snapshots covered, by index, that the
+    /// store must still serve from `retained_first` on.
+    below: BTreeMap<u64, Entry>,
 }
 
 impl Harness {
-    fn new(segment_bytes_max: u64) -> Harness {
-        let options = StoreOptions { segment_bytes_max };
+    fn new(segment_bytes_max: u64, retain_below_snapshot: bool) -> Harness {
+        let options = StoreOptions {
+            segment_bytes_max,
+            retain_below_snapshot,
+        };
         let mut disk = MemDisk::new();
         let (store, ops) = GroupStore::create(GROUP, options.clone(), &HardState::default());
         disk.run(ops);
@@ -201,6 +222,7 @@ impl Harness {
             snapshot_floor: 0,
             term: 0,
             evidence: false,
+            below: BTreeMap::new(),
         }
     }
 
@@ -278,14 +300,24 @@ impl Harness {
                     data: vec![size; usize::from(size) % 40],
                 };
                 if keep {
-                    next.log.drain(..(index + 1 - first) as usize);
+                    for entry in next.log.drain(..(index + 1 - first) as usize) {
+                        self.below.insert(entry.index, entry);
+                    }
                 } else {
                     next.log.clear();
+                    self.below.clear();
                 }
                 next.snapshot = Some(snapshot.clone());
                 self.store.save_snapshot(&snapshot)
             }
             Action::Sync => self.store.sync_ops(),
+            Action::Discard { pick } => {
+                let low = self.store.retained_first();
+                let index = low + u64::from(pick) % (first - low + 1);
+                let ops = self.store.discard_below(index);
+                self.below.retain(|&at, _| at >= index);
+                ops
+            }
         };
         (ops, next)
     }
@@ -312,7 +344,16 @@ impl Harness {
                 self.history.push(self.state.clone());
                 self.evidence = false;
             }
-            Action::Vote { .. } => self.history.push(self.state.clone()),
+            Action::Vote { .. } | Action::Discard { .. } => self.history.push(self.state.clone()),
+        }
+        if self.options.retain_below_snapshot {
+            let read = read_retained(&mut self.disk, &self.store);
+            let expected: Vec<Entry> = self
+                .below
+                .range(self.store.retained_first()..)
+                .map(|(_, entry)| entry.clone())
+                .collect();
+            assert_eq!(read, expected, "retained entries read back differ");
         }
     }
 
@@ -356,6 +397,13 @@ impl Harness {
             matches!(mode, Crash::Subset { .. }) || self.evidence,
         );
         self.evidence = !recovered.report.corrupt_entries.is_empty();
+        if self.options.retain_below_snapshot {
+            let read = read_retained(&mut self.disk, &recovered.store);
+            check_retained(&recovered, &read);
+            self.below = read.into_iter().map(|entry| (entry.index, entry)).collect();
+        } else {
+            assert!(recovered.retained_terms.is_empty());
+        }
         candidates.clear();
         self.state = State {
             snapshot: recovered.snapshot,
@@ -370,6 +418,60 @@ impl Harness {
         self.history = vec![self.state.clone()];
         self.snapshot_floor = 0;
     }
+}
+
+/// Reads every retained entry back through `plan_read`, asserting that each
+/// read decodes intact.
+fn read_retained(disk: &mut MemDisk, store: &GroupStore) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut from = store.retained_first();
+    while from <= store.snapshot_index() {
+        let plan = store
+            .plan_read(from)
+            .unwrap_or_else(|| panic!("retained index {from} has no read plan"));
+        disk.submit(0, plan.op());
+        let completion = disk.completions.pop().expect("a completion");
+        let Ok(DiskOutput::Data(bytes)) = completion.result else {
+            panic!("read of retained index {from} failed: {completion:?}");
+        };
+        let entries = plan
+            .decode(&bytes)
+            .unwrap_or_else(|damage| panic!("retained read from {from} damaged: {damage:?}"));
+        assert_eq!(entries.len(), plan.entry_count());
+        assert!(!entries.is_empty());
+        from += entries.len() as u64;
+        out.extend(entries);
+    }
+    assert!(store.plan_read(from).is_none(), "a read past the snapshot");
+    out
+}
+
+/// What recovery retained is contiguous up to the snapshot point, with the
+/// terms it reported.
+fn check_retained(recovered: &Recovered, read: &[Entry]) {
+    let store = &recovered.store;
+    let Some(first) = read.first() else {
+        assert!(recovered.retained_terms.is_empty());
+        assert_eq!(store.retained_first(), store.snapshot_index() + 1);
+        return;
+    };
+    assert_eq!(first.index, store.retained_first());
+    let snapshot = recovered
+        .snapshot
+        .as_ref()
+        .expect("retention needs a snapshot");
+    let last = read.last().expect("not empty");
+    assert_eq!(
+        (last.index, last.term),
+        (snapshot.meta.index, snapshot.meta.term)
+    );
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for entry in read {
+        if runs.last().is_none_or(|&(_, term)| term != entry.term) {
+            runs.push((entry.index, entry.term));
+        }
+    }
+    assert_eq!(runs, recovered.retained_terms);
 }
 
 /// `may_be_corrupt`: the crash kept a random subset of unsynced ops, or an
@@ -449,9 +551,10 @@ proptest! {
     #[test]
     fn recovery_returns_what_was_durable(
         segment_bytes_max in prop::sample::select(vec![25u64, 70, 150, 1000]),
+        retain_below_snapshot in any::<bool>(),
         steps in prop::collection::vec(step(), 1..60),
     ) {
-        let mut harness = Harness::new(segment_bytes_max);
+        let mut harness = Harness::new(segment_bytes_max, retain_below_snapshot);
         for step in &steps {
             harness.step(step);
         }

@@ -15,7 +15,10 @@ const GROUP: u64 = 7;
 const BIG: u64 = 1 << 20;
 
 fn options(segment_bytes_max: u64) -> StoreOptions {
-    StoreOptions { segment_bytes_max }
+    StoreOptions {
+        segment_bytes_max,
+        retain_below_snapshot: false,
+    }
 }
 
 /// An entry whose payload kind and size vary with its index.

@@ -175,7 +175,8 @@ impl MemDisk {
         });
     }
 
-    /// Makes `read_file` of this file fail (a latent sector error).
+    /// Makes `read_file` and `Read` of this file fail (a latent sector
+    /// error).
     pub fn make_unreadable(&mut self, file: &str) {
         self.unreadable.insert(file.to_string());
     }
@@ -364,6 +365,9 @@ impl MemDisk {
             }
             DiskOp::Read { file, offset, len } => {
                 let inode = self.names.get(&file).ok_or(DiskError::NotFound)?;
+                if self.unreadable.contains(&file) {
+                    return Err(DiskError::ReadFailed);
+                }
                 let data = &self.inodes[inode].current;
                 let start = (offset as usize).min(data.len());
                 let end = (offset.saturating_add(len) as usize).min(data.len());
