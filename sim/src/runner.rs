@@ -51,6 +51,9 @@ pub const HELD_EVENTS_MAX: usize = 20_000;
 pub const LIVENESS_APPENDS_MIN: u64 = 5;
 /// How often all logs are compared.
 pub const CHECK_INTERVAL_MS: u64 = 1_000;
+/// The chance, at each check, that a running faulty disk is damaged at rest
+/// (`damage_running_disk`): a few times in a seed's safety phase.
+pub const RUNNING_DISK_DAMAGE_CHANCE: f64 = 0.08;
 /// Violations reported by one run; the run stops at the first anyway.
 pub const VIOLATIONS_MAX: usize = 100;
 /// A restarted node's clock origin moves by up to this much (with skew on).
@@ -765,6 +768,7 @@ impl Simulation {
             Scheduled::FaultEnd { class, nodes } => self.fault_end(class, &nodes),
             Scheduled::Check => {
                 self.queue.push(now + CHECK_INTERVAL_MS, Scheduled::Check);
+                self.damage_running_disk();
                 self.observe_everything();
                 self.check_log_matching_now();
                 if self.options.verbose {
@@ -1216,6 +1220,43 @@ impl Simulation {
             report.torn_writes,
             report.kept_name_ops
         ));
+    }
+
+    /// Bit rot and latent sector errors strike a running node too, not only
+    /// one that is down: on the fault atlas's faulty disk, now and then, an
+    /// older log segment (not one of each log's two newest, as at a crash)
+    /// is damaged while the node runs. The node meets it only when it reads
+    /// the segment: serving a follower from the log kept below a snapshot
+    /// (§8.1), which must find the damage and send the snapshot instead, or
+    /// at its next start, which repairs as after any damage at rest.
+    fn damage_running_disk(&mut self) {
+        let Some(faulty) = self.plan.faulty_disk.clone() else {
+            return;
+        };
+        let index = faulty.node;
+        if self.phase != Phase::Safety
+            || self.nodes[index].state != NodeState::Up
+            || !(faulty.corrupt_at_rest || faulty.latent_read_errors)
+            || !self.fault_rng.chance(RUNNING_DISK_DAMAGE_CHANCE)
+        {
+            return;
+        }
+        let id = self.nodes[index].id;
+        let disk = &mut self.nodes[index].disk;
+        let newest = newest_segments(disk, 2);
+        let eligible =
+            |name: &str| name.ends_with(".seg") && !newest.iter().any(|segment| segment == name);
+        if faulty.corrupt_at_rest && (!faulty.latent_read_errors || self.fault_rng.chance(0.5)) {
+            if let Some((file, offset, bit)) = disk.flip_bit_at_rest(&eligible) {
+                self.faults.add(FaultClass::CorruptAtRest, 1);
+                self.fault_line(format!(
+                    "corrupt running n{id}: bit {bit} of byte {offset} of {file}"
+                ));
+            }
+        } else if let Some(file) = disk.make_unreadable_at_rest(&eligible) {
+            self.faults.add(FaultClass::LatentReadError, 1);
+            self.fault_line(format!("latent sector error on running n{id}: {file}"));
+        }
     }
 
     fn resume(&mut self, index: usize) {

@@ -448,6 +448,31 @@ impl Broker {
         );
     }
 
+    /// Asks the node for a read index (docs/protocol.md §6.3) of each of
+    /// `groups`, as parts 0.. of pending request `pending_id`.
+    fn read_indexes(
+        &mut self,
+        groups: &[GroupId],
+        pending_id: u64,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        for (part, &group) in groups.iter().enumerate() {
+            let request_id = self.next_id();
+            self.proposals.insert(request_id, (pending_id, part));
+            self.node_event(
+                Event::Client(ClientRequest {
+                    client: 0,
+                    request_id,
+                    group,
+                    op: ClientOp::ReadIndex,
+                }),
+                env,
+                collector,
+            );
+        }
+    }
+
     fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -707,20 +732,7 @@ impl Broker {
                             },
                         },
                     );
-                    for (part, group) in parts.into_iter().enumerate() {
-                        let request_id = self.next_id();
-                        self.proposals.insert(request_id, (id, part));
-                        self.node_event(
-                            Event::Client(ClientRequest {
-                                client: 0,
-                                request_id,
-                                group,
-                                op: ClientOp::ReadIndex,
-                            }),
-                            env,
-                            collector,
-                        );
-                    }
+                    self.read_indexes(&parts, id, env, collector);
                     self.finish_if_done(id);
                     return;
                 }

@@ -972,20 +972,7 @@ impl Broker {
                 },
             },
         );
-        for (part, group) in reads.into_iter().enumerate() {
-            let request_id = self.next_id();
-            self.proposals.insert(request_id, (id, part));
-            self.node_event(
-                Event::Client(ClientRequest {
-                    client: 0,
-                    request_id,
-                    group,
-                    op: ClientOp::ReadIndex,
-                }),
-                env,
-                collector,
-            );
-        }
+        self.read_indexes(&reads, id, env, collector);
         self.finish_if_done(id);
     }
 
