@@ -462,6 +462,13 @@ fn metrics_report_what_the_node_leads_and_holds() {
     assert_eq!(value("runnel_partitions_led"), 2 + offsets_partitions);
     assert_eq!(value("runnel_partitions_under_replicated"), 0);
     assert_eq!(value("runnel_node_failed"), 0);
+    // A single node has no follower to catch up.
+    assert!(text.contains("# TYPE runnel_catch_up_log_reads_total counter"));
+    assert_eq!(value("runnel_catch_up_snapshots_sent_total"), 0);
+    assert_eq!(
+        value("runnel_catch_up_log_reads_total{outcome=\"damaged\"}"),
+        0
+    );
     // create_topic wrote one record to partition 0, the produce three more.
     assert_eq!(
         value("runnel_partition_high_watermark{topic=\"orders\",partition=\"0\"}"),

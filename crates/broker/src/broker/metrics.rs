@@ -68,6 +68,28 @@ impl Broker {
             &[(String::new(), self.node.oversized_messages_dropped())],
         );
 
+        // §8.1: how lagging followers were caught up since the node
+        // started; many snapshots or damaged reads are worth a look.
+        let catch_up = self.node.catch_up_stats();
+        counter(
+            &mut out,
+            "runnel_catch_up_snapshots_sent_total",
+            "Snapshots sent to followers that were behind the log this node keeps.",
+            &[(String::new(), catch_up.snapshots_sent)],
+        );
+        counter(
+            &mut out,
+            "runnel_catch_up_log_reads_total",
+            "Reads of the log kept below a snapshot for a lagging follower, by outcome.",
+            &[
+                ("served", catch_up.log_reads_served),
+                ("refused", catch_up.log_reads_refused),
+                ("failed", catch_up.log_reads_failed),
+                ("damaged", catch_up.log_reads_damaged),
+            ]
+            .map(|(outcome, value)| (format!("outcome=\"{outcome}\""), value)),
+        );
+
         let mut hosted = 0u64;
         let mut led = 0u64;
         let mut under_replicated = 0u64;
@@ -204,8 +226,13 @@ struct PartitionSeries {
 /// Appends one gauge with its help text and every labelled value (labels
 /// as `key="value",...`, or empty for none).
 pub fn gauge(out: &mut String, name: &str, help: &str, values: &[(String, u64)]) {
+    family(out, name, help, "gauge", values);
+}
+
+/// One metric family: its help and type lines, then a line per series.
+fn family(out: &mut String, name: &str, help: &str, kind: &str, values: &[(String, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value) in values {
         if labels.is_empty() {
             let _ = writeln!(out, "{name} {value}");
@@ -213,6 +240,11 @@ pub fn gauge(out: &mut String, name: &str, help: &str, values: &[(String, u64)])
             let _ = writeln!(out, "{name}{{{labels}}} {value}");
         }
     }
+}
+
+/// A counter: a value that only grows while the process runs.
+fn counter(out: &mut String, name: &str, help: &str, values: &[(String, u64)]) {
+    family(out, name, help, "counter", values);
 }
 
 /// A label value as the text format wants it: backslash, quote and newline
