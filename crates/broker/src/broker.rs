@@ -1352,8 +1352,15 @@ impl Broker {
                             answer.error_code = error_code::NOT_LEADER_OR_FOLLOWER;
                             return answer;
                         };
+                        let epoch = self.leader_of(placement.group).1;
+                        if let Some(code) =
+                            fetch::leader_epoch_error(partition.current_leader_epoch, epoch)
+                        {
+                            answer.error_code = code;
+                            return answer;
+                        }
                         if version >= 4 {
-                            answer.leader_epoch = self.leader_of(placement.group).1;
+                            answer.leader_epoch = epoch;
                         }
                         match partition.timestamp {
                             -1 => answer.offset = log.high_watermark(),
@@ -1414,14 +1421,26 @@ impl Broker {
                             .node
                             .machine(placement.group)
                             .and_then(|machine| machine.partition());
-                        match log.filter(|_| self.node.leader_ready(placement.group)) {
-                            Some(log) => {
+                        let log = log.filter(|_| self.node.leader_ready(placement.group));
+                        let epoch = self.leader_of(placement.group).1;
+                        // KIP-320: a consumer validating its position after
+                        // a leader change must not be answered by a leader
+                        // it knows to be old (or one older than the leader
+                        // it read from): that log may end before the
+                        // position, which would look like a truncation and
+                        // make the consumer reset.
+                        match (
+                            log,
+                            fetch::leader_epoch_error(partition.current_leader_epoch, epoch),
+                        ) {
+                            (None, _) => answer.error_code = error_code::NOT_LEADER_OR_FOLLOWER,
+                            (Some(_), Some(code)) => answer.error_code = code,
+                            (Some(log), None) => {
                                 let (epoch, end_offset) =
                                     log.end_offset_for_epoch(partition.leader_epoch);
                                 answer.leader_epoch = epoch;
                                 answer.end_offset = end_offset;
                             }
-                            None => answer.error_code = error_code::NOT_LEADER_OR_FOLLOWER,
                         }
                         answer
                     })

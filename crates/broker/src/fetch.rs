@@ -20,6 +20,23 @@ use crate::error_code;
 /// bounds the memory of one response.
 pub const FETCH_RESPONSE_BYTES_MAX: usize = 64 << 20;
 
+/// KIP-320: the error for a request from a client that knows the leader
+/// epoch `current_leader_epoch` (-1 when it names none), sent to a leader of
+/// `epoch`, if any. A client that knows an older leader refreshes its
+/// metadata (FENCED_LEADER_EPOCH); one that knows a newer leader than this
+/// node does (UNKNOWN_LEADER_EPOCH) must not get this node's answer: this
+/// node was deposed and has not heard yet, and its log may lack what the
+/// client read from the new leader.
+pub fn leader_epoch_error(current_leader_epoch: i32, epoch: i32) -> Option<i16> {
+    if current_leader_epoch >= 0 && current_leader_epoch < epoch {
+        Some(error_code::FENCED_LEADER_EPOCH)
+    } else if current_leader_epoch > epoch {
+        Some(error_code::UNKNOWN_LEADER_EPOCH)
+    } else {
+        None
+    }
+}
+
 /// What a fetch would return now.
 pub struct FetchResult {
     pub response: FetchResponse,
@@ -97,16 +114,10 @@ pub fn evaluate(
                             let epoch = node
                                 .summary(placement.group)
                                 .map_or(-1, |view| view.term as i32);
-                            if partition.current_leader_epoch >= 0
-                                && partition.current_leader_epoch < epoch
+                            if let Some(code) =
+                                leader_epoch_error(partition.current_leader_epoch, epoch)
                             {
-                                // The client's leader is an old one: it
-                                // refreshes its metadata (KIP-320).
-                                Some(error_code::FENCED_LEADER_EPOCH)
-                            } else if partition.current_leader_epoch > epoch {
-                                // The client knows a newer leader than this
-                                // node does yet.
-                                Some(error_code::UNKNOWN_LEADER_EPOCH)
+                                Some(code)
                             } else if partition.fetch_offset < log.log_start_offset() {
                                 Some(error_code::OFFSET_OUT_OF_RANGE)
                             } else if partition.fetch_offset > log.high_watermark() {

@@ -395,6 +395,29 @@ fn offset_for_leader_epoch_and_list_offsets_answer_from_the_log() {
             "timestamp {timestamp}"
         );
     }
+    // KIP-320: a client that knows an older leader epoch is fenced, one that
+    // knows a newer leader than this node gets UNKNOWN_LEADER_EPOCH (this
+    // node would be a deposed leader answering from a log that may end
+    // before what the client read), in both requests, as in Fetch.
+    for (current, code) in [(-1, 0), (1, 0), (0, 74), (2, 75)] {
+        let mut request = epoch_request(1);
+        request.topics[0].partitions[0].current_leader_epoch = current;
+        harness.send(1, ApiKey::OffsetForLeaderEpoch, 4, &request);
+        let response: OffsetForLeaderEpochResponse =
+            harness.response(1, ApiKey::OffsetForLeaderEpoch, 4);
+        assert_eq!(
+            response.topics[0].partitions[0].error_code, code,
+            "OffsetForLeaderEpoch, current epoch {current}"
+        );
+        let mut request = list(-1);
+        request.topics[0].partitions[0].current_leader_epoch = current;
+        harness.send(1, ApiKey::ListOffsets, 7, &request);
+        let response: ListOffsetsResponse = harness.response(1, ApiKey::ListOffsets, 7);
+        assert_eq!(
+            response.topics[0].partitions[0].error_code, code,
+            "ListOffsets, current epoch {current}"
+        );
+    }
 }
 
 #[test]
