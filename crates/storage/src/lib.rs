@@ -369,12 +369,24 @@ struct Segment {
     offsets: Vec<u32>,
     /// Bytes of the file that belong to the log: where the next frame goes.
     len: u64,
-    /// When its first frame was appended, by the clock `append_at` was
-    /// given: the segment's age counts from here. None while it is empty,
-    /// and for a segment recovered from disk (the format records no time)
-    /// until the first `append_at` after recovery, which starts its age
-    /// afresh (docs/storage.md, "Rolling").
-    started_ms: Option<u64>,
+    /// Since when the segment is ageing, for the roll by age.
+    started: Started,
+}
+
+/// When a segment started, for the roll by age (docs/storage.md, "Rolling").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Started {
+    /// Empty, or written only by `append` (no clock): no age yet. The next
+    /// frame appended with a clock starts it.
+    Unknown,
+    /// Recovered from disk, which records no time: taken as old enough, so
+    /// the first `append_at` after recovery rolls it if it holds a frame.
+    /// Rolling early costs one smaller segment; taking it as new would let
+    /// a node restarted more often than `segment_ms` never roll by age.
+    Recovered,
+    /// Its first frame (or the first with a clock) was appended at this
+    /// time on the caller's clock.
+    At(u64),
 }
 
 impl Segment {
@@ -384,7 +396,7 @@ impl Segment {
             base: name,
             offsets: Vec::new(),
             len: 0,
-            started_ms: None,
+            started: Started::Unknown,
         }
     }
 
@@ -658,7 +670,9 @@ impl GroupStore {
     /// `append`, at `now_ms` on the caller's clock: also rolls the last
     /// segment, before the first of `entries`, when it is not empty and its
     /// first frame was appended at least `StoreOptions::segment_ms` before
-    /// `now_ms` (docs/storage.md, "Rolling"). The store never reads a clock;
+    /// `now_ms` (docs/storage.md, "Rolling"). A segment recovered from disk,
+    /// whose age the format does not record, is taken as old enough: the
+    /// first `append_at` after recovery rolls it. The store never reads a clock;
     /// a clock that goes back only delays a roll, one that jumps ahead only
     /// brings it forward. The ops and the durability contract are
     /// `append`'s: a roll by age is planned exactly like a roll by size.
@@ -740,11 +754,15 @@ impl GroupStore {
             if pending.is_empty() {
                 pending_offset = last.len;
             }
-            if last.started_ms.is_none() {
+            if let Some(now_ms) = now_ms {
                 // A new or emptied segment starts its age with its first
-                // frame; a recovered one, whose age the disk does not
-                // record, with the first append after recovery.
-                last.started_ms = now_ms;
+                // frame; one written so far without a clock with the first
+                // frame appended with one.
+                if last.len == 0 || last.started == Started::Unknown {
+                    last.started = Started::At(now_ms);
+                }
+            } else if last.len == 0 {
+                last.started = Started::Unknown;
             }
             debug_assert_eq!(last.end(), entry.index);
             last.offsets.push(
@@ -1208,11 +1226,13 @@ impl GroupStore {
     /// Whether `segment` is old enough at `now_ms` to be rolled by age.
     fn aged(&self, segment: &Segment, now_ms: Option<u64>) -> bool {
         let segment_ms = self.options.segment_ms;
-        match (now_ms, segment.started_ms) {
-            (Some(now_ms), Some(started_ms)) if segment_ms > 0 => {
+        match (now_ms, segment.started) {
+            (None, _) | (_, Started::Unknown) => false,
+            _ if segment_ms == 0 => false,
+            (Some(_), Started::Recovered) => true,
+            (Some(now_ms), Started::At(started_ms)) => {
                 now_ms.saturating_sub(started_ms) >= segment_ms
             }
-            _ => false,
         }
     }
 
@@ -1296,7 +1316,7 @@ impl GroupStore {
         segment.len = offset;
         if offset == 0 {
             // Emptied: its age starts again with the frame that refills it.
-            segment.started_ms = None;
+            segment.started = Started::Unknown;
         }
         let name = segment.name;
         ops.push(DiskOp::Truncate {
@@ -1355,7 +1375,7 @@ impl GroupStore {
                     base,
                     offsets,
                     len,
-                    started_ms: None,
+                    started: Started::Recovered,
                 })
                 .collect(),
             terms: parts.entries_terms,
