@@ -714,24 +714,54 @@ fn segments_on(cluster: &Cluster, id: NodeId) -> Vec<u64> {
         .collect()
 }
 
+/// Segments of 1 MiB: nothing in the slow partition tests rolls by size.
+const SLOW_SEGMENT_BYTES: u64 = 1 << 20;
+
+/// Restarts every node of a broker-layout cluster from its disk.
+fn restart_every_node(cluster: &mut Cluster, segment_ms: u64) {
+    let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+    for id in ids {
+        let (node, mut disk) = cluster.nodes.remove(&id).expect("node");
+        drop(node);
+        disk.completions.clear();
+        let config = NodeConfig {
+            id,
+            groups: vec![(GROUP, Config::new([1, 2, 3]))],
+            rng_seed: id + 100,
+            election_timeout_ms: 300,
+            heartbeat_interval_ms: 50,
+            snapshot_interval_entries: 20,
+            segment_bytes_max: SLOW_SEGMENT_BYTES,
+            machines: runnel_core::MachineLayout::Broker,
+        };
+        let mut node = Node::start(config, &mut disk).expect("restart");
+        node.set_segment_ms(segment_ms);
+        cluster.nodes.insert(id, (node, disk));
+    }
+}
+
 /// A slowly written partition whose segments are never full: 60 batches,
 /// then retention drops them (all but the last) and enough entries follow
-/// for the snapshot to pass them; after `quiet_ms`, one more batch, then
+/// for the snapshot to pass them; after `quiet_ms` (with every node
+/// restarted in the middle of it if `restart`), one more batch, then
 /// retention drops everything older than it, and the snapshot passes it.
 /// Returns the segments left on each node.
-fn slow_partition_after_retention(segment_ms: u64, quiet_ms: u64) -> Vec<Vec<u64>> {
+fn slow_partition_after_retention(segment_ms: u64, quiet_ms: u64, restart: bool) -> Vec<Vec<u64>> {
     use runnel_core::partition::{PartitionCommand, ProduceCommand, Retention};
-    // Segments of 1 MiB: nothing here rolls by size.
-    let mut cluster =
-        Cluster::with_segments(&[1, 2, 3], 20, runnel_core::MachineLayout::Broker, 1 << 20);
+    let mut cluster = Cluster::with_segments(
+        &[1, 2, 3],
+        20,
+        runnel_core::MachineLayout::Broker,
+        SLOW_SEGMENT_BYTES,
+    );
     for (node, _) in cluster.nodes.values_mut() {
         node.set_segment_ms(segment_ms);
     }
     cluster.advance(2_000);
-    let leader = cluster.leader().expect("a leader");
     let mut request_id = 0;
     let mut propose = |cluster: &mut Cluster, command: &PartitionCommand| {
         request_id += 1;
+        let leader = cluster.leader().expect("a leader");
         propose_partition_command(cluster, leader, request_id, command);
     };
     let produce = |seq: u64, append_time_ms: i64| {
@@ -760,13 +790,20 @@ fn slow_partition_after_retention(segment_ms: u64, quiet_ms: u64) -> Vec<Vec<u64
     for _ in 0..30 {
         propose(&mut cluster, &retain(now_ms));
     }
-    cluster.advance(quiet_ms);
+    if restart {
+        cluster.advance(quiet_ms / 2);
+        restart_every_node(&mut cluster, segment_ms);
+        cluster.advance(quiet_ms - quiet_ms / 2);
+    } else {
+        cluster.advance(quiet_ms);
+    }
     let now_ms = cluster.now_ms;
     propose(&mut cluster, &produce(61, now_ms as i64));
     for _ in 0..30 {
         propose(&mut cluster, &retain(now_ms + 1_001));
     }
     cluster.advance(200);
+    let leader = cluster.leader().expect("a leader");
     let log = cluster.nodes[&leader]
         .0
         .machine(GROUP)
@@ -797,7 +834,7 @@ fn slow_partition_after_retention(segment_ms: u64, quiet_ms: u64) -> Vec<Vec<u64
 #[test]
 fn a_slow_partition_rolls_by_age_and_deletes_what_retention_dropped() {
     let segment_ms = runnel_core::SEGMENT_MS_MIN * 5;
-    for segments in slow_partition_after_retention(segment_ms, segment_ms) {
+    for segments in slow_partition_after_retention(segment_ms, segment_ms, false) {
         assert!(
             !segments.contains(&1),
             "the segment of the batches retention dropped is gone: {segments:?}"
@@ -811,12 +848,32 @@ fn without_rolling_by_age_a_slow_partition_keeps_what_retention_dropped() {
     // (or before the age is reached) leave everything in the first segment.
     let segment_ms = runnel_core::SEGMENT_MS_MIN * 5;
     for (segment_ms, quiet_ms) in [(0, segment_ms), (segment_ms, segment_ms / 5)] {
-        for segments in slow_partition_after_retention(segment_ms, quiet_ms) {
+        for segments in slow_partition_after_retention(segment_ms, quiet_ms, false) {
             assert_eq!(
                 segments,
                 vec![1],
                 "segment_ms {segment_ms}, quiet {quiet_ms}"
             );
         }
+    }
+}
+
+#[test]
+fn after_a_restart_a_slow_partition_rolls_at_once_and_deletes_what_retention_dropped() {
+    // The disk records no segment's age: a restart takes the recovered
+    // segments as old, so the first append after it (the new leader's
+    // entry) rolls them, long before segment_ms, and the batches retention
+    // dropped go with the segment that held them. A node restarted more
+    // often than segment_ms therefore still rolls.
+    let segment_ms = runnel_core::SEGMENT_MS_MIN * 5;
+    for segments in slow_partition_after_retention(segment_ms, segment_ms / 5, true) {
+        assert!(
+            !segments.contains(&1),
+            "the segment of the batches retention dropped is gone: {segments:?}"
+        );
+    }
+    // Not with segment_ms 0.
+    for segments in slow_partition_after_retention(0, segment_ms / 5, true) {
+        assert_eq!(segments, vec![1]);
     }
 }
