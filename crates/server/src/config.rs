@@ -118,7 +118,10 @@ pub struct ServeConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// The age after which the node rolls a group's last log segment at its
     /// next append (`Node::set_segment_ms`), checked by
-    /// `runnel_core::segment_ms_valid`.
+    /// `runnel_core::segment_ms_valid`. Not yet handed to the node:
+    /// `BrokerConfig`, which builds it, has no field for it until the broker
+    /// change that passes it on is merged; until then nodes run
+    /// `SEGMENT_MS_DEFAULT`.
     pub segment_ms: u64,
     pub broker: BrokerConfig,
 }
