@@ -1082,6 +1082,7 @@ impl Simulation {
         self.nodes[index].incarnation += 1;
         let broker_config = self.plan.kafka.is_some().then(|| self.broker_config(index));
         let retained_log_bytes_max = self.plan.timing.retained_log_bytes_max;
+        let segment_ms = self.plan.timing.segment_ms;
         let sim_node = &mut self.nodes[index];
         if sim_node.incarnation > 1 {
             let origin = self.plan.clocks[index].origin_ms;
@@ -1104,6 +1105,7 @@ impl Simulation {
             Some(config) => Broker::start(config, disk).map(|b| Process::Broker(Box::new(b))),
             None => Node::start(config, disk).map(|mut node| {
                 node.set_retained_log_bytes_max(retained_log_bytes_max);
+                node.set_segment_ms(segment_ms);
                 Process::Records(Box::new(node))
             }),
         }));

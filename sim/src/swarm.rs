@@ -20,6 +20,9 @@ pub const RETAINED_STREAM: u64 = 0x5245_5441;
 /// The stream misdirected writes are drawn from: added after the others, so
 /// that every earlier draw of a seed stayed as it was.
 pub const MISDIRECT_STREAM: u64 = 0x4d49_5344;
+/// The stream the age after which segments roll is drawn from, added after
+/// the others for the same reason.
+pub const SEGMENT_AGE_STREAM: u64 = 0x5345_4741;
 /// Groups a plan may create.
 pub const GROUPS_MAX: u64 = 4;
 /// Voters of every group at the start.
@@ -210,6 +213,10 @@ pub struct NodeTiming {
     /// for lagging followers (`Node::set_retained_log_bytes_max`); the
     /// broker layout runs the node's default.
     pub retained_log_bytes_max: u64,
+    /// Record layout: the age after which a group's last segment rolls at
+    /// its next append (`Node::set_segment_ms`); the broker layout runs the
+    /// node's default.
+    pub segment_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,6 +345,7 @@ impl FaultPlan {
             snapshot_interval_entries: pick(&mut rng, &[16, 64, 256, 1024]),
             segment_bytes_max: pick(&mut rng, &[4 << 10, 64 << 10, 1 << 20]),
             retained_log_bytes_max: runnel_core::RETAINED_LOG_BYTES_MAX,
+            segment_ms: runnel_core::SEGMENT_MS_DEFAULT,
         };
         let loss = rng.chance(0.5);
         let duplication = rng.chance(0.5);
@@ -469,6 +477,18 @@ impl FaultPlan {
         timing.retained_log_bytes_max = pick(
             &mut retained_rng,
             &[0, 16 << 10, runnel_core::RETAINED_LOG_BYTES_MAX],
+        );
+        // From a stream of its own as well: the default (no segment ever
+        // gets that old in a run), or ages short enough that segments roll
+        // by age, under every fault, many times a run.
+        let mut segment_age_rng = Rng::new(seed).fork(SEGMENT_AGE_STREAM);
+        timing.segment_ms = pick(
+            &mut segment_age_rng,
+            &[
+                runnel_core::SEGMENT_MS_DEFAULT,
+                runnel_core::SEGMENT_MS_MIN,
+                3 * runnel_core::SEGMENT_MS_MIN,
+            ],
         );
 
         FaultPlan {
@@ -622,12 +642,13 @@ impl fmt::Display for FaultPlan {
         let t = &self.timing;
         writeln!(
             f,
-            "  timing            tick {} ms, election timeout {} ms, heartbeat {} ms, snapshot every {} entries, segments {} bytes, log kept below snapshots {} bytes",
+            "  timing            tick {} ms, election timeout {} ms, heartbeat {} ms, snapshot every {} entries, segments {} bytes or {} ms, log kept below snapshots {} bytes",
             t.tick_interval_ms,
             t.election_timeout_ms,
             t.heartbeat_interval_ms,
             t.snapshot_interval_entries,
             t.segment_bytes_max,
+            t.segment_ms,
             t.retained_log_bytes_max
         )?;
         let w = &self.workload;

@@ -23,4 +23,5 @@ pub use node::{
     entry_hash, Node, NodeConfig, StartError, GROUPS_MAX, PENDING_REQUESTS_MAX, READ_RECORDS_MAX,
     SNAPSHOT_INTERVAL_BYTES,
 };
+pub use node::{segment_ms_valid, SEGMENT_MS_DEFAULT, SEGMENT_MS_MAX, SEGMENT_MS_MIN};
 pub use node::{CatchUpStats, LOG_READS_IN_FLIGHT_MAX, RETAINED_LOG_BYTES_MAX};

@@ -13,6 +13,7 @@ use runnel_consensus::{
     Snapshot, SnapshotMeta, Term, REPAIR_INDEX_UNKNOWN,
 };
 use runnel_io::{Disk, DiskError, DiskOp, DiskOutput, GroupId, NodeId, Rng};
+pub use runnel_storage::{segment_ms_valid, SEGMENT_MS_DEFAULT, SEGMENT_MS_MAX, SEGMENT_MS_MIN};
 use runnel_storage::{GroupStore, LogReadPlan, RecoveryError, StoreOptions};
 
 use crate::api::{
@@ -151,9 +152,10 @@ fn retains_log(layout: MachineLayout, group: GroupId) -> bool {
     )
 }
 
-fn store_options(config: &NodeConfig, group: GroupId) -> StoreOptions {
+fn store_options(config: &NodeConfig, segment_ms: u64, group: GroupId) -> StoreOptions {
     StoreOptions {
         segment_bytes_max: config.segment_bytes_max,
+        segment_ms,
         retain_below_snapshot: retains_log(config.machines, group),
     }
 }
@@ -211,6 +213,9 @@ pub struct Node {
     log_reads: BTreeMap<u64, LogReadInFlight>,
     /// §8.1: the bound on what each group retains below its snapshot.
     retained_log_bytes_max: u64,
+    /// The age after which a group's last log segment is rolled at its next
+    /// append (`set_segment_ms`), 0 for never.
+    segment_ms: u64,
     catch_up: CatchUpStats,
 }
 
@@ -222,7 +227,11 @@ impl Node {
         let mut startup_ops = Vec::new();
         let mut recovery_notes = Vec::new();
         for group in GroupStore::groups_on_disk(disk).map_err(StartError::Disk)? {
-            match GroupStore::recover(disk, group, store_options(&config, group)) {
+            match GroupStore::recover(
+                disk,
+                group,
+                store_options(&config, SEGMENT_MS_DEFAULT, group),
+            ) {
                 Ok(None) => {}
                 Ok(Some(recovered)) => {
                     let report = &recovered.report;
@@ -273,8 +282,11 @@ impl Node {
                         repair_index: REPAIR_INDEX_UNKNOWN,
                         ..HardState::default()
                     };
-                    let (store, ops) =
-                        GroupStore::create(group, store_options(&config, group), &hard_state);
+                    let (store, ops) = GroupStore::create(
+                        group,
+                        store_options(&config, SEGMENT_MS_DEFAULT, group),
+                        &hard_state,
+                    );
                     startup_ops.extend(ops);
                     recovery_notes.push(format!("group {group}: {error}; rejoining empty"));
                     dormant.insert(
@@ -296,7 +308,7 @@ impl Node {
             }
             let (store, ops) = GroupStore::create(
                 *group,
-                store_options(&config, *group),
+                store_options(&config, SEGMENT_MS_DEFAULT, *group),
                 &HardState::default(),
             );
             startup_ops.extend(ops);
@@ -335,6 +347,7 @@ impl Node {
             oversized_messages_dropped: 0,
             log_reads: BTreeMap::new(),
             retained_log_bytes_max: RETAINED_LOG_BYTES_MAX,
+            segment_ms: SEGMENT_MS_DEFAULT,
             catch_up: CatchUpStats::default(),
         })
     }
@@ -344,6 +357,30 @@ impl Node {
     /// none, so followers that fell behind the snapshot get the snapshot.
     pub fn set_retained_log_bytes_max(&mut self, bytes: u64) {
         self.retained_log_bytes_max = bytes;
+    }
+
+    /// How old, on this node's clock, a group's last log segment may get
+    /// before its next append starts a new one (`SEGMENT_MS_DEFAULT`, Kafka's
+    /// `log.roll.ms`, unless set; 0 never rolls by age). Rolling lets the
+    /// segments of entries that a partition's retention dropped, and that
+    /// the snapshot covers, be deleted whole (`discard_retained`), so such
+    /// data leaves the disk within about `segment_ms` plus `retention.ms`
+    /// even when the partition is written slowly. An empty segment is never
+    /// rolled. It applies to every group, hosted or recovered, from their
+    /// next append. Panics (programmer error) unless
+    /// `segment_ms_valid(segment_ms)`: operator input is checked before.
+    pub fn set_segment_ms(&mut self, segment_ms: u64) {
+        assert!(
+            segment_ms_valid(segment_ms),
+            "segment_ms {segment_ms} is neither 0 nor within {SEGMENT_MS_MIN}..={SEGMENT_MS_MAX}"
+        );
+        self.segment_ms = segment_ms;
+        for group in self.groups.values_mut() {
+            group.store.set_segment_ms(segment_ms);
+        }
+        for dormant in self.dormant.values_mut() {
+            dormant.store.set_segment_ms(segment_ms);
+        }
     }
 
     /// How this node's leaders caught lagging followers up, since start.
@@ -738,7 +775,7 @@ impl Node {
     ) {
         let (store, ops) = GroupStore::create(
             group_id,
-            store_options(&self.config, group_id),
+            store_options(&self.config, self.segment_ms, group_id),
             &HardState::default(),
         );
         for op in ops {
@@ -922,7 +959,9 @@ impl Node {
             ops.extend(group.store.save_snapshot(snapshot));
         }
         if !ready.entries.is_empty() {
-            ops.extend(group.store.append(&ready.entries));
+            // The node's clock decides when a segment is old enough to roll
+            // (`set_segment_ms`); storage never reads one.
+            ops.extend(group.store.append_at(&ready.entries, env.clock.now_ms()));
         }
         if let Some(hard_state) = &ready.hard_state {
             ops.extend(group.store.save_hard_state(hard_state));

@@ -120,6 +120,15 @@ impl Cluster {
         snapshot_interval_entries: u64,
         machines: runnel_core::MachineLayout,
     ) -> Cluster {
+        Cluster::with_segments(ids, snapshot_interval_entries, machines, 4096)
+    }
+
+    fn with_segments(
+        ids: &[NodeId],
+        snapshot_interval_entries: u64,
+        machines: runnel_core::MachineLayout,
+        segment_bytes_max: u64,
+    ) -> Cluster {
         let mut nodes = BTreeMap::new();
         for id in ids {
             let mut disk = InstantDisk::default();
@@ -130,7 +139,7 @@ impl Cluster {
                 election_timeout_ms: 300,
                 heartbeat_interval_ms: 50,
                 snapshot_interval_entries,
-                segment_bytes_max: 4096,
+                segment_bytes_max,
                 machines,
             };
             let node = Node::start(config, &mut disk).expect("start");
@@ -691,4 +700,180 @@ fn a_partition_deletes_the_log_its_retention_no_longer_needs() {
     let stats = cluster.catch_up_stats(leader);
     assert!(stats.snapshots_sent > 0, "{stats:?}");
     assert_eq!(machine(&cluster, follower), machine(&cluster, leader));
+}
+
+/// The first indexes of the segments of group 7 on `id`'s disk.
+fn segments_on(cluster: &Cluster, id: NodeId) -> Vec<u64> {
+    cluster.nodes[&id]
+        .1
+        .files
+        .keys()
+        .filter_map(|file| file.strip_prefix(&format!("groups/{GROUP:020}/log/")))
+        .filter_map(|name| name.strip_suffix(".seg"))
+        .map(|digits| digits.parse::<u64>().expect("20 digits"))
+        .collect()
+}
+
+/// Segments of 1 MiB: nothing in the slow partition tests rolls by size.
+const SLOW_SEGMENT_BYTES: u64 = 1 << 20;
+
+/// Restarts every node of a broker-layout cluster from its disk.
+fn restart_every_node(cluster: &mut Cluster, segment_ms: u64) {
+    let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+    for id in ids {
+        let (node, mut disk) = cluster.nodes.remove(&id).expect("node");
+        drop(node);
+        disk.completions.clear();
+        let config = NodeConfig {
+            id,
+            groups: vec![(GROUP, Config::new([1, 2, 3]))],
+            rng_seed: id + 100,
+            election_timeout_ms: 300,
+            heartbeat_interval_ms: 50,
+            snapshot_interval_entries: 20,
+            segment_bytes_max: SLOW_SEGMENT_BYTES,
+            machines: runnel_core::MachineLayout::Broker,
+        };
+        let mut node = Node::start(config, &mut disk).expect("restart");
+        node.set_segment_ms(segment_ms);
+        cluster.nodes.insert(id, (node, disk));
+    }
+}
+
+/// A slowly written partition whose segments are never full: 60 batches,
+/// then retention drops them (all but the last) and enough entries follow
+/// for the snapshot to pass them; after `quiet_ms` (with every node
+/// restarted in the middle of it if `restart`), one more batch, then
+/// retention drops everything older than it, and the snapshot passes it.
+/// Returns the segments left on each node.
+fn slow_partition_after_retention(segment_ms: u64, quiet_ms: u64, restart: bool) -> Vec<Vec<u64>> {
+    use runnel_core::partition::{PartitionCommand, ProduceCommand, Retention};
+    let mut cluster = Cluster::with_segments(
+        &[1, 2, 3],
+        20,
+        runnel_core::MachineLayout::Broker,
+        SLOW_SEGMENT_BYTES,
+    );
+    for (node, _) in cluster.nodes.values_mut() {
+        node.set_segment_ms(segment_ms);
+    }
+    cluster.advance(2_000);
+    let mut request_id = 0;
+    let mut propose = |cluster: &mut Cluster, command: &PartitionCommand| {
+        request_id += 1;
+        let leader = cluster.leader().expect("a leader");
+        propose_partition_command(cluster, leader, request_id, command);
+    };
+    let produce = |seq: u64, append_time_ms: i64| {
+        let value = [seq as u8; 16];
+        PartitionCommand::Produce(ProduceCommand {
+            append_time_ms,
+            log_append_time: false,
+            batch: runnel_kafka::batch::build_uncompressed(
+                &[(None, Some(&value[..]))],
+                append_time_ms,
+                None,
+            ),
+        })
+    };
+    let retain = |now_ms: u64| PartitionCommand::Retain {
+        now_ms: now_ms as i64,
+        retention: Retention {
+            retention_ms: 1_000,
+            retention_bytes: -1,
+        },
+    };
+    for seq in 1..=60 {
+        propose(&mut cluster, &produce(seq, 1_000));
+    }
+    let now_ms = cluster.now_ms;
+    for _ in 0..30 {
+        propose(&mut cluster, &retain(now_ms));
+    }
+    if restart {
+        cluster.advance(quiet_ms / 2);
+        restart_every_node(&mut cluster, segment_ms);
+        cluster.advance(quiet_ms - quiet_ms / 2);
+    } else {
+        cluster.advance(quiet_ms);
+    }
+    let now_ms = cluster.now_ms;
+    propose(&mut cluster, &produce(61, now_ms as i64));
+    for _ in 0..30 {
+        propose(&mut cluster, &retain(now_ms + 1_001));
+    }
+    cluster.advance(200);
+    let leader = cluster.leader().expect("a leader");
+    let log = cluster.nodes[&leader]
+        .0
+        .machine(GROUP)
+        .and_then(|machine| machine.partition())
+        .expect("a partition")
+        .clone();
+    assert_eq!(log.high_watermark(), 61);
+    assert_eq!(
+        log.log_start_offset(),
+        60,
+        "retention kept only the new batch"
+    );
+    let needed = log.lowest_raft_index_needed().expect("the last batch");
+    cluster
+        .nodes
+        .keys()
+        .map(|id| {
+            let segments = segments_on(&cluster, *id);
+            assert!(
+                segments.first().is_some_and(|first| *first <= needed),
+                "node {id}: the entry of the batch kept ({needed}) is still there: {segments:?}"
+            );
+            segments
+        })
+        .collect()
+}
+
+#[test]
+fn a_slow_partition_rolls_by_age_and_deletes_what_retention_dropped() {
+    let segment_ms = runnel_core::SEGMENT_MS_MIN * 5;
+    for segments in slow_partition_after_retention(segment_ms, segment_ms, false) {
+        assert!(
+            !segments.contains(&1),
+            "the segment of the batches retention dropped is gone: {segments:?}"
+        );
+    }
+}
+
+#[test]
+fn without_rolling_by_age_a_slow_partition_keeps_what_retention_dropped() {
+    // The control for the test above: the same writes with no roll by age
+    // (or before the age is reached) leave everything in the first segment.
+    let segment_ms = runnel_core::SEGMENT_MS_MIN * 5;
+    for (segment_ms, quiet_ms) in [(0, segment_ms), (segment_ms, segment_ms / 5)] {
+        for segments in slow_partition_after_retention(segment_ms, quiet_ms, false) {
+            assert_eq!(
+                segments,
+                vec![1],
+                "segment_ms {segment_ms}, quiet {quiet_ms}"
+            );
+        }
+    }
+}
+
+#[test]
+fn after_a_restart_a_slow_partition_rolls_at_once_and_deletes_what_retention_dropped() {
+    // The disk records no segment's age: a restart takes the recovered
+    // segments as old, so the first append after it (the new leader's
+    // entry) rolls them, long before segment_ms, and the batches retention
+    // dropped go with the segment that held them. A node restarted more
+    // often than segment_ms therefore still rolls.
+    let segment_ms = runnel_core::SEGMENT_MS_MIN * 5;
+    for segments in slow_partition_after_retention(segment_ms, segment_ms / 5, true) {
+        assert!(
+            !segments.contains(&1),
+            "the segment of the batches retention dropped is gone: {segments:?}"
+        );
+    }
+    // Not with segment_ms 0.
+    for segments in slow_partition_after_retention(0, segment_ms / 5, true) {
+        assert_eq!(segments, vec![1]);
+    }
 }

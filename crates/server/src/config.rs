@@ -57,6 +57,12 @@ pub struct ServeFlags {
     /// Prometheus text format, e.g. 127.0.0.1:9644 (default: not served).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Milliseconds after which a log segment is rolled at its next append,
+    /// so that what retention dropped leaves the disk with whole segments
+    /// (Kafka's log.roll.ms; default 604800000, 7 days; 0 never rolls by
+    /// age; otherwise 1000 to 31536000000).
+    #[arg(long)]
+    pub segment_ms: Option<u64>,
 }
 
 /// The file's format: the same settings as the flags, plus topic defaults.
@@ -75,6 +81,7 @@ struct FileConfig {
     cluster_id: Option<String>,
     offsets_topic_partitions: Option<u32>,
     metrics_addr: Option<SocketAddr>,
+    segment_ms: Option<u64>,
     #[serde(default)]
     topic_defaults: FileTopicDefaults,
 }
@@ -109,6 +116,13 @@ pub struct ServeConfig {
     pub log_level: String,
     /// Where `GET /metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// The age after which the node rolls a group's last log segment at its
+    /// next append (`Node::set_segment_ms`), checked by
+    /// `runnel_core::segment_ms_valid`. Not yet handed to the node:
+    /// `BrokerConfig`, which builds it, has no field for it until the broker
+    /// change that passes it on is merged; until then nodes run
+    /// `SEGMENT_MS_DEFAULT`.
+    pub segment_ms: u64,
     pub broker: BrokerConfig,
 }
 
@@ -282,7 +296,19 @@ impl ServeConfig {
                 metrics_addr.expect("checked")
             ));
         }
+        let segment_ms = flags
+            .segment_ms
+            .or(file.segment_ms)
+            .unwrap_or(runnel_core::SEGMENT_MS_DEFAULT);
+        if !runnel_core::segment_ms_valid(segment_ms) {
+            return Err(format!(
+                "segment_ms {segment_ms} must be 0 (never roll by age) or {} to {}",
+                runnel_core::SEGMENT_MS_MIN,
+                runnel_core::SEGMENT_MS_MAX
+            ));
+        }
         Ok(ServeConfig {
+            segment_ms,
             data_dir,
             kafka_addr,
             rpc_addr,
@@ -418,6 +444,45 @@ mod tests {
         assert_eq!(config.broker.node_id, 1);
         assert_eq!(config.broker.cluster.len(), 1);
         assert_eq!(config.broker.cluster[0].port, 9092);
+        assert_eq!(config.segment_ms, 7 * 24 * 3600 * 1000);
+    }
+
+    #[test]
+    fn segment_ms_comes_from_the_flag_or_the_file_and_is_checked() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(file, "segment_ms = 3600000").expect("write");
+        let from_file = ServeFlags {
+            config: Some(file.path().to_path_buf()),
+            ..ServeFlags::default()
+        };
+        assert_eq!(
+            ServeConfig::resolve(&from_file)
+                .expect("resolves")
+                .segment_ms,
+            3_600_000
+        );
+        let flag = ServeFlags {
+            segment_ms: Some(0),
+            ..from_file.clone()
+        };
+        assert_eq!(ServeConfig::resolve(&flag).expect("resolves").segment_ms, 0);
+        for bad in [1, 999, runnel_core::SEGMENT_MS_MAX + 1] {
+            let flags = ServeFlags {
+                segment_ms: Some(bad),
+                ..ServeFlags::default()
+            };
+            let error = ServeConfig::resolve(&flags).expect_err("out of bounds");
+            assert!(error.contains("segment_ms"), "{error}");
+            assert!(!error.contains('\n'));
+        }
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(file, "segment_ms = -5").expect("write");
+        let negative = ServeFlags {
+            config: Some(file.path().to_path_buf()),
+            ..ServeFlags::default()
+        };
+        let error = ServeConfig::resolve(&negative).expect_err("negative");
+        assert!(!error.contains('\n'), "{error}");
     }
 
     #[test]

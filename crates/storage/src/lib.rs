@@ -50,6 +50,16 @@ pub const SEGMENT_BYTES_MIN: u64 = FRAME_HEADER_BYTES as u64;
 pub const SEGMENT_BYTES_MAX_LIMIT: u64 = 1 << 30;
 /// The default `StoreOptions::segment_bytes_max`.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// The smallest allowed non-zero `StoreOptions::segment_ms`. Below a
+/// second, a steadily written group would roll (and sync) a segment for
+/// nearly every append.
+pub const SEGMENT_MS_MIN: u64 = 1_000;
+/// The default `StoreOptions::segment_ms`: 7 days, Kafka's `log.roll.ms`
+/// default.
+pub const SEGMENT_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+/// The largest allowed `StoreOptions::segment_ms`: 365 days. Beyond that a
+/// roll by age would come long after any retention anyone sets.
+pub const SEGMENT_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
 /// The largest snapshot file. Recovery reads the whole file into memory, so
 /// this also bounds the memory recovery needs for it.
 pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
@@ -73,6 +83,9 @@ const _: () = {
     assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
     assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX_LIMIT);
     assert!(SEGMENT_BYTES_MAX_LIMIT + FRAME_BYTES_MAX as u64 <= u32::MAX as u64);
+    assert!(SEGMENT_MS_MIN > 0);
+    assert!(SEGMENT_MS_MIN <= SEGMENT_MS_DEFAULT);
+    assert!(SEGMENT_MS_DEFAULT <= SEGMENT_MS_MAX);
     assert!(FRAME_HEADER_BYTES + 8 + 16 * CONFIG_NODES_MAX <= FRAME_BYTES_MAX);
     assert!(FRAME_HEADER_BYTES + 8 + 16 * CONFIG_NODES_MAX <= SNAPSHOT_BYTES_MAX as usize);
 };
@@ -85,6 +98,14 @@ pub struct StoreOptions {
     /// own still goes into a segment, alone. Must be within
     /// `SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX_LIMIT`.
     pub segment_bytes_max: u64,
+    /// A segment is rolled when the next frame is appended (`append_at`) at
+    /// least this many milliseconds, by the caller's clock, after the
+    /// segment's first frame was: so that a quietly written group's old
+    /// entries end up in segments that `discard_below` can delete whole.
+    /// An empty segment is never rolled. 0 never rolls by age; otherwise
+    /// within `SEGMENT_MS_MIN..=SEGMENT_MS_MAX`. See docs/storage.md,
+    /// "Rolling", for what a restart does to a segment's age.
+    pub segment_ms: u64,
     /// Keep the segments a snapshot covers, so that entries below the
     /// snapshot point can be read back for a lagging follower
     /// (docs/protocol.md §8.1, `plan_read`), until `discard_below` deletes
@@ -96,6 +117,7 @@ impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
             segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            segment_ms: SEGMENT_MS_DEFAULT,
             retain_below_snapshot: false,
         }
     }
@@ -108,7 +130,19 @@ impl StoreOptions {
             "segment_bytes_max {} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX_LIMIT}",
             self.segment_bytes_max
         );
+        assert!(
+            segment_ms_valid(self.segment_ms),
+            "segment_ms {} is neither 0 nor within {SEGMENT_MS_MIN}..={SEGMENT_MS_MAX}",
+            self.segment_ms
+        );
     }
+}
+
+/// Whether `segment_ms` is a valid `StoreOptions::segment_ms`: 0 (never roll
+/// by age) or within `SEGMENT_MS_MIN..=SEGMENT_MS_MAX`. Callers that take it
+/// from an operator check it with this first (the store asserts it).
+pub fn segment_ms_valid(segment_ms: u64) -> bool {
+    segment_ms == 0 || (SEGMENT_MS_MIN..=SEGMENT_MS_MAX).contains(&segment_ms)
 }
 
 /// What recovery found and did not hand back as log entries.
@@ -335,6 +369,24 @@ struct Segment {
     offsets: Vec<u32>,
     /// Bytes of the file that belong to the log: where the next frame goes.
     len: u64,
+    /// Since when the segment is ageing, for the roll by age.
+    started: Started,
+}
+
+/// When a segment started, for the roll by age (docs/storage.md, "Rolling").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Started {
+    /// Empty, or written only by `append` (no clock): no age yet. The next
+    /// frame appended with a clock starts it.
+    Unknown,
+    /// Recovered from disk, which records no time: taken as old enough, so
+    /// the first `append_at` after recovery rolls it if it holds a frame.
+    /// Rolling early costs one smaller segment; taking it as new would let
+    /// a node restarted more often than `segment_ms` never roll by age.
+    Recovered,
+    /// Its first frame (or the first with a clock) was appended at this
+    /// time on the caller's clock.
+    At(u64),
 }
 
 impl Segment {
@@ -344,6 +396,7 @@ impl Segment {
             base: name,
             offsets: Vec::new(),
             len: 0,
+            started: Started::Unknown,
         }
     }
 
@@ -611,6 +664,23 @@ impl GroupStore {
     /// that keeps a later unsynced write but loses an earlier one leaves a
     /// hole that recovery conservatively reports as corruption.
     pub fn append(&mut self, entries: &[Entry]) -> Vec<DiskOp> {
+        self.append_with_clock(entries, None)
+    }
+
+    /// `append`, at `now_ms` on the caller's clock: also rolls the last
+    /// segment, before the first of `entries`, when it is not empty and its
+    /// first frame was appended at least `StoreOptions::segment_ms` before
+    /// `now_ms` (docs/storage.md, "Rolling"). A segment recovered from disk,
+    /// whose age the format does not record, is taken as old enough: the
+    /// first `append_at` after recovery rolls it. The store never reads a clock;
+    /// a clock that goes back only delays a roll, one that jumps ahead only
+    /// brings it forward. The ops and the durability contract are
+    /// `append`'s: a roll by age is planned exactly like a roll by size.
+    pub fn append_at(&mut self, entries: &[Entry], now_ms: u64) -> Vec<DiskOp> {
+        self.append_with_clock(entries, Some(now_ms))
+    }
+
+    fn append_with_clock(&mut self, entries: &[Entry], now_ms: Option<u64>) -> Vec<DiskOp> {
         let Some(first) = entries.first() else {
             return Vec::new();
         };
@@ -661,7 +731,9 @@ impl GroupStore {
             let roll = match self.segments.last() {
                 None => true,
                 Some(last) => {
-                    last.len > 0 && last.len + frame_bytes > self.options.segment_bytes_max
+                    last.len > 0
+                        && (last.len + frame_bytes > self.options.segment_bytes_max
+                            || self.aged(last, now_ms))
                 }
             };
             if roll {
@@ -681,6 +753,16 @@ impl GroupStore {
             let last = self.segments.last_mut().expect("a segment to append to");
             if pending.is_empty() {
                 pending_offset = last.len;
+            }
+            if let Some(now_ms) = now_ms {
+                // A new or emptied segment starts its age with its first
+                // frame; one written so far without a clock with the first
+                // frame appended with one.
+                if last.len == 0 || last.started == Started::Unknown {
+                    last.started = Started::At(now_ms);
+                }
+            } else if last.len == 0 {
+                last.started = Started::Unknown;
             }
             debug_assert_eq!(last.end(), entry.index);
             last.offsets.push(
@@ -1107,6 +1189,18 @@ impl GroupStore {
         ops
     }
 
+    /// Changes `StoreOptions::segment_ms` from the next `append_at` on: the
+    /// ages already counted stay. Panics (programmer error) unless
+    /// `segment_ms_valid(segment_ms)`.
+    pub fn set_segment_ms(&mut self, segment_ms: u64) {
+        let options = StoreOptions {
+            segment_ms,
+            ..self.options.clone()
+        };
+        options.check();
+        self.options = options;
+    }
+
     /// The group this store belongs to.
     pub fn group(&self) -> GroupId {
         self.group
@@ -1127,6 +1221,19 @@ impl GroupStore {
             ops.extend(self.cut.take().unwrap_or_default());
         }
         ops
+    }
+
+    /// Whether `segment` is old enough at `now_ms` to be rolled by age.
+    fn aged(&self, segment: &Segment, now_ms: Option<u64>) -> bool {
+        let segment_ms = self.options.segment_ms;
+        match (now_ms, segment.started) {
+            (None, _) | (_, Started::Unknown) => false,
+            _ if segment_ms == 0 => false,
+            (Some(_), Started::Recovered) => true,
+            (Some(now_ms), Started::At(started_ms)) => {
+                now_ms.saturating_sub(started_ms) >= segment_ms
+            }
+        }
     }
 
     /// Emits one Write for the frames gathered for the last segment.
@@ -1207,6 +1314,10 @@ impl GroupStore {
         let offset = u64::from(segment.offsets[position]);
         segment.offsets.truncate(position);
         segment.len = offset;
+        if offset == 0 {
+            // Emptied: its age starts again with the frame that refills it.
+            segment.started = Started::Unknown;
+        }
         let name = segment.name;
         ops.push(DiskOp::Truncate {
             file: self.paths.segment(name),
@@ -1264,6 +1375,7 @@ impl GroupStore {
                     base,
                     offsets,
                     len,
+                    started: Started::Recovered,
                 })
                 .collect(),
             terms: parts.entries_terms,

@@ -197,12 +197,20 @@ struct Harness {
     /// With retention: the entries snapshots covered, by index, that the
     /// store must still serve from `retained_first` on.
     below: BTreeMap<u64, Entry>,
+    /// The clock appends are planned at (`append_at`): it moves on by 0 to
+    /// 1.2 `MODEL_SEGMENT_MS` before each append, so that segments also
+    /// roll by age, and the crashes hit those rolls too.
+    now_ms: u64,
 }
+
+/// The age after which the model's segments roll.
+const MODEL_SEGMENT_MS: u64 = runnel_storage::SEGMENT_MS_MIN;
 
 impl Harness {
     fn new(segment_bytes_max: u64, retain_below_snapshot: bool) -> Harness {
         let options = StoreOptions {
             segment_bytes_max,
+            segment_ms: MODEL_SEGMENT_MS,
             retain_below_snapshot,
         };
         let mut disk = MemDisk::new();
@@ -223,6 +231,7 @@ impl Harness {
             term: 0,
             evidence: false,
             below: BTreeMap::new(),
+            now_ms: 0,
         }
     }
 
@@ -252,7 +261,8 @@ impl Harness {
                     .collect();
                 next.log.truncate((start - first) as usize);
                 next.log.extend(entries.iter().cloned());
-                self.store.append(&entries)
+                self.now_ms += u64::from(seed % 4) * MODEL_SEGMENT_MS * 2 / 5;
+                self.store.append_at(&entries, self.now_ms)
             }
             Action::Vote {
                 bump_term,

@@ -19,6 +19,7 @@ const FRAME: usize = 45;
 fn options(segment_bytes_max: u64) -> StoreOptions {
     StoreOptions {
         segment_bytes_max,
+        segment_ms: 0,
         retain_below_snapshot: true,
     }
 }

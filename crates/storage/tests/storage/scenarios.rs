@@ -17,6 +17,7 @@ const BIG: u64 = 1 << 20;
 fn options(segment_bytes_max: u64) -> StoreOptions {
     StoreOptions {
         segment_bytes_max,
+        segment_ms: 0,
         retain_below_snapshot: false,
     }
 }
