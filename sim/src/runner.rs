@@ -511,6 +511,7 @@ impl Simulation {
             heartbeat_interval_ms: timing.heartbeat_interval_ms,
             snapshot_interval_entries: timing.snapshot_interval_entries,
             segment_bytes_max: timing.segment_bytes_max,
+            segment_ms: timing.segment_ms,
             topic_defaults: TopicDefaults {
                 replication_factor,
                 auto_create: false,

@@ -213,9 +213,8 @@ pub struct NodeTiming {
     /// for lagging followers (`Node::set_retained_log_bytes_max`); the
     /// broker layout runs the node's default.
     pub retained_log_bytes_max: u64,
-    /// Record layout: the age after which a group's last segment rolls at
-    /// its next append (`Node::set_segment_ms`); the broker layout runs the
-    /// node's default.
+    /// The age after which a group's last segment rolls at its next append
+    /// (`Node::set_segment_ms`, `BrokerConfig::segment_ms`).
     pub segment_ms: u64,
 }
 

@@ -263,7 +263,7 @@ impl Broker {
             voters.contains(&config.node_id),
             "the cluster must list this node"
         );
-        let node = Node::start(
+        let mut node = Node::start(
             NodeConfig {
                 id: config.node_id,
                 groups: bootstrap,
@@ -276,6 +276,7 @@ impl Broker {
             },
             disk,
         )?;
+        node.set_segment_ms(config.segment_ms);
         Ok(Broker {
             config,
             node,

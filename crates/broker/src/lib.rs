@@ -115,6 +115,10 @@ pub struct BrokerConfig {
     pub heartbeat_interval_ms: u64,
     pub snapshot_interval_entries: u64,
     pub segment_bytes_max: u64,
+    /// The age after which a group's last log segment is rolled at its next
+    /// append (`Node::set_segment_ms`; 0 never), checked by the shell with
+    /// `runnel_core::segment_ms_valid`.
+    pub segment_ms: u64,
     pub topic_defaults: TopicDefaults,
     /// Raised durably by the shell at every start of the node (at most
     /// `INCARNATION_MAX`): producer ids handed out by one incarnation never
@@ -149,6 +153,7 @@ impl BrokerConfig {
             heartbeat_interval_ms: 100,
             snapshot_interval_entries: 10_000,
             segment_bytes_max: 64 << 20,
+            segment_ms: runnel_core::SEGMENT_MS_DEFAULT,
             topic_defaults: TopicDefaults::default(),
             incarnation: 0,
             join: false,

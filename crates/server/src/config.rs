@@ -116,13 +116,6 @@ pub struct ServeConfig {
     pub log_level: String,
     /// Where `GET /metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
-    /// The age after which the node rolls a group's last log segment at its
-    /// next append (`Node::set_segment_ms`), checked by
-    /// `runnel_core::segment_ms_valid`. Not yet handed to the node:
-    /// `BrokerConfig`, which builds it, has no field for it until the broker
-    /// change that passes it on is merged; until then nodes run
-    /// `SEGMENT_MS_DEFAULT`.
-    pub segment_ms: u64,
     pub broker: BrokerConfig,
 }
 
@@ -307,8 +300,8 @@ impl ServeConfig {
                 runnel_core::SEGMENT_MS_MAX
             ));
         }
+        broker.segment_ms = segment_ms;
         Ok(ServeConfig {
-            segment_ms,
             data_dir,
             kafka_addr,
             rpc_addr,
@@ -444,7 +437,7 @@ mod tests {
         assert_eq!(config.broker.node_id, 1);
         assert_eq!(config.broker.cluster.len(), 1);
         assert_eq!(config.broker.cluster[0].port, 9092);
-        assert_eq!(config.segment_ms, 7 * 24 * 3600 * 1000);
+        assert_eq!(config.broker.segment_ms, 7 * 24 * 3600 * 1000);
     }
 
     #[test]
@@ -458,6 +451,7 @@ mod tests {
         assert_eq!(
             ServeConfig::resolve(&from_file)
                 .expect("resolves")
+                .broker
                 .segment_ms,
             3_600_000
         );
@@ -465,7 +459,13 @@ mod tests {
             segment_ms: Some(0),
             ..from_file.clone()
         };
-        assert_eq!(ServeConfig::resolve(&flag).expect("resolves").segment_ms, 0);
+        assert_eq!(
+            ServeConfig::resolve(&flag)
+                .expect("resolves")
+                .broker
+                .segment_ms,
+            0
+        );
         for bad in [1, 999, runnel_core::SEGMENT_MS_MAX + 1] {
             let flags = ServeFlags {
                 segment_ms: Some(bad),
