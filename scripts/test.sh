@@ -11,13 +11,17 @@ SIM_SEEDS="${SIM_SEEDS:-40}"
 log_dir=$(mktemp -d)
 trap 'rm -rf "$log_dir"' EXIT
 
-cargo test --workspace --release 2>&1 | tee "$log_dir/cargo-test.log"
-
 if git rev-parse HEAD >/dev/null 2>&1; then
   first_seed=$(( 0x$(git rev-parse HEAD | cut -c1-8) ))
 else
   first_seed=1
 fi
+
+# The property tests (proptest) draw their cases from the same commit-derived
+# seed, so that a failing case found here replays bit for bit.
+export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-$first_seed}"
+echo "property tests: PROPTEST_RNG_SEED=$PROPTEST_RNG_SEED (replay: PROPTEST_RNG_SEED=$PROPTEST_RNG_SEED cargo test --workspace --release)"
+cargo test --workspace --release 2>&1 | tee "$log_dir/cargo-test.log"
 cargo run --release -p runnel-sim -- --seeds "$SIM_SEEDS" --first-seed "$first_seed" \
   --check-determinism 2>&1 | tee "$log_dir/sim.log"
 # The turmoil tier (sim/turmoil): the production shell on a simulated
