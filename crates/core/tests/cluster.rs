@@ -207,6 +207,33 @@ impl Cluster {
         }
     }
 
+    /// Restarts node `id` of a cluster of nodes 1, 2 and 3 from its disk
+    /// (the instant disk keeps everything), with a seed other than its first
+    /// start's.
+    fn restart(
+        &mut self,
+        id: NodeId,
+        segment_bytes_max: u64,
+        machines: runnel_core::MachineLayout,
+    ) -> &mut Node {
+        let (node, mut disk) = self.nodes.remove(&id).expect("node");
+        drop(node);
+        disk.completions.clear();
+        let config = NodeConfig {
+            id,
+            groups: vec![(GROUP, Config::new([1, 2, 3]))],
+            rng_seed: id + 100,
+            election_timeout_ms: 300,
+            heartbeat_interval_ms: 50,
+            snapshot_interval_entries: 20,
+            segment_bytes_max,
+            machines,
+        };
+        let node = Node::start(config, &mut disk).expect("restart");
+        self.nodes.insert(id, (node, disk));
+        &mut self.nodes.get_mut(&id).expect("just inserted").0
+    }
+
     fn leader(&self) -> Option<NodeId> {
         self.nodes
             .iter()
@@ -331,21 +358,7 @@ fn a_restarted_cluster_recovers_its_records_from_disk() {
     // Restart every node from its disk (the instant disk keeps everything).
     let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
     for id in ids {
-        let (node, mut disk) = cluster.nodes.remove(&id).unwrap();
-        drop(node);
-        disk.completions.clear();
-        let config = NodeConfig {
-            id,
-            groups: vec![(GROUP, Config::new([1, 2, 3]))],
-            rng_seed: id + 100,
-            election_timeout_ms: 300,
-            heartbeat_interval_ms: 50,
-            snapshot_interval_entries: 20,
-            segment_bytes_max: 4096,
-            machines: runnel_core::MachineLayout::Records,
-        };
-        let node = Node::start(config, &mut disk).expect("restart");
-        cluster.nodes.insert(id, (node, disk));
+        cluster.restart(id, 4096, runnel_core::MachineLayout::Records);
     }
     cluster.advance(3_000);
     assert!(cluster.leader().is_some());
@@ -563,21 +576,7 @@ fn the_retained_log_survives_a_restart_and_still_serves_the_follower() {
         .filter(|id| *id != follower)
         .collect();
     for id in ids {
-        let (node, mut disk) = cluster.nodes.remove(&id).unwrap();
-        drop(node);
-        disk.completions.clear();
-        let config = NodeConfig {
-            id,
-            groups: vec![(GROUP, Config::new([1, 2, 3]))],
-            rng_seed: id + 100,
-            election_timeout_ms: 300,
-            heartbeat_interval_ms: 50,
-            snapshot_interval_entries: 20,
-            segment_bytes_max: 4096,
-            machines: runnel_core::MachineLayout::Records,
-        };
-        let node = Node::start(config, &mut disk).expect("restart");
-        cluster.nodes.insert(id, (node, disk));
+        cluster.restart(id, 4096, runnel_core::MachineLayout::Records);
     }
     cluster.advance(2_000);
     let leader = cluster.leader().expect("a leader after the restart");
@@ -721,22 +720,9 @@ const SLOW_SEGMENT_BYTES: u64 = 1 << 20;
 fn restart_every_node(cluster: &mut Cluster, segment_ms: u64) {
     let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
     for id in ids {
-        let (node, mut disk) = cluster.nodes.remove(&id).expect("node");
-        drop(node);
-        disk.completions.clear();
-        let config = NodeConfig {
-            id,
-            groups: vec![(GROUP, Config::new([1, 2, 3]))],
-            rng_seed: id + 100,
-            election_timeout_ms: 300,
-            heartbeat_interval_ms: 50,
-            snapshot_interval_entries: 20,
-            segment_bytes_max: SLOW_SEGMENT_BYTES,
-            machines: runnel_core::MachineLayout::Broker,
-        };
-        let mut node = Node::start(config, &mut disk).expect("restart");
-        node.set_segment_ms(segment_ms);
-        cluster.nodes.insert(id, (node, disk));
+        cluster
+            .restart(id, SLOW_SEGMENT_BYTES, runnel_core::MachineLayout::Broker)
+            .set_segment_ms(segment_ms);
     }
 }
 
