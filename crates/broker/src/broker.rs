@@ -713,38 +713,24 @@ impl Broker {
                 let result =
                     fetch::evaluate(&request, version, metadata, &self.node, &BTreeMap::new());
                 let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
-                if !result.to_confirm.is_empty() && self.pending.len() < PENDING_REQUESTS_MAX {
-                    let parts: Vec<GroupId> = result.to_confirm.into_iter().collect();
-                    let id = self.next_id();
-                    self.slot(connection, id);
-                    self.pending.insert(
-                        id,
-                        Pending {
-                            connection,
-                            header,
-                            api_key,
-                            version,
-                            deadline_ms: now_ms + FETCH_CONFIRM_MS_MAX,
-                            outstanding: parts.len(),
-                            kind: PendingKind::Fetch {
-                                request,
-                                parts: parts.clone(),
-                                confirmed: BTreeMap::new(),
-                            },
-                        },
-                    );
-                    self.read_indexes(&parts, id, env, collector);
-                    self.finish_if_done(id);
-                    return;
-                }
-                if result.has_error
-                    || result.bytes >= min_bytes.max(1)
-                    || request.max_wait_ms <= 0
-                    || self.pending.len() >= PENDING_REQUESTS_MAX
-                {
+                let full = self.pending.len() >= PENDING_REQUESTS_MAX;
+                // A fetch past a high watermark waits for read indexes
+                // (`fetch::evaluate`); otherwise an error, enough data or no
+                // wait answers at once, and the rest is a long poll.
+                let confirming = !result.to_confirm.is_empty();
+                let answer_now = !confirming
+                    && (result.has_error
+                        || result.bytes >= min_bytes.max(1)
+                        || request.max_wait_ms <= 0);
+                if full || answer_now {
                     Some(ResponseKind::Fetch(result.response))
                 } else {
-                    let wait_ms = (request.max_wait_ms as u64).min(FETCH_WAIT_MS_MAX);
+                    let parts: Vec<GroupId> = result.to_confirm.into_iter().collect();
+                    let wait_ms = if confirming {
+                        FETCH_CONFIRM_MS_MAX
+                    } else {
+                        (request.max_wait_ms as u64).min(FETCH_WAIT_MS_MAX)
+                    };
                     let id = self.next_id();
                     self.slot(connection, id);
                     self.pending.insert(
@@ -755,14 +741,16 @@ impl Broker {
                             api_key,
                             version,
                             deadline_ms: now_ms + wait_ms,
-                            outstanding: 0,
+                            outstanding: parts.len(),
                             kind: PendingKind::Fetch {
                                 request,
-                                parts: Vec::new(),
+                                parts: parts.clone(),
                                 confirmed: BTreeMap::new(),
                             },
                         },
                     );
+                    self.read_indexes(&parts, id, env, collector);
+                    self.finish_if_done(id);
                     return;
                 }
             }
