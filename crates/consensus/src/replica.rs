@@ -1529,26 +1529,11 @@ impl Replica {
         if self.reads_unconfirmed.is_empty() {
             return;
         }
-        let id = self.id();
-        let mut echoed: Vec<u64> = self
-            .config
-            .voters
-            .iter()
-            .map(|voter| {
-                if *voter == id {
-                    u64::MAX
-                } else {
-                    self.progress
-                        .get(voter)
-                        .map_or(0, |progress| progress.read_round_acked)
-                }
-            })
-            .collect();
-        if echoed.is_empty() {
+        let Some(confirmed_round) =
+            self.quorum_reached(u64::MAX, |progress| progress.read_round_acked)
+        else {
             return;
-        }
-        echoed.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed_round = echoed[self.config.quorum() - 1];
+        };
         while let Some(read) = self.reads_unconfirmed.front() {
             if read.round > confirmed_round {
                 break;
@@ -1642,29 +1627,38 @@ impl Replica {
     /// its entry is of the current term, is committed.
     fn maybe_commit(&mut self) {
         assert_eq!(self.role, Role::Leader);
-        let mut matches: Vec<Index> = self
-            .config
-            .voters
-            .iter()
-            .map(|voter| {
-                if *voter == self.id() {
-                    self.persisted
-                } else {
-                    self.progress
-                        .get(voter)
-                        .map_or(0, |progress| progress.match_index)
-                }
-            })
-            .collect();
-        if matches.is_empty() {
+        let Some(candidate) = self.quorum_reached(self.persisted, |progress| progress.match_index)
+        else {
             return;
-        }
-        matches.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matches[self.config.quorum() - 1];
+        };
         if candidate > self.commit && self.log.term_at(candidate) == Some(self.term) {
             self.commit = candidate;
             self.after_commit();
         }
+    }
+
+    /// The highest value a quorum of voters has reached: this replica's is
+    /// `own`, a follower's is read from its progress (0 without one).
+    /// `None` when the config has no voters.
+    fn quorum_reached(&self, own: u64, of_follower: impl Fn(&Progress) -> u64) -> Option<u64> {
+        let id = self.id();
+        let mut values: Vec<u64> = self
+            .config
+            .voters
+            .iter()
+            .map(|voter| {
+                if *voter == id {
+                    own
+                } else {
+                    self.progress.get(voter).map_or(0, &of_follower)
+                }
+            })
+            .collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        Some(values[self.config.quorum() - 1])
     }
 
     fn after_commit(&mut self) {
