@@ -129,14 +129,12 @@ enum PendingKind {
         parts: Vec<(usize, usize)>,
         no_response: bool,
     },
-    /// A long poll waiting for data, or (`parts` not empty) a fetch
-    /// waiting for a read index of each partition group in `parts` before
-    /// it may answer OFFSET_OUT_OF_RANGE (`fetch::evaluate`); `confirmed`
-    /// says which passed.
+    /// A long poll waiting for data, or (`reads` not empty) a fetch
+    /// waiting for read indexes before it may answer OFFSET_OUT_OF_RANGE
+    /// (`fetch::evaluate`).
     Fetch {
         request: FetchRequest,
-        parts: Vec<GroupId>,
-        confirmed: BTreeMap<GroupId, bool>,
+        reads: ReadIndexes,
     },
     CreateTopics {
         response: CreateTopicsResponse,
@@ -173,17 +171,39 @@ enum PendingKind {
         response: kafka_protocol::messages::DeleteGroupsResponse,
     },
     /// An OffsetFetch waiting for a read index of each offsets partition
-    /// in `parts` (one per part); `confirmed` are those that passed. The
-    /// answer is read when the last one is in.
+    /// it reads. The answer is read when the last one is in.
     OffsetFetch {
         request: kafka_protocol::messages::OffsetFetchRequest,
-        parts: Vec<GroupId>,
-        confirmed: std::collections::BTreeSet<GroupId>,
+        reads: ReadIndexes,
     },
     OffsetDelete {
         response: kafka_protocol::messages::OffsetDeleteResponse,
         parts: Vec<(usize, usize)>,
     },
+}
+
+/// The read indexes (docs/protocol.md §6.3) a pending request waits for:
+/// one per group of `groups`, whose position is the request's part, and
+/// whether each passed once its answer is in.
+#[derive(Default)]
+struct ReadIndexes {
+    groups: Vec<GroupId>,
+    passed: BTreeMap<GroupId, bool>,
+}
+
+impl ReadIndexes {
+    fn of(groups: Vec<GroupId>) -> ReadIndexes {
+        ReadIndexes {
+            groups,
+            passed: BTreeMap::new(),
+        }
+    }
+
+    /// The node's answer to the read index of part `part`.
+    fn answered(&mut self, part: usize, result: &Result<ClientReply, ClientError>) {
+        let passed = matches!(result, Ok(ClientReply::ReadReady));
+        self.passed.insert(self.groups[part], passed);
+    }
 }
 
 #[derive(Default)]
@@ -449,16 +469,21 @@ impl Broker {
         );
     }
 
-    /// Asks the node for a read index (docs/protocol.md §6.3) of each of
-    /// `groups`, as parts 0.. of pending request `pending_id`.
+    /// Asks the node for the read indexes (docs/protocol.md §6.3) pending
+    /// request `pending_id` waits for, one part per group.
     fn read_indexes(
         &mut self,
-        groups: &[GroupId],
         pending_id: u64,
         env: &mut BrokerEnv<'_>,
         collector: &mut Collector,
     ) {
-        for (part, &group) in groups.iter().enumerate() {
+        let groups = match self.pending.get(&pending_id).map(|pending| &pending.kind) {
+            Some(PendingKind::Fetch { reads, .. } | PendingKind::OffsetFetch { reads, .. }) => {
+                reads.groups.clone()
+            }
+            _ => unreachable!("only fetches wait for read indexes"),
+        };
+        for (part, group) in groups.into_iter().enumerate() {
             let request_id = self.next_id();
             self.proposals.insert(request_id, (pending_id, part));
             self.node_event(
@@ -725,7 +750,7 @@ impl Broker {
                 if full || answer_now {
                     Some(ResponseKind::Fetch(result.response))
                 } else {
-                    let parts: Vec<GroupId> = result.to_confirm.into_iter().collect();
+                    let reads = ReadIndexes::of(result.to_confirm.into_iter().collect());
                     let wait_ms = if confirming {
                         FETCH_CONFIRM_MS_MAX
                     } else {
@@ -741,15 +766,11 @@ impl Broker {
                             api_key,
                             version,
                             deadline_ms: now_ms + wait_ms,
-                            outstanding: parts.len(),
-                            kind: PendingKind::Fetch {
-                                request,
-                                parts: parts.clone(),
-                                confirmed: BTreeMap::new(),
-                            },
+                            outstanding: reads.groups.len(),
+                            kind: PendingKind::Fetch { request, reads },
                         },
                     );
-                    self.read_indexes(&parts, id, env, collector);
+                    self.read_indexes(id, env, collector);
                     self.finish_if_done(id);
                     return;
                 }
@@ -2019,18 +2040,8 @@ impl Broker {
                 let pending = self.pending.get_mut(&pending_id).expect("still pending");
                 pending.kind = kind;
             }
-            PendingKind::OffsetFetch {
-                parts, confirmed, ..
-            } => {
-                if matches!(response.result, Ok(ClientReply::ReadReady)) {
-                    confirmed.insert(parts[part]);
-                }
-            }
-            PendingKind::Fetch {
-                parts, confirmed, ..
-            } => {
-                let passed = matches!(response.result, Ok(ClientReply::ReadReady));
-                confirmed.insert(parts[part], passed);
+            PendingKind::OffsetFetch { reads, .. } | PendingKind::Fetch { reads, .. } => {
+                reads.answered(part, &response.result);
             }
             PendingKind::Group { .. } => {}
         }
@@ -2045,7 +2056,7 @@ impl Broker {
             let waits_otherwise = match &pending.kind {
                 // A long poll is answered by `expire`; a fetch waiting for
                 // read indexes, once they are in.
-                PendingKind::Fetch { parts, .. } => parts.is_empty(),
+                PendingKind::Fetch { reads, .. } => reads.groups.is_empty(),
                 PendingKind::Group { .. } => true,
                 _ => false,
             };
@@ -2118,18 +2129,16 @@ impl Broker {
             PendingKind::OffsetCommit { response, .. } => ResponseKind::OffsetCommit(response),
             PendingKind::DeleteGroups { response } => ResponseKind::DeleteGroups(response),
             PendingKind::OffsetDelete { response, .. } => ResponseKind::OffsetDelete(response),
-            PendingKind::OffsetFetch {
-                request, confirmed, ..
-            } => ResponseKind::OffsetFetch(self.offset_fetch(request, pending.version, &confirmed)),
-            PendingKind::Fetch {
-                request, confirmed, ..
-            } => {
+            PendingKind::OffsetFetch { request, reads } => ResponseKind::OffsetFetch(
+                self.offset_fetch(request, pending.version, &reads.passed),
+            ),
+            PendingKind::Fetch { request, reads } => {
                 let FetchResult { response, .. } = fetch::evaluate(
                     &request,
                     pending.version,
                     self.metadata(),
                     &self.node,
-                    &confirmed,
+                    &reads.passed,
                 );
                 ResponseKind::Fetch(response)
             }
@@ -2144,12 +2153,12 @@ impl Broker {
         let mut ready = Vec::new();
         for (id, pending) in &self.pending {
             match &pending.kind {
-                PendingKind::Fetch { request, parts, .. } => {
+                PendingKind::Fetch { request, reads } => {
                     if now_ms >= pending.deadline_ms {
                         ready.push(*id);
                         continue;
                     }
-                    if !parts.is_empty() {
+                    if !reads.groups.is_empty() {
                         // Waiting for read indexes: answered when they are
                         // in, or at the deadline.
                         continue;

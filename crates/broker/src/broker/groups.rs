@@ -53,7 +53,8 @@ use runnel_core::{Applied, ClientError, ClientOp, ClientReply, ClientRequest, Ev
 use runnel_io::GroupId;
 
 use super::{
-    encode, Broker, Collector, Pending, PendingKind, PENDING_REQUESTS_MAX, REQUEST_TIMEOUT_MS_MAX,
+    encode, Broker, Collector, Pending, PendingKind, ReadIndexes, PENDING_REQUESTS_MAX,
+    REQUEST_TIMEOUT_MS_MAX,
 };
 use crate::groups::coordinator::{
     self, Coordinator, GroupState, JoinRequest, JoinResult, Outputs, Reply, SyncRequest,
@@ -941,21 +942,21 @@ impl Broker {
         } else {
             vec![request.group_id.as_str()]
         };
-        let parts: Vec<GroupId> = group_ids
-            .iter()
-            .filter_map(|group_id| self.coordinator_for(group_id).ok())
-            .collect::<BTreeSet<GroupId>>()
-            .into_iter()
-            .collect();
-        let id = self.next_id();
-        self.slot(connection, id);
-        let reads = if self.pending.len() >= PENDING_REQUESTS_MAX {
+        let groups: Vec<GroupId> = if self.pending.len() >= PENDING_REQUESTS_MAX {
             // Answered at once below: every group gets NOT_COORDINATOR
             // and the client retries.
             Vec::new()
         } else {
-            parts.clone()
+            group_ids
+                .iter()
+                .filter_map(|group_id| self.coordinator_for(group_id).ok())
+                .collect::<BTreeSet<GroupId>>()
+                .into_iter()
+                .collect()
         };
+        let reads = ReadIndexes::of(groups);
+        let id = self.next_id();
+        self.slot(connection, id);
         self.pending.insert(
             id,
             Pending {
@@ -964,26 +965,22 @@ impl Broker {
                 api_key: ApiKey::OffsetFetch,
                 version,
                 deadline_ms: now_ms + OFFSET_FETCH_CONFIRM_MS_MAX,
-                outstanding: reads.len(),
-                kind: PendingKind::OffsetFetch {
-                    request,
-                    parts,
-                    confirmed: BTreeSet::new(),
-                },
+                outstanding: reads.groups.len(),
+                kind: PendingKind::OffsetFetch { request, reads },
             },
         );
-        self.read_indexes(&reads, id, env, collector);
+        self.read_indexes(id, env, collector);
         self.finish_if_done(id);
     }
 
-    /// The answer to an OffsetFetch, read from the offsets partitions in
-    /// `confirmed` (whose read index passed); groups in others get
+    /// The answer to an OffsetFetch, read from the offsets partitions whose
+    /// read index passed (`confirmed`); groups in others get
     /// NOT_COORDINATOR.
     pub(super) fn offset_fetch(
         &self,
         request: OffsetFetchRequest,
         version: i16,
-        confirmed: &BTreeSet<GroupId>,
+        confirmed: &BTreeMap<GroupId, bool>,
     ) -> OffsetFetchResponse {
         if version >= 8 {
             let groups = request
@@ -1079,12 +1076,12 @@ impl Broker {
         &self,
         group_id: &str,
         topics: Option<Vec<(String, Vec<i32>)>>,
-        confirmed: &BTreeSet<GroupId>,
+        confirmed: &BTreeMap<GroupId, bool>,
     ) -> (i16, Vec<(String, Vec<(i32, Option<CommittedOffset>, i16)>)>) {
         let state = self
             .coordinator_for(group_id)
             .and_then(|group| {
-                if confirmed.contains(&group) {
+                if confirmed.get(&group) == Some(&true) {
                     Ok(group)
                 } else {
                     Err(coordinator::error_code::NOT_COORDINATOR)
