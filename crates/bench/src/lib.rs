@@ -41,6 +41,7 @@ pub mod stats;
 pub mod totals;
 
 pub use args::BenchArgs;
+pub use runnel_kafka::errors::error_name;
 
 use args::Acks;
 use stats::{percentiles_ms, Clock, Live};
@@ -74,25 +75,6 @@ impl fmt::Display for BenchError {
             | BenchError::Other(message) => f.write_str(message),
         }
     }
-}
-
-/// The name of a Kafka error code, for messages.
-pub fn error_name(code: i16) -> String {
-    let name = match code {
-        -1 => "UNKNOWN_SERVER_ERROR",
-        1 => "OFFSET_OUT_OF_RANGE",
-        2 => "CORRUPT_MESSAGE",
-        3 => "UNKNOWN_TOPIC_OR_PARTITION",
-        5 => "LEADER_NOT_AVAILABLE",
-        6 => "NOT_LEADER_OR_FOLLOWER",
-        7 => "REQUEST_TIMED_OUT",
-        10 => "MESSAGE_TOO_LARGE",
-        19 => "NOT_ENOUGH_REPLICAS",
-        20 => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
-        87 => "INVALID_RECORD",
-        _ => return format!("Kafka error {code}"),
-    };
-    name.to_string()
 }
 
 /// With acks=0, how many times (200 ms apart) the end offsets are read

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use runnel_kafka::partitioner::partition_for_key;
 use tokio::sync::mpsc;
 
 use crate::args::{Acks, BenchArgs, Keys};
@@ -78,7 +79,7 @@ impl KeyTable {
         for key in 0..count {
             let text = format!("key-{key:08}");
             debug_assert_eq!(text.len(), KEY_BYTES);
-            partitions.push((murmur2(text.as_bytes()) & 0x7fff_ffff) % partition_count);
+            partitions.push(partition_for_key(text.as_bytes(), partition_count));
             bytes.extend_from_slice(text.as_bytes());
         }
         let cdf = (keys == Keys::Zipf).then(|| {
@@ -113,37 +114,6 @@ impl KeyTable {
     fn key(&self, index: usize) -> &[u8] {
         &self.keys[index * KEY_BYTES..(index + 1) * KEY_BYTES]
     }
-}
-
-/// Kafka's default partitioner for keyed records: murmur2 of the key.
-pub fn murmur2(data: &[u8]) -> i32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    let mut hash = SEED ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        hash = hash.wrapping_mul(M);
-        hash ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        hash ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        hash ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        hash ^= u32::from(rest[0]);
-        hash = hash.wrapping_mul(M);
-    }
-    hash ^= hash >> 13;
-    hash = hash.wrapping_mul(M);
-    hash ^= hash >> 15;
-    hash as i32
 }
 
 /// splitmix64: cheap, and good enough to pick keys and filler.
@@ -795,20 +765,6 @@ impl Producer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn murmur2_matches_kafka() {
-        // Values from Kafka's UtilsTest.testMurmur2.
-        assert_eq!(murmur2(b"21"), -973932308);
-        assert_eq!(murmur2(b"foobar"), -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
-            -58897971
-        );
-        assert_eq!(murmur2(b"abc"), 479470107);
-    }
 
     #[test]
     fn zipf_keys_favour_the_first() {

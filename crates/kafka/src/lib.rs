@@ -7,8 +7,12 @@
 //! - [`codec`]: request decoding and response encoding with the
 //!   `kafka-protocol` crate, for the versions in [`versions`].
 //! - [`versions`]: the ApiVersions table Runnel advertises.
+//! - [`partitioner`]: Kafka's default partitioner for keyed records.
+//! - [`errors`]: names of Kafka error codes, for messages.
 
 pub mod batch;
 pub mod codec;
+pub mod errors;
 pub mod frame;
+pub mod partitioner;
 pub mod versions;

@@ -32,6 +32,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
     TimestampType, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
 };
+use runnel_kafka::partitioner::partition_for_key;
 
 use crate::client::{retriable, ClientError, Cluster};
 use runnel_broker::error_code;
@@ -495,38 +496,6 @@ pub fn topic(connect: &Connect, command: TopicCommand) -> Result<(), ClientError
     Ok(())
 }
 
-/// Kafka's default partitioner for keyed records: murmur2 of the key.
-fn murmur2(data: &[u8]) -> i32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    let length = data.len() as u32;
-    let mut hash = SEED ^ length;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        hash = hash.wrapping_mul(M);
-        hash ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        hash ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        hash ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        hash ^= u32::from(rest[0]);
-        hash = hash.wrapping_mul(M);
-    }
-    hash ^= hash >> 13;
-    hash = hash.wrapping_mul(M);
-    hash ^= hash >> 15;
-    hash as i32
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -576,7 +545,7 @@ pub fn produce(connect: &Connect, args: ProduceArgs) -> Result<(), ClientError> 
         };
         let partition = match (args.partition, &key) {
             (Some(partition), _) => partition,
-            (None, Some(key)) => (murmur2(key.as_bytes()) & 0x7fff_ffff) % partition_count,
+            (None, Some(key)) => partition_for_key(key.as_bytes(), partition_count),
             (None, None) => {
                 next_keyless = (next_keyless + 1) % partition_count;
                 next_keyless
@@ -993,25 +962,6 @@ pub(crate) fn render(format: &str, record: &Record, partition: i32) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn murmur2_matches_kafka() {
-        // Values from Kafka's UtilsTest.testMurmur2.
-        assert_eq!(murmur2(b"21"), -973932308);
-        assert_eq!(murmur2(b"foobar"), -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
-            -58897971
-        );
-        assert_eq!(murmur2(b"abc"), 479470107);
-    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use kafka_protocol::messages::{
     RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+pub use runnel_kafka::errors::error_name;
 
 /// Most bytes of one response the tools accept.
 pub const RESPONSE_BYTES_MAX: usize = 256 << 20;
@@ -56,40 +57,6 @@ impl fmt::Display for ClientError {
             }
         }
     }
-}
-
-/// The name of a Kafka error code, for messages.
-pub fn error_name(code: i16) -> String {
-    let name = match code {
-        -1 => "UNKNOWN_SERVER_ERROR",
-        1 => "OFFSET_OUT_OF_RANGE",
-        2 => "CORRUPT_MESSAGE",
-        3 => "UNKNOWN_TOPIC_OR_PARTITION",
-        5 => "LEADER_NOT_AVAILABLE",
-        6 => "NOT_LEADER_OR_FOLLOWER",
-        7 => "REQUEST_TIMED_OUT",
-        10 => "MESSAGE_TOO_LARGE",
-        12 => "OFFSET_METADATA_TOO_LARGE",
-        14 => "COORDINATOR_LOAD_IN_PROGRESS",
-        15 => "COORDINATOR_NOT_AVAILABLE",
-        16 => "NOT_COORDINATOR",
-        22 => "ILLEGAL_GENERATION",
-        25 => "UNKNOWN_MEMBER_ID",
-        27 => "REBALANCE_IN_PROGRESS",
-        68 => "NON_EMPTY_GROUP",
-        69 => "GROUP_ID_NOT_FOUND",
-        17 => "INVALID_TOPIC_EXCEPTION",
-        36 => "TOPIC_ALREADY_EXISTS",
-        37 => "INVALID_PARTITIONS",
-        38 => "INVALID_REPLICATION_FACTOR",
-        40 => "INVALID_CONFIG",
-        41 => "NOT_CONTROLLER",
-        42 => "INVALID_REQUEST",
-        87 => "INVALID_RECORD",
-        100 => "UNKNOWN_TOPIC_ID",
-        _ => return format!("Kafka error {code}"),
-    };
-    name.to_string()
 }
 
 /// Whether a Kafka error goes away by itself (an election, a controller
