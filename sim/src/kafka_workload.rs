@@ -1345,7 +1345,12 @@ impl KafkaWorkload {
             header.correlation_id, in_flight.correlation,
             "responses come in request order on a connection"
         );
-        let offsets_in_flight = in_flight.clone();
+        // What the arms below record after the match takes the op apart:
+        // a fetch's acknowledged end, and a commit or fetch of offsets whole
+        // (cloned for those only; a produce carries all its values).
+        let acknowledged_end = in_flight.acknowledged_end;
+        let offsets_in_flight = matches!(in_flight.op, Op::Commit { .. } | Op::FetchOffset { .. })
+            .then(|| in_flight.clone());
         let ok = match in_flight.op {
             Op::Metadata => {
                 let response = MetadataResponse::decode(&mut body, version).expect("decodes");
@@ -1467,7 +1472,7 @@ impl KafkaWorkload {
                     Some(answer)
                         if answer.error_code == code::OFFSET_OUT_OF_RANGE
                             && offset >= answer.log_start_offset
-                            && offset < offsets_in_flight.acknowledged_end =>
+                            && offset < acknowledged_end =>
                     {
                         // A Kafka consumer resets its position on this
                         // answer (to the log start or end, by
@@ -1482,7 +1487,7 @@ impl KafkaWorkload {
                                  (log start {})",
                                 key.0,
                                 key.1,
-                                offsets_in_flight.acknowledged_end - 1,
+                                acknowledged_end - 1,
                                 answer.log_start_offset
                             ),
                         ));
@@ -1510,8 +1515,12 @@ impl KafkaWorkload {
                 } else {
                     Outcome::Info
                 };
-                self.history
-                    .record_offset_operation(index, &offsets_in_flight, outcome, None);
+                self.history.record_offset_operation(
+                    index,
+                    offsets_in_flight.as_ref().expect("a commit"),
+                    outcome,
+                    None,
+                );
                 if error == code::NONE {
                     let acknowledged = self
                         .history
@@ -1547,7 +1556,7 @@ impl KafkaWorkload {
                         };
                         self.history.record_offset_operation(
                             index,
-                            &offsets_in_flight,
+                            offsets_in_flight.as_ref().expect("an offset fetch"),
                             Outcome::Ok,
                             Some(completed),
                         );
