@@ -89,10 +89,15 @@ class Broker:
         while time.time() < deadline:
             assert self.process.poll() is None, f"broker exited: {self.log()}"
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    # A loopback connect to a free ephemeral port can be given
+                    # that port as its source and open to itself (TCP's
+                    # simultaneous open): that is not the broker listening.
+                    if sock.getsockname() != sock.getpeername():
+                        return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise AssertionError(f"broker did not listen within {START_TIMEOUT_S}s: {self.log()}")
 
     def stop(self):

@@ -184,6 +184,27 @@ pub fn raise_incarnation(data_dir: &Path) -> Result<u64, String> {
 
 /// Runs `runnel serve` until SIGTERM or SIGINT; returns the exit code.
 pub fn serve(mut config: ServeConfig) -> i32 {
+    // The signals are caught before anything else, so that a SIGTERM while
+    // the node recovers is not the default action (an unclean kill) but a
+    // stop once recovery is over: the drain then finds it pending.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("runnel: cannot start the async runtime: {error}");
+            return 1;
+        }
+    };
+    let mut signals = match runtime.block_on(async { Signals::new() }) {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("runnel: cannot catch SIGTERM and SIGINT: {error}");
+            return 1;
+        }
+    };
     let _lock = match lock_data_dir(&config.data_dir) {
         Ok(lock) => lock,
         Err(message) => {
@@ -230,24 +251,6 @@ pub fn serve(mut config: ServeConfig) -> i32 {
     for note in broker.recovery_notes() {
         tracing::warn!(note, "recovery");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("runnel: cannot start the async runtime: {error}");
-            return 1;
-        }
-    };
-    let mut signals = match runtime.block_on(async { Signals::new() }) {
-        Ok(signals) => signals,
-        Err(error) => {
-            eprintln!("runnel: cannot catch SIGTERM and SIGINT: {error}");
-            return 1;
-        }
-    };
     let addresses = NodeAddresses {
         node_id: config.broker.node_id,
         kafka_addr: config.kafka_addr,

@@ -19,6 +19,7 @@ fn free_port() -> u16 {
 
 /// `stderr` is piped only for a process expected to stop at once: nobody
 /// reads a long-running one's, whose log could fill the pipe and stall it.
+/// A long-running one logs to a file instead, shown when it ends badly.
 fn serve(data_dir: &std::path::Path, kafka_port: u16, stderr: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_runnel"))
         .args(["serve", "--data-dir"])
@@ -31,19 +32,51 @@ fn serve(data_dir: &std::path::Path, kafka_port: u16, stderr: Stdio) -> Child {
         .expect("start runnel serve")
 }
 
+/// A connection that reached a listener. A connection to itself is not
+/// one: a loopback connect to a free port in the ephemeral range can be
+/// given that same port as its source and open to itself (TCP's
+/// simultaneous open), which once let this test signal a node that was
+/// not listening yet.
+fn listening(port: u16) -> bool {
+    match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(stream) => stream.local_addr().ok() != stream.peer_addr().ok(),
+        Err(_) => false,
+    }
+}
+
 fn wait_until_listening(port: u16) {
     let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !listening(port) {
         assert!(Instant::now() < deadline, "runnel serve never listened");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn wait_for_exit(child: &mut Child) -> Option<i32> {
+/// A file for a long-running node's log, kept apart from its data
+/// directory so that serving the directory again starts a new log.
+fn log_file(dir: &tempfile::TempDir, name: &str) -> (std::path::PathBuf, Stdio) {
+    let path = dir.path().join(name);
+    let file = std::fs::File::create(&path).expect("create the node's log file");
+    (path, Stdio::from(file))
+}
+
+/// The exit code, or a description of how the process ended otherwise
+/// (a signal), with its log, so that a failure says why.
+fn wait_for_exit(child: &mut Child, log: &std::path::Path) -> Result<i32, String> {
+    use std::os::unix::process::ExitStatusExt;
     let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
     loop {
         if let Some(status) = child.try_wait().expect("poll the child") {
-            return status.code();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            return match status.code() {
+                Some(0) => Ok(0),
+                Some(code) => Err(format!("exit code {code}; its log:\n{log}")),
+                None => Err(format!(
+                    "ended by signal {:?} (core dumped: {}); its log:\n{log}",
+                    status.signal(),
+                    status.core_dumped()
+                )),
+            };
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
@@ -56,8 +89,10 @@ fn wait_for_exit(child: &mut Child) -> Option<i32> {
 #[test]
 fn one_data_dir_one_process_and_sigterm_exits_0() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let logs = tempfile::tempdir().expect("temp dir for logs");
     let port = free_port();
-    let mut first = serve(dir.path(), port, Stdio::null());
+    let (first_log, stderr) = log_file(&logs, "first.log");
+    let mut first = serve(dir.path(), port, stderr);
     wait_until_listening(port);
 
     let second = serve(dir.path(), free_port(), Stdio::piped())
@@ -71,16 +106,17 @@ fn one_data_dir_one_process_and_sigterm_exits_0() {
     // SAFETY: a signal to a child process this test started and still owns.
     let sent = unsafe { libc::kill(first.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(sent, 0);
-    assert_eq!(wait_for_exit(&mut first), Some(0));
+    assert_eq!(wait_for_exit(&mut first, &first_log), Ok(0));
 
     // The lock went with the process: the directory can be served again.
     let port = free_port();
-    let mut again = serve(dir.path(), port, Stdio::null());
+    let (again_log, stderr) = log_file(&logs, "again.log");
+    let mut again = serve(dir.path(), port, stderr);
     wait_until_listening(port);
     // SAFETY: as above.
     let sent = unsafe { libc::kill(again.id() as libc::pid_t, libc::SIGINT) };
     assert_eq!(sent, 0);
-    assert_eq!(wait_for_exit(&mut again), Some(0));
+    assert_eq!(wait_for_exit(&mut again, &again_log), Ok(0));
 }
 
 /// One HTTP request to the metrics port; the whole answer.
@@ -100,6 +136,8 @@ fn http(port: u16, request: &[u8]) -> String {
 #[test]
 fn metrics_are_served_in_the_prometheus_text_format() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let logs = tempfile::tempdir().expect("temp dir for logs");
+    let (node_log, stderr) = log_file(&logs, "node.log");
     let kafka_port = free_port();
     let metrics_port = free_port();
     let mut node = Command::new(env!("CARGO_BIN_EXE_runnel"))
@@ -109,7 +147,7 @@ fn metrics_are_served_in_the_prometheus_text_format() {
         .args(["--rpc-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start runnel serve");
     wait_until_listening(kafka_port);
@@ -149,5 +187,5 @@ fn metrics_are_served_in_the_prometheus_text_format() {
     // SAFETY: a signal to a child process this test started and still owns.
     let sent = unsafe { libc::kill(node.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(sent, 0);
-    assert_eq!(wait_for_exit(&mut node), Some(0));
+    assert_eq!(wait_for_exit(&mut node, &node_log), Ok(0));
 }
