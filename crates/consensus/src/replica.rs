@@ -721,13 +721,22 @@ impl Replica {
         // §7.4: a campaign (or a term query) from a node our committed
         // membership does not list comes from a replica left behind when a
         // change removed it. A replica that knows no membership yet (one
-        // joining empty) can tell nothing, and does not vote.
+        // joining empty) can tell nothing. It votes only once it has heard
+        // from a leader of the group, which its term above 0 records
+        // (durably, after a restart): before that it may be a replica
+        // created again whose deleted vote record went to a stale
+        // candidate. After it, it may have lost its copies of the config
+        // entries that made it a voter (a crash before they were synced),
+        // and its vote is what the group needs to elect anyone (§7.4).
         let knows_membership = !self.config.voters.is_empty();
+        let heard_from_leader = self.term > 0;
         let sender_removed = knows_membership
             && !self.config.contains(message.from)
             && self.config_index <= self.commit;
         match message.body {
-            Body::PreVote { .. } | Body::Vote { .. } if !knows_membership => return,
+            Body::PreVote { .. } | Body::Vote { .. } if !knows_membership && !heard_from_leader => {
+                return
+            }
             Body::PreVote { .. } | Body::Vote { .. } | Body::TermQuery if sender_removed => {
                 // The campaign or query is handled as usual besides: our
                 // committed config may be older than the sender's (we lag),

@@ -496,18 +496,14 @@ fn regression_no_lost_tail_while_a_smaller_config_is_in_flight() {
     );
 }
 
-/// Found by `PROPTEST_RNG_SEED=12345`, not fixed yet (docs/protocol.md,
-/// appendix): a single voter adds node 4 (an empty replica that knows no
-/// membership) as a learner on a slow disk and promotes it; node 4 crashes
-/// before its copies of both config entries are durable. Node 1 now needs
-/// node 4's vote under its uncommitted two-voter config, and node 4, knowing
-/// no membership again, grants none, so no entry commits after the faults
-/// stop. The node core gives every replica it creates a membership
-/// (`Node::join_group`), so this harness-only empty replica is where it
-/// shows; the fix belongs in the vote rule for replicas that know no
-/// membership but hold a durable log.
+/// Found by `PROPTEST_RNG_SEED=12345`: a single voter adds node 4 (an
+/// empty replica that knows no membership) as a learner on a slow disk and
+/// promotes it; node 4 crashes before its copies of both config entries are
+/// durable. Node 1 now needs node 4's vote under its uncommitted two-voter
+/// config. Node 4 knew no membership again and so granted none, and no
+/// entry committed after the faults stopped. A replica that heard from a
+/// leader (its durable term is above 0) now votes (docs/protocol.md §7.4).
 #[test]
-#[ignore = "known liveness gap: a promoted learner that lost its config entries never votes"]
 fn regression_a_promoted_learner_that_crashed_lets_the_group_commit_again() {
     run(
         1,
