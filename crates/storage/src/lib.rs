@@ -316,6 +316,10 @@ pub(crate) struct Paths {
     pub(crate) votes: [String; 2],
     pub(crate) snapshot: String,
     pub(crate) snapshot_tmp: String,
+    /// Where `prepend_retained` writes a segment before renaming it into
+    /// place: in the log directory, so that one `SyncDir` makes the rename
+    /// durable.
+    pub(crate) backfill_tmp: String,
     /// The tombstone: this node deleted a replica of the group once.
     pub(crate) left: String,
 }
@@ -327,6 +331,8 @@ pub(crate) const LEFT_FILE: &str = "left";
 /// The data directory itself, as `DiskOp::SyncDir` names it.
 pub(crate) const DATA_DIR: &str = "";
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
+/// The name, in a group's log directory, of a segment being prepended.
+pub(crate) const BACKFILL_TMP_FILE: &str = "backfill.tmp";
 
 impl Paths {
     pub(crate) fn new(group: GroupId) -> Paths {
@@ -336,6 +342,7 @@ impl Paths {
             votes: [format!("{group_dir}/vote-a"), format!("{group_dir}/vote-b")],
             snapshot: format!("{group_dir}/snapshot"),
             snapshot_tmp: format!("{group_dir}/snapshot.tmp"),
+            backfill_tmp: format!("{group_dir}/log/{BACKFILL_TMP_FILE}"),
             left: format!("{group_dir}/{LEFT_FILE}"),
             group_dir,
         }
@@ -1010,6 +1017,9 @@ impl GroupStore {
             });
         }
         ops.push(DiskOp::Delete {
+            file: self.paths.backfill_tmp.clone(),
+        });
+        ops.push(DiskOp::Delete {
             file: self.paths.snapshot.clone(),
         });
         ops.push(DiskOp::Delete {
@@ -1151,6 +1161,156 @@ impl GroupStore {
             first_index: from,
             frame_bytes,
         })
+    }
+
+    /// Plans a read of retained entries ending at `last`, for a follower
+    /// that backfills below its snapshot (docs/protocol.md §8.2): one
+    /// `Read` of consecutive frames of the segment holding `last`, as many
+    /// as fit in `LOG_READ_ENTRIES_MAX` frames and `LOG_READ_BYTES_MAX`
+    /// bytes going down from `last` (at least `last` itself), not below
+    /// `retained_first()`. None when `last` is not retained. Like
+    /// `plan_read`, it changes nothing.
+    pub fn plan_read_ending_at(&self, last: Index) -> Option<LogReadPlan> {
+        if last < self.retained_first || last > self.snapshot_index {
+            return None;
+        }
+        let segment = self
+            .segments
+            .iter()
+            .rfind(|segment| segment.base <= last && last < segment.end())?;
+        let (_, count) = self.retained_in(segment)?;
+        let stop = (last - segment.base) as usize;
+        debug_assert!(stop < count);
+        let mut start = stop;
+        let mut total = frame_end(segment, stop) - u64::from(segment.offsets[stop]);
+        while start > 0 && stop + 1 - start < LOG_READ_ENTRIES_MAX {
+            let bytes = frame_end(segment, start - 1) - u64::from(segment.offsets[start - 1]);
+            if total + bytes > LOG_READ_BYTES_MAX {
+                break;
+            }
+            total += bytes;
+            start -= 1;
+        }
+        let frame_bytes = (start..=stop)
+            .map(|position| {
+                let bytes = frame_end(segment, position) - u64::from(segment.offsets[position]);
+                u32::try_from(bytes).expect("frames are within FRAME_BYTES_MAX")
+            })
+            .collect();
+        Some(LogReadPlan {
+            group: self.group,
+            file: self.paths.segment(segment.name),
+            offset: u64::from(segment.offsets[start]),
+            first_index: segment.base + start as u64,
+            frame_bytes,
+        })
+    }
+
+    /// Whether `prepend_retained` can take entries ending at
+    /// `retained_first() - 1`: the store retains below its snapshot, has one,
+    /// and no segment file holds frames below `retained_first()` that the
+    /// store no longer tracks (a segment `discard_below` cut into keeps its
+    /// file whole, and a new segment would overlap it).
+    pub fn can_prepend_retained(&self) -> bool {
+        self.options.retain_below_snapshot
+            && self.snapshot_index > 0
+            && self.retained_first > 1
+            && self
+                .segments
+                .first()
+                .is_none_or(|first| first.name == first.base && first.base == self.retained_first)
+    }
+
+    /// §8.2: adds `entries`, which end at `retained_first() - 1`, below what
+    /// the store retains: a follower that installed a snapshot backfills
+    /// from the leader the log the snapshot covers, so that it can serve
+    /// lagging followers from its log in turn. They go into one new
+    /// segment named after the first entry, written whole to
+    /// `log/backfill.tmp`, synced, renamed into place, and the log
+    /// directory synced (and the group directory if the log directory is
+    /// new), so that a crash leaves the segment whole or absent, never
+    /// torn. Returns the ops; `retained_first()` is the first entry's index
+    /// from now on, and reads planned after the ops see the frames.
+    ///
+    /// Durability contract: when the ops complete, the frames are durable
+    /// and recovery retains them (they run without a gap up to the
+    /// snapshot). A crash before leaves the old retained run, and perhaps
+    /// `backfill.tmp`, which recovery deletes.
+    ///
+    /// Panics (programmer error) unless `can_prepend_retained()`, the
+    /// entries are non-empty, contiguous, end at `retained_first() - 1`,
+    /// have non-decreasing terms, fit in one segment, and the last has the
+    /// snapshot's term when it is at the snapshot index. Checking terms
+    /// against the retained log's is the caller's: the store does not keep
+    /// terms below the snapshot.
+    pub fn prepend_retained(&mut self, entries: &[Entry]) -> Vec<DiskOp> {
+        assert!(self.can_prepend_retained(), "cannot prepend retained entries here");
+        let first = entries.first().expect("entries to prepend");
+        let last = entries.last().expect("entries to prepend");
+        assert_eq!(
+            last.index + 1,
+            self.retained_first,
+            "prepended entries must end just below the retained run"
+        );
+        for pair in entries.windows(2) {
+            assert_eq!(pair[1].index, pair[0].index + 1, "prepend of non-contiguous entries");
+            assert!(pair[1].term >= pair[0].term, "prepend with a decreasing term");
+        }
+        if last.index == self.snapshot_index {
+            assert_eq!(last.term, self.snapshot_term, "prepend disagrees with the snapshot");
+        }
+        assert!(first.index >= 1);
+        let mut data = Vec::new();
+        let mut offsets = Vec::with_capacity(entries.len());
+        for entry in entries {
+            offsets.push(u32::try_from(data.len()).expect("segment offsets fit in u32"));
+            codec::encode_frame(self.group, entry, &mut data);
+        }
+        let len = data.len() as u64;
+        assert!(
+            len <= self.options.segment_bytes_max.max(FRAME_BYTES_MAX as u64),
+            "prepended entries exceed one segment"
+        );
+        let mut ops = self.take_prelude(false);
+        let name = first.index;
+        ops.push(DiskOp::Delete {
+            file: self.paths.backfill_tmp.clone(),
+        });
+        ops.push(DiskOp::Write {
+            file: self.paths.backfill_tmp.clone(),
+            offset: 0,
+            data,
+        });
+        ops.push(DiskOp::Sync {
+            file: self.paths.backfill_tmp.clone(),
+        });
+        ops.push(DiskOp::Rename {
+            from: self.paths.backfill_tmp.clone(),
+            to: self.paths.segment(name),
+        });
+        ops.push(DiskOp::SyncDir {
+            dir: self.paths.log_dir.clone(),
+        });
+        if !self.log_dir_exists {
+            self.log_dir_exists = true;
+            ops.push(DiskOp::SyncDir {
+                dir: self.paths.group_dir.clone(),
+            });
+        }
+        self.segments.insert(
+            0,
+            Segment {
+                name,
+                base: name,
+                offsets,
+                len,
+                // Only the last segment rolls, and it rolls by size alone
+                // until a clock starts its age.
+                started: Started::Unknown,
+            },
+        );
+        self.retained_first = name;
+        ops
     }
 
     /// Stops retaining the entries below `index` (at most the snapshot

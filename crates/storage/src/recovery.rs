@@ -126,6 +126,7 @@ pub(crate) fn recover(
     let mut vote_present = [false; 2];
     let mut snapshot_present = false;
     let mut tmp_present = false;
+    let mut backfill_tmp_present = false;
     let mut names: Vec<Index> = Vec::new();
     for file in disk.list()? {
         if !file.starts_with(&group_prefix) || file == paths.left {
@@ -142,6 +143,10 @@ pub(crate) fn recover(
             snapshot_present = true;
         } else if file == paths.snapshot_tmp {
             tmp_present = true;
+        } else if file == paths.backfill_tmp {
+            // A segment `prepend_retained` had not renamed into place: never
+            // part of the log.
+            backfill_tmp_present = true;
         } else if let Some(name) = file.strip_prefix(&log_prefix) {
             let index = name
                 .strip_suffix(SEGMENT_SUFFIX)
@@ -294,6 +299,14 @@ pub(crate) fn recover(
         // remove it now. With corruption it is evidence, kept until the node
         // replaces it by appending.
         repair.append(&mut cut);
+    }
+    if backfill_tmp_present {
+        repair.push(DiskOp::Delete {
+            file: paths.backfill_tmp.clone(),
+        });
+        repair.push(DiskOp::SyncDir {
+            dir: paths.log_dir.clone(),
+        });
     }
     if tmp_present {
         repair.push(DiskOp::Delete {
