@@ -1244,7 +1244,10 @@ impl GroupStore {
     /// against the retained log's is the caller's: the store does not keep
     /// terms below the snapshot.
     pub fn prepend_retained(&mut self, entries: &[Entry]) -> Vec<DiskOp> {
-        assert!(self.can_prepend_retained(), "cannot prepend retained entries here");
+        assert!(
+            self.can_prepend_retained(),
+            "cannot prepend retained entries here"
+        );
         let first = entries.first().expect("entries to prepend");
         let last = entries.last().expect("entries to prepend");
         assert_eq!(
@@ -1253,11 +1256,21 @@ impl GroupStore {
             "prepended entries must end just below the retained run"
         );
         for pair in entries.windows(2) {
-            assert_eq!(pair[1].index, pair[0].index + 1, "prepend of non-contiguous entries");
-            assert!(pair[1].term >= pair[0].term, "prepend with a decreasing term");
+            assert_eq!(
+                pair[1].index,
+                pair[0].index + 1,
+                "prepend of non-contiguous entries"
+            );
+            assert!(
+                pair[1].term >= pair[0].term,
+                "prepend with a decreasing term"
+            );
         }
         if last.index == self.snapshot_index {
-            assert_eq!(last.term, self.snapshot_term, "prepend disagrees with the snapshot");
+            assert_eq!(
+                last.term, self.snapshot_term,
+                "prepend disagrees with the snapshot"
+            );
         }
         assert!(first.index >= 1);
         let mut data = Vec::new();
@@ -1333,10 +1346,25 @@ impl GroupStore {
         }
         self.retained_first = index;
         let mut ops = self.take_prelude(false);
+        // After recovery found corruption, the cut still to come truncates
+        // (or deletes) the segments holding the damaged suffix: a segment it
+        // names stays here, even if every intact frame in it is below
+        // `index`, so that the cut never meets a missing file.
+        let named_by_cut = |name: Index| {
+            let file = self.paths.segment(name);
+            self.cut.iter().flatten().any(|op| match op {
+                DiskOp::Truncate { file: cut, .. }
+                | DiskOp::Delete { file: cut }
+                | DiskOp::Sync { file: cut } => *cut == file,
+                _ => false,
+            })
+        };
         let whole = self
             .segments
             .iter()
-            .take_while(|segment| !segment.offsets.is_empty() && segment.end() <= index)
+            .take_while(|segment| {
+                !segment.offsets.is_empty() && segment.end() <= index && !named_by_cut(segment.name)
+            })
             .count();
         let removed: Vec<Segment> = self.segments.drain(..whole).collect();
         self.delete_segments(&removed, &mut ops);

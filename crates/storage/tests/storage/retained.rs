@@ -392,3 +392,40 @@ fn a_read_is_bounded_by_entries_and_bytes() {
         Err(RetainedDamage { index: 256 })
     );
 }
+
+/// Found by the simulator (seed 5026 once backfill existed): recovery found
+/// the frame right after the snapshot damaged, so the cut still to come
+/// truncates the segment holding it; a discard before the first append
+/// deleted that segment, whose intact frames were all below the snapshot,
+/// and the cut then failed on a missing file, stopping the node.
+#[test]
+fn a_discard_before_the_first_append_keeps_the_segment_the_cut_truncates() {
+    let mut disk = MemDisk::new();
+    let (mut store, ops) = GroupStore::create(GROUP, options(100), &HardState::default());
+    disk.run(ops);
+    let log: Vec<Entry> = (1..=30)
+        .map(|i| data_entry(i, if i <= 15 { 1 } else { 2 }, 20))
+        .collect();
+    let mut ops = store.append(&log);
+    ops.extend(store.sync_ops());
+    disk.run(ops);
+    // Segment 21 holds 21 and 22; the snapshot is at 21.
+    disk.run(store.save_snapshot(&snapshot(21, 2)));
+    disk.flip_bit(&seg_path(21), FRAME + 30, 1);
+    let recovered = recover(&mut disk, 100);
+    assert_eq!(recovered.report.corrupt_entries.first(), Some(&22));
+    assert!(recovered.entries.is_empty(), "the log ends at the damage");
+    let mut store = recovered.store;
+    disk.run(store.repair_ops());
+    disk.run(store.discard_below(22));
+    assert_eq!(store.retained_first(), 22);
+    assert!(store.plan_read(21).is_none(), "discarded");
+    // The first append runs the cut, then writes: nothing is missing.
+    let mut ops = store.append(&log[21..23]);
+    ops.extend(store.sync_ops());
+    disk.run(ops);
+    disk.crash(Crash::DropUnsynced);
+    let recovered = recover(&mut disk, 100);
+    assert!(recovered.report.corrupt_entries.is_empty());
+    assert_eq!(recovered.entries, log[21..23]);
+}
