@@ -162,6 +162,9 @@ pub fn add_catch_up(total: &mut CatchUpStats, more: CatchUpStats) {
     total.log_reads_refused += more.log_reads_refused;
     total.log_reads_failed += more.log_reads_failed;
     total.log_reads_damaged += more.log_reads_damaged;
+    total.backfill_chunks_read += more.backfill_chunks_read;
+    total.backfill_chunks_stored += more.backfill_chunks_stored;
+    total.backfill_entries_stored += more.backfill_entries_stored;
 }
 
 impl Outcome {

@@ -87,6 +87,8 @@ impl MessageLine {
             Body::TermQuery => ("TermQuery", 0, 0, 0),
             Body::TermReport => ("TermReport", 0, 0, 0),
             Body::Removed { config_index } => ("Removed", *config_index, 0, 0),
+            Body::BackfillRequest { below } => ("BackfillReq", *below, 0, 0),
+            Body::Backfill { below, entries } => ("Backfill", *below, entries.len() as u64, 0),
         };
         MessageLine {
             group,
@@ -113,6 +115,8 @@ impl fmt::Display for MessageLine {
             "Append" => write!(f, "prev={a} n={b} commit={c}"),
             "AppendResp" => write!(f, "ok={} match={b} hint={c}", a == 1),
             "InstallSnapshot" => write!(f, "index={a} term={b}"),
+            "BackfillReq" => write!(f, "below={a}"),
+            "Backfill" => write!(f, "below={a} n={b}"),
             _ => Ok(()),
         }
     }

@@ -12,7 +12,9 @@ pub mod replica;
 pub mod types;
 
 pub use message::{Body, Message};
-pub use replica::{LogRead, Options, ProposeError, Ready, Replica, Role, READS_PENDING_MAX};
+pub use replica::{
+    BackfillRead, LogRead, Options, ProposeError, Ready, Replica, Role, READS_PENDING_MAX,
+};
 pub use types::{
     Config, Entry, HardState, Index, Payload, Snapshot, SnapshotMeta, Term, REPAIR_INDEX_UNKNOWN,
 };

@@ -118,6 +118,56 @@ impl Log {
         self.retained = runs;
     }
 
+    /// Whether `entries` may go just below the retained run (§8.2): non-empty,
+    /// contiguous, ending at `retained_first() - 1`, with terms that never
+    /// decrease and fit below the term of the entry above them (at the
+    /// snapshot index, the snapshot's term exactly). A chunk from a peer is
+    /// checked with this before anything is stored.
+    pub fn fits_below_retained(&self, entries: &[Entry]) -> bool {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return false;
+        };
+        let first_retained = self.retained_first();
+        let contiguous = entries
+            .windows(2)
+            .all(|pair| pair[1].index == pair[0].index + 1 && pair[1].term >= pair[0].term);
+        let term_fits = if last.index == self.snapshot.index {
+            last.term == self.snapshot.term
+        } else {
+            self.retained
+                .first()
+                .is_some_and(|&(_, term)| last.term <= term)
+        };
+        first.index >= 1
+            && last.index + 1 == first_retained
+            && last.index <= self.snapshot.index
+            && contiguous
+            && term_fits
+    }
+
+    /// Storage now holds `entries` just below the retained run (§8.2):
+    /// remember their terms. Panics unless `fits_below_retained(entries)`.
+    pub fn prepend_retained(&mut self, entries: &[Entry]) {
+        assert!(
+            self.fits_below_retained(entries),
+            "prepended entries do not fit below the retained run"
+        );
+        let mut runs: Vec<(Index, Term)> = Vec::new();
+        for entry in entries {
+            if runs.last().is_none_or(|&(_, term)| term != entry.term) {
+                runs.push((entry.index, entry.term));
+            }
+        }
+        match (runs.last(), self.retained.first()) {
+            (Some(&(_, below)), Some(&(_, above))) if below == above => {
+                self.retained.remove(0);
+            }
+            _ => {}
+        }
+        runs.append(&mut self.retained);
+        self.retained = runs;
+    }
+
     /// Storage deleted every entry below `index`: forget their terms.
     pub fn discard_retained_below(&mut self, index: Index) {
         if index > self.snapshot.index {
@@ -325,6 +375,52 @@ mod tests {
         assert_eq!(log.term_at(4), None);
         assert_eq!(log.term_at(5), Some(3));
         assert_eq!(log.retained_first(), 6);
+    }
+
+    #[test]
+    fn prepended_entries_join_the_retained_runs() {
+        // A snapshot at 6 (term 3) that replaced the log: nothing retained.
+        let mut log = Log::default();
+        log.compact_to(SnapshotMeta {
+            index: 6,
+            term: 3,
+            config: Config::default(),
+        });
+        assert_eq!(log.retained_first(), 7);
+        // The chunk at the snapshot index must carry the snapshot's term.
+        assert!(!log.fits_below_retained(&[entry(5, 3), entry(6, 2)]));
+        assert!(
+            !log.fits_below_retained(&[entry(4, 3), entry(5, 3)]),
+            "a gap"
+        );
+        assert!(!log.fits_below_retained(&[]));
+        log.prepend_retained(&[entry(5, 3), entry(6, 3)]);
+        assert_eq!(log.retained_first(), 5);
+        // Below, terms must not exceed the term above them.
+        assert!(!log.fits_below_retained(&[entry(4, 4)]));
+        assert!(
+            !log.fits_below_retained(&[entry(3, 3), entry(4, 2)]),
+            "decreasing"
+        );
+        log.prepend_retained(&[entry(2, 1), entry(3, 2), entry(4, 3)]);
+        let terms: Vec<Option<Term>> = (0..=7).map(|index| log.term_at(index)).collect();
+        assert_eq!(
+            terms,
+            vec![
+                None,
+                None,
+                Some(1),
+                Some(2),
+                Some(3),
+                Some(3),
+                Some(3),
+                None
+            ]
+        );
+        assert_eq!(log.retained, vec![(2, 1), (3, 2), (4, 3)], "runs merged");
+        log.prepend_retained(&[entry(1, 1)]);
+        assert_eq!(log.retained_first(), 1);
+        assert!(!log.fits_below_retained(&[entry(0, 1)]));
     }
 
     #[test]

@@ -64,6 +64,18 @@ pub enum Body {
     InstallSnapshot {
         snapshot: Snapshot,
     },
+    /// §8.2: a follower that installed a snapshot asks the leader for the
+    /// entries just below `below`, the first it retains below its snapshot,
+    /// so that its log below the snapshot serves lagging followers too.
+    BackfillRequest {
+        below: Index,
+    },
+    /// §8.2: the answer: consecutive committed entries ending at
+    /// `below - 1`, or none when the leader retains nothing below `below`.
+    Backfill {
+        below: Index,
+        entries: Vec<Entry>,
+    },
     /// §9: start an election now, skipping pre-vote.
     TimeoutNow,
     /// §10.3: a replica that lost its vote record asks a voter for its

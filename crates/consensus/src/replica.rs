@@ -174,6 +174,35 @@ pub struct Ready {
     /// §6.3: linearizable reads that can no longer be confirmed (the
     /// replica stopped leading): the caller tells their clients to retry.
     pub reads_failed: Vec<u64>,
+    /// §8.2: read the retained entries ending just below `below` for a
+    /// follower backfilling, and pass them to `backfill_loaded`.
+    pub backfill_reads: Vec<BackfillRead>,
+    /// §8.2: committed entries from the leader that go just below what this
+    /// replica retains: store them below the snapshot and call
+    /// `backfill_stored` (or `backfill_stored(false)` if they cannot be).
+    pub backfill: Vec<Entry>,
+}
+
+/// A follower's request for the retained entries ending at `below - 1`
+/// (§8.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackfillRead {
+    pub peer: NodeId,
+    pub below: Index,
+}
+
+/// §8.2: where a follower is in taking the log below its snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Backfill {
+    /// Nothing to ask: the leader retains no more, or the host discarded
+    /// retained entries (so it wants none below them).
+    Off,
+    /// Ask the leader at the next Append from it.
+    Wanted,
+    /// Asked the leader for the entries below `below` at `sent_ms`.
+    Asked { below: Index, sent_ms: u64 },
+    /// Handed the host a chunk ending at `below - 1` to store.
+    Storing { entries: Vec<Entry> },
 }
 
 /// A request to read entries from `from` on, below the snapshot point, for
@@ -195,6 +224,8 @@ impl Ready {
             && self.reads.is_empty()
             && self.reads_ready.is_empty()
             && self.reads_failed.is_empty()
+            && self.backfill_reads.is_empty()
+            && self.backfill.is_empty()
     }
 
     pub fn has_writes(&self) -> bool {
@@ -277,6 +308,8 @@ pub struct Replica {
     /// index, in order (their indexes never decrease).
     reads_confirmed: VecDeque<PendingRead>,
     reads_failed: Vec<u64>,
+    /// §8.2: this replica's backfill below its snapshot, as a follower.
+    backfill: Backfill,
     // Outputs not yet taken.
     hard_state_dirty: bool,
     unstable_from: Option<Index>,
@@ -285,6 +318,8 @@ pub struct Replica {
     messages: Vec<Message>,
     persisted_messages: Vec<Message>,
     reads: Vec<LogRead>,
+    backfill_reads: Vec<BackfillRead>,
+    backfill_out: Vec<Entry>,
 }
 
 impl Replica {
@@ -300,6 +335,7 @@ impl Replica {
         now_ms: u64,
     ) -> Replica {
         options.validate();
+        let options_retain = options.retain_log_below_snapshot;
         let meta = snapshot
             .as_ref()
             .map(|snapshot| snapshot.meta.clone())
@@ -363,6 +399,13 @@ impl Replica {
             reads_unconfirmed: VecDeque::new(),
             reads_confirmed: VecDeque::new(),
             reads_failed: Vec::new(),
+            // §8.2: a replica restarted from a snapshot asks once whether
+            // the leader retains more below it than it does.
+            backfill: if options_retain && meta.index > 0 {
+                Backfill::Wanted
+            } else {
+                Backfill::Off
+            },
             hard_state_dirty,
             unstable_from: None,
             snapshot_to_persist: None,
@@ -370,6 +413,8 @@ impl Replica {
             messages: Vec::new(),
             persisted_messages: Vec::new(),
             reads: Vec::new(),
+            backfill_reads: Vec::new(),
+            backfill_out: Vec::new(),
         };
         replica.was_member = replica.config.contains(replica.id());
         replica.reset_election_deadline();
@@ -828,6 +873,7 @@ impl Replica {
                     read_round,
                 };
                 self.handle_append(append, entries);
+                self.maybe_request_backfill();
             }
             Body::AppendResponse {
                 success,
@@ -843,6 +889,10 @@ impl Replica {
             Body::InstallSnapshot { snapshot } => {
                 self.accept_leader(message.from);
                 self.handle_install_snapshot(message.from, snapshot);
+            }
+            Body::BackfillRequest { below } => self.handle_backfill_request(message.from, below),
+            Body::Backfill { below, entries } => {
+                self.handle_backfill(message.from, below, entries);
             }
             Body::TermQuery | Body::TermReport | Body::Removed { .. } => {
                 unreachable!("answered before the term rules")
@@ -1353,6 +1403,122 @@ impl Replica {
     /// Storage deleted every entry below `index` (retention, §8.1).
     pub fn discard_retained_below(&mut self, index: Index) {
         self.log.discard_retained_below(index);
+        // The host wants nothing below what it keeps: backfilling more would
+        // only be discarded again.
+        if !matches!(self.backfill, Backfill::Storing { .. }) {
+            self.backfill = Backfill::Off;
+        }
+    }
+
+    // ----- Backfill below the snapshot (§8.2) -----
+
+    /// As a follower hearing from its leader: asks for the entries just
+    /// below what it retains, when it wants them and has no request
+    /// outstanding (one unanswered for an election timeout is asked again).
+    fn maybe_request_backfill(&mut self) {
+        let Some(leader) = self.leader else {
+            return;
+        };
+        if self.role != Role::Follower || self.log.snapshot().index == 0 {
+            return;
+        }
+        let below = self.log.retained_first();
+        let due = match self.backfill {
+            Backfill::Wanted => true,
+            Backfill::Asked { sent_ms, .. } => {
+                self.now_ms >= sent_ms + self.options.election_timeout_ms
+            }
+            Backfill::Off | Backfill::Storing { .. } => false,
+        };
+        if !due {
+            return;
+        }
+        if below <= 1 {
+            self.backfill = Backfill::Off;
+            return;
+        }
+        self.backfill = Backfill::Asked {
+            below,
+            sent_ms: self.now_ms,
+        };
+        self.send(leader, Body::BackfillRequest { below });
+    }
+
+    /// As the leader: reads the retained entries a follower asked for, or
+    /// says at once that there are none.
+    fn handle_backfill_request(&mut self, peer: NodeId, below: Index) {
+        if self.role != Role::Leader || !self.progress.contains_key(&peer) {
+            return;
+        }
+        let retained = below > self.log.retained_first() && below <= self.log.snapshot().index + 1;
+        if retained && self.log.snapshot().index > 0 {
+            self.backfill_reads.push(BackfillRead { peer, below });
+        } else {
+            self.send(
+                peer,
+                Body::Backfill {
+                    below,
+                    entries: Vec::new(),
+                },
+            );
+        }
+    }
+
+    /// §8.2: the entries a `BackfillRead` asked for, or `None` when storage
+    /// could not read them intact (the follower asks again later). Entries
+    /// are sent only if they are what this log holds at those indexes.
+    pub fn backfill_loaded(&mut self, peer: NodeId, below: Index, entries: Option<Vec<Entry>>) {
+        if self.role != Role::Leader || !self.progress.contains_key(&peer) {
+            return;
+        }
+        let Some(entries) = entries else {
+            return;
+        };
+        let usable = !entries.is_empty()
+            && entries.last().map(|entry| entry.index + 1) == Some(below)
+            && entries.iter().enumerate().all(|(offset, entry)| {
+                entry.index == entries[0].index + offset as u64
+                    && self.log.term_at(entry.index) == Some(entry.term)
+            });
+        if usable {
+            self.send(peer, Body::Backfill { below, entries });
+        }
+    }
+
+    /// As a follower: takes a chunk from its leader, checked to fit just
+    /// below what it retains, and hands it to the host to store.
+    fn handle_backfill(&mut self, from: NodeId, below: Index, entries: Vec<Entry>) {
+        if self.leader != Some(from) {
+            return;
+        }
+        let asked = matches!(self.backfill, Backfill::Asked { below: asked, .. } if asked == below);
+        if !asked || below != self.log.retained_first() {
+            return;
+        }
+        if entries.is_empty() || !self.log.fits_below_retained(&entries) {
+            // The leader retains nothing more, or sent what cannot be ours
+            // (a programmer error there; nothing is stored here).
+            self.backfill = Backfill::Off;
+            return;
+        }
+        self.backfill_out = entries.clone();
+        self.backfill = Backfill::Storing { entries };
+    }
+
+    /// §8.2: the host stored the chunk of the last `Ready::backfill` below
+    /// the retained run (reads planned afterwards see it), or could not
+    /// (`stored` false: nothing more is asked until the next snapshot).
+    pub fn backfill_stored(&mut self, stored: bool) {
+        let Backfill::Storing { entries } = std::mem::replace(&mut self.backfill, Backfill::Off)
+        else {
+            panic!("backfill_stored without a chunk to store");
+        };
+        if !stored {
+            return;
+        }
+        self.log.prepend_retained(&entries);
+        self.backfill = Backfill::Wanted;
+        self.maybe_request_backfill();
     }
 
     /// At start: storage still holds the entries from the first run's index
@@ -1717,6 +1883,15 @@ impl Replica {
         self.snapshot_to_persist = Some(snapshot.clone());
         self.snapshot_to_apply = Some(snapshot);
         self.acknowledge(leader, meta.index, 0);
+        if self.options.retain_log_below_snapshot {
+            // §8.2: what the snapshot covers is committed; the leader may
+            // retain it, and this replica, should it lead, can then catch
+            // followers up from its log rather than with a snapshot. A chunk
+            // not yet handed over was checked against the old retained run,
+            // so it is dropped.
+            self.backfill_out.clear();
+            self.backfill = Backfill::Wanted;
+        }
     }
 
     // ----- Proposals and commands (§6, §7, §9) -----
@@ -1918,6 +2093,8 @@ impl Replica {
             messages: std::mem::take(&mut self.messages),
             persisted_messages: std::mem::take(&mut self.persisted_messages),
             reads: std::mem::take(&mut self.reads),
+            backfill_reads: std::mem::take(&mut self.backfill_reads),
+            backfill: std::mem::take(&mut self.backfill_out),
             ..Ready::default()
         };
         if std::mem::take(&mut self.hard_state_dirty) {

@@ -1,13 +1,15 @@
 //! §8.1: a leader catches up a lagging follower with entries read back from
 //! disk (below its snapshot point) instead of the whole snapshot, and falls
-//! back to the snapshot when the read fails. Two replicas, driven by hand:
-//! every write is durable at once, and the test plays the disk for reads.
+//! back to the snapshot when the read fails. §8.2: a follower that installed
+//! a snapshot backfills the log below it from the leader. Two replicas,
+//! driven by hand: every write is durable at once, and the test plays the
+//! disk for reads.
 
 use std::collections::BTreeMap;
 
 use runnel_consensus::{
-    Config, Entry, HardState, Index, LogRead, Message, Options, Payload, Ready, Replica, Role,
-    Snapshot, SnapshotMeta,
+    BackfillRead, Body, Config, Entry, HardState, Index, LogRead, Message, Options, Payload, Ready,
+    Replica, Role, Snapshot, SnapshotMeta,
 };
 use runnel_io::{NodeId, Rng};
 
@@ -46,6 +48,9 @@ struct Pair {
     nodes: BTreeMap<NodeId, Node>,
     in_flight: Vec<Message>,
     reads: Vec<(NodeId, LogRead)>,
+    backfill_reads: Vec<(NodeId, BackfillRead)>,
+    /// Backfill chunks each node stored below its snapshot.
+    backfilled: BTreeMap<NodeId, usize>,
     now_ms: u64,
     /// Makes the next read fail, as a damaged or deleted segment would.
     fail_reads: bool,
@@ -77,6 +82,8 @@ impl Pair {
             nodes,
             in_flight: Vec::new(),
             reads: Vec::new(),
+            backfill_reads: Vec::new(),
+            backfilled: BTreeMap::new(),
             now_ms: 0,
             fail_reads: false,
         }
@@ -90,7 +97,9 @@ impl Pair {
                 || !ready.messages.is_empty()
                 || !ready.persisted_messages.is_empty()
                 || !ready.committed.is_empty()
-                || !ready.reads.is_empty();
+                || !ready.reads.is_empty()
+                || !ready.backfill_reads.is_empty()
+                || !ready.backfill.is_empty();
             if let Some(snapshot) = &ready.snapshot {
                 node.snapshots_installed += 1;
                 node.disk.retain(|index, _| *index > snapshot.meta.index);
@@ -110,6 +119,16 @@ impl Pair {
             self.in_flight.extend(ready.persisted_messages);
             self.reads
                 .extend(ready.reads.into_iter().map(|read| (id, read)));
+            self.backfill_reads
+                .extend(ready.backfill_reads.into_iter().map(|read| (id, read)));
+            if !ready.backfill.is_empty() {
+                for entry in &ready.backfill {
+                    assert!(!node.disk.contains_key(&entry.index), "backfill overwrote");
+                    node.disk.insert(entry.index, entry.clone());
+                }
+                *self.backfilled.entry(id).or_default() += 1;
+                node.replica.backfill_stored(true);
+            }
             if !busy {
                 return;
             }
@@ -134,12 +153,31 @@ impl Pair {
             node.replica.entries_loaded(read.peer, read.from, entries);
             self.drain(id);
         }
+        // §8.2: up to 3 entries ending just below `below`.
+        for (id, read) in std::mem::take(&mut self.backfill_reads) {
+            let node = self.nodes.get_mut(&id).unwrap();
+            let entries = if self.fail_reads {
+                None
+            } else {
+                let mut chunk: Vec<Entry> = node
+                    .disk
+                    .range(..read.below)
+                    .rev()
+                    .take(3)
+                    .map(|(_, entry)| entry.clone())
+                    .collect();
+                chunk.reverse();
+                Some(chunk)
+            };
+            node.replica.backfill_loaded(read.peer, read.below, entries);
+            self.drain(id);
+        }
     }
 
     fn deliver(&mut self, drop_to: Option<NodeId>) {
         for _ in 0..1_000 {
             let messages = std::mem::take(&mut self.in_flight);
-            if messages.is_empty() && self.reads.is_empty() {
+            if messages.is_empty() && self.reads.is_empty() && self.backfill_reads.is_empty() {
                 return;
             }
             for message in messages {
@@ -321,4 +359,97 @@ fn without_retention_a_snapshot_forgets_the_compacted_entries() {
     });
     assert_eq!(replica.log().retained_first(), index + 1);
     assert_eq!(replica.log().term_at(index - 1), None);
+}
+
+/// §8.2: the follower that had to install the snapshot (its read failed)
+/// then takes the leader's log below it, three entries at a time, newest
+/// first, once reads work again; it ends up holding every entry the leader
+/// retains, identical, and asks no more.
+#[test]
+fn a_follower_that_installed_a_snapshot_backfills_the_log_below_it() {
+    let mut pair = lagging_follower(true);
+    let leader = pair.leader();
+    let follower = 3 - leader;
+    // The failed read sends the snapshot; backfill reads fail too, so the
+    // follower holds nothing below its snapshot and asks again later.
+    pair.tick(10 * ELECTION_TIMEOUT_MS, None);
+    assert_eq!(pair.nodes[&follower].snapshots_installed, 1);
+    let snapshot_index = pair.nodes[&follower].replica.log().snapshot().index;
+    assert_eq!(
+        pair.nodes[&follower].replica.log().retained_first(),
+        snapshot_index + 1
+    );
+    assert_eq!(pair.backfilled.get(&follower), None);
+    pair.fail_reads = false;
+    pair.tick(10 * ELECTION_TIMEOUT_MS, None);
+    let chunks = pair.backfilled[&follower];
+    assert_eq!(chunks as u64, snapshot_index.div_ceil(3));
+    let follower_node = &pair.nodes[&follower];
+    assert_eq!(follower_node.replica.log().retained_first(), 1);
+    for index in 1..=snapshot_index {
+        assert_eq!(
+            follower_node.disk.get(&index),
+            pair.nodes[&leader].disk.get(&index),
+            "entry {index}"
+        );
+        assert_eq!(
+            follower_node.replica.log().term_at(index),
+            pair.nodes[&leader].replica.log().term_at(index)
+        );
+    }
+    // Done: more time sends no more requests.
+    pair.tick(5 * ELECTION_TIMEOUT_MS, None);
+    assert_eq!(pair.backfilled[&follower], chunks);
+}
+
+/// §8.2: a chunk that does not fit just below what the follower retains
+/// (a wrong term, a gap, a stale `below`) is refused: nothing is stored.
+/// The same chunk, fitting, is taken.
+#[test]
+fn a_backfill_chunk_that_does_not_fit_is_refused() {
+    for case in 0..4 {
+        let mut pair = lagging_follower(true);
+        let leader = pair.leader();
+        let follower = 3 - leader;
+        // The snapshot goes out; the follower then asks for the entries
+        // below it, and the leader's reads fail, so nobody answers.
+        pair.tick(12 * ELECTION_TIMEOUT_MS, None);
+        let snapshot_index = pair.nodes[&follower].replica.log().snapshot().index;
+        let term = pair.nodes[&follower].replica.term();
+        let below = snapshot_index + 1;
+        let good: Vec<Entry> = pair.nodes[&leader]
+            .disk
+            .range(below - 2..below)
+            .map(|(_, entry)| entry.clone())
+            .collect();
+        let (entries, at) = match case {
+            0 => {
+                let mut wrong_term = good.clone();
+                wrong_term[1].term += 1;
+                (wrong_term, below)
+            }
+            1 => (vec![good[0].clone()], below),
+            2 => (good.clone(), below - 1),
+            _ => (good.clone(), below),
+        };
+        pair.nodes
+            .get_mut(&follower)
+            .unwrap()
+            .replica
+            .step(Message {
+                from: leader,
+                to: follower,
+                term,
+                body: Body::Backfill { below: at, entries },
+            });
+        let ready = pair.nodes.get_mut(&follower).unwrap().replica.take_ready();
+        if case < 3 {
+            assert!(
+                ready.backfill.is_empty(),
+                "case {case}: a chunk that does not fit was taken"
+            );
+        } else {
+            assert_eq!(ready.backfill, good, "the fitting chunk is taken");
+        }
+    }
 }

@@ -67,6 +67,13 @@ pub struct CatchUpStats {
     pub log_reads_failed: u64,
     /// Reads that found a damaged frame, which was not served.
     pub log_reads_damaged: u64,
+    /// §8.2: chunks of retained entries read intact for a follower that
+    /// backfills below its snapshot (as the leader).
+    pub backfill_chunks_read: u64,
+    /// §8.2: chunks stored below this node's own snapshot (as a follower),
+    /// and the entries in them.
+    pub backfill_chunks_stored: u64,
+    pub backfill_entries_stored: u64,
 }
 
 /// How a node is set up. Every duration is measured on the node's own clock.
@@ -139,6 +146,16 @@ struct LogReadInFlight {
     group: GroupId,
     peer: NodeId,
     plan: LogReadPlan,
+    purpose: LogReadPurpose,
+}
+
+/// What a read of retained entries is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogReadPurpose {
+    /// §8.1: entries from the plan's first on, to catch a follower up.
+    CatchUp,
+    /// §8.2: entries ending at `below - 1`, for a follower that backfills.
+    Backfill { below: Index },
 }
 
 /// §8.1: whether `group` keeps its log below the snapshot for lagging
@@ -969,6 +986,21 @@ impl Node {
         if ready.has_writes() {
             ops.extend(group.store.sync_ops());
         }
+        if !ready.backfill.is_empty() {
+            // §8.2: committed entries from the leader go below the snapshot,
+            // as a whole segment (written after the snapshot above, if any:
+            // the disk is FIFO). The store can refuse only when a discard
+            // cut into its oldest segment; the replica then stops asking.
+            let fits = group.store.can_prepend_retained()
+                && ready.backfill.last().map(|entry| entry.index + 1)
+                    == Some(group.store.retained_first());
+            if fits {
+                ops.extend(group.store.prepend_retained(&ready.backfill));
+                self.catch_up.backfill_chunks_stored += 1;
+                self.catch_up.backfill_entries_stored += ready.backfill.len() as u64;
+            }
+            group.replica.backfill_stored(fits);
+        }
         for message in ready.messages {
             if matches!(message.body, Body::InstallSnapshot { .. }) {
                 self.catch_up.snapshots_sent += 1;
@@ -1048,6 +1080,44 @@ impl Node {
         for read in ready.reads {
             self.start_log_read(group_id, read.peer, read.from, env);
         }
+        for read in ready.backfill_reads {
+            self.start_backfill_read(group_id, read.peer, read.below, env);
+        }
+    }
+
+    /// §8.2: submits the read of the retained entries ending at `below - 1`
+    /// for a follower that backfills. With no room, or nothing retained
+    /// there any more, nothing is sent: the follower asks again later, and
+    /// then hears that there is nothing.
+    fn start_backfill_read(
+        &mut self,
+        group_id: GroupId,
+        peer: NodeId,
+        below: Index,
+        env: &mut Env<'_>,
+    ) {
+        let room = self.log_reads.len() < LOG_READS_IN_FLIGHT_MAX;
+        let group = self.groups.get_mut(&group_id).expect("group exists");
+        let Some(plan) = room
+            .then(|| group.store.plan_read_ending_at(below - 1))
+            .flatten()
+        else {
+            self.catch_up.log_reads_refused += 1;
+            return;
+        };
+        let op = plan.op();
+        let token = self.next_token();
+        self.submitted_token = token;
+        env.disk.submit(token, op);
+        self.log_reads.insert(
+            token,
+            LogReadInFlight {
+                group: group_id,
+                peer,
+                plan,
+                purpose: LogReadPurpose::Backfill { below },
+            },
+        );
     }
 
     /// §8.1: submits the read of retained entries from `from` on for
@@ -1072,6 +1142,7 @@ impl Node {
                 group: group_id,
                 peer,
                 plan,
+                purpose: LogReadPurpose::CatchUp,
             },
         );
     }
@@ -1106,7 +1177,7 @@ impl Node {
                     tracing::warn!(
                         group = read.group,
                         index = damage.index,
-                        "a log entry retained below the snapshot is damaged; not served, the follower gets the snapshot"
+                        "a log entry retained below the snapshot is damaged; not served"
                     );
                     (None, Some(damage.index + 1))
                 }
@@ -1136,7 +1207,15 @@ impl Node {
             ops = group.store.discard_below(below);
             group.replica.discard_retained_below(below);
         }
-        group.replica.entries_loaded(read.peer, first, entries);
+        match read.purpose {
+            LogReadPurpose::CatchUp => group.replica.entries_loaded(read.peer, first, entries),
+            LogReadPurpose::Backfill { below } => {
+                if entries.is_some() {
+                    self.catch_up.backfill_chunks_read += 1;
+                }
+                group.replica.backfill_loaded(read.peer, below, entries);
+            }
+        }
         touched.insert(read.group);
         for op in ops {
             self.submit(op, env);

@@ -21,8 +21,9 @@ use runnel_io::GroupId;
 use crate::api::Envelope;
 
 const MAGIC: u32 = 0x524e_4c45; // "RNLE"
-                                // Version 2: Append and AppendResponse carry the read round (§6.3).
-const VERSION: u16 = 2;
+/// Version 2: Append and AppendResponse carry the read round (§6.3).
+/// Version 3: BackfillRequest and Backfill (§8.2).
+const VERSION: u16 = 3;
 
 /// The largest encoded envelope a node sends or accepts. It must hold the
 /// largest snapshot a group takes (a partition's, see
@@ -142,24 +143,26 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, WireError> {
 pub fn encoded_message_bytes(message: &Message) -> usize {
     let config_bytes =
         |config: &Config| 4 + 8 * config.voters.len() + 4 + 8 * config.learners.len();
+    let entries_bytes = |entries: &[Entry]| {
+        4 + entries
+            .iter()
+            .map(|entry| {
+                16 + 1
+                    + match &entry.payload {
+                        Payload::Noop => 0,
+                        Payload::Data(data) => 4 + data.len(),
+                        Payload::Config(config) => config_bytes(config),
+                    }
+            })
+            .sum::<usize>()
+    };
     let body = match &message.body {
         Body::PreVote { .. } => 16,
         Body::PreVoteResponse { .. } | Body::VoteResponse { .. } => 1,
         Body::Vote { .. } => 17,
-        Body::Append { entries, .. } => {
-            40 + 4
-                + entries
-                    .iter()
-                    .map(|entry| {
-                        16 + 1
-                            + match &entry.payload {
-                                Payload::Noop => 0,
-                                Payload::Data(data) => 4 + data.len(),
-                                Payload::Config(config) => config_bytes(config),
-                            }
-                    })
-                    .sum::<usize>()
-        }
+        Body::Append { entries, .. } => 40 + entries_bytes(entries),
+        Body::BackfillRequest { .. } => 8,
+        Body::Backfill { entries, .. } => 8 + entries_bytes(entries),
         Body::AppendResponse { .. } => 25,
         Body::InstallSnapshot { snapshot } => {
             16 + config_bytes(&snapshot.meta.config) + 4 + snapshot.data.len()
@@ -264,11 +267,7 @@ fn encode_message(out: &mut Vec<u8>, message: &Message) {
                 out,
                 u32::try_from(entries.len()).expect("entry count fits u32"),
             );
-            for entry in entries {
-                put_u64(out, entry.index);
-                put_u64(out, entry.term);
-                encode_payload(out, &entry.payload);
-            }
+            encode_entries(out, entries);
         }
         Body::AppendResponse {
             success,
@@ -296,7 +295,45 @@ fn encode_message(out: &mut Vec<u8>, message: &Message) {
             out.push(11);
             put_u64(out, *config_index);
         }
+        Body::BackfillRequest { below } => {
+            out.push(12);
+            put_u64(out, *below);
+        }
+        Body::Backfill { below, entries } => {
+            out.push(13);
+            put_u64(out, *below);
+            put_u32(
+                out,
+                u32::try_from(entries.len()).expect("entry count fits u32"),
+            );
+            encode_entries(out, entries);
+        }
     }
+}
+
+fn encode_entries(out: &mut Vec<u8>, entries: &[Entry]) {
+    for entry in entries {
+        put_u64(out, entry.index);
+        put_u64(out, entry.term);
+        encode_payload(out, &entry.payload);
+    }
+}
+
+/// Entries after their count, as `encode_entries` wrote them.
+fn decode_entries(reader: &mut Reader<'_>) -> Result<Vec<Entry>, WireError> {
+    let count = reader.count(ENVELOPE_MESSAGES_MAX, 17, "entries")?;
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let index = reader.u64()?;
+        let term = reader.u64()?;
+        let payload = decode_payload(reader)?;
+        entries.push(Entry {
+            index,
+            term,
+            payload,
+        });
+    }
+    Ok(entries)
 }
 
 fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
@@ -327,18 +364,7 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
             let leader_last_index = reader.u64()?;
             let read_round = reader.u64()?;
             // An entry takes at least 17 bytes (index, term, payload tag).
-            let count = reader.count(ENVELOPE_MESSAGES_MAX, 17, "entries")?;
-            let mut entries = Vec::with_capacity(count);
-            for _ in 0..count {
-                let index = reader.u64()?;
-                let term = reader.u64()?;
-                let payload = decode_payload(reader)?;
-                entries.push(Entry {
-                    index,
-                    term,
-                    payload,
-                });
-            }
+            let entries = decode_entries(reader)?;
             Body::Append {
                 prev_index,
                 prev_term,
@@ -376,6 +402,14 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
         11 => Body::Removed {
             config_index: reader.u64()?,
         },
+        12 => Body::BackfillRequest {
+            below: reader.u64()?,
+        },
+        13 => {
+            let below = reader.u64()?;
+            let entries = decode_entries(reader)?;
+            Body::Backfill { below, entries }
+        }
         other => return Err(WireError::BadTag(other)),
     };
     Ok(Message {
@@ -609,6 +643,38 @@ mod tests {
                 (9, message(5, Body::TermQuery)),
                 (9, message(6, Body::TermReport)),
                 (9, message(7, Body::Removed { config_index: 12 })),
+                (10, message(7, Body::BackfillRequest { below: 40 })),
+                (
+                    10,
+                    message(
+                        7,
+                        Body::Backfill {
+                            below: 40,
+                            entries: vec![
+                                Entry {
+                                    index: 38,
+                                    term: 4,
+                                    payload: Payload::Data(vec![9, 8]),
+                                },
+                                Entry {
+                                    index: 39,
+                                    term: 5,
+                                    payload: Payload::Noop,
+                                },
+                            ],
+                        },
+                    ),
+                ),
+                (
+                    10,
+                    message(
+                        7,
+                        Body::Backfill {
+                            below: 1,
+                            entries: Vec::new(),
+                        },
+                    ),
+                ),
             ],
         }
     }

@@ -89,6 +89,12 @@ impl Broker {
             ]
             .map(|(outcome, value)| (format!("outcome=\"{outcome}\""), value)),
         );
+        counter(
+            &mut out,
+            "runnel_backfill_entries_stored_total",
+            "Committed entries a follower took from its leader below its snapshot (after installing one), so that it can serve lagging followers from its log too.",
+            &[(String::new(), catch_up.backfill_entries_stored)],
+        );
 
         let mut hosted = 0u64;
         let mut led = 0u64;

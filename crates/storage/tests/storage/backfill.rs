@@ -112,9 +112,16 @@ fn a_follower_backfills_what_the_leader_retains_and_keeps_it_across_restarts() {
     let mut chunks = 0;
     while let Some(plan) = leader.plan_read_ending_at(store.retained_first() - 1) {
         let entries = read(&mut leader_disk, &plan);
-        assert_eq!(entries.last().map(|e| e.index), Some(store.retained_first() - 1));
+        assert_eq!(
+            entries.last().map(|e| e.index),
+            Some(store.retained_first() - 1)
+        );
         disk.run(store.prepend_retained(&entries));
-        assert_eq!(disk.uncovered_ops(), 0, "a prepend is durable when its ops complete");
+        assert_eq!(
+            disk.uncovered_ops(),
+            0,
+            "a prepend is durable when its ops complete"
+        );
         chunks += 1;
     }
     // The leader's segments hold two frames each, so a chunk is at most two.
@@ -180,7 +187,10 @@ fn a_crash_during_a_prepend_leaves_the_old_run_or_the_new_one() {
         disk.crash(Crash::Subset { seed });
         let recovered = recover(&mut disk);
         let first = recovered.store.retained_first();
-        assert!(first == 19 || first == 21, "seed {seed}: retained from {first}");
+        assert!(
+            first == 19 || first == 21,
+            "seed {seed}: retained from {first}"
+        );
         outcomes.insert(first);
         assert_eq!(recovered.entries, log[20..], "seed {seed}");
         assert!(recovered.report.corrupt_entries.is_empty(), "seed {seed}");
@@ -211,7 +221,10 @@ fn damage_at_rest_in_a_prepended_segment_shortens_the_run_and_is_never_served() 
     let (mut leader_disk, leader, log) = leader();
     let (mut disk, mut store) = follower(&log);
     for last in [20, 18] {
-        let entries = read(&mut leader_disk, &leader.plan_read_ending_at(last).expect("retained"));
+        let entries = read(
+            &mut leader_disk,
+            &leader.plan_read_ending_at(last).expect("retained"),
+        );
         disk.run(store.prepend_retained(&entries));
     }
     assert_eq!(store.retained_first(), 17);
@@ -235,7 +248,10 @@ fn a_read_ending_at_an_index_is_bounded_by_its_segment_and_the_entry_bound() {
     assert_eq!((plan.first_index(), plan.entry_count()), (19, 2));
     let plan = leader.plan_read_ending_at(19).expect("retained");
     assert_eq!((plan.first_index(), plan.entry_count()), (19, 1));
-    assert!(leader.plan_read_ending_at(21).is_none(), "above the snapshot");
+    assert!(
+        leader.plan_read_ending_at(21).is_none(),
+        "above the snapshot"
+    );
     assert!(leader.plan_read_ending_at(0).is_none());
 
     let mut disk = MemDisk::new();
