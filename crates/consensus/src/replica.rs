@@ -1994,6 +1994,17 @@ impl Replica {
                     "learner {added} has not acknowledged entries recently"
                 ));
             }
+            // It must also hold the entry that set the current membership,
+            // which lists it: until then its own log may show it removed by
+            // an earlier change (it was removed and is being added back),
+            // and its host deletes such a replica (§12.4). An acknowledgment
+            // from that replica, just before it went, would otherwise make
+            // a voter of a node that then holds nothing.
+            if self.match_index(**added).unwrap_or(0) < self.config_index {
+                return Err(format!(
+                    "learner {added} has not acknowledged the membership that lists it"
+                ));
+            }
         }
         Ok(())
     }

@@ -1687,6 +1687,59 @@ fn a_learner_that_never_acknowledged_is_not_promoted() {
         .expect("a learner that keeps up is promoted");
 }
 
+/// §7.2: a node removed and being added back as a learner is promoted only
+/// once it acknowledged the membership that lists it. Its replica, whose
+/// own log still shows it removed, is one its host deletes (§12.4): an
+/// acknowledgment it sent just before that, of an index below the learner
+/// config, must not make a voter of a node that then holds nothing. Found
+/// by the simulator (seed 90492): such a voter, empty and never contacted
+/// again, plus a replica repairing its log, left a four-voter group
+/// without a quorum.
+#[test]
+fn a_learner_is_promoted_only_once_it_acknowledged_the_membership_listing_it() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"a");
+    c.settle();
+    c.node_mut(1).propose_config(config(&[1, 2], &[])).unwrap();
+    c.settle();
+    // 3's log, where it may or may not hold its removal.
+    let removed_at = c.node(3).log().last_index();
+    // 3 is added back as a learner while it is cut off.
+    c.isolate(3);
+    c.node_mut(1).propose_config(config(&[1, 2], &[3])).unwrap();
+    c.settle();
+    let learner_at = c.node(1).log().last_index();
+    // An acknowledgment 3 sent from its old log arrives now.
+    let term = c.node(1).term();
+    c.heal();
+    c.network.clear();
+    c.deliver_message(Message {
+        from: 3,
+        to: 1,
+        term,
+        body: Body::AppendResponse {
+            success: true,
+            match_index: removed_at,
+            reject_hint: 0,
+            read_round: 0,
+        },
+    });
+    assert_eq!(c.node(1).match_index(3), Some(removed_at));
+    assert!(removed_at < learner_at);
+    let refused = c.node_mut(1).propose_config(config(&[1, 2, 3], &[]));
+    assert!(
+        matches!(&refused, Err(ProposeError::InvalidConfig(reason)) if reason.contains("membership that lists it")),
+        "{refused:?}"
+    );
+    // Once 3 holds the learner config, it is promoted.
+    c.run_for(4 * HEARTBEAT_MS);
+    assert!(c.node(1).match_index(3).unwrap() >= learner_at);
+    c.node_mut(1)
+        .propose_config(config(&[1, 2, 3], &[]))
+        .expect("a learner holding its membership is promoted");
+}
+
 /// §6.2: a new leader whose own disk is slow is ready once followers alone
 /// commit its term-start entry, but it has not applied that entry (it
 /// applies only what it holds durably), so its state machine may lack
