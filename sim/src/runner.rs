@@ -109,6 +109,10 @@ fn note(violations: &mut Vec<Violation>, result: Result<(), Violation>) {
     }
 }
 
+/// An entry as `(index, term, payload hash)`, the node that holds it, and
+/// whether it was retained below the snapshot or committed in memory.
+type SeenEntry = ((u64, u64, u64), NodeId, &'static str);
+
 fn violation(invariant: &'static str, spec: &'static str, message: String) -> Violation {
     Violation {
         invariant,
@@ -1876,9 +1880,76 @@ impl Simulation {
         }
     }
 
+    /// §8.1, §8.2: what a node retains below its snapshot is committed, so
+    /// at each index it must be, byte for byte, what every other node
+    /// retains there or holds committed in memory; and the store and the
+    /// replica must agree on where it starts. This reads each node's
+    /// segments as they are on its disk, so it covers the retained log,
+    /// the backfill below a snapshot and recovery of both.
+    fn check_retained_logs(&mut self) {
+        let mut problems = Vec::new();
+        for &group in &self.groups.clone() {
+            let mut seen: BTreeMap<u64, SeenEntry> = BTreeMap::new();
+            for sim_node in &mut self.nodes {
+                let SimNode { id, node, disk, .. } = sim_node;
+                let Some(core) = node.as_ref().map(Process::node) else {
+                    continue;
+                };
+                let Some(retained) = core.retained_now(group, disk) else {
+                    continue;
+                };
+                if retained.store_first != retained.replica_first {
+                    problems.push(format!(
+                        "n{id} g{group}: the store retains from {} but the replica from {}",
+                        retained.store_first, retained.replica_first
+                    ));
+                }
+                let committed = core.view(group).map(|view| {
+                    let commit = view.commit_index;
+                    view.entries
+                        .into_iter()
+                        .filter(move |&(index, _, _)| index <= commit)
+                });
+                let sources = retained
+                    .entries
+                    .into_iter()
+                    .map(|entry| (entry, "retained"))
+                    .chain(
+                        committed
+                            .into_iter()
+                            .flatten()
+                            .map(|entry| (entry, "committed")),
+                    );
+                for (entry, source) in sources {
+                    let (index, term, hash) = entry;
+                    match seen.get(&index) {
+                        Some((other, other_node, other_source)) if *other != entry => {
+                            problems.push(format!(
+                                "g{group} index {index}: n{id} {source} (term {term}, data {hash:016x}) differs from n{other_node} {other_source} (term {}, data {:016x})",
+                                other.1, other.2
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            seen.insert(index, (entry, *id, source));
+                        }
+                    }
+                }
+            }
+        }
+        for message in problems.into_iter().take(10) {
+            self.push_violation(violation(
+                "retained-log-matching",
+                "docs/protocol.md §8.1, §8.2",
+                message,
+            ));
+        }
+    }
+
     fn final_checks(&mut self) {
         self.observe_everything();
         self.check_log_matching_now();
+        self.check_retained_logs();
         if self.kafka.is_some() {
             self.final_kafka_checks();
             return;

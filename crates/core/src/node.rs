@@ -141,6 +141,17 @@ struct Group {
     retained_checked_at: (Index, Index),
 }
 
+/// What a group retains below its snapshot, as `Node::retained_now` found it.
+#[derive(Clone, Debug)]
+pub struct RetainedNow {
+    pub store_first: Index,
+    pub replica_first: Index,
+    /// The intact entries as `(index, term, payload hash)`, like
+    /// `GroupView::entries`, running up to the snapshot index (damage cuts
+    /// off what is below it).
+    pub entries: Vec<(Index, Term, u64)>,
+}
+
 /// A read of retained entries in flight (§8.1).
 struct LogReadInFlight {
     group: GroupId,
@@ -431,6 +442,24 @@ impl Node {
 
     /// A view of one replica including its in-memory log entries with their
     /// hashes; `summary` is the cheaper form without entries.
+    /// §8.1, §8.2: what `group` retains below its snapshot, read from
+    /// `disk` at once (`GroupStore::read_retained_now`), with the first
+    /// index the store and the replica each say is retained (they must
+    /// agree). For checkers inspecting a node; not for serving.
+    pub fn retained_now(&self, group: GroupId, disk: &mut dyn Disk) -> Option<RetainedNow> {
+        let state = self.groups.get(&group)?;
+        Some(RetainedNow {
+            store_first: state.store.retained_first(),
+            replica_first: state.replica.log().retained_first(),
+            entries: state
+                .store
+                .read_retained_now(disk)
+                .into_iter()
+                .map(|entry| (entry.index, entry.term, entry_hash(&entry.payload)))
+                .collect(),
+        })
+    }
+
     pub fn view(&self, group: GroupId) -> Option<GroupView> {
         let mut view = self.summary(group)?;
         view.entries = self.entries_after(group, 0);

@@ -27,7 +27,7 @@
 mod codec;
 mod recovery;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use runnel_consensus::{Entry, HardState, Index, Snapshot, Term};
@@ -1161,6 +1161,43 @@ impl GroupStore {
             first_index: from,
             frame_bytes,
         })
+    }
+
+    /// Every entry retained below the snapshot point, read at once with
+    /// `Disk::read_file` instead of planned reads: for checkers and tools
+    /// that inspect a store, never for the node's own path (it reads whole
+    /// segment files synchronously). A damaged frame, or a file that cannot
+    /// be read, leaves out everything below it, as planned reads would
+    /// refuse it: what is returned runs without a gap up to the snapshot
+    /// index (or is empty).
+    pub fn read_retained_now(&self, disk: &mut dyn Disk) -> Vec<Entry> {
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut from = self.retained_first;
+        let mut files: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        while let Some(plan) = self.plan_read(from) {
+            let content = files
+                .entry(plan.file.clone())
+                .or_insert_with(|| disk.read_file(&plan.file).ok());
+            let start = plan.offset as usize;
+            let end = start + plan.bytes() as usize;
+            let decoded = match content {
+                Some(bytes) if end <= bytes.len() => plan.decode(&bytes[start..end]),
+                _ => Err(RetainedDamage {
+                    index: plan.first_index + plan.entry_count() as u64 - 1,
+                }),
+            };
+            match decoded {
+                Ok(read) => {
+                    from += read.len() as u64;
+                    entries.extend(read);
+                }
+                Err(damage) => {
+                    entries.clear();
+                    from = damage.index + 1;
+                }
+            }
+        }
+        entries
     }
 
     /// Plans a read of retained entries ending at `last`, for a follower

@@ -137,6 +137,7 @@ fn a_follower_backfills_what_the_leader_retains_and_keeps_it_across_restarts() {
     assert!(recovered.report.corrupt_entries.is_empty());
     let mut store = recovered.store;
     assert_eq!(read_all(&mut disk, &store), log[..20]);
+    assert_eq!(store.read_retained_now(&mut disk), log[..20]);
     // Nothing more to take: the run starts at 1.
     assert!(!store.can_prepend_retained());
     // The log goes on above the snapshot, and a discard deletes the
@@ -238,6 +239,21 @@ fn damage_at_rest_in_a_prepended_segment_shortens_the_run_and_is_never_served() 
     assert_eq!(recovered.store.retained_first(), 19);
     assert_eq!(recovered.entries, log[20..]);
     assert_eq!(read_all(&mut disk, &recovered.store), log[18..20]);
+    assert_eq!(recovered.store.read_retained_now(&mut disk), log[18..20]);
+}
+
+#[test]
+fn an_inspection_read_leaves_out_what_is_below_damage_found_now() {
+    let (mut leader_disk, leader, log) = leader();
+    assert_eq!(leader.read_retained_now(&mut leader_disk), log[..20]);
+    // Damage the store has not met yet: a flip in entry 8, the second frame
+    // of segment 7. Everything below it is left out, as a read would.
+    let path = format!("groups/{GROUP:020}/log/{:020}.seg", 7);
+    leader_disk.flip_bit(&path, 50, 3);
+    assert_eq!(leader.read_retained_now(&mut leader_disk), log[8..20]);
+    // A file that cannot be read at all is damage too.
+    leader_disk.make_unreadable(&format!("groups/{GROUP:020}/log/{:020}.seg", 15));
+    assert_eq!(leader.read_retained_now(&mut leader_disk), log[16..20]);
 }
 
 #[test]
