@@ -1633,7 +1633,7 @@ impl Simulation {
             for &group in &self.groups {
                 if let Some(view) = node.summary(group) {
                     message.push_str(&format!(
-                        "\n    n{} g{}: {:?} term {} leader {:?} commit {} applied {} persisted {} last {} snapshot {} voters {:?} learners {:?}",
+                        "\n    n{} g{}: {:?} term {} leader {:?} commit {} applied {} persisted {} last {} snapshot {} voters {:?} learners {:?}{}",
                         sim_node.id,
                         group,
                         view.role,
@@ -1645,7 +1645,8 @@ impl Simulation {
                         view.last_index,
                         view.snapshot_index,
                         view.config.voters,
-                        view.config.learners
+                        view.config.learners,
+                        if view.left_group { " (left the group)" } else { "" }
                     ));
                 }
             }

@@ -172,3 +172,24 @@ fn a_deposed_leader_never_answers_from_its_stale_state() {
         "only {offsets_read} offset fetches answered"
     );
 }
+
+/// §10.3: sweeps found these seeds leaving a partition without a leader. A
+/// replica rejoining after losing its vote record waits for a term from
+/// every voter of its config, and one voter was on the node removed from
+/// the cluster, which keeps its replicas dormant (its metadata no longer
+/// wakes them) and so answered nothing. A node now answers TermQuery for a
+/// dormant replica with the bound its durable state gives. Both seeds
+/// failed the liveness check without that; which seeds reach the case
+/// drifts as the code changes.
+#[test]
+fn a_rejoining_replica_hears_from_a_voter_kept_dormant_on_a_removed_node() {
+    for seed in [90_496, 94_065] {
+        let outcome = run(FaultPlan::from_seed(seed), seed);
+        let problems: Vec<String> = outcome.violations.iter().map(|v| v.to_string()).collect();
+        assert!(
+            outcome.passed(),
+            "seed {seed} failed:\n{}",
+            problems.join("\n")
+        );
+    }
+}

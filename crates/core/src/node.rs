@@ -200,6 +200,26 @@ struct Dormant {
     retained_terms: Vec<(Index, Term)>,
 }
 
+impl Dormant {
+    /// §10.3: a bound on every term in which this replica asked for votes
+    /// or led: such messages leave only once the term is durable (§3.1), so
+    /// the recovered vote record (or the log's last term, if newer) holds
+    /// it. None when the vote record itself may be older than the newest
+    /// one (a damaged slot): the replica then rejoins like the asker.
+    fn term_bound(&self) -> Option<Term> {
+        if self.hard_state.repair_index == REPAIR_INDEX_UNKNOWN {
+            return None;
+        }
+        let log_term = self
+            .entries
+            .last()
+            .map(|entry| entry.term)
+            .or(self.snapshot.as_ref().map(|snapshot| snapshot.meta.term))
+            .unwrap_or(0);
+        Some(self.hard_state.term.max(log_term))
+    }
+}
+
 /// Messages and a persist point released when a disk operation completes.
 struct AfterPersist {
     token: u64,
@@ -787,6 +807,24 @@ impl Node {
         let now_ms = env.clock.now_ms();
         for (group_id, message) in envelope.messages {
             if message.to != self.config.id || message.from != envelope.from {
+                continue;
+            }
+            if !self.groups.contains_key(&group_id) && matches!(message.body, Body::TermQuery) {
+                // §10.3: a replica rejoining after losing its vote record
+                // waits for a term from every voter, this one included,
+                // even while this node keeps the replica dormant (a node
+                // removed from the cluster does not wake it).
+                if let Some(term) = self.dormant.get(&group_id).and_then(Dormant::term_bound) {
+                    self.outbox.entry(message.from).or_default().push((
+                        group_id,
+                        Message {
+                            from: self.config.id,
+                            to: message.from,
+                            term,
+                            body: Body::TermReport,
+                        },
+                    ));
+                }
                 continue;
             }
             if !self.groups.contains_key(&group_id) {
