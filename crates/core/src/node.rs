@@ -1056,11 +1056,11 @@ impl Node {
         if !ready.backfill.is_empty() {
             // §8.2: committed entries from the leader go below the snapshot,
             // as a whole segment (written after the snapshot above, if any:
-            // the disk is FIFO). The store can refuse only when a discard
-            // cut into its oldest segment; the replica then stops asking.
-            let fits = group.store.can_prepend_retained()
-                && ready.backfill.last().map(|entry| entry.index + 1)
-                    == Some(group.store.retained_first());
+            // the disk is FIFO). The store refuses a chunk it cannot take
+            // (a discard cut into its oldest segment, or a chunk too large
+            // for one segment, which only a faulty peer sends); the replica
+            // then stops asking.
+            let fits = group.store.can_prepend(&ready.backfill);
             if fits {
                 ops.extend(group.store.prepend_retained(&ready.backfill));
                 self.catch_up.backfill_chunks_stored += 1;

@@ -1258,6 +1258,31 @@ impl GroupStore {
                 .is_none_or(|first| first.name == first.base && first.base == self.retained_first)
     }
 
+    /// Whether `prepend_retained(entries)` would take these entries: every
+    /// precondition it asserts, checked, so that a chunk that came from a
+    /// peer can be refused rather than crash the node.
+    pub fn can_prepend(&self, entries: &[Entry]) -> bool {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return false;
+        };
+        let ordered = entries
+            .windows(2)
+            .all(|pair| pair[1].index == pair[0].index + 1 && pair[1].term >= pair[0].term);
+        let bytes: u64 = entries
+            .iter()
+            .map(|entry| codec::frame_bytes(entry) as u64)
+            .sum();
+        self.can_prepend_retained()
+            && first.index >= 1
+            && last.index + 1 == self.retained_first
+            && ordered
+            && (last.index != self.snapshot_index || last.term == self.snapshot_term)
+            && bytes <= self.options.segment_bytes_max.max(FRAME_BYTES_MAX as u64)
+            && entries
+                .iter()
+                .all(|entry| codec::frame_bytes(entry) <= FRAME_BYTES_MAX)
+    }
+
     /// §8.2: adds `entries`, which end at `retained_first() - 1`, below what
     /// the store retains: a follower that installed a snapshot backfills
     /// from the leader the log the snapshot covers, so that it can serve

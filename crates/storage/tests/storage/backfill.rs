@@ -295,3 +295,34 @@ fn no_prepend_below_a_segment_a_discard_cut_into() {
     disk.run(ops);
     assert!(!store.can_prepend_retained(), "no snapshot");
 }
+
+#[test]
+fn a_chunk_that_prepend_would_refuse_is_refused_by_can_prepend() {
+    let (_, _, log) = leader();
+    let (_, store) = follower(&log);
+    assert!(store.can_prepend(&log[18..20]));
+    assert!(!store.can_prepend(&[]), "empty");
+    assert!(
+        !store.can_prepend(&log[17..19]),
+        "does not end at the snapshot"
+    );
+    assert!(
+        !store.can_prepend(&[log[18].clone(), log[20].clone()]),
+        "a gap"
+    );
+    let mut wrong_term = log[18..20].to_vec();
+    wrong_term[1].term = 1;
+    assert!(
+        !store.can_prepend(&wrong_term),
+        "the snapshot's term differs"
+    );
+    // More than one segment can hold, which only a faulty peer sends.
+    let big: Vec<Entry> = (3..=20)
+        .map(|index| Entry {
+            index,
+            term: 2,
+            payload: Payload::Data(vec![0; 1 << 20]),
+        })
+        .collect();
+    assert!(!store.can_prepend(&big));
+}
