@@ -492,6 +492,8 @@ fn metrics_report_what_the_node_leads_and_holds() {
         value("runnel_catch_up_log_reads_total{outcome=\"damaged\"}"),
         0
     );
+    // Nor a snapshot to install, so nothing to backfill below one.
+    assert_eq!(value("runnel_backfill_entries_stored_total"), 0);
     // create_topic wrote one record to partition 0, the produce three more.
     assert_eq!(
         value("runnel_partition_high_watermark{topic=\"orders\",partition=\"0\"}"),
