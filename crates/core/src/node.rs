@@ -1010,10 +1010,34 @@ impl Node {
         token
     }
 
-    fn submit(&mut self, op: DiskOp, env: &mut Env<'_>) {
+    /// Submits `op` to the FIFO disk; returns its token.
+    fn submit(&mut self, op: DiskOp, env: &mut Env<'_>) -> u64 {
         let token = self.next_token();
         self.submitted_token = token;
         env.disk.submit(token, op);
+        token
+    }
+
+    /// §8.1, §8.2: submits a planned read of retained entries, whose
+    /// completion `finish_log_read` hands to the replica as `purpose` says.
+    fn submit_log_read(
+        &mut self,
+        group: GroupId,
+        peer: NodeId,
+        plan: LogReadPlan,
+        purpose: LogReadPurpose,
+        env: &mut Env<'_>,
+    ) {
+        let token = self.submit(plan.op(), env);
+        self.log_reads.insert(
+            token,
+            LogReadInFlight {
+                group,
+                peer,
+                plan,
+                purpose,
+            },
+        );
     }
 
     /// Processes one replica's outputs (docs/protocol.md §10.1).
@@ -1172,18 +1196,12 @@ impl Node {
             self.catch_up.log_reads_refused += 1;
             return;
         };
-        let op = plan.op();
-        let token = self.next_token();
-        self.submitted_token = token;
-        env.disk.submit(token, op);
-        self.log_reads.insert(
-            token,
-            LogReadInFlight {
-                group: group_id,
-                peer,
-                plan,
-                purpose: LogReadPurpose::Backfill { below },
-            },
+        self.submit_log_read(
+            group_id,
+            peer,
+            plan,
+            LogReadPurpose::Backfill { below },
+            env,
         );
     }
 
@@ -1199,19 +1217,7 @@ impl Node {
             group.replica.entries_loaded(peer, from, None);
             return;
         };
-        let op = plan.op();
-        let token = self.next_token();
-        self.submitted_token = token;
-        env.disk.submit(token, op);
-        self.log_reads.insert(
-            token,
-            LogReadInFlight {
-                group: group_id,
-                peer,
-                plan,
-                purpose: LogReadPurpose::CatchUp,
-            },
-        );
+        self.submit_log_read(group_id, peer, plan, LogReadPurpose::CatchUp, env);
     }
 
     /// §8.1: hands the entries a read brought back to the replica, only if
