@@ -1450,8 +1450,10 @@ impl Replica {
         if self.role != Role::Leader || !self.progress.contains_key(&peer) {
             return;
         }
+        // The leader retains `below - 1` (which implies it has a snapshot:
+        // with none, nothing is retained and `retained_first` is 1).
         let retained = below > self.log.retained_first() && below <= self.log.snapshot().index + 1;
-        if retained && self.log.snapshot().index > 0 {
+        if retained {
             self.backfill_reads.push(BackfillRead { peer, below });
         } else {
             self.send(

@@ -1299,42 +1299,20 @@ impl GroupStore {
     /// snapshot). A crash before leaves the old retained run, and perhaps
     /// `backfill.tmp`, which recovery deletes.
     ///
-    /// Panics (programmer error) unless `can_prepend_retained()`, the
-    /// entries are non-empty, contiguous, end at `retained_first() - 1`,
+    /// Panics (programmer error) unless `can_prepend(entries)`:
+    /// `can_prepend_retained()`, and the entries are non-empty, contiguous, end at `retained_first() - 1`,
     /// have non-decreasing terms, fit in one segment, and the last has the
     /// snapshot's term when it is at the snapshot index. Checking terms
     /// against the retained log's is the caller's: the store does not keep
     /// terms below the snapshot.
     pub fn prepend_retained(&mut self, entries: &[Entry]) -> Vec<DiskOp> {
+        // One statement of the preconditions, shared with the callers that
+        // check a chunk from a peer before handing it over.
         assert!(
-            self.can_prepend_retained(),
-            "cannot prepend retained entries here"
+            self.can_prepend(entries),
+            "prepended entries do not fit below the retained run"
         );
-        let first = entries.first().expect("entries to prepend");
-        let last = entries.last().expect("entries to prepend");
-        assert_eq!(
-            last.index + 1,
-            self.retained_first,
-            "prepended entries must end just below the retained run"
-        );
-        for pair in entries.windows(2) {
-            assert_eq!(
-                pair[1].index,
-                pair[0].index + 1,
-                "prepend of non-contiguous entries"
-            );
-            assert!(
-                pair[1].term >= pair[0].term,
-                "prepend with a decreasing term"
-            );
-        }
-        if last.index == self.snapshot_index {
-            assert_eq!(
-                last.term, self.snapshot_term,
-                "prepend disagrees with the snapshot"
-            );
-        }
-        assert!(first.index >= 1);
+        let first = &entries[0];
         let mut data = Vec::new();
         let mut offsets = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -1342,10 +1320,6 @@ impl GroupStore {
             codec::encode_frame(self.group, entry, &mut data);
         }
         let len = data.len() as u64;
-        assert!(
-            len <= self.options.segment_bytes_max.max(FRAME_BYTES_MAX as u64),
-            "prepended entries exceed one segment"
-        );
         let mut ops = self.take_prelude(false);
         let name = first.index;
         ops.push(DiskOp::Delete {
