@@ -455,6 +455,27 @@ impl Broker {
         env: &mut BrokerEnv<'_>,
         collector: &mut Collector,
     ) {
+        self.request_part(
+            group,
+            ClientOp::Propose { data },
+            pending_id,
+            part,
+            env,
+            collector,
+        );
+    }
+
+    /// Sends the node `op` for part `part` of pending request
+    /// `pending_id`; its reply finds its way back through `proposals`.
+    fn request_part(
+        &mut self,
+        group: GroupId,
+        op: ClientOp,
+        pending_id: u64,
+        part: usize,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
         let request_id = self.next_id();
         self.proposals.insert(request_id, (pending_id, part));
         self.node_event(
@@ -462,7 +483,7 @@ impl Broker {
                 client: 0,
                 request_id,
                 group,
-                op: ClientOp::Propose { data },
+                op,
             }),
             env,
             collector,
@@ -484,18 +505,7 @@ impl Broker {
             _ => unreachable!("only fetches wait for read indexes"),
         };
         for (part, group) in groups.into_iter().enumerate() {
-            let request_id = self.next_id();
-            self.proposals.insert(request_id, (pending_id, part));
-            self.node_event(
-                Event::Client(ClientRequest {
-                    client: 0,
-                    request_id,
-                    group,
-                    op: ClientOp::ReadIndex,
-                }),
-                env,
-                collector,
-            );
+            self.request_part(group, ClientOp::ReadIndex, pending_id, part, env, collector);
         }
     }
 
