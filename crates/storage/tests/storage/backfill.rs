@@ -4,64 +4,18 @@
 //! what the leader does, byte for byte, across restarts; a crash anywhere
 //! leaves the old retained run or the new one, never a torn segment.
 
-use runnel_consensus::{Config, Entry, HardState, Payload, Snapshot, SnapshotMeta};
-use runnel_io::{Disk, DiskOutput};
-use runnel_storage::{GroupStore, LogReadPlan, Recovered, StoreOptions, LOG_READ_ENTRIES_MAX};
+use runnel_consensus::{Entry, HardState, Payload};
+use runnel_storage::{GroupStore, Recovered, LOG_READ_ENTRIES_MAX};
 
+use crate::retained::{data_entry, options, read, read_all, snapshot, thirty_with_snapshot_at};
 use crate::support::{Crash, MemDisk};
 
 const GROUP: u64 = 12;
-
-fn options(segment_bytes_max: u64) -> StoreOptions {
-    StoreOptions {
-        segment_bytes_max,
-        segment_ms: 0,
-        retain_below_snapshot: true,
-    }
-}
-
-fn data_entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        payload: Payload::Data(vec![index as u8; 20]),
-    }
-}
-
-fn snapshot(index: u64, term: u64) -> Snapshot {
-    Snapshot {
-        meta: SnapshotMeta {
-            index,
-            term,
-            config: Config::new([1, 2, 3]),
-        },
-        data: format!("state at {index}").into_bytes(),
-    }
-}
 
 fn recover(disk: &mut MemDisk) -> Recovered {
     GroupStore::recover(disk, GROUP, options(100))
         .expect("recovers")
         .expect("the group exists")
-}
-
-fn read(disk: &mut MemDisk, plan: &LogReadPlan) -> Vec<Entry> {
-    disk.submit(0, plan.op());
-    match disk.completions.pop().expect("a completion").result {
-        Ok(DiskOutput::Data(bytes)) => plan.decode(&bytes).expect("intact"),
-        other => panic!("read failed: {other:?}"),
-    }
-}
-
-fn read_all(disk: &mut MemDisk, store: &GroupStore) -> Vec<Entry> {
-    let mut out = Vec::new();
-    let mut from = store.retained_first();
-    while let Some(plan) = store.plan_read(from) {
-        let entries = read(disk, &plan);
-        from += entries.len() as u64;
-        out.extend(entries);
-    }
-    out
 }
 
 fn files(disk: &MemDisk) -> Vec<String> {
@@ -75,15 +29,7 @@ fn files(disk: &MemDisk) -> Vec<String> {
 /// frames per 100-byte segment, with a snapshot at 20 that retains them.
 fn leader() -> (MemDisk, GroupStore, Vec<Entry>) {
     let mut disk = MemDisk::new();
-    let (mut store, ops) = GroupStore::create(GROUP, options(100), &HardState::default());
-    disk.run(ops);
-    let log: Vec<Entry> = (1..=30)
-        .map(|i| data_entry(i, if i <= 15 { 1 } else { 2 }))
-        .collect();
-    let mut ops = store.append(&log);
-    ops.extend(store.sync_ops());
-    disk.run(ops);
-    disk.run(store.save_snapshot(&snapshot(20, 2)));
+    let (store, log) = thirty_with_snapshot_at(&mut disk, GROUP, 20);
     (disk, store, log)
 }
 
@@ -93,7 +39,7 @@ fn follower(log: &[Entry]) -> (MemDisk, GroupStore) {
     let mut disk = MemDisk::new();
     let (mut store, ops) = GroupStore::create(GROUP, options(100), &HardState::default());
     disk.run(ops);
-    let mut ops = store.append(&[data_entry(1, 1), data_entry(2, 1)]);
+    let mut ops = store.append(&[data_entry(1, 1, 20), data_entry(2, 1, 20)]);
     ops.extend(store.sync_ops());
     disk.run(ops);
     disk.run(store.save_snapshot(&snapshot(20, 2)));
@@ -111,7 +57,7 @@ fn a_follower_backfills_what_the_leader_retains_and_keeps_it_across_restarts() {
     assert!(store.can_prepend_retained());
     let mut chunks = 0;
     while let Some(plan) = leader.plan_read_ending_at(store.retained_first() - 1) {
-        let entries = read(&mut leader_disk, &plan);
+        let entries = read(&mut leader_disk, &plan).expect("intact");
         assert_eq!(
             entries.last().map(|e| e.index),
             Some(store.retained_first() - 1)
@@ -142,7 +88,7 @@ fn a_follower_backfills_what_the_leader_retains_and_keeps_it_across_restarts() {
     assert!(!store.can_prepend_retained());
     // The log goes on above the snapshot, and a discard deletes the
     // prepended segments like any other.
-    let more = [data_entry(31, 3)];
+    let more = [data_entry(31, 3, 20)];
     let mut ops = store.append(&more);
     ops.extend(store.sync_ops());
     disk.run(ops);
@@ -159,7 +105,7 @@ fn a_follower_without_entries_after_the_snapshot_appends_after_its_backfill() {
     disk.run(ops);
     disk.run(store.save_snapshot(&snapshot(20, 2)));
     let plan = leader.plan_read_ending_at(20).expect("retained");
-    let entries = read(&mut leader_disk, &plan);
+    let entries = read(&mut leader_disk, &plan).expect("intact");
     assert_eq!(entries, log[18..20]);
     // The only segment, and the log directory is new.
     disk.run(store.prepend_retained(&entries));
@@ -177,7 +123,7 @@ fn a_follower_without_entries_after_the_snapshot_appends_after_its_backfill() {
 fn a_crash_during_a_prepend_leaves_the_old_run_or_the_new_one() {
     let (mut leader_disk, leader, log) = leader();
     let plan = leader.plan_read_ending_at(20).expect("retained");
-    let entries = read(&mut leader_disk, &plan);
+    let entries = read(&mut leader_disk, &plan).expect("intact");
     let mut outcomes = std::collections::BTreeSet::new();
     for seed in 0..40 {
         let (mut disk, mut store) = follower(&log);
@@ -222,10 +168,8 @@ fn damage_at_rest_in_a_prepended_segment_shortens_the_run_and_is_never_served() 
     let (mut leader_disk, leader, log) = leader();
     let (mut disk, mut store) = follower(&log);
     for last in [20, 18] {
-        let entries = read(
-            &mut leader_disk,
-            &leader.plan_read_ending_at(last).expect("retained"),
-        );
+        let plan = leader.plan_read_ending_at(last).expect("retained");
+        let entries = read(&mut leader_disk, &plan).expect("intact");
         disk.run(store.prepend_retained(&entries));
     }
     assert_eq!(store.retained_first(), 17);
@@ -273,13 +217,16 @@ fn a_read_ending_at_an_index_is_bounded_by_its_segment_and_the_entry_bound() {
     let mut disk = MemDisk::new();
     let (mut store, ops) = GroupStore::create(GROUP, options(1 << 30), &HardState::default());
     disk.run(ops);
-    let small: Vec<Entry> = (1..=300).map(|i| data_entry(i, 1)).collect();
+    let small: Vec<Entry> = (1..=300).map(|i| data_entry(i, 1, 20)).collect();
     disk.run(store.append(&small));
     disk.run(store.save_snapshot(&snapshot(300, 1)));
     let plan = store.plan_read_ending_at(300).expect("retained");
     assert_eq!(plan.entry_count(), LOG_READ_ENTRIES_MAX);
     assert_eq!(plan.first_index(), 300 - LOG_READ_ENTRIES_MAX as u64 + 1);
-    assert_eq!(read(&mut disk, &plan), small[300 - LOG_READ_ENTRIES_MAX..]);
+    assert_eq!(
+        read(&mut disk, &plan).expect("intact"),
+        small[300 - LOG_READ_ENTRIES_MAX..]
+    );
 }
 
 #[test]

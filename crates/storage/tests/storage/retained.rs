@@ -16,7 +16,7 @@ const GROUP: u64 = 11;
 /// 25 header bytes + 20 of data.
 const FRAME: usize = 45;
 
-fn options(segment_bytes_max: u64) -> StoreOptions {
+pub(crate) fn options(segment_bytes_max: u64) -> StoreOptions {
     StoreOptions {
         segment_bytes_max,
         segment_ms: 0,
@@ -24,7 +24,7 @@ fn options(segment_bytes_max: u64) -> StoreOptions {
     }
 }
 
-fn data_entry(index: u64, term: u64, bytes: usize) -> Entry {
+pub(crate) fn data_entry(index: u64, term: u64, bytes: usize) -> Entry {
     Entry {
         index,
         term,
@@ -32,7 +32,7 @@ fn data_entry(index: u64, term: u64, bytes: usize) -> Entry {
     }
 }
 
-fn snapshot(index: u64, term: u64) -> Snapshot {
+pub(crate) fn snapshot(index: u64, term: u64) -> Snapshot {
     Snapshot {
         meta: SnapshotMeta {
             index,
@@ -68,7 +68,17 @@ fn recover(disk: &mut MemDisk, segment_bytes_max: u64) -> Recovered {
 /// per segment (segments 1, 3, ..., 29), synced; then a snapshot at 20, the
 /// last frame of segment 19.
 fn thirty_with_snapshot_at_20(disk: &mut MemDisk) -> (GroupStore, Vec<Entry>) {
-    let (mut store, ops) = GroupStore::create(GROUP, options(100), &HardState::default());
+    thirty_with_snapshot_at(disk, GROUP, 20)
+}
+
+/// The same thirty entries for `group`, with a snapshot at `index` (of
+/// term 2, so at 16 or above).
+pub(crate) fn thirty_with_snapshot_at(
+    disk: &mut MemDisk,
+    group: u64,
+    index: u64,
+) -> (GroupStore, Vec<Entry>) {
+    let (mut store, ops) = GroupStore::create(group, options(100), &HardState::default());
     disk.run(ops);
     let log: Vec<Entry> = (1..=30)
         .map(|i| data_entry(i, if i <= 15 { 1 } else { 2 }, 20))
@@ -76,13 +86,13 @@ fn thirty_with_snapshot_at_20(disk: &mut MemDisk) -> (GroupStore, Vec<Entry>) {
     let mut ops = store.append(&log);
     ops.extend(store.sync_ops());
     disk.run(ops);
-    disk.run(store.save_snapshot(&snapshot(20, 2)));
+    disk.run(store.save_snapshot(&snapshot(index, 2)));
     assert_eq!(disk.uncovered_ops(), 0);
     (store, log)
 }
 
 /// Runs one planned read and decodes it.
-fn read(disk: &mut MemDisk, plan: &LogReadPlan) -> Result<Vec<Entry>, RetainedDamage> {
+pub(crate) fn read(disk: &mut MemDisk, plan: &LogReadPlan) -> Result<Vec<Entry>, RetainedDamage> {
     disk.submit(0, plan.op());
     match disk.completions.pop().expect("a completion").result {
         Ok(DiskOutput::Data(bytes)) => plan.decode(&bytes),
@@ -91,7 +101,7 @@ fn read(disk: &mut MemDisk, plan: &LogReadPlan) -> Result<Vec<Entry>, RetainedDa
 }
 
 /// Every retained entry, read back plan by plan.
-fn read_all(disk: &mut MemDisk, store: &GroupStore) -> Vec<Entry> {
+pub(crate) fn read_all(disk: &mut MemDisk, store: &GroupStore) -> Vec<Entry> {
     let mut out = Vec::new();
     let mut from = store.retained_first();
     while let Some(plan) = store.plan_read(from) {
@@ -401,16 +411,8 @@ fn a_read_is_bounded_by_entries_and_bytes() {
 #[test]
 fn a_discard_before_the_first_append_keeps_the_segment_the_cut_truncates() {
     let mut disk = MemDisk::new();
-    let (mut store, ops) = GroupStore::create(GROUP, options(100), &HardState::default());
-    disk.run(ops);
-    let log: Vec<Entry> = (1..=30)
-        .map(|i| data_entry(i, if i <= 15 { 1 } else { 2 }, 20))
-        .collect();
-    let mut ops = store.append(&log);
-    ops.extend(store.sync_ops());
-    disk.run(ops);
     // Segment 21 holds 21 and 22; the snapshot is at 21.
-    disk.run(store.save_snapshot(&snapshot(21, 2)));
+    let (_, log) = thirty_with_snapshot_at(&mut disk, GROUP, 21);
     disk.flip_bit(&seg_path(21), FRAME + 30, 1);
     let recovered = recover(&mut disk, 100);
     assert_eq!(recovered.report.corrupt_entries.first(), Some(&22));
