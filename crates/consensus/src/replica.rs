@@ -195,8 +195,13 @@ pub struct BackfillRead {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Backfill {
     /// Nothing to ask: the leader retains no more, or the host discarded
-    /// retained entries (so it wants none below them).
+    /// retained entries (so it wants none below them). A replica that
+    /// lacks what its host needs (`holds_needed_log`) asks all the same.
     Off,
+    /// The leader had nothing that fit at `at_ms`: a replica that lacks
+    /// what its host needs asks again an election timeout later (the
+    /// leader may have changed, or caught up on its own backfill).
+    Refused { at_ms: u64 },
     /// Ask the leader at the next Append from it.
     Wanted,
     /// Asked the leader for the entries below `below` at `sent_ms`.
@@ -310,6 +315,12 @@ pub struct Replica {
     reads_failed: Vec<u64>,
     /// §8.2: this replica's backfill below its snapshot, as a follower.
     backfill: Backfill,
+    /// §8.3: the lowest index the host's state machine still names (a
+    /// partition's oldest batch), whose entries it serves from the log;
+    /// `None` when it needs no log below its snapshot.
+    log_needed_from: Option<Index>,
+    /// §8.3: hand-offs tried by this replica (`hand_off_leadership`).
+    hand_off_attempts: u64,
     // Outputs not yet taken.
     hard_state_dirty: bool,
     unstable_from: Option<Index>,
@@ -415,6 +426,8 @@ impl Replica {
             reads: Vec::new(),
             backfill_reads: Vec::new(),
             backfill_out: Vec::new(),
+            log_needed_from: None,
+            hand_off_attempts: 0,
         };
         replica.was_member = replica.config.contains(replica.id());
         replica.reset_election_deadline();
@@ -606,6 +619,12 @@ impl Replica {
                 self.transfer = None;
             }
         }
+        if self.transfer.is_none() && !self.holds_needed_log() && self.config.voters.len() > 1 {
+            // §8.3: a leader that lost part of the log its host serves
+            // (damage found by a read) hands off to a voter that holds it,
+            // trying each in turn until one takes over.
+            self.hand_off_leadership();
+        }
         if self.now_ms >= self.check_quorum_due_ms {
             self.check_quorum_due_ms = self.now_ms + self.options.election_timeout_ms;
             if !self.quorum_recently_active() {
@@ -735,6 +754,12 @@ impl Replica {
         // §7.2: only voters campaign; a replica that does not know its
         // membership yet (a new, empty replica) waits to be contacted.
         if self.snapshot_to_persist.is_some() || self.is_repairing() || self.removed() {
+            return false;
+        }
+        // §8.3: a leader serves its machine's data from its log; one that
+        // lacks part of it waits for a voter that holds it, unless there is
+        // none but itself.
+        if !self.holds_needed_log() && self.config.voters.len() > 1 {
             return false;
         }
         let id = self.id();
@@ -902,6 +927,10 @@ impl Replica {
                 // not while repairing: the leader's match for us may predate
                 // our loss, and our log may lack entries it counted us for.
                 if self.config.voters.contains(&self.id()) && !self.is_repairing() {
+                    if !self.holds_needed_log() && self.config.voters.len() > 1 {
+                        // §8.3: it could not serve what its machine names.
+                        return;
+                    }
                     self.campaign(true);
                 }
             }
@@ -1423,12 +1452,24 @@ impl Replica {
             return;
         }
         let below = self.log.retained_first();
+        let lacking = !self.holds_needed_log();
+        if self.log_needed_from.is_some() && !lacking {
+            // §8.3: it holds all its host serves; more would be discarded.
+            if !matches!(self.backfill, Backfill::Storing { .. }) {
+                self.backfill = Backfill::Off;
+            }
+            return;
+        }
         let due = match self.backfill {
             Backfill::Wanted => true,
             Backfill::Asked { sent_ms, .. } => {
                 self.now_ms >= sent_ms + self.options.election_timeout_ms
             }
-            Backfill::Off | Backfill::Storing { .. } => false,
+            Backfill::Refused { at_ms } => {
+                lacking && self.now_ms >= at_ms + self.options.election_timeout_ms
+            }
+            Backfill::Off => lacking,
+            Backfill::Storing { .. } => false,
         };
         if !due {
             return;
@@ -1450,9 +1491,33 @@ impl Replica {
         if self.role != Role::Leader || !self.progress.contains_key(&peer) {
             return;
         }
+        let snapshot_index = self.log.snapshot().index;
+        if below > snapshot_index + 1
+            && below - 1 <= self.commit
+            && below - 1 <= self.log.last_index()
+        {
+            // §8.3: the follower's snapshot is ahead of this leader's, so
+            // the entries it asks for are in memory here: the chunk ending
+            // at `below - 1`, within the bounds of one Append, goes at once.
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            let mut index = below - 1;
+            while index > snapshot_index && entries.len() < self.options.append_entries_max {
+                let entry = self.log.entry(index).expect("within the log");
+                bytes += entry.size_bytes();
+                if !entries.is_empty() && bytes > self.options.append_bytes_max {
+                    break;
+                }
+                entries.push(entry.clone());
+                index -= 1;
+            }
+            entries.reverse();
+            self.send(peer, Body::Backfill { below, entries });
+            return;
+        }
         // The leader retains `below - 1` (which implies it has a snapshot:
         // with none, nothing is retained and `retained_first` is 1).
-        let retained = below > self.log.retained_first() && below <= self.log.snapshot().index + 1;
+        let retained = below > self.log.retained_first() && below <= snapshot_index + 1;
         if retained {
             self.backfill_reads.push(BackfillRead { peer, below });
         } else {
@@ -1500,7 +1565,7 @@ impl Replica {
         if entries.is_empty() || !self.log.fits_below_retained(&entries) {
             // The leader retains nothing more, or sent what cannot be ours
             // (a programmer error there; nothing is stored here).
-            self.backfill = Backfill::Off;
+            self.backfill = Backfill::Refused { at_ms: self.now_ms };
             return;
         }
         self.backfill_out = entries.clone();
@@ -1509,18 +1574,43 @@ impl Replica {
 
     /// §8.2: the host stored the chunk of the last `Ready::backfill` below
     /// the retained run (reads planned afterwards see it), or could not
-    /// (`stored` false: nothing more is asked until the next snapshot).
+    /// (`stored` false: nothing more is asked until the next snapshot, or
+    /// an election timeout later by a replica that lacks what its host
+    /// needs).
     pub fn backfill_stored(&mut self, stored: bool) {
         let Backfill::Storing { entries } = std::mem::replace(&mut self.backfill, Backfill::Off)
         else {
             panic!("backfill_stored without a chunk to store");
         };
         if !stored {
+            self.backfill = Backfill::Refused { at_ms: self.now_ms };
             return;
         }
         self.log.prepend_retained(&entries);
         self.backfill = Backfill::Wanted;
         self.maybe_request_backfill();
+    }
+
+    /// §8.3: the host's state machine names entries from `index` on (or
+    /// none, `None`) and serves them from the log: until this replica's
+    /// log holds them all, it backfills them from its leader and does not
+    /// campaign (unless it is the only voter). The host says so again
+    /// whenever its machine changes.
+    pub fn set_log_needed_from(&mut self, index: Option<Index>) {
+        self.log_needed_from = index;
+    }
+
+    /// §8.3: whether this replica's log (what it retains below its snapshot
+    /// and what follows) holds every entry its host's machine names. A
+    /// named index of 0 (a batch from an old snapshot that did not record
+    /// its entry) needs the whole log.
+    pub fn holds_needed_log(&self) -> bool {
+        match self.log_needed_from {
+            None => true,
+            Some(index) => {
+                index > self.log.snapshot().index || self.log.retained_first() <= index.max(1)
+            }
+        }
     }
 
     /// At start: storage still holds the entries from the first run's index
@@ -2012,6 +2102,33 @@ impl Replica {
     }
 
     /// §9: hands leadership to `target`, a voter.
+    /// §8.3: as a leader that lost part of the log its host serves, starts
+    /// a transfer to the voter that has acknowledged the most (it declines
+    /// if it lacks the log too, and this replica stays leader then).
+    /// Returns the target, if there is one.
+    pub fn hand_off_leadership(&mut self) -> Option<NodeId> {
+        if self.role != Role::Leader || self.transfer.is_some() {
+            return None;
+        }
+        let id = self.id();
+        let mut voters: Vec<NodeId> = self
+            .config
+            .voters
+            .iter()
+            .copied()
+            .filter(|voter| *voter != id)
+            .collect();
+        if voters.is_empty() {
+            return None;
+        }
+        // The most caught up first; each attempt tries the next, so that
+        // one that declines (it lacks the log too) is not asked forever.
+        voters.sort_by_key(|voter| (std::cmp::Reverse(self.match_index(*voter)), *voter));
+        let target = voters[(self.hand_off_attempts % voters.len() as u64) as usize];
+        self.hand_off_attempts += 1;
+        self.transfer_leader(target).ok().map(|()| target)
+    }
+
     pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {

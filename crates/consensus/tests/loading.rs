@@ -453,3 +453,100 @@ fn a_backfill_chunk_that_does_not_fit_is_refused() {
         }
     }
 }
+
+/// §8.3: a follower whose host serves its machine's data from the log
+/// (a Kafka partition, needing entries from index 2 on) and that lacks part
+/// of it neither takes over when asked nor campaigns when the leader goes
+/// silent; once its backfill holds everything from index 2, it stops asking
+/// for more and takes over when asked.
+#[test]
+fn a_replica_that_lacks_the_log_its_host_serves_does_not_lead_until_it_backfilled() {
+    let mut pair = lagging_follower(true);
+    let leader = pair.leader();
+    let follower = 3 - leader;
+    for id in [1, 2] {
+        pair.nodes
+            .get_mut(&id)
+            .unwrap()
+            .replica
+            .set_log_needed_from(Some(2));
+    }
+    assert!(pair.nodes[&leader].replica.holds_needed_log());
+    pair.tick(10 * ELECTION_TIMEOUT_MS, None);
+    assert_eq!(pair.nodes[&follower].snapshots_installed, 1);
+    assert!(!pair.nodes[&follower].replica.holds_needed_log());
+    // Asked to take over, it declines: the transfer lapses.
+    let term = pair.nodes[&leader].replica.term();
+    pair.nodes
+        .get_mut(&leader)
+        .unwrap()
+        .replica
+        .transfer_leader(follower)
+        .expect("a voter");
+    pair.drain(leader);
+    pair.deliver(None);
+    pair.tick(3 * ELECTION_TIMEOUT_MS, None);
+    assert_eq!(pair.leader(), leader);
+    assert_eq!(pair.nodes[&follower].replica.term(), term);
+    // With the leader silent, it does not campaign.
+    pair.tick(10 * ELECTION_TIMEOUT_MS, Some(leader));
+    assert_eq!(pair.nodes[&follower].replica.role(), Role::Follower);
+    assert_eq!(pair.nodes[&follower].replica.term(), term);
+    // Reads work again: it backfills down to index 2, no further.
+    pair.fail_reads = false;
+    pair.tick(10 * ELECTION_TIMEOUT_MS, None);
+    let follower_log = pair.nodes[&follower].replica.log();
+    assert!(pair.nodes[&follower].replica.holds_needed_log());
+    assert!(follower_log.retained_first() <= 2);
+    assert!(
+        follower_log.retained_first() >= 2 - 1,
+        "it asks for nothing below what its host needs"
+    );
+    pair.nodes
+        .get_mut(&leader)
+        .unwrap()
+        .replica
+        .transfer_leader(follower)
+        .expect("a voter");
+    pair.drain(leader);
+    pair.deliver(None);
+    pair.tick(3 * ELECTION_TIMEOUT_MS, None);
+    assert_eq!(pair.leader(), follower);
+}
+
+/// §8.3: a leader that lost part of the log its host serves (a read found
+/// damage, and the node stopped retaining it) hands leadership to a voter
+/// that holds it, then backfills the lost part from the new leader.
+#[test]
+fn a_leader_that_lost_part_of_the_log_its_host_serves_hands_off_and_backfills() {
+    let mut pair = lagging_follower(false);
+    let leader = pair.leader();
+    let follower = 3 - leader;
+    pair.tick(10 * ELECTION_TIMEOUT_MS, None);
+    for id in [1, 2] {
+        pair.nodes
+            .get_mut(&id)
+            .unwrap()
+            .replica
+            .set_log_needed_from(Some(2));
+    }
+    // The follower was caught up from the log and never installed the
+    // snapshot: it holds everything. Now the leader loses entries below 6.
+    assert!(pair.nodes[&follower].replica.holds_needed_log());
+    let node = pair.nodes.get_mut(&leader).unwrap();
+    node.replica.discard_retained_below(6);
+    node.disk.retain(|index, _| *index >= 6);
+    assert!(!node.replica.holds_needed_log());
+    pair.tick(3 * ELECTION_TIMEOUT_MS, None);
+    assert_eq!(pair.leader(), follower, "the leader handed off");
+    pair.tick(10 * ELECTION_TIMEOUT_MS, None);
+    let old_leader = &pair.nodes[&leader];
+    assert!(old_leader.replica.holds_needed_log(), "it backfilled");
+    for index in 2..6 {
+        assert_eq!(
+            old_leader.disk.get(&index),
+            pair.nodes[&follower].disk.get(&index),
+            "entry {index}"
+        );
+    }
+}
