@@ -243,9 +243,9 @@ fn main() -> ExitCode {
     println!("faults injected: {}", per_class.join(" "));
     let c = &totals.catch_up;
     println!(
-        "followers caught up: {} from the retained log, {} snapshots sent; log reads refused {}, failed {}, damaged {}; backfilled below snapshots: {} entries in {} chunks",
+        "followers caught up: {} from the retained log, {} snapshots sent; log reads refused {}, failed {}, damaged {}; backfilled below snapshots: {} entries in {} chunks; fetches read batches from disk {} times",
         c.log_reads_served, c.snapshots_sent, c.log_reads_refused, c.log_reads_failed, c.log_reads_damaged,
-        c.backfill_entries_stored, c.backfill_chunks_stored
+        c.backfill_entries_stored, c.backfill_chunks_stored, c.client_log_reads_served
     );
     if totals.failed.is_empty() {
         ExitCode::SUCCESS

@@ -266,6 +266,7 @@ impl TraceKind {
             ClientOp::TransferLeader { to } => ("transfer-leader to", *to),
             ClientOp::Propose { data } => ("propose bytes", data.len() as u64),
             ClientOp::ReadIndex => ("read-index", 0),
+            ClientOp::ReadLog { from } => ("read-log from", *from),
         };
         TraceKind::Request {
             client: request.client,
@@ -283,6 +284,7 @@ impl TraceKind {
             Ok(ClientReply::Accepted) => ("accepted", 0),
             Ok(ClientReply::Applied(_)) => ("applied", 0),
             Ok(ClientReply::ReadReady) => ("read-ready", 0),
+            Ok(ClientReply::Entries { entries }) => ("entries", entries.len() as u64),
             Err(ClientError::NotLeader { leader_hint }) => {
                 ("not-leader hint", leader_hint.unwrap_or(0))
             }

@@ -412,9 +412,14 @@ impl Workload {
                 self.clients[index].pending = None;
                 self.think(now, index, out);
             }
-            // The record workload never proposes machine commands or asks
-            // for read indexes.
-            Ok(ClientReply::Accepted | ClientReply::Applied(_) | ClientReply::ReadReady) => {}
+            // The record workload never proposes machine commands, asks
+            // for read indexes or reads the log.
+            Ok(
+                ClientReply::Accepted
+                | ClientReply::Applied(_)
+                | ClientReply::ReadReady
+                | ClientReply::Entries { .. },
+            ) => {}
             Err(error) => {
                 if response.request_id != pending.request_id {
                     return;

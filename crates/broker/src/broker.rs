@@ -58,6 +58,13 @@ use uuid::Uuid;
 
 use crate::fetch::{self, FetchResult};
 
+/// The parts of a fetch's log reads are numbered from here, after its read
+/// indexes (at most one per partition).
+const LOAD_PART_BASE: usize = 1 << 32;
+/// The longest a fetch waits for its log reads when it asks not to wait
+/// for data: a disk read takes milliseconds, unless the disk is failing.
+const FETCH_LOAD_WAIT_MS_MAX: u64 = 5_000;
+
 #[cfg(feature = "ack-before-commit")]
 mod ack_before_commit; // FAILPOINT: a broken build for jepsen/, see the module
 mod groups;
@@ -135,6 +142,8 @@ enum PendingKind {
     Fetch {
         request: FetchRequest,
         reads: ReadIndexes,
+        /// §8.3: batches read from disk for it.
+        loads: fetch::Loads,
     },
     CreateTopics {
         response: CreateTopicsResponse,
@@ -411,7 +420,15 @@ impl Broker {
         for response in std::mem::take(&mut collector.responses) {
             self.core_reply(response, now_ms);
         }
-        self.expire(env.clock.now_ms());
+        let to_load = self.expire(env.clock.now_ms());
+        for (id, reads) in to_load {
+            self.load(id, reads, env, collector);
+        }
+        // A read refused at once (too many in flight, or entries no longer
+        // held) is answered now; the fetch is evaluated again next time.
+        for response in std::mem::take(&mut collector.responses) {
+            self.core_reply(response, now_ms);
+        }
         self.flush(env);
     }
 
@@ -506,6 +523,41 @@ impl Broker {
         };
         for (part, group) in groups.into_iter().enumerate() {
             self.request_part(group, ClientOp::ReadIndex, pending_id, part, env, collector);
+        }
+    }
+
+    /// §8.3: asks the node for the log reads `to_load` of fetch
+    /// `pending_id`, one part each.
+    fn load(
+        &mut self,
+        pending_id: u64,
+        to_load: Vec<(GroupId, u64)>,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        if to_load.is_empty() {
+            return;
+        }
+        let Some(pending) = self.pending.get_mut(&pending_id) else {
+            return;
+        };
+        let PendingKind::Fetch { loads, .. } = &mut pending.kind else {
+            unreachable!("only fetches read the log");
+        };
+        let first_part = LOAD_PART_BASE + loads.asked.len();
+        loads.asked.extend(to_load.iter().copied());
+        loads.rounds += 1;
+        loads.in_flight += to_load.len();
+        pending.outstanding += to_load.len();
+        for (offset, (group, from)) in to_load.into_iter().enumerate() {
+            self.request_part(
+                group,
+                ClientOp::ReadLog { from },
+                pending_id,
+                first_part + offset,
+                env,
+                collector,
+            );
         }
     }
 
@@ -745,15 +797,25 @@ impl Broker {
             }
             RequestKind::Fetch(request) => {
                 let metadata = self.metadata();
-                let result =
-                    fetch::evaluate(&request, version, metadata, &self.node, &BTreeMap::new());
+                let no_loads = fetch::Loads::default();
+                let result = fetch::evaluate(
+                    &request,
+                    version,
+                    metadata,
+                    &self.node,
+                    &BTreeMap::new(),
+                    &no_loads,
+                );
                 let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
                 let full = self.pending.len() >= PENDING_REQUESTS_MAX;
                 // A fetch past a high watermark waits for read indexes
-                // (`fetch::evaluate`); otherwise an error, enough data or no
-                // wait answers at once, and the rest is a long poll.
+                // (`fetch::evaluate`), and one of batches on disk for their
+                // reads (§8.3); otherwise an error, enough data or no wait
+                // answers at once, and the rest is a long poll.
                 let confirming = !result.to_confirm.is_empty();
+                let loading = !result.to_load.is_empty();
                 let answer_now = !confirming
+                    && !loading
                     && (result.has_error
                         || result.bytes >= min_bytes.max(1)
                         || request.max_wait_ms <= 0);
@@ -764,8 +826,14 @@ impl Broker {
                     let wait_ms = if confirming {
                         FETCH_CONFIRM_MS_MAX
                     } else {
-                        (request.max_wait_ms as u64).min(FETCH_WAIT_MS_MAX)
+                        (request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX)
                     };
+                    let loads = fetch::Loads {
+                        deadline_ms: now_ms + FETCH_LOAD_WAIT_MS_MAX,
+                        ..no_loads
+                    };
+                    let to_load =
+                        loads.new_reads(&result.to_load, fetch::response_bytes_max(&request));
                     let id = self.next_id();
                     self.slot(connection, id);
                     self.pending.insert(
@@ -777,10 +845,15 @@ impl Broker {
                             version,
                             deadline_ms: now_ms + wait_ms,
                             outstanding: reads.groups.len(),
-                            kind: PendingKind::Fetch { request, reads },
+                            kind: PendingKind::Fetch {
+                                request,
+                                reads,
+                                loads,
+                            },
                         },
                     );
                     self.read_indexes(id, env, collector);
+                    self.load(id, to_load, env, collector);
                     self.finish_if_done(id);
                     return;
                 }
@@ -1386,13 +1459,17 @@ impl Broker {
                             -1 => answer.offset = log.high_watermark(),
                             -2 => answer.offset = log.log_start_offset(),
                             -3 => {
-                                if let Some((offset, timestamp)) = max_timestamp(log) {
+                                if let Some((offset, timestamp)) =
+                                    max_timestamp(&self.node, placement.group, log)
+                                {
                                     answer.offset = offset;
                                     answer.timestamp = timestamp;
                                 }
                             }
                             target if target >= 0 => {
-                                if let Some((offset, timestamp)) = offset_for_time(log, target) {
+                                if let Some((offset, timestamp)) =
+                                    offset_for_time(&self.node, placement.group, log, target)
+                                {
                                     answer.offset = offset;
                                     answer.timestamp = timestamp;
                                 }
@@ -2050,6 +2127,13 @@ impl Broker {
                 let pending = self.pending.get_mut(&pending_id).expect("still pending");
                 pending.kind = kind;
             }
+            PendingKind::Fetch { loads, .. } if part >= LOAD_PART_BASE => {
+                let result = match response.result {
+                    Ok(ClientReply::Entries { entries }) => Ok(entries),
+                    _ => Err(()),
+                };
+                loads.answered(part - LOAD_PART_BASE, result);
+            }
             PendingKind::OffsetFetch { reads, .. } | PendingKind::Fetch { reads, .. } => {
                 reads.answered(part, &response.result);
             }
@@ -2142,13 +2226,18 @@ impl Broker {
             PendingKind::OffsetFetch { request, reads } => ResponseKind::OffsetFetch(
                 self.offset_fetch(request, pending.version, &reads.passed),
             ),
-            PendingKind::Fetch { request, reads } => {
+            PendingKind::Fetch {
+                request,
+                reads,
+                loads,
+            } => {
                 let FetchResult { response, .. } = fetch::evaluate(
                     &request,
                     pending.version,
                     self.metadata(),
                     &self.node,
                     &reads.passed,
+                    &loads,
                 );
                 ResponseKind::Fetch(response)
             }
@@ -2159,18 +2248,31 @@ impl Broker {
 
     /// Answers long polls that have enough data or reached their wait, and
     /// requests whose proposals did not commit in time.
-    fn expire(&mut self, now_ms: u64) {
+    ///
+    /// Returns the log reads (§8.3) that long polls need next: the caller
+    /// asks the node for them (`load`).
+    fn expire(&mut self, now_ms: u64) -> Vec<(u64, Vec<(GroupId, u64)>)> {
         let mut ready = Vec::new();
+        let mut to_load = Vec::new();
         for (id, pending) in &self.pending {
             match &pending.kind {
-                PendingKind::Fetch { request, reads } => {
-                    if now_ms >= pending.deadline_ms {
+                PendingKind::Fetch {
+                    request,
+                    reads,
+                    loads,
+                } => {
+                    if now_ms >= pending.deadline_ms && !loads.waiting(now_ms) {
                         ready.push(*id);
                         continue;
                     }
-                    if !reads.groups.is_empty() {
-                        // Waiting for read indexes: answered when they are
-                        // in, or at the deadline.
+                    if !reads.groups.is_empty() || pending.outstanding > 0 {
+                        // Waiting for read indexes (answered when they are
+                        // in, or at the deadline) or for log reads.
+                        continue;
+                    }
+                    if now_ms >= pending.deadline_ms {
+                        // Its last reads came in after its wait: no more.
+                        ready.push(*id);
                         continue;
                     }
                     let result = fetch::evaluate(
@@ -2179,9 +2281,19 @@ impl Broker {
                         self.metadata(),
                         &self.node,
                         &BTreeMap::new(),
+                        loads,
                     );
+                    let reads =
+                        loads.new_reads(&result.to_load, fetch::response_bytes_max(request));
+                    if !reads.is_empty() {
+                        to_load.push((*id, reads));
+                        continue;
+                    }
                     let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
-                    if result.has_error || result.bytes >= min_bytes.max(1) {
+                    if result.has_error
+                        || result.bytes >= min_bytes.max(1)
+                        || request.max_wait_ms <= 0
+                    {
                         ready.push(*id);
                     }
                 }
@@ -2221,6 +2333,7 @@ impl Broker {
             }
             self.answer_pending(id, pending);
         }
+        to_load
     }
 }
 
@@ -2277,36 +2390,55 @@ fn encode(
 }
 
 /// The offset and timestamp of the first record at or after `target_ms`.
+///
+/// The partition's index finds the first batch whose max timestamp is at or
+/// after it; that batch's records give the exact record when its bytes are
+/// at hand (in memory, docs/protocol.md §8.3). When they are on disk the
+/// answer is the batch's first offset, which is never after the exact
+/// answer: a consumer that seeks there reads a few older records again but
+/// never skips one.
 fn offset_for_time(
+    node: &Node,
+    group: GroupId,
     log: &runnel_core::partition::PartitionLog,
     target_ms: i64,
 ) -> Option<(i64, i64)> {
     let batch = log.batch_at_time(target_ms)?;
-    let mut bytes = Bytes::copy_from_slice(&batch.bytes);
-    if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
-        if let Some(record) = set
-            .records
-            .iter()
-            .find(|record| record.timestamp >= target_ms)
-        {
-            return Some((record.offset, record.timestamp));
+    if let Some(stamped) = fetch::batch_bytes(node, group, batch, None) {
+        let mut bytes = Bytes::from(stamped);
+        if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
+            if let Some(record) = set
+                .records
+                .iter()
+                .find(|record| record.timestamp >= target_ms)
+            {
+                return Some((record.offset, record.timestamp));
+            }
         }
     }
     Some((batch.base_offset, batch.max_timestamp_ms))
 }
 
-/// The offset and timestamp of the record with the largest timestamp.
-fn max_timestamp(log: &runnel_core::partition::PartitionLog) -> Option<(i64, i64)> {
+/// The offset and timestamp of the record with the largest timestamp: the
+/// exact record when the batch's bytes are at hand, its last offset when
+/// they are on disk.
+fn max_timestamp(
+    node: &Node,
+    group: GroupId,
+    log: &runnel_core::partition::PartitionLog,
+) -> Option<(i64, i64)> {
     let batch = log.batches().max_by_key(|batch| batch.max_timestamp_ms)?;
-    let mut bytes = Bytes::copy_from_slice(&batch.bytes);
-    if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
-        if let Some(record) = set
-            .records
-            .iter()
-            .rev()
-            .max_by_key(|record| record.timestamp)
-        {
-            return Some((record.offset, record.timestamp));
+    if let Some(stamped) = fetch::batch_bytes(node, group, batch, None) {
+        let mut bytes = Bytes::from(stamped);
+        if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
+            if let Some(record) = set
+                .records
+                .iter()
+                .rev()
+                .max_by_key(|record| record.timestamp)
+            {
+                return Some((record.offset, record.timestamp));
+            }
         }
     }
     Some((batch.last_offset, batch.max_timestamp_ms))

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use runnel_core::partition::{Retention, RETENTION_BYTES_CEILING};
+use runnel_core::partition::Retention;
 
 use crate::TopicDefaults;
 
@@ -97,15 +97,8 @@ pub fn retention(overrides: &BTreeMap<String, String>, defaults: &TopicDefaults)
             .and_then(|value| value.parse().ok())
             .unwrap_or(default)
     };
-    // Partitions are held in memory until issue 3, so retention keeps at
-    // most the ceiling whatever the topic asks; DescribeConfigs still shows
-    // what the topic set, and docs/guarantees.md says what is kept.
-    let asked_bytes = read("retention.bytes", defaults.retention_bytes);
-    let retention_bytes = if (0..=RETENTION_BYTES_CEILING).contains(&asked_bytes) {
-        asked_bytes
-    } else {
-        RETENTION_BYTES_CEILING
-    };
+    // Any negative size is Kafka's -1: no limit by size.
+    let retention_bytes = read("retention.bytes", defaults.retention_bytes).max(-1);
     Retention {
         retention_ms: read("retention.ms", defaults.retention_ms),
         retention_bytes,
@@ -138,18 +131,16 @@ mod tests {
     }
 
     #[test]
-    fn retention_keeps_at_most_the_ceiling() {
+    fn retention_bytes_is_what_the_topic_asks() {
         let defaults = TopicDefaults::default();
-        for asked in ["-1", "1099511627776"] {
+        for (asked, kept) in [("-1", -1), ("1099511627776", 1 << 40), ("4096", 4096)] {
             let overrides = BTreeMap::from([("retention.bytes".to_string(), asked.to_string())]);
             assert_eq!(
                 retention(&overrides, &defaults).retention_bytes,
-                RETENTION_BYTES_CEILING,
+                kept,
                 "{asked}"
             );
         }
-        let overrides = BTreeMap::from([("retention.bytes".to_string(), "4096".to_string())]);
-        assert_eq!(retention(&overrides, &defaults).retention_bytes, 4096);
     }
 
     #[test]
@@ -157,12 +148,9 @@ mod tests {
         let overrides = BTreeMap::from([("retention.ms".to_string(), "5".to_string())]);
         let defaults = TopicDefaults::default();
         assert_eq!(retention(&overrides, &defaults).retention_ms, 5);
-        // The default (-1, unlimited) is read as the ceiling.
+        // The default is -1, unlimited.
         assert_eq!(defaults.retention_bytes, -1);
-        assert_eq!(
-            retention(&overrides, &defaults).retention_bytes,
-            RETENTION_BYTES_CEILING
-        );
+        assert_eq!(retention(&overrides, &defaults).retention_bytes, -1);
         let listed = effective(&overrides, &defaults);
         assert!(listed.contains(&("retention.ms".to_string(), "5".to_string(), true)));
     }

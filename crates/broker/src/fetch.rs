@@ -9,7 +9,9 @@ use kafka_protocol::messages::fetch_response::{
     FetchResponse, FetchableTopicResponse, PartitionData,
 };
 use kafka_protocol::messages::TopicName;
+use runnel_consensus::{Entry, Index, Payload};
 use runnel_core::metadata::MetadataState;
+use runnel_core::partition::{stamped_batch, StoredBatch};
 use runnel_core::Node;
 use runnel_io::GroupId;
 use uuid::Uuid;
@@ -37,6 +39,117 @@ pub fn leader_epoch_error(current_leader_epoch: i32, epoch: i32) -> Option<i16> 
     }
 }
 
+/// The most rounds of log reads one fetch waits for: each round reads one
+/// chunk per partition (`ClientOp::ReadLog`), so this bounds how long a
+/// fetch of many old batches takes before it answers with what it has.
+pub const LOAD_ROUNDS_MAX: usize = 8;
+
+/// §8.3: what a fetch read from disk: batches at or below a partition's
+/// snapshot are there, not in memory.
+#[derive(Default)]
+pub struct Loads {
+    /// The entries read, per partition group, in index order.
+    pub entries: BTreeMap<GroupId, Vec<Entry>>,
+    /// The reads asked for, in the order of their parts.
+    pub asked: Vec<(GroupId, Index)>,
+    /// Groups a read found nothing for: the node no longer holds the
+    /// entries, or found them damaged (and repairs them). Their partitions
+    /// answer KAFKA_STORAGE_ERROR, which clients retry.
+    pub missing: BTreeSet<GroupId>,
+    pub rounds: usize,
+    /// Reads asked and not answered yet.
+    pub in_flight: usize,
+    /// Bytes of the entries read so far.
+    pub loaded_bytes: usize,
+    /// Reads in flight are waited for until then, even past the fetch's
+    /// own wait: its answer needs them.
+    pub deadline_ms: u64,
+}
+
+impl Loads {
+    /// The node's answer to read `part` of `asked`.
+    pub fn answered(&mut self, part: usize, result: Result<Vec<Entry>, ()>) {
+        let (group, _) = self.asked[part];
+        self.in_flight -= 1;
+        match result {
+            Ok(entries) if entries.is_empty() => {
+                self.missing.insert(group);
+            }
+            Ok(entries) => {
+                self.loaded_bytes += entries.iter().map(Entry::size_bytes).sum::<usize>();
+                let held = self.entries.entry(group).or_default();
+                held.extend(entries);
+                held.sort_by_key(|entry| entry.index);
+                held.dedup_by_key(|entry| entry.index);
+            }
+            // Refused while the node has too many reads in flight: the
+            // fetch answers with what it has, and the client asks again.
+            Err(()) => {}
+        }
+    }
+
+    /// The reads of `wanted` not asked yet, as many as a fetch answering
+    /// at most `max_bytes` can use: each brings up to
+    /// `runnel_core::LOG_READ_BYTES_MAX`, and what was read so far
+    /// counts, so the entries one fetch holds stay near its answer's size.
+    pub fn new_reads(
+        &self,
+        wanted: &BTreeSet<(GroupId, Index)>,
+        max_bytes: usize,
+    ) -> Vec<(GroupId, Index)> {
+        if self.rounds >= LOAD_ROUNDS_MAX || self.loaded_bytes >= max_bytes {
+            return Vec::new();
+        }
+        let room = (max_bytes - self.loaded_bytes)
+            .div_ceil(runnel_core::LOG_READ_BYTES_MAX as usize)
+            .max(1);
+        wanted
+            .iter()
+            .filter(|read| !self.asked.contains(read))
+            .take(room)
+            .copied()
+            .collect()
+    }
+
+    /// Whether reads are in flight that the fetch should still wait for
+    /// at `now_ms`.
+    pub fn waiting(&self, now_ms: u64) -> bool {
+        self.in_flight > 0 && now_ms < self.deadline_ms
+    }
+
+    fn entry(&self, group: GroupId, index: Index) -> Option<&Entry> {
+        let entries = self.entries.get(&group)?;
+        let position = entries
+            .binary_search_by_key(&index, |entry| entry.index)
+            .ok()?;
+        Some(&entries[position])
+    }
+}
+
+/// §8.3: the bytes of `batch` of partition `group` if they are at hand:
+/// carried from an old snapshot, in the replica's memory (after its
+/// snapshot), or among the entries `loads` read. `None`: they are on disk.
+pub fn batch_bytes(
+    node: &Node,
+    group: GroupId,
+    batch: &StoredBatch,
+    loads: Option<&Loads>,
+) -> Option<Vec<u8>> {
+    if let Some(bytes) = &batch.carried_bytes {
+        return Some(bytes.to_vec());
+    }
+    let entry = node
+        .log_entry(group, batch.raft_index)
+        .or_else(|| loads?.entry(group, batch.raft_index))?;
+    let Payload::Data(data) = &entry.payload else {
+        panic!(
+            "group {group}: the entry {} of an indexed batch holds no data",
+            entry.index
+        );
+    };
+    Some(stamped_batch(batch, entry.index, entry.term, data))
+}
+
 /// What a fetch would return now.
 pub struct FetchResult {
     pub response: FetchResponse,
@@ -48,6 +161,10 @@ pub struct FetchResult {
     /// node still leads them before it says OFFSET_OUT_OF_RANGE (their
     /// partitions carry NOT_LEADER_OR_FOLLOWER meanwhile).
     pub to_confirm: BTreeSet<GroupId>,
+    /// §8.3: (group, raft index) of batches whose bytes are on disk: the
+    /// broker reads them (`ClientOp::ReadLog`) and evaluates again. The
+    /// partition's answer stops before such a batch.
+    pub to_load: BTreeSet<(GroupId, Index)>,
 }
 
 /// Builds the response to `request` from the node's partitions as they are
@@ -64,17 +181,27 @@ pub struct FetchResult {
 /// maps a group to whether it did, docs/protocol.md §6.3); others are
 /// listed in `FetchResult::to_confirm`, or answered NOT_LEADER_OR_FOLLOWER
 /// when their read index failed.
+///
+/// Batches are read from the replica's log (docs/protocol.md §8.3): those
+/// after its snapshot from memory, the others from disk, through `loads`.
+/// The most bytes `request`'s answer carries.
+pub fn response_bytes_max(request: &FetchRequest) -> usize {
+    usize::try_from(request.max_bytes.max(0))
+        .unwrap_or(0)
+        .min(FETCH_RESPONSE_BYTES_MAX)
+}
+
 pub fn evaluate(
     request: &FetchRequest,
     version: i16,
     metadata: Option<&MetadataState>,
     node: &Node,
     confirmed: &BTreeMap<GroupId, bool>,
+    loads: &Loads,
 ) -> FetchResult {
     let mut to_confirm = BTreeSet::new();
-    let max_bytes = usize::try_from(request.max_bytes.max(0))
-        .unwrap_or(0)
-        .min(FETCH_RESPONSE_BYTES_MAX);
+    let mut to_load = BTreeSet::new();
+    let max_bytes = response_bytes_max(request);
     let mut bytes = 0usize;
     let mut has_error = false;
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -130,6 +257,7 @@ pub fn evaluate(
                                     }
                                 }
                             } else {
+                                let mut return_storage_error = false;
                                 let partition_max =
                                     usize::try_from(partition.partition_max_bytes.max(0))
                                         .unwrap_or(0);
@@ -147,20 +275,33 @@ pub fn evaluate(
                                 } else {
                                     log.read(partition.fetch_offset, room)
                                 };
-                                let batches: Vec<_> = batches
-                                    .into_iter()
-                                    .filter(|batch| {
-                                        bytes == 0
-                                            || batch.bytes.len() <= max_bytes.saturating_sub(bytes)
-                                    })
-                                    .collect();
                                 let mut records = BytesMut::new();
                                 for batch in batches {
-                                    records.extend_from_slice(&batch.bytes);
+                                    let length = batch.length_bytes as usize;
+                                    if bytes + records.len() > 0
+                                        && length > max_bytes.saturating_sub(bytes + records.len())
+                                    {
+                                        break;
+                                    }
+                                    match batch_bytes(node, placement.group, batch, Some(loads)) {
+                                        Some(stamped) => records.extend_from_slice(&stamped),
+                                        None => {
+                                            to_load.insert((placement.group, batch.raft_index));
+                                            break;
+                                        }
+                                    }
                                 }
                                 bytes += records.len();
-                                data.records = Some(records.freeze());
-                                None
+                                if records.is_empty() && loads.missing.contains(&placement.group) {
+                                    data.records = Some(Bytes::new());
+                                    return_storage_error = true;
+                                }
+                                if return_storage_error {
+                                    Some(error_code::KAFKA_STORAGE_ERROR)
+                                } else {
+                                    data.records = Some(records.freeze());
+                                    None
+                                }
                             }
                         }
                         _ => Some(error_code::NOT_LEADER_OR_FOLLOWER),
@@ -197,5 +338,6 @@ pub fn evaluate(
         bytes,
         has_error,
         to_confirm,
+        to_load,
     }
 }

@@ -494,6 +494,7 @@ fn metrics_report_what_the_node_leads_and_holds() {
     );
     // Nor a snapshot to install, so nothing to backfill below one.
     assert_eq!(value("runnel_backfill_entries_stored_total"), 0);
+    assert_eq!(value("runnel_fetch_log_reads_total"), 0);
     // create_topic wrote one record to partition 0, the produce three more.
     assert_eq!(
         value("runnel_partition_high_watermark{topic=\"orders\",partition=\"0\"}"),
@@ -549,4 +550,93 @@ fn a_fetch_past_the_end_is_out_of_range_after_a_read_index() {
         assert_eq!(partition.error_code, code, "offset {offset}");
         assert_eq!(partition.high_watermark, 3);
     }
+}
+
+/// The offsets and values of every record in a fetch's records.
+fn records_of(records: &Bytes) -> Vec<(i64, Vec<u8>)> {
+    let mut bytes = records.clone();
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let set =
+            kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes).expect("whole batches");
+        for record in set.records {
+            out.push((
+                record.offset,
+                record.value.map(|value| value.to_vec()).unwrap_or_default(),
+            ));
+        }
+    }
+    out
+}
+
+/// docs/protocol.md §8.3: a partition's machine holds its index, not its
+/// bytes, and batches at or below its snapshot are read back from the log
+/// on disk and stamped again: a fetch of them waits for the read, and gets
+/// the bytes a fetch got while they were in memory, also after a restart.
+#[test]
+fn batches_below_the_snapshot_are_read_back_from_the_log_on_disk() {
+    let mut config = single_node_config();
+    config.snapshot_interval_entries = 4;
+    let disk = SimDisk::new(Rng::new(7), DiskFaults::default());
+    let mut harness = Harness::recover(disk, 0, config.clone());
+    harness.advance(1_000);
+    harness.create_topic("cold", 1);
+    let early: FetchResponse = harness.call(1, ApiKey::Fetch, 12, &fetch_request("cold", 0, 0), 50);
+    let early = early.responses[0].partitions[0]
+        .records
+        .clone()
+        .expect("records");
+    assert_eq!(records_of(&early), vec![(0, b"first".to_vec())]);
+    for value in 0..20u8 {
+        let response: ProduceResponse = harness.call(
+            1,
+            ApiKey::Produce,
+            9,
+            &produce_request("cold", batch(&[&[value]], None), -1),
+            50,
+        );
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+    }
+    let reads_before = harness
+        .broker
+        .node()
+        .catch_up_stats()
+        .client_log_reads_served;
+    harness.send(1, ApiKey::Fetch, 12, &fetch_request("cold", 0, 0));
+    assert_eq!(harness.pending(1), 0, "the batches are on disk: read first");
+    harness.advance(20);
+    let response: FetchResponse = harness.response(1, ApiKey::Fetch, 12);
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.high_watermark, 21);
+    let cold = partition.records.clone().expect("records");
+    assert!(
+        harness
+            .broker
+            .node()
+            .catch_up_stats()
+            .client_log_reads_served
+            > reads_before,
+        "served from a read of the disk"
+    );
+    assert_eq!(&cold[..early.len()], &early[..], "the bytes served before");
+    let expected: Vec<(i64, Vec<u8>)> = std::iter::once((0, b"first".to_vec()))
+        .chain((0..20u8).map(|value| (i64::from(value) + 1, vec![value])))
+        .collect();
+    assert_eq!(records_of(&cold), expected);
+    // A restart recovers the index from the snapshot and the bytes from
+    // the segments: the same bytes again.
+    let Harness {
+        mut disk, clock, ..
+    } = harness;
+    disk.crash();
+    let mut harness = Harness::recover(disk, clock.now_ms, config);
+    harness.advance(1_000);
+    let again: FetchResponse =
+        harness.call(1, ApiKey::Fetch, 12, &fetch_request("cold", 0, 0), 100);
+    let again = again.responses[0].partitions[0]
+        .records
+        .clone()
+        .expect("records");
+    assert_eq!(again, cold);
 }

@@ -64,6 +64,13 @@ pub enum ClientOp {
     /// holds every entry committed before it. The caller then reads the
     /// machine (`Node::machine`) in the same step.
     ReadIndex,
+    /// §8.3: read committed entries kept on disk below the snapshot, from
+    /// `from` on (one read: at most `runnel_storage::LOG_READ_ENTRIES_MAX`
+    /// entries and `runnel_storage::LOG_READ_BYTES_MAX` bytes, ending at
+    /// the snapshot index at most). Answered with [`ClientReply::Entries`]
+    /// once the disk read completes. Entries after the snapshot are in
+    /// memory: `Node::log_entry` reads them at once.
+    ReadLog { from: u64 },
 }
 
 /// A record of the replicated state machine: the value a client appended.
@@ -98,6 +105,12 @@ pub enum ClientReply {
     /// A `ReadIndex` request passed: the state machine, read now, reflects
     /// every write committed before the request.
     ReadReady,
+    /// The entries a `ReadLog` asked for, checksummed and intact; none
+    /// when this node no longer holds `from` or found it damaged (damage
+    /// is never served, and the node repairs it from a peer).
+    Entries {
+        entries: Vec<runnel_consensus::Entry>,
+    },
 }
 
 /// What applying a proposed command did.

@@ -24,4 +24,8 @@ pub use node::{
     SNAPSHOT_INTERVAL_BYTES,
 };
 pub use node::{segment_ms_valid, SEGMENT_MS_DEFAULT, SEGMENT_MS_MAX, SEGMENT_MS_MIN};
-pub use node::{CatchUpStats, RetainedNow, LOG_READS_IN_FLIGHT_MAX, RETAINED_LOG_BYTES_MAX};
+pub use node::{
+    CatchUpStats, RetainedNow, CLIENT_LOG_READS_IN_FLIGHT_MAX, LOG_READS_IN_FLIGHT_MAX,
+    RETAINED_LOG_BYTES_MAX,
+};
+pub use runnel_storage::LOG_READ_BYTES_MAX;

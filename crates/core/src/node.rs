@@ -44,6 +44,10 @@ pub const SNAPSHOT_INTERVAL_BYTES: u64 = 64 << 20;
 /// entries were gone, and the follower gets the snapshot instead. Each read
 /// is at most `runnel_storage::LOG_READ_BYTES_MAX` (or one frame).
 pub const LOG_READS_IN_FLIGHT_MAX: usize = 16;
+/// §8.3: at most this many reads of the log for clients (Kafka fetches of
+/// batches on disk) are in flight on one node, beside the reads for
+/// followers; one asked for past it is refused, and the client asks again.
+pub const CLIENT_LOG_READS_IN_FLIGHT_MAX: usize = 32;
 /// §8.1: the most bytes of log entries a group keeps on disk below its
 /// snapshot for lagging followers (by default; `set_retained_log_bytes_max`),
 /// so that disk use stays bounded however a partition's retention is set.
@@ -74,6 +78,10 @@ pub struct CatchUpStats {
     /// and the entries in them.
     pub backfill_chunks_stored: u64,
     pub backfill_entries_stored: u64,
+    /// §8.3: reads of the log on disk that came back intact for a client
+    /// (a Kafka fetch of batches at or below the snapshot). They count in
+    /// the `log_reads_*` above too.
+    pub client_log_reads_served: u64,
 }
 
 /// How a node is set up. Every duration is measured on the node's own clock.
@@ -167,6 +175,11 @@ enum LogReadPurpose {
     CatchUp,
     /// §8.2: entries ending at `below - 1`, for a follower that backfills.
     Backfill { below: Index },
+    /// §8.3: entries from the plan's first on, for a client's `ReadLog`.
+    Client {
+        client: crate::api::ClientId,
+        request_id: u64,
+    },
 }
 
 /// §8.1: whether `group` keeps its log below the snapshot for lagging
@@ -548,6 +561,67 @@ impl Node {
         self.groups.get(&group).map(|group| &group.machine)
     }
 
+    /// §8.3, for inspection (the simulator's checkers): the bytes of every
+    /// batch partition `group` indexes, as this node would serve them, read
+    /// from memory and, synchronously, from the retained segments on
+    /// `disk`; `None` for a batch whose entry this node does not hold.
+    pub fn partition_batches_now(
+        &self,
+        group: GroupId,
+        disk: &mut dyn Disk,
+    ) -> Option<Vec<Option<Vec<u8>>>> {
+        let state = self.groups.get(&group)?;
+        let Machine::Partition(log) = &state.machine else {
+            return None;
+        };
+        let retained: BTreeMap<Index, Entry> = state
+            .store
+            .read_retained_now(disk)
+            .into_iter()
+            .map(|entry| (entry.index, entry))
+            .collect();
+        let batches = log.batches().map(|batch| {
+            if let Some(bytes) = &batch.carried_bytes {
+                return Some(bytes.to_vec());
+            }
+            let entry = state
+                .replica
+                .log()
+                .entry(batch.raft_index)
+                .or_else(|| retained.get(&batch.raft_index))?;
+            match &entry.payload {
+                Payload::Data(data) => Some(crate::partition::stamped_batch(
+                    batch,
+                    entry.index,
+                    entry.term,
+                    data,
+                )),
+                _ => None,
+            }
+        });
+        Some(batches.collect())
+    }
+
+    /// §8.3: the entry at `index` of `group` if the replica holds it in
+    /// memory (after its snapshot); entries at or below the snapshot are on
+    /// disk, read with `ClientOp::ReadLog`.
+    pub fn log_entry(&self, group: GroupId, index: Index) -> Option<&Entry> {
+        self.groups.get(&group)?.replica.log().entry(index)
+    }
+
+    /// §8.3: whether the replica of `group` holds, as far as it knows, every
+    /// entry its machine serves from the log (damage at rest that no read
+    /// has found yet is not known).
+    pub fn holds_needed_log(&self, group: GroupId) -> Option<bool> {
+        Some(self.groups.get(&group)?.replica.holds_needed_log())
+    }
+
+    /// §8.3: the snapshot index of `group`: its entries up to it are read
+    /// from disk.
+    pub fn snapshot_index(&self, group: GroupId) -> Option<Index> {
+        Some(self.groups.get(&group)?.replica.log().snapshot().index)
+    }
+
     /// Whether this node leads `group`, has committed an entry of its term
     /// and applied it, so that its state machine holds every entry any
     /// leader committed (§6.2, `Replica::can_serve_reads`).
@@ -781,6 +855,16 @@ impl Node {
             // read back for a lagging follower.
             replica.set_retained(dormant.retained_terms);
         }
+        if matches!(
+            Machine::new(self.config.machines, group),
+            Machine::Partition(_)
+        ) {
+            // §8.3: the machine is restored from the snapshot in the first
+            // drain, which then says what it needs; until then the
+            // replica assumes it needs the whole log, so it cannot
+            // campaign on a tick before that.
+            replica.set_log_needed_from(Some(0));
+        }
         self.groups.insert(
             group,
             Group {
@@ -997,6 +1081,36 @@ impl Node {
                     Err(error) => reply(env, &request, Err(propose_error(error))),
                 }
             }
+            ClientOp::ReadLog { from } => {
+                let busy = self
+                    .log_reads
+                    .values()
+                    .filter(|read| matches!(read.purpose, LogReadPurpose::Client { .. }))
+                    .count()
+                    >= CLIENT_LOG_READS_IN_FLIGHT_MAX;
+                if busy {
+                    return reply(
+                        env,
+                        &request,
+                        Err(ClientError::Rejected("too many log reads in flight".into())),
+                    );
+                }
+                let Some(plan) = group.store.plan_read(*from) else {
+                    return reply(
+                        env,
+                        &request,
+                        Ok(ClientReply::Entries {
+                            entries: Vec::new(),
+                        }),
+                    );
+                };
+                let purpose = LogReadPurpose::Client {
+                    client: request.client,
+                    request_id: request.request_id,
+                };
+                let peer = self.config.id;
+                self.submit_log_read(request.group, peer, plan, purpose, env);
+            }
             ClientOp::TransferLeader { to } => match replica.transfer_leader(*to) {
                 Ok(()) => reply(env, &request, Ok(ClientReply::Accepted)),
                 Err(error) => reply(env, &request, Err(propose_error(error))),
@@ -1051,6 +1165,7 @@ impl Node {
             let ready = group.replica.take_ready();
             let had_output = !ready.is_empty();
             self.process_ready(group_id, ready, env);
+            self.note_log_needed(group_id);
             self.maybe_snapshot(group_id, env);
             self.discard_retained(group_id, env);
             self.fail_orphaned_requests(group_id, env);
@@ -1058,6 +1173,18 @@ impl Node {
                 return;
             }
         }
+    }
+
+    /// §8.3: tells the replica which entries its machine serves from the
+    /// log (a partition's, from its oldest batch on), so that it backfills
+    /// them and leads only once it holds them.
+    fn note_log_needed(&mut self, group_id: GroupId) {
+        let group = self.groups.get_mut(&group_id).expect("group exists");
+        let needed = match &group.machine {
+            Machine::Partition(log) => Some(log.lowest_raft_index_needed().unwrap_or(Index::MAX)),
+            _ => None,
+        };
+        group.replica.set_log_needed_from(needed);
     }
 
     fn process_ready(&mut self, group_id: GroupId, ready: Ready, env: &mut Env<'_>) {
@@ -1280,8 +1407,34 @@ impl Node {
             ops = group.store.discard_below(below);
             group.replica.discard_retained_below(below);
         }
+        if stop_retaining_below.is_some()
+            && group.replica.role() == runnel_consensus::Role::Leader
+            && !group.replica.holds_needed_log()
+        {
+            // §8.3: this leader no longer holds all its machine serves; it
+            // hands off to a follower that does (at once, and again at each
+            // tick until one takes over), and then backfills from it.
+            tracing::warn!(
+                group = read.group,
+                "the leader lost log entries its partition serves; handing leadership off"
+            );
+            group.replica.hand_off_leadership();
+        }
         match read.purpose {
             LogReadPurpose::CatchUp => group.replica.entries_loaded(read.peer, first, entries),
+            LogReadPurpose::Client { client, request_id } => {
+                if entries.is_some() {
+                    self.catch_up.client_log_reads_served += 1;
+                }
+                env.replies.reply(ClientResponse {
+                    client,
+                    request_id,
+                    group: read.group,
+                    result: Ok(ClientReply::Entries {
+                        entries: entries.unwrap_or_default(),
+                    }),
+                });
+            }
             LogReadPurpose::Backfill { below } => {
                 if entries.is_some() {
                     self.catch_up.backfill_chunks_read += 1;
@@ -1311,15 +1464,21 @@ impl Node {
             return;
         }
         group.retained_checked_at = checked_at;
-        // A partition without a batch needs none of its log; the record log
-        // keeps no less than its whole history, so it needs all of it.
-        let needed = match &group.machine {
-            Machine::Partition(log) => log.lowest_raft_index_needed().unwrap_or(Index::MAX),
-            _ => 0,
+        // §8.3: a partition serves its batches from the log, so it keeps
+        // every entry from its oldest batch on, however many bytes that
+        // is (its retention bounds them), and none before. The record log
+        // serves from its machine; what it retains is for lagging
+        // followers only, bounded by bytes.
+        let below = match &group.machine {
+            Machine::Partition(log) => log
+                .lowest_raft_index_needed()
+                .unwrap_or(Index::MAX)
+                .min(snapshot_index + 1),
+            _ => group
+                .store
+                .retained_floor_for_bytes(bytes_max)
+                .min(snapshot_index + 1),
         };
-        let below = needed
-            .min(snapshot_index + 1)
-            .max(group.store.retained_floor_for_bytes(bytes_max));
         if below <= group.store.retained_first() {
             return;
         }

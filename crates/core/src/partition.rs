@@ -7,13 +7,16 @@
 //! is therefore simply the next offset: nothing uncommitted is ever applied.
 //! The partition leader epoch stamped into a batch is the term of its entry.
 //!
-//! Limits, stated plainly: the retained batches are held in memory and a
-//! snapshot carries them all, so a partition holds at most
-//! `PARTITION_RETAINED_BYTES_MAX` (a produce past it is refused with
-//! KAFKA_STORAGE_ERROR, which clients retry) and the broker caps retention
-//! at `RETENTION_BYTES_CEILING` so that it frees room before that. Serving
-//! old batches from the segment files instead, which lifts both, is
-//! storage work still open (issue 3).
+//! The machine keeps an index of its batches, not their bytes: the bytes
+//! are the group's log entries, which the node keeps on disk below its
+//! snapshots for as long as the index names them (docs/storage.md, "Kafka
+//! partitions on this log"). A batch is served by reading its entry back
+//! and stamping it again (`stamped_batch`): stamping is a pure function of
+//! the entry and the index fields, so every read gives the bytes the
+//! leader first served. A snapshot carries the index and the producer
+//! state only. The index is bounded: a partition holds at most
+//! `PARTITION_BATCHES_MAX` batches (a produce past it is refused with
+//! KAFKA_STORAGE_ERROR, which clients retry, until retention drops some).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -36,33 +39,30 @@ pub const PRODUCER_BATCHES_REMEMBERED_MAX: usize = 5;
 /// wrote least recently is forgotten first.
 pub const PRODUCERS_MAX: usize = 100_000;
 
-/// What one stored batch costs in a snapshot beside its bytes: offsets,
-/// timestamps, epoch, raft index and length (see `PartitionLog::encode`).
-pub const STORED_BATCH_OVERHEAD_BYTES: u64 = 8 + 8 + 8 + 8 + 4 + 8 + 8;
+/// What one indexed batch costs in a snapshot: offsets, timestamps,
+/// epoch, raft index, length, and the length of carried bytes (see
+/// `PartitionLog::encode`).
+pub const STORED_BATCH_SNAPSHOT_BYTES: u64 = 8 + 8 + 8 + 8 + 4 + 8 + 4 + 4;
 /// What one producer costs in a snapshot, at most.
 pub const PRODUCER_SNAPSHOT_BYTES_MAX: u64 =
     8 + 2 + 8 + 8 + 16 * PRODUCER_BATCHES_REMEMBERED_MAX as u64;
-/// The most a partition holds, counted as its snapshot counts it (batch
-/// bytes plus `STORED_BATCH_OVERHEAD_BYTES` each). Everything retained is
-/// in memory and in every snapshot, and a snapshot travels to a lagging
-/// follower as one message, so this bound keeps both finite.
-pub const PARTITION_RETAINED_BYTES_MAX: u64 = 96 << 20;
+/// The most batches a partition indexes. The index is in memory and in
+/// every snapshot (about 100 bytes a batch in memory, 52 in a snapshot),
+/// so this bounds both; at 16 KiB a batch it is 16 GiB of records.
+pub const PARTITION_BATCHES_MAX: usize = 1 << 20;
+/// The most bytes of batches carried in a snapshot: only batches that came
+/// from a snapshot of version 1 or 2, which held every batch's bytes and
+/// held at most this much, keep their bytes (`StoredBatch::carried_bytes`).
+pub const PARTITION_CARRIED_BYTES_MAX: u64 = 96 << 20;
 /// The largest snapshot of a partition.
 pub const PARTITION_SNAPSHOT_BYTES_MAX: u64 = 4
     + 8
     + 8
     + 8
-    + PARTITION_RETAINED_BYTES_MAX
+    + PARTITION_BATCHES_MAX as u64 * STORED_BATCH_SNAPSHOT_BYTES
+    + PARTITION_CARRIED_BYTES_MAX
     + 8
     + PRODUCERS_MAX as u64 * PRODUCER_SNAPSHOT_BYTES_MAX;
-/// The most bytes of batches retention keeps per partition, whatever a
-/// topic asks (`retention.bytes` of -1 or more is read as this): half the
-/// hard bound, so that retention, which runs every second, frees room long
-/// before produces are refused, even for the smallest batches, whose
-/// overhead nearly doubles what they cost.
-pub const RETENTION_BYTES_CEILING: i64 = 48 << 20;
-const _: () =
-    assert!((RETENTION_BYTES_CEILING as u64) * 2 <= PARTITION_RETAINED_BYTES_MAX + (8 << 20));
 const _: () = assert!(
     PARTITION_SNAPSHOT_BYTES_MAX <= runnel_storage::SNAPSHOT_BYTES_MAX,
     "a partition snapshot fits in a snapshot file"
@@ -80,10 +80,16 @@ pub struct StoredBatch {
     pub append_time_ms: i64,
     pub leader_epoch: i32,
     /// The index of the consensus log entry that appended it (0 when not
-    /// known: a batch from a version 1 snapshot). Retention below it lets
-    /// the node delete the log entries before it (`lowest_raft_index_needed`).
+    /// known: a batch from a version 1 snapshot). Its bytes are that
+    /// entry's, stamped (`stamped_batch`); retention below it lets the node
+    /// delete the log entries before it (`lowest_raft_index_needed`).
     pub raft_index: u64,
-    pub bytes: Vec<u8>,
+    /// The length of the stamped batch.
+    pub length_bytes: u32,
+    /// The stamped bytes, kept only for a batch that came from a snapshot
+    /// of version 1 or 2, which carried them: the log may no longer hold
+    /// its entry. Every batch applied since is read from the log.
+    pub carried_bytes: Option<Box<[u8]>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -140,8 +146,10 @@ pub struct PartitionLog {
 
 const COMMAND_PRODUCE: u8 = 1;
 const COMMAND_RETAIN: u8 = 2;
-/// Version 2 added each batch's raft index; version 1 still decodes.
-const SNAPSHOT_VERSION: u32 = 2;
+/// Version 3 holds the index without the batches' bytes; version 2 added
+/// each batch's raft index. Versions 1 and 2 still decode, their bytes
+/// carried.
+const SNAPSHOT_VERSION: u32 = 3;
 
 /// A command for a partition's log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,6 +206,37 @@ impl PartitionCommand {
     }
 }
 
+/// The bytes of `batch` as the leader served them: its log entry (`index`,
+/// `term`, `data`) read back and stamped again with the batch's offset and
+/// leader epoch. The entry must be the batch's own: storage checksums every
+/// entry and binds it to its group and index, so anything else is a
+/// programmer error, asserted.
+pub fn stamped_batch(batch: &StoredBatch, index: u64, term: u64, data: &[u8]) -> Vec<u8> {
+    assert_eq!(index, batch.raft_index, "the entry of the batch");
+    assert_eq!(
+        i32::try_from(term).unwrap_or(i32::MAX),
+        batch.leader_epoch,
+        "a batch's leader epoch is its entry's term"
+    );
+    let Some(PartitionCommand::Produce(produce)) = PartitionCommand::decode(data) else {
+        panic!("the entry at {index} of an indexed batch is not a produce");
+    };
+    let log_append_time_ms = produce.log_append_time.then_some(produce.append_time_ms);
+    let mut bytes = produce.batch;
+    assert_eq!(
+        bytes.len(),
+        batch.length_bytes as usize,
+        "the batch's length"
+    );
+    batch::stamp(
+        &mut bytes,
+        batch.base_offset,
+        batch.leader_epoch,
+        log_append_time_ms,
+    );
+    bytes
+}
+
 impl PartitionLog {
     /// The first offset still in the log.
     pub fn log_start_offset(&self) -> i64 {
@@ -214,21 +253,15 @@ impl PartitionLog {
         self.retained_bytes
     }
 
-    /// What the retained batches cost as `PARTITION_RETAINED_BYTES_MAX`
-    /// counts them.
-    pub fn retained_bytes_with_overhead(&self) -> u64 {
-        self.retained_bytes + self.batches.len() as u64 * STORED_BATCH_OVERHEAD_BYTES
+    /// How many batches the partition indexes.
+    pub fn batch_count(&self) -> usize {
+        self.batches.len()
     }
 
-    /// Whether a batch of `batch_bytes` would take the partition past
-    /// `PARTITION_RETAINED_BYTES_MAX`. A partition with nothing retained
-    /// takes any batch, so that a bound smaller than a batch cannot stop it.
-    pub fn is_full_for(&self, batch_bytes: usize) -> bool {
-        !self.batches.is_empty()
-            && self.retained_bytes_with_overhead()
-                + batch_bytes as u64
-                + STORED_BATCH_OVERHEAD_BYTES
-                > PARTITION_RETAINED_BYTES_MAX
+    /// Whether the index is full (`PARTITION_BATCHES_MAX`): a produce is
+    /// refused until retention drops a batch.
+    pub fn is_full(&self) -> bool {
+        self.batches.len() >= PARTITION_BATCHES_MAX
     }
 
     pub fn batches(&self) -> impl Iterator<Item = &StoredBatch> {
@@ -238,7 +271,7 @@ impl PartitionLog {
     /// What a produce of `header` would do now, before it is proposed: a
     /// retry of a batch already applied is answered at once.
     pub fn precheck(&self, header: &BatchHeader) -> Option<ProduceOutcome> {
-        if self.is_full_for(header.batch_length.max(0) as usize + batch::LOG_OVERHEAD_BYTES) {
+        if self.is_full() {
             return Some(ProduceOutcome::Refused {
                 error_code: error_code::KAFKA_STORAGE_ERROR,
             });
@@ -299,7 +332,7 @@ impl PartitionLog {
         }
         // Decided from the replicated state alone, so every replica refuses
         // the same batches; the client retries once retention made room.
-        if self.is_full_for(produce.batch.len()) {
+        if self.is_full() {
             return ProduceOutcome::Refused {
                 error_code: error_code::KAFKA_STORAGE_ERROR,
             };
@@ -314,7 +347,8 @@ impl PartitionLog {
         if header.is_idempotent() {
             self.remember_producer(&header, base_offset);
         }
-        self.retained_bytes += bytes.len() as u64;
+        let length_bytes = u32::try_from(bytes.len()).expect("a validated batch fits in u32");
+        self.retained_bytes += u64::from(length_bytes);
         self.batches.push_back(StoredBatch {
             base_offset,
             last_offset,
@@ -322,7 +356,8 @@ impl PartitionLog {
             append_time_ms: produce.append_time_ms,
             leader_epoch,
             raft_index: index,
-            bytes,
+            length_bytes,
+            carried_bytes: None,
         });
         self.next_offset = last_offset + 1;
         ProduceOutcome::Appended {
@@ -414,7 +449,7 @@ impl PartitionLog {
                 break;
             }
             let dropped = self.batches.pop_front().expect("not empty");
-            self.retained_bytes -= dropped.bytes.len() as u64;
+            self.retained_bytes -= u64::from(dropped.length_bytes);
             self.log_start_offset = dropped.last_offset + 1;
         }
     }
@@ -452,10 +487,11 @@ impl PartitionLog {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for batch in self.batches.range(start..) {
-            if !out.is_empty() && bytes + batch.bytes.len() > max_bytes {
+            let length = batch.length_bytes as usize;
+            if !out.is_empty() && bytes + length > max_bytes {
                 break;
             }
-            bytes += batch.bytes.len();
+            bytes += length;
             out.push(batch);
         }
         out
@@ -496,8 +532,14 @@ impl PartitionLog {
             out.extend_from_slice(&batch.append_time_ms.to_le_bytes());
             out.extend_from_slice(&batch.leader_epoch.to_le_bytes());
             out.extend_from_slice(&batch.raft_index.to_le_bytes());
-            out.extend_from_slice(&(batch.bytes.len() as u64).to_le_bytes());
-            out.extend_from_slice(&batch.bytes);
+            out.extend_from_slice(&batch.length_bytes.to_le_bytes());
+            match &batch.carried_bytes {
+                Some(bytes) => {
+                    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    out.extend_from_slice(bytes);
+                }
+                None => out.extend_from_slice(&0u32.to_le_bytes()),
+            }
         }
         out.extend_from_slice(&(self.producers.len() as u64).to_le_bytes());
         for (id, state) in &self.producers {
@@ -535,9 +577,18 @@ impl PartitionLog {
             let append_time_ms = reader.u64() as i64;
             let leader_epoch = reader.u32() as i32;
             let raft_index = if version >= 2 { reader.u64() } else { 0 };
-            let length = reader.u64() as usize;
-            let bytes = reader.bytes(length).to_vec();
-            retained_bytes += bytes.len() as u64;
+            let (length_bytes, carried_bytes) = if version >= 3 {
+                let length_bytes = reader.u32();
+                let carried = reader.u32() as usize;
+                let carried_bytes = (carried > 0).then(|| reader.bytes(carried).into());
+                (length_bytes, carried_bytes)
+            } else {
+                // Versions 1 and 2 carried every batch's bytes.
+                let length = reader.u64() as usize;
+                let bytes: Box<[u8]> = reader.bytes(length).into();
+                (bytes.len() as u32, Some(bytes))
+            };
+            retained_bytes += u64::from(length_bytes);
             batches.push_back(StoredBatch {
                 base_offset,
                 last_offset,
@@ -545,7 +596,8 @@ impl PartitionLog {
                 append_time_ms,
                 leader_epoch,
                 raft_index,
-                bytes,
+                length_bytes,
+                carried_bytes,
             });
         }
         let mut producers = BTreeMap::new();
@@ -607,24 +659,62 @@ mod tests {
         )
     }
 
+    /// The entry `produce` applies at `index` (100 + the batch's offset).
+    fn entry_data(log: &PartitionLog, records: usize) -> (u64, Vec<u8>) {
+        let values: Vec<Vec<u8>> = (0..records).map(|i| vec![i as u8; 4]).collect();
+        let records: Vec<runnel_kafka::batch::KeyValue<'_>> =
+            values.iter().map(|v| (None, Some(v.as_slice()))).collect();
+        let batch = build_uncompressed(&records, 1_000, None);
+        let command = PartitionCommand::Produce(ProduceCommand {
+            append_time_ms: 5_000,
+            log_append_time: false,
+            batch,
+        });
+        (100 + log.high_watermark() as u64, command.encode())
+    }
+
     #[test]
-    fn offsets_are_contiguous_across_batches() {
+    fn offsets_are_contiguous_across_batches_and_served_from_their_entries() {
         let mut log = PartitionLog::default();
-        assert!(matches!(
-            produce(&mut log, 3, None),
-            ProduceOutcome::Appended { base_offset: 0, .. }
-        ));
-        assert!(matches!(
-            produce(&mut log, 2, None),
-            ProduceOutcome::Appended { base_offset: 3, .. }
-        ));
+        let mut entries = BTreeMap::new();
+        for (records, expected_base) in [(3, 0), (2, 3)] {
+            let (index, data) = entry_data(&log, records);
+            let command = PartitionCommand::decode(&data).expect("decodes");
+            assert!(matches!(
+                log.apply(command, index, 3),
+                ProduceOutcome::Appended { base_offset, .. } if base_offset == expected_base
+            ));
+            entries.insert(index, data);
+        }
         assert_eq!(log.high_watermark(), 5);
         let read = log.read(4, 1);
         assert_eq!(read.len(), 1, "at least one batch even over max_bytes");
         assert_eq!(read[0].base_offset, 3);
-        let header = batch::validate(&read[0].bytes).expect("stamped batch stays valid");
+        assert_eq!(read[0].carried_bytes, None, "no bytes in memory");
+        let bytes = stamped_batch(
+            read[0],
+            read[0].raft_index,
+            3,
+            &entries[&read[0].raft_index],
+        );
+        assert_eq!(bytes.len(), read[0].length_bytes as usize);
+        let header = batch::validate(&bytes).expect("stamped batch stays valid");
         assert_eq!(header.base_offset, 3);
         assert_eq!(header.partition_leader_epoch, 3);
+        assert_eq!(
+            log.retained_bytes(),
+            log.batches().map(|b| u64::from(b.length_bytes)).sum()
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "leader epoch")]
+    fn a_batch_is_never_stamped_from_an_entry_of_another_term() {
+        let mut log = PartitionLog::default();
+        let (index, data) = entry_data(&log, 1);
+        log.apply(PartitionCommand::decode(&data).expect("decodes"), index, 3);
+        let batch = log.batches().next().expect("one batch").clone();
+        stamped_batch(&batch, index, 4, &data);
     }
 
     #[test]
@@ -709,81 +799,53 @@ mod tests {
         assert_eq!(PartitionLog::default().lowest_raft_index_needed(), None);
     }
 
-    /// Applies a produce of one record of `value_bytes`.
-    fn produce_bytes(log: &mut PartitionLog, value_bytes: usize) -> (ProduceOutcome, usize) {
-        let value = vec![7u8; value_bytes];
-        let batch = build_uncompressed(&[(None, Some(value.as_slice()))], 1_000, None);
-        let length = batch.len();
-        let outcome = log.apply(
-            PartitionCommand::Produce(ProduceCommand {
-                append_time_ms: 5_000,
-                log_append_time: false,
-                batch,
-            }),
-            1,
-            3,
-        );
-        (outcome, length)
-    }
-
     #[test]
-    fn a_full_partition_refuses_produces_until_retention_makes_room() {
+    fn a_full_index_refuses_produces_until_retention_makes_room() {
         let mut log = PartitionLog::default();
-        let mut appended = 0;
-        let refused = loop {
-            let (outcome, length) = produce_bytes(&mut log, 512 << 10);
-            match outcome {
-                ProduceOutcome::Appended { .. } => appended += 1,
-                ProduceOutcome::Refused { error_code } => break (error_code, length),
-                other => panic!("{other:?}"),
-            }
-            assert!(appended < 400, "the bound never refused");
+        let (_, data) = entry_data(&log, 1);
+        let PartitionCommand::Produce(command) = PartitionCommand::decode(&data).expect("decodes")
+        else {
+            unreachable!()
         };
-        assert_eq!(refused.0, error_code::KAFKA_STORAGE_ERROR);
-        assert!(log.retained_bytes_with_overhead() <= PARTITION_RETAINED_BYTES_MAX);
-        assert!(
-            log.retained_bytes_with_overhead() + refused.1 as u64 + STORED_BATCH_OVERHEAD_BYTES
-                > PARTITION_RETAINED_BYTES_MAX,
-            "refused only when the batch would not fit"
-        );
-        let high_watermark = log.high_watermark();
-        // The precheck, which the leader asks before proposing, agrees.
-        let value = vec![7u8; 512 << 10];
-        let batch = build_uncompressed(&[(None, Some(value.as_slice()))], 1_000, None);
-        let header = batch::validate(&batch).expect("valid");
+        for index in 1..=PARTITION_BATCHES_MAX as u64 {
+            let outcome = log.apply(PartitionCommand::Produce(command.clone()), index, 3);
+            assert!(
+                matches!(outcome, ProduceOutcome::Appended { .. }),
+                "{outcome:?}"
+            );
+        }
+        assert!(log.is_full());
+        let refused = ProduceOutcome::Refused {
+            error_code: error_code::KAFKA_STORAGE_ERROR,
+        };
+        let index = PARTITION_BATCHES_MAX as u64 + 1;
         assert_eq!(
-            log.precheck(&header),
-            Some(ProduceOutcome::Refused {
-                error_code: error_code::KAFKA_STORAGE_ERROR
-            })
+            log.apply(PartitionCommand::Produce(command.clone()), index, 3),
+            refused
         );
-        // Retention at the ceiling makes room, and produces go on at the
-        // next offset: nothing refused took an offset.
+        let header = batch::validate(&command.batch).expect("valid");
+        assert_eq!(log.precheck(&header), Some(refused), "the precheck agrees");
+        // Retention makes room, and produces go on at the next offset:
+        // nothing refused took an offset.
+        let high_watermark = log.high_watermark();
+        let one = u64::from(log.batches().next().expect("batches").length_bytes);
         log.apply(
             PartitionCommand::Retain {
                 now_ms: 5_000,
                 retention: Retention {
                     retention_ms: -1,
-                    retention_bytes: RETENTION_BYTES_CEILING,
+                    retention_bytes: (log.retained_bytes() - one) as i64,
                 },
             },
-            1,
+            index,
             3,
         );
-        assert!(log.retained_bytes() <= RETENTION_BYTES_CEILING as u64);
-        let (outcome, _) = produce_bytes(&mut log, 512 << 10);
-        assert!(
-            matches!(outcome, ProduceOutcome::Appended { base_offset, .. } if base_offset == high_watermark),
-            "{outcome:?}"
-        );
-        // A full partition's snapshot stays within what one message carries.
+        assert!(!log.is_full());
+        assert!(matches!(
+            log.apply(PartitionCommand::Produce(command), index + 1, 3),
+            ProduceOutcome::Appended { base_offset, .. } if base_offset == high_watermark
+        ));
         assert!(log.encode().len() as u64 <= PARTITION_SNAPSHOT_BYTES_MAX);
-    }
-
-    #[test]
-    fn an_empty_partition_takes_a_batch_of_any_size() {
-        let log = PartitionLog::default();
-        assert!(!log.is_full_for(PARTITION_RETAINED_BYTES_MAX as usize * 2));
     }
 
     #[test]
@@ -791,8 +853,49 @@ mod tests {
         let mut log = PartitionLog::default();
         produce(&mut log, 2, Some((1, 0, 0)));
         produce(&mut log, 3, None);
-        let decoded = PartitionLog::decode(&log.encode());
-        assert_eq!(decoded, log);
+        let encoded = log.encode();
+        assert_eq!(PartitionLog::decode(&encoded), log);
+        assert!(
+            encoded.len() < 2 * STORED_BATCH_SNAPSHOT_BYTES as usize + 200,
+            "the snapshot holds the index, not the bytes"
+        );
+    }
+
+    /// A version 2 snapshot, as the previous release wrote it: every
+    /// batch's bytes after its index fields.
+    fn version_2_snapshot(batch: &StoredBatch, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&2u32.to_le_bytes());
+        out.extend_from_slice(&batch.base_offset.to_le_bytes());
+        out.extend_from_slice(&(batch.last_offset + 1).to_le_bytes());
+        out.extend_from_slice(&1u64.to_le_bytes());
+        out.extend_from_slice(&batch.base_offset.to_le_bytes());
+        out.extend_from_slice(&batch.last_offset.to_le_bytes());
+        out.extend_from_slice(&batch.max_timestamp_ms.to_le_bytes());
+        out.extend_from_slice(&batch.append_time_ms.to_le_bytes());
+        out.extend_from_slice(&batch.leader_epoch.to_le_bytes());
+        out.extend_from_slice(&batch.raft_index.to_le_bytes());
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn a_version_2_snapshot_keeps_its_bytes_through_later_snapshots() {
+        let mut log = PartitionLog::default();
+        let (index, data) = entry_data(&log, 2);
+        log.apply(PartitionCommand::decode(&data).expect("decodes"), index, 3);
+        let batch = log.batches().next().expect("one").clone();
+        let bytes = stamped_batch(&batch, index, 3, &data);
+        let old = PartitionLog::decode(&version_2_snapshot(&batch, &bytes));
+        let carried = old.batches().next().expect("one");
+        assert_eq!(carried.carried_bytes.as_deref(), Some(bytes.as_slice()));
+        assert_eq!(carried.length_bytes as usize, bytes.len());
+        assert_eq!(old.high_watermark(), 2);
+        // A snapshot taken since carries them on: the log may not hold
+        // that entry.
+        assert_eq!(PartitionLog::decode(&old.encode()), old);
     }
 
     #[test]

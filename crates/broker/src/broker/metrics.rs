@@ -80,7 +80,7 @@ impl Broker {
         counter(
             &mut out,
             "runnel_catch_up_log_reads_total",
-            "Reads of the log kept below a snapshot for a lagging follower, by outcome.",
+            "Reads of the log kept below a snapshot (for a lagging follower, a backfill or a fetch), by outcome.",
             &[
                 ("served", catch_up.log_reads_served),
                 ("refused", catch_up.log_reads_refused),
@@ -94,6 +94,12 @@ impl Broker {
             "runnel_backfill_entries_stored_total",
             "Committed entries a follower took from its leader below its snapshot (after installing one), so that it can serve lagging followers from its log too.",
             &[(String::new(), catch_up.backfill_entries_stored)],
+        );
+        counter(
+            &mut out,
+            "runnel_fetch_log_reads_total",
+            "Reads of a partition's log on disk that brought a Fetch batches at or below its snapshot.",
+            &[(String::new(), catch_up.client_log_reads_served)],
         );
 
         let mut hosted = 0u64;
