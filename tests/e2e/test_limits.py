@@ -1,8 +1,11 @@
-"""A partition past what Runnel holds in memory (docs/guarantees.md, "A
-partition keeps at most 48 MiB of batches"): the broker keeps serving, loses
-nothing acknowledged that retention did not delete, and its memory stays
-bounded. Before the bound, a partition past 64 MiB made a leader stop on an
-assertion when it sent its snapshot, and past 1 GiB even a single node."""
+"""A partition far past what the broker holds in memory (docs/protocol.md
+§8.3: a partition's machine holds an index of its batches, and the batches
+are read back from the log on disk): with no retention limit the broker
+keeps every message, serves them all from the log start in order, and its
+memory stays bounded; with `retention.bytes` it deletes the oldest down to
+that size. Before batches were served from the log, a partition kept at
+most 48 MiB, and before that bound, a partition past 64 MiB made a leader
+stop on an assertion when it sent its snapshot."""
 
 import subprocess
 import time
@@ -13,7 +16,7 @@ from conftest import rss_kib
 
 MESSAGES = 130 * 1024
 VALUE_BYTES = 1000
-RETENTION_CEILING_BYTES = 48 << 20
+RETAINED_BYTES = 16 << 20
 
 
 def kcat(broker, *args, stdin=None, timeout=120):
@@ -34,44 +37,69 @@ def watermarks(broker, topic):
     return start, end
 
 
-def test_a_partition_past_the_memory_bound_keeps_the_newest_and_serves_on(fresh_broker, topic_name):
-    admin = AdminClient({"bootstrap.servers": fresh_broker.bootstrap})
-    admin.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(10)
-    lines = b"".join(b"%d:%s\n" % (i, b"x" * VALUE_BYTES) for i in range(MESSAGES))
+def produce(broker, topic, messages):
+    lines = b"".join(b"%d:%s\n" % (i, b"x" * VALUE_BYTES) for i in range(messages))
     kcat(
-        fresh_broker,
-        "-P", "-t", topic_name, "-K:", "-p", "0",
+        broker,
+        "-P", "-t", topic, "-K:", "-p", "0",
         "-X", "linger.ms=20", "-X", "batch.size=1000000",
-        # Idempotent, so that the batches the bound refuses (retried once
-        # retention made room) keep their order.
         "-X", "enable.idempotence=true", "-X", "message.timeout.ms=60000",
         stdin=lines,
     )
-    assert fresh_broker.process.poll() is None, fresh_broker.log()
+    assert broker.process.poll() is None, broker.log()
 
-    # Every message was acknowledged at the next offset ...
+
+def read_all(broker, topic):
+    out = kcat(broker, "-C", "-t", topic, "-p", "0", "-o", "beginning", "-e", "-f", "%o %k\n")
+    return [line.split() for line in out.splitlines()]
+
+
+def test_a_partition_past_memory_keeps_every_message_and_serves_them_from_disk(
+    fresh_broker, topic_name
+):
+    admin = AdminClient({"bootstrap.servers": fresh_broker.bootstrap})
+    admin.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(10)
+    produce(fresh_broker, topic_name, MESSAGES)
+
+    # Every message was acknowledged at the next offset, and with no
+    # retention limit (the default, -1) none is deleted.
+    assert watermarks(fresh_broker, topic_name) == (0, MESSAGES)
+
+    # All of them read back from the log start, in order: the oldest from
+    # the segments on disk, the newest from memory.
+    read = read_all(fresh_broker, topic_name)
+    assert [int(offset) for offset, _ in read] == list(range(MESSAGES))
+    assert [int(key) for _, key in read] == list(range(MESSAGES))
+
+    # The partition is bounded in memory: nowhere near the 130 MiB sent
+    # twice over (an index of its batches, and the consensus log's tail).
+    assert rss_kib(fresh_broker) < 400 * 1024, f"{rss_kib(fresh_broker)} KiB"
+
+    # And it takes more writes at the next offsets.
+    kcat(fresh_broker, "-P", "-t", topic_name, "-K:", "-p", "0", stdin=b"after:1\n")
+    assert watermarks(fresh_broker, topic_name)[1] == MESSAGES + 1
+
+
+def test_retention_bytes_deletes_the_oldest_down_to_its_size(fresh_broker, topic_name):
+    admin = AdminClient({"bootstrap.servers": fresh_broker.bootstrap})
+    topic = NewTopic(topic_name, 1, 1, config={"retention.bytes": str(RETAINED_BYTES)})
+    admin.create_topics([topic])[topic_name].result(10)
+    messages = 48 * 1024
+    produce(fresh_broker, topic_name, messages)
     start, end = watermarks(fresh_broker, topic_name)
-    assert end == MESSAGES
-    # ... and retention, which runs every second, deletes the oldest down to
-    # the ceiling (whole batches: a little more may stay).
+    assert end == messages
+
+    # Retention, which runs every second, deletes whole batches from the
+    # front down to the size (a little more may stay).
     deadline = time.monotonic() + 30
-    while (end - start) * (VALUE_BYTES + 10) > RETENTION_CEILING_BYTES + (2 << 20):
+    while (end - start) * (VALUE_BYTES + 10) > RETAINED_BYTES + (2 << 20):
         assert time.monotonic() < deadline, f"log start {start} of {end} after 30 s"
         time.sleep(0.5)
         start, end = watermarks(fresh_broker, topic_name)
     assert start > 0
 
     # What is kept reads back from the log start, in order, the newest last.
-    out = kcat(fresh_broker, "-C", "-t", topic_name, "-p", "0", "-o", "beginning", "-e", "-f", "%o %k\n")
-    read = [line.split() for line in out.splitlines()]
+    read = read_all(fresh_broker, topic_name)
     assert int(read[0][0]) == start
     assert [int(offset) for offset, _ in read] == list(range(start, end))
     assert [int(key) for _, key in read] == list(range(start, end))
-
-    # The partition is bounded in memory: nowhere near the 130 MiB sent
-    # twice over (the batches and the consensus log's tail).
-    assert rss_kib(fresh_broker) < 400 * 1024, f"{rss_kib(fresh_broker)} KiB"
-
-    # And it takes more writes at the next offsets.
-    kcat(fresh_broker, "-P", "-t", topic_name, "-K:", "-p", "0", stdin=b"after:1\n")
-    assert watermarks(fresh_broker, topic_name)[1] == MESSAGES + 1
