@@ -1634,7 +1634,7 @@ impl Simulation {
             for &group in &self.groups {
                 if let Some(view) = node.summary(group) {
                     message.push_str(&format!(
-                        "\n    n{} g{}: {:?} term {} leader {:?} commit {} applied {} persisted {} last {} snapshot {} voters {:?} learners {:?}{}",
+                        "\n    n{} g{}: {:?} term {} leader {:?} commit {} applied {} persisted {} last {} snapshot {} voters {:?} learners {:?}{}{}",
                         sim_node.id,
                         group,
                         view.role,
@@ -1647,7 +1647,12 @@ impl Simulation {
                         view.snapshot_index,
                         view.config.voters,
                         view.config.learners,
-                        if view.left_group { " (left the group)" } else { "" }
+                        if view.left_group { " (left the group)" } else { "" },
+                        if node.holds_needed_log(group) == Some(false) {
+                            " (lacks the log its partition serves)"
+                        } else {
+                            ""
+                        }
                     ));
                 }
             }

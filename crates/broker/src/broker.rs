@@ -145,6 +145,12 @@ enum PendingKind {
         /// §8.3: batches read from disk for it.
         loads: fetch::Loads,
     },
+    /// A ListOffsets by timestamp whose batches are on disk, waiting for
+    /// their reads (docs/protocol.md §8.3) to answer to the record.
+    ListOffsets {
+        request: ListOffsetsRequest,
+        loads: fetch::Loads,
+    },
     CreateTopics {
         response: CreateTopicsResponse,
     },
@@ -541,8 +547,10 @@ impl Broker {
         let Some(pending) = self.pending.get_mut(&pending_id) else {
             return;
         };
-        let PendingKind::Fetch { loads, .. } = &mut pending.kind else {
-            unreachable!("only fetches read the log");
+        let (PendingKind::Fetch { loads, .. } | PendingKind::ListOffsets { loads, .. }) =
+            &mut pending.kind
+        else {
+            unreachable!("only fetches and ListOffsets read the log");
         };
         let first_part = LOAD_PART_BASE + loads.asked.len();
         loads.asked.extend(to_load.iter().copied());
@@ -700,7 +708,8 @@ impl Broker {
                     && self
                         .node
                         .replicas_in_sync(placement.group, IN_SYNC_LAG_MS)
-                        .contains(&preferred);
+                        .contains(&preferred)
+                    && self.node.may_take_over(placement.group, preferred);
                 keeps_up.then_some((placement.group, preferred))
             })
             .collect();
@@ -858,9 +867,35 @@ impl Broker {
                     return;
                 }
             }
-            RequestKind::ListOffsets(request) => Some(ResponseKind::ListOffsets(
-                self.list_offsets(request, version),
-            )),
+            RequestKind::ListOffsets(request) => {
+                let no_loads = fetch::Loads::default();
+                let (response, to_load) = self.list_offsets(&request, version, &no_loads);
+                if to_load.is_empty() || self.pending.len() >= PENDING_REQUESTS_MAX {
+                    Some(ResponseKind::ListOffsets(response))
+                } else {
+                    let id = self.next_id();
+                    self.slot(connection, id);
+                    let loads = fetch::Loads {
+                        deadline_ms: now_ms + FETCH_LOAD_WAIT_MS_MAX,
+                        ..no_loads
+                    };
+                    self.pending.insert(
+                        id,
+                        Pending {
+                            connection,
+                            header,
+                            api_key,
+                            version,
+                            deadline_ms: now_ms + FETCH_LOAD_WAIT_MS_MAX,
+                            outstanding: 0,
+                            kind: PendingKind::ListOffsets { request, loads },
+                        },
+                    );
+                    self.load(id, to_load.into_iter().collect(), env, collector);
+                    self.finish_if_done(id);
+                    return;
+                }
+            }
             RequestKind::OffsetForLeaderEpoch(request) => Some(ResponseKind::OffsetForLeaderEpoch(
                 self.offset_for_leader_epoch(request),
             )),
@@ -1411,7 +1446,16 @@ impl Broker {
 
     // ------------------------------------------------------------ ListOffsets
 
-    fn list_offsets(&self, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    /// The answer to a ListOffsets, with the batches read for it in
+    /// `loads`, and the reads of batches still on disk that would make a
+    /// lookup by timestamp exact (docs/protocol.md §8.3).
+    fn list_offsets(
+        &self,
+        request: &ListOffsetsRequest,
+        version: i16,
+        loads: &fetch::Loads,
+    ) -> (ListOffsetsResponse, BTreeSet<(GroupId, u64)>) {
+        let mut to_load = BTreeSet::new();
         let metadata = self.metadata();
         let topics = request
             .topics
@@ -1459,17 +1503,26 @@ impl Broker {
                             -1 => answer.offset = log.high_watermark(),
                             -2 => answer.offset = log.log_start_offset(),
                             -3 => {
-                                if let Some((offset, timestamp)) =
-                                    max_timestamp(&self.node, placement.group, log)
-                                {
+                                if let Some((offset, timestamp)) = max_timestamp(
+                                    &self.node,
+                                    placement.group,
+                                    log,
+                                    loads,
+                                    &mut to_load,
+                                ) {
                                     answer.offset = offset;
                                     answer.timestamp = timestamp;
                                 }
                             }
                             target if target >= 0 => {
-                                if let Some((offset, timestamp)) =
-                                    offset_for_time(&self.node, placement.group, log, target)
-                                {
+                                if let Some((offset, timestamp)) = offset_for_time(
+                                    &self.node,
+                                    placement.group,
+                                    log,
+                                    target,
+                                    loads,
+                                    &mut to_load,
+                                ) {
                                     answer.offset = offset;
                                     answer.timestamp = timestamp;
                                 }
@@ -1484,7 +1537,7 @@ impl Broker {
                     .with_partitions(partitions)
             })
             .collect();
-        ListOffsetsResponse::default().with_topics(topics)
+        (ListOffsetsResponse::default().with_topics(topics), to_load)
     }
 
     fn offset_for_leader_epoch(
@@ -2127,7 +2180,9 @@ impl Broker {
                 let pending = self.pending.get_mut(&pending_id).expect("still pending");
                 pending.kind = kind;
             }
-            PendingKind::Fetch { loads, .. } if part >= LOAD_PART_BASE => {
+            PendingKind::Fetch { loads, .. } | PendingKind::ListOffsets { loads, .. }
+                if part >= LOAD_PART_BASE =>
+            {
                 let result = match response.result {
                     Ok(ClientReply::Entries { entries }) => Ok(entries),
                     _ => Err(()),
@@ -2137,7 +2192,7 @@ impl Broker {
             PendingKind::OffsetFetch { reads, .. } | PendingKind::Fetch { reads, .. } => {
                 reads.answered(part, &response.result);
             }
-            PendingKind::Group { .. } => {}
+            PendingKind::Group { .. } | PendingKind::ListOffsets { .. } => {}
         }
         let pending = self.pending.get_mut(&pending_id).expect("still pending");
         pending.outstanding -= 1;
@@ -2223,6 +2278,9 @@ impl Broker {
             PendingKind::OffsetCommit { response, .. } => ResponseKind::OffsetCommit(response),
             PendingKind::DeleteGroups { response } => ResponseKind::DeleteGroups(response),
             PendingKind::OffsetDelete { response, .. } => ResponseKind::OffsetDelete(response),
+            PendingKind::ListOffsets { request, loads } => {
+                ResponseKind::ListOffsets(self.list_offsets(&request, pending.version, &loads).0)
+            }
             PendingKind::OffsetFetch { request, reads } => ResponseKind::OffsetFetch(
                 self.offset_fetch(request, pending.version, &reads.passed),
             ),
@@ -2392,53 +2450,66 @@ fn encode(
 /// The offset and timestamp of the first record at or after `target_ms`.
 ///
 /// The partition's index finds the first batch whose max timestamp is at or
-/// after it; that batch's records give the exact record when its bytes are
-/// at hand (in memory, docs/protocol.md §8.3). When they are on disk the
-/// answer is the batch's first offset, which is never after the exact
-/// answer: a consumer that seeks there reads a few older records again but
-/// never skips one.
+/// after it, and that batch's records the exact record. A batch on disk and
+/// not in `loads` is named in `to_load`, and the answer meanwhile is the
+/// batch's first offset, which is never after the exact one (it is what is
+/// sent if the read cannot be done: a consumer that seeks there rereads a
+/// few records but skips none).
 fn offset_for_time(
     node: &Node,
     group: GroupId,
     log: &runnel_core::partition::PartitionLog,
     target_ms: i64,
+    loads: &fetch::Loads,
+    to_load: &mut BTreeSet<(GroupId, u64)>,
 ) -> Option<(i64, i64)> {
     let batch = log.batch_at_time(target_ms)?;
-    if let Some(stamped) = fetch::batch_bytes(node, group, batch, None) {
-        let mut bytes = Bytes::from(stamped);
-        if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
-            if let Some(record) = set
-                .records
-                .iter()
-                .find(|record| record.timestamp >= target_ms)
-            {
-                return Some((record.offset, record.timestamp));
+    match fetch::batch_bytes(node, group, batch, Some(loads)) {
+        Some(stamped) => {
+            let mut bytes = Bytes::from(stamped);
+            if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
+                if let Some(record) = set
+                    .records
+                    .iter()
+                    .find(|record| record.timestamp >= target_ms)
+                {
+                    return Some((record.offset, record.timestamp));
+                }
             }
+        }
+        None => {
+            to_load.insert((group, batch.raft_index));
         }
     }
     Some((batch.base_offset, batch.max_timestamp_ms))
 }
 
-/// The offset and timestamp of the record with the largest timestamp: the
-/// exact record when the batch's bytes are at hand, its last offset when
-/// they are on disk.
+/// The offset and timestamp of the record with the largest timestamp; its
+/// batch is read like `offset_for_time`'s (its last offset until then).
 fn max_timestamp(
     node: &Node,
     group: GroupId,
     log: &runnel_core::partition::PartitionLog,
+    loads: &fetch::Loads,
+    to_load: &mut BTreeSet<(GroupId, u64)>,
 ) -> Option<(i64, i64)> {
     let batch = log.batches().max_by_key(|batch| batch.max_timestamp_ms)?;
-    if let Some(stamped) = fetch::batch_bytes(node, group, batch, None) {
-        let mut bytes = Bytes::from(stamped);
-        if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
-            if let Some(record) = set
-                .records
-                .iter()
-                .rev()
-                .max_by_key(|record| record.timestamp)
-            {
-                return Some((record.offset, record.timestamp));
+    match fetch::batch_bytes(node, group, batch, Some(loads)) {
+        Some(stamped) => {
+            let mut bytes = Bytes::from(stamped);
+            if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
+                if let Some(record) = set
+                    .records
+                    .iter()
+                    .rev()
+                    .max_by_key(|record| record.timestamp)
+                {
+                    return Some((record.offset, record.timestamp));
+                }
             }
+        }
+        None => {
+            to_load.insert((group, batch.raft_index));
         }
     }
     Some((batch.last_offset, batch.max_timestamp_ms))

@@ -640,3 +640,93 @@ fn batches_below_the_snapshot_are_read_back_from_the_log_on_disk() {
         .expect("records");
     assert_eq!(again, cold);
 }
+
+/// A batch of records whose timestamps are `timestamp_ms` plus 10 ms per
+/// record, as a producer that batches over time writes it.
+fn timed_batch(values: &[&'static [u8]], timestamp_ms: i64) -> Vec<u8> {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(position, value)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: position as i64,
+            // The encoder starts a new batch where sequences break off.
+            sequence: position as i32,
+            timestamp: timestamp_ms + 10 * position as i64,
+            key: None,
+            value: Some(Bytes::from_static(value)),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut out,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("batch encodes");
+    out.to_vec()
+}
+
+/// docs/protocol.md §8.3: ListOffsets by timestamp finds the batch in the
+/// partition's index and the record in the batch, reading the batch from
+/// disk when it is below the snapshot: the answer is the exact record.
+#[test]
+fn list_offsets_by_time_reads_a_batch_on_disk_to_answer_the_exact_record() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+    let mut config = single_node_config();
+    config.snapshot_interval_entries = 4;
+    let disk = SimDisk::new(Rng::new(7), DiskFaults::default());
+    let mut harness = Harness::recover(disk, 0, config);
+    harness.advance(1_000);
+    harness.create_topic("times", 1);
+    let timestamp_ms = 1_900_000_000_000;
+    let values: [&'static [u8]; 4] = [b"w", b"x", b"y", b"z"];
+    let batches = std::iter::once(timed_batch(&values, timestamp_ms))
+        .chain((0..10).map(|_| timed_batch(&[b"later"], timestamp_ms + 1_000)));
+    for batch in batches {
+        let response: ProduceResponse = harness.call(
+            1,
+            ApiKey::Produce,
+            9,
+            &produce_request("times", batch, -1),
+            50,
+        );
+        assert_eq!(
+            response.responses[0].partition_responses[0].error_code, 0,
+            "{:?}",
+            response.responses[0].partition_responses[0].error_message
+        );
+    }
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic("times"))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(timestamp_ms + 15)])]);
+    harness.send(1, ApiKey::ListOffsets, 7, &request);
+    assert_eq!(harness.pending(1), 0, "the batch is on disk: read first");
+    harness.advance(20);
+    let response: ListOffsetsResponse = harness.response(1, ApiKey::ListOffsets, 7);
+    let partition = &response.topics[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    // "first" is at offset 0, "w" at 1: "y" (timestamp + 20) is at 3.
+    assert_eq!(
+        (partition.offset, partition.timestamp),
+        (3, timestamp_ms + 20)
+    );
+}

@@ -109,6 +109,9 @@ struct Progress {
     last_ack_ms: u64,
     /// §6.3: the highest read round the follower echoed in this term.
     read_round_acked: u64,
+    /// §9: when a transfer of leadership to it last lapsed (it declined,
+    /// or could not be reached); it is not asked again for a while.
+    transfer_lapsed_ms: Option<u64>,
 }
 
 /// §6.3: a linearizable read registered at the leader, waiting for a quorum
@@ -120,6 +123,10 @@ struct PendingRead {
     index: Index,
     round: u64,
 }
+
+/// §9: a voter whose transfer lapsed is passed over as a successor for this
+/// many election timeouts (`Replica::may_take_over`).
+pub const TRANSFER_LAPSE_HOLD_TIMEOUTS: u64 = 10;
 
 /// At most this many linearizable reads wait at one leader (§6.3); more are
 /// refused with `Backpressure`.
@@ -613,10 +620,15 @@ impl Replica {
     }
 
     fn tick_leader(&mut self) {
-        if let Some((_, deadline_ms)) = self.transfer {
+        if let Some((target, deadline_ms)) = self.transfer {
             if self.now_ms >= deadline_ms {
-                // §9: a transfer that did not finish in time is abandoned.
+                // §9: a transfer that did not finish in time is abandoned,
+                // and its target is not a candidate for a while.
                 self.transfer = None;
+                let now_ms = self.now_ms;
+                if let Some(progress) = self.progress.get_mut(&target) {
+                    progress.transfer_lapsed_ms = Some(now_ms);
+                }
             }
         }
         if self.transfer.is_none() && !self.holds_needed_log() && self.config.voters.len() > 1 {
@@ -1195,6 +1207,7 @@ impl Replica {
             inflight: Vec::new(),
             last_ack_ms: self.now_ms,
             read_round_acked: 0,
+            transfer_lapsed_ms: None,
         }
     }
 
@@ -2111,13 +2124,20 @@ impl Replica {
             return None;
         }
         let id = self.id();
-        let mut voters: Vec<NodeId> = self
+        let others = self
             .config
             .voters
             .iter()
             .copied()
-            .filter(|voter| *voter != id)
+            .filter(|voter| *voter != id);
+        let mut voters: Vec<NodeId> = others
+            .clone()
+            .filter(|voter| self.may_take_over(*voter))
             .collect();
+        if voters.is_empty() {
+            // Every one lapsed lately: try them all again, in turn.
+            voters = others.collect();
+        }
         if voters.is_empty() {
             return None;
         }
@@ -2127,6 +2147,20 @@ impl Replica {
         let target = voters[(self.hand_off_attempts % voters.len() as u64) as usize];
         self.hand_off_attempts += 1;
         self.transfer_leader(target).ok().map(|()| target)
+    }
+
+    /// §9: whether this leader would hand leadership to `peer` now: a
+    /// voter whose last transfer lapsed (it declined, §8.3, §10.3, or was
+    /// not reached) is passed over for `TRANSFER_LAPSE_HOLD_TIMEOUTS`
+    /// election timeouts, so that callers choosing a successor pick
+    /// another.
+    pub fn may_take_over(&self, peer: NodeId) -> bool {
+        let hold_ms = TRANSFER_LAPSE_HOLD_TIMEOUTS * self.options.election_timeout_ms;
+        self.progress.get(&peer).is_none_or(|progress| {
+            progress
+                .transfer_lapsed_ms
+                .is_none_or(|lapsed_ms| self.now_ms >= lapsed_ms + hold_ms)
+        })
     }
 
     pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), ProposeError> {
@@ -2143,7 +2177,14 @@ impl Replica {
                 "node {target} is not a voter"
             )));
         }
-        self.transfer = Some((target, self.now_ms + self.options.election_timeout_ms));
+        // Asked again for the transfer under way (a caller retrying), the
+        // leader keeps its deadline, so that a target that declines lets it
+        // lapse (`may_take_over`) rather than being asked forever.
+        let deadline_ms = match self.transfer {
+            Some((current, deadline_ms)) if current == target => deadline_ms,
+            _ => self.now_ms + self.options.election_timeout_ms,
+        };
+        self.transfer = Some((target, deadline_ms));
         if self.match_index(target) == Some(self.log.last_index()) {
             self.send(target, Body::TimeoutNow);
         } else {

@@ -488,6 +488,8 @@ fn a_replica_that_lacks_the_log_its_host_serves_does_not_lead_until_it_backfille
     pair.tick(3 * ELECTION_TIMEOUT_MS, None);
     assert_eq!(pair.leader(), leader);
     assert_eq!(pair.nodes[&follower].replica.term(), term);
+    // §9: the lapsed target is passed over as a successor for a while.
+    assert!(!pair.nodes[&leader].replica.may_take_over(follower));
     // With the leader silent, it does not campaign.
     pair.tick(10 * ELECTION_TIMEOUT_MS, Some(leader));
     assert_eq!(pair.nodes[&follower].replica.role(), Role::Follower);

@@ -616,6 +616,14 @@ impl Node {
         Some(self.groups.get(&group)?.replica.holds_needed_log())
     }
 
+    /// §9: on the leader of `group`, whether it would hand leadership to
+    /// `peer` now (its last transfer did not lapse lately; true elsewhere).
+    pub fn may_take_over(&self, group: GroupId, peer: NodeId) -> bool {
+        self.groups
+            .get(&group)
+            .is_none_or(|group| group.replica.may_take_over(peer))
+    }
+
     /// §8.3: the snapshot index of `group`: its entries up to it are read
     /// from disk.
     pub fn snapshot_index(&self, group: GroupId) -> Option<Index> {

@@ -218,7 +218,10 @@ impl Broker {
         }
         let me = self.config.node_id;
         let wanted = self.cluster_nodes();
-        let in_sync = self.node.replicas_in_sync(METADATA_GROUP, IN_SYNC_LAG_MS);
+        let mut in_sync = self.node.replicas_in_sync(METADATA_GROUP, IN_SYNC_LAG_MS);
+        // §9: a voter that let a transfer lapse lately is not chosen to
+        // take over.
+        in_sync.retain(|node| self.node.may_take_over(METADATA_GROUP, *node));
         let Some(step) = next_step(&view.config, &wanted, me, &in_sync) else {
             return;
         };

@@ -291,10 +291,11 @@ impl Broker {
                     continue;
                 };
                 let in_sync = self.node.replicas_in_sync(group, IN_SYNC_LAG_MS);
-                if let Some(&to) = in_sync
-                    .iter()
-                    .find(|node| **node != me && view.config.voters.contains(node))
-                {
+                if let Some(&to) = in_sync.iter().find(|node| {
+                    **node != me
+                        && view.config.voters.contains(node)
+                        && self.node.may_take_over(group, **node)
+                }) {
                     steps.push((group, Step::Transfer(to)));
                 }
             }
@@ -309,7 +310,10 @@ impl Broker {
             // The leader drives the move, also when it is itself to go.
             if let Some(view) = view.as_ref().filter(|view| view.role == Role::Leader) {
                 if self.node.leader_ready(group) {
-                    let in_sync = self.node.replicas_in_sync(group, IN_SYNC_LAG_MS);
+                    let mut in_sync = self.node.replicas_in_sync(group, IN_SYNC_LAG_MS);
+                    // §9: a voter that let a transfer lapse lately (it lacks
+                    // the log, §8.3) is not chosen to take over.
+                    in_sync.retain(|node| self.node.may_take_over(group, *node));
                     if out_of_cluster {
                         // Handed over below, whatever the metadata says.
                     } else if let Some(step) =
