@@ -1649,9 +1649,12 @@ impl Simulation {
                         view.config.learners,
                         if view.left_group { " (left the group)" } else { "" },
                         if node.holds_needed_log(group) == Some(false) {
-                            " (lacks the log its partition serves)"
+                            format!(
+                                " (lacks the log its partition serves: {})",
+                                node.backfill_status(group).unwrap_or_default()
+                            )
                         } else {
-                            ""
+                            String::new()
                         }
                     ));
                 }
@@ -1870,6 +1873,7 @@ impl Simulation {
                 // Damage at rest that no read found yet is not known to the
                 // leader; what it knows it lacks, it must hand off.
                 let knows_it_lacks = core.holds_needed_log(group) == Some(false);
+
                 if knows_it_lacks && leads && self.phase == Phase::Done {
                     leader_lacking.push(format!(
                         "{}-{}: its leader n{id} knows it lacks part of the log it serves ({missing} batches)",

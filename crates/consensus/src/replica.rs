@@ -1626,6 +1626,18 @@ impl Replica {
         }
     }
 
+    /// §8.2, §8.3, for diagnostics: what this replica needs below its
+    /// snapshot, what it retains and where its backfill stands.
+    pub fn backfill_status(&self) -> String {
+        format!(
+            "needs from {:?}, retains from {}, snapshot {}, backfill {:?}",
+            self.log_needed_from,
+            self.log.retained_first(),
+            self.log.snapshot().index,
+            self.backfill
+        )
+    }
+
     /// At start: storage still holds the entries from the first run's index
     /// up to the snapshot point, with these term runs (§8.1).
     pub fn set_retained(&mut self, runs: Vec<(Index, Term)>) {

@@ -616,6 +616,19 @@ impl Node {
         Some(self.groups.get(&group)?.replica.holds_needed_log())
     }
 
+    /// §8.2, §8.3, for diagnostics: where `group`'s backfill stands, on the
+    /// replica and in its store.
+    pub fn backfill_status(&self, group: GroupId) -> Option<String> {
+        let state = self.groups.get(&group)?;
+        Some(format!(
+            "{}; store retains from {}, can prepend {}, whole-segment floor {:?}",
+            state.replica.backfill_status(),
+            state.store.retained_first(),
+            state.store.can_prepend_retained(),
+            state.store.whole_segment_floor()
+        ))
+    }
+
     /// §9: on the leader of `group`, whether it would hand leadership to
     /// `peer` now (its last transfer did not lapse lately; true elsewhere).
     pub fn may_take_over(&self, group: GroupId, peer: NodeId) -> bool {
@@ -1176,6 +1189,7 @@ impl Node {
             self.note_log_needed(group_id);
             self.maybe_snapshot(group_id, env);
             self.discard_retained(group_id, env);
+            self.unblock_backfill(group_id, env);
             self.fail_orphaned_requests(group_id, env);
             if !had_output {
                 return;
@@ -1490,6 +1504,31 @@ impl Node {
         if below <= group.store.retained_first() {
             return;
         }
+        let ops = group.store.discard_below(below);
+        group.replica.discard_retained_below(below);
+        for op in ops {
+            self.submit(op, env);
+        }
+    }
+
+    /// §8.3: a replica that lacks the log its partition serves backfills
+    /// it, but nothing can be prepended below a segment that a discard or
+    /// damage cut into (storage names segments by their first frame). Once
+    /// the snapshot covers the next segment's start, the cut segment is
+    /// deleted whole, and the backfill refills everything below.
+    fn unblock_backfill(&mut self, group_id: GroupId, env: &mut Env<'_>) {
+        let group = self.groups.get_mut(&group_id).expect("group exists");
+        if group.replica.holds_needed_log() || group.store.can_prepend_retained() {
+            return;
+        }
+        let Some(below) = group.store.whole_segment_floor() else {
+            return;
+        };
+        tracing::info!(
+            group = group_id,
+            below,
+            "deleting a segment cut below, so that the log it lacks can be backfilled"
+        );
         let ops = group.store.discard_below(below);
         group.replica.discard_retained_below(below);
         for op in ops {

@@ -1258,6 +1258,24 @@ impl GroupStore {
                 .is_none_or(|first| first.name == first.base && first.base == self.retained_first)
     }
 
+    /// §8.3: when a discard (or damage found at recovery) cut into the
+    /// oldest segment, nothing can be prepended below it
+    /// (`can_prepend_retained` is false); this is the index the next
+    /// segment starts at, if it is at or below the snapshot point + 1, so
+    /// that `discard_below` of it deletes the cut segment whole and a
+    /// backfill can then refill everything below. `None` when the oldest
+    /// segment is not cut, or is the last one, or the next one starts above
+    /// the snapshot point + 1 (a later snapshot may cover it).
+    pub fn whole_segment_floor(&self) -> Option<Index> {
+        let first = self.segments.first()?;
+        if first.name == first.base && first.base == self.retained_first {
+            return None;
+        }
+        let second = self.segments.get(1)?;
+        (second.name > self.retained_first && second.name <= self.snapshot_index + 1)
+            .then_some(second.name)
+    }
+
     /// Whether `prepend_retained(entries)` would take these entries: every
     /// precondition it asserts, checked, so that a chunk that came from a
     /// peer can be refused rather than crash the node.

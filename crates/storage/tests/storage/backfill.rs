@@ -273,3 +273,35 @@ fn a_chunk_that_prepend_would_refuse_is_refused_by_can_prepend() {
         .collect();
     assert!(!store.can_prepend(&big));
 }
+
+/// §8.3: a discard that cut into a segment (as damage found at a read or at
+/// recovery does) blocks prepends below it; `whole_segment_floor` names the
+/// next segment's start, and discarding below it deletes the cut segment
+/// whole, after which the backfill refills everything below, as the
+/// leader retains it.
+#[test]
+fn a_segment_cut_below_is_deleted_whole_so_that_backfill_can_refill_it() {
+    let (mut leader_disk, leader_store, log) = leader();
+    // Two frames per segment: 1-2, 3-4, ...; a cut at 4 leaves 3-4 cut.
+    let mut disk = MemDisk::new();
+    let (mut store, _) = thirty_with_snapshot_at(&mut disk, GROUP, 20);
+    disk.run(store.discard_below(4));
+    assert_eq!(store.retained_first(), 4);
+    assert!(!store.can_prepend_retained(), "the segment 3-4 is cut");
+    assert_eq!(store.whole_segment_floor(), Some(5));
+    disk.run(store.discard_below(5));
+    assert!(store.can_prepend_retained());
+    assert_eq!(store.whole_segment_floor(), None);
+    while let Some(plan) = leader_store.plan_read_ending_at(store.retained_first() - 1) {
+        let entries = read(&mut leader_disk, &plan).expect("intact");
+        disk.run(store.prepend_retained(&entries));
+    }
+    assert_eq!(store.retained_first(), 1);
+    assert_eq!(read_all(&mut disk, &store), log[..20]);
+    disk.crash(Crash::DropUnsynced);
+    let recovered = recover(&mut disk);
+    assert_eq!(recovered.store.retained_first(), 1);
+    // Not cut: nothing to delete. The last segment is never named either.
+    let (_, whole, _) = leader();
+    assert_eq!(whole.whole_segment_floor(), None);
+}
