@@ -44,6 +44,11 @@ pub const SNAPSHOT_INTERVAL_BYTES: u64 = 64 << 20;
 /// entries were gone, and the follower gets the snapshot instead. Each read
 /// is at most `runnel_storage::LOG_READ_BYTES_MAX` (or one frame).
 pub const LOG_READS_IN_FLIGHT_MAX: usize = 16;
+/// §8.2: of those, at most this many backfill reads, each of up to
+/// `runnel_storage::BACKFILL_READ_BYTES_MAX`, which bounds the memory they
+/// hold on a leader that many followers backfill from.
+pub const BACKFILL_READS_IN_FLIGHT_MAX: usize = 4;
+const _: () = assert!(BACKFILL_READS_IN_FLIGHT_MAX <= LOG_READS_IN_FLIGHT_MAX);
 /// §8.3: at most this many reads of the log for clients (Kafka fetches of
 /// batches on disk) are in flight on one node, beside the reads for
 /// followers; one asked for past it is refused, and the client asks again.
@@ -1336,7 +1341,13 @@ impl Node {
         below: Index,
         env: &mut Env<'_>,
     ) {
-        let room = self.log_reads.len() < LOG_READS_IN_FLIGHT_MAX;
+        let backfills = self
+            .log_reads
+            .values()
+            .filter(|read| matches!(read.purpose, LogReadPurpose::Backfill { .. }))
+            .count();
+        let room = self.log_reads.len() < LOG_READS_IN_FLIGHT_MAX
+            && backfills < BACKFILL_READS_IN_FLIGHT_MAX;
         let group = self.groups.get_mut(&group_id).expect("group exists");
         let Some(plan) = room
             .then(|| group.store.plan_read_ending_at(below - 1))

@@ -72,6 +72,18 @@ pub const LOG_READ_ENTRIES_MAX: usize = 256;
 /// most `FRAME_BYTES_MAX`): the consensus default for one Append
 /// (`Options::append_bytes_max`).
 pub const LOG_READ_BYTES_MAX: u64 = 1 << 20;
+/// At most this many entries, and this many bytes of frames, in one read
+/// for a backfill (`GroupStore::plan_read_ending_at`), unless the first
+/// frame alone is larger. A follower stores each chunk as one segment file
+/// (`prepend_retained`), so chunks much larger than one Append keep a
+/// replica that backfills a whole partition from making a file per MiB.
+pub const BACKFILL_READ_ENTRIES_MAX: usize = 1 << 14;
+pub const BACKFILL_READ_BYTES_MAX: u64 = 16 << 20;
+const _: () = assert!(
+    BACKFILL_READ_ENTRIES_MAX >= LOG_READ_ENTRIES_MAX
+        && BACKFILL_READ_BYTES_MAX >= LOG_READ_BYTES_MAX
+);
+const _: () = assert!(BACKFILL_READ_BYTES_MAX <= FRAME_BYTES_MAX as u64);
 
 // The bounds must be consistent with each other: a frame of the largest size
 // must be writable into an empty segment, a segment (which may exceed
@@ -1203,8 +1215,9 @@ impl GroupStore {
     /// Plans a read of retained entries ending at `last`, for a follower
     /// that backfills below its snapshot (docs/protocol.md §8.2): one
     /// `Read` of consecutive frames of the segment holding `last`, as many
-    /// as fit in `LOG_READ_ENTRIES_MAX` frames and `LOG_READ_BYTES_MAX`
-    /// bytes going down from `last` (at least `last` itself), not below
+    /// as fit in `BACKFILL_READ_ENTRIES_MAX` frames and
+    /// `BACKFILL_READ_BYTES_MAX` bytes going down from `last` (at least
+    /// `last` itself), not below
     /// `retained_first()`. None when `last` is not retained. Like
     /// `plan_read`, it changes nothing.
     pub fn plan_read_ending_at(&self, last: Index) -> Option<LogReadPlan> {
@@ -1220,9 +1233,9 @@ impl GroupStore {
         debug_assert!(stop < count);
         let mut start = stop;
         let mut total = frame_end(segment, stop) - u64::from(segment.offsets[stop]);
-        while start > 0 && stop + 1 - start < LOG_READ_ENTRIES_MAX {
+        while start > 0 && stop + 1 - start < BACKFILL_READ_ENTRIES_MAX {
             let bytes = frame_end(segment, start - 1) - u64::from(segment.offsets[start - 1]);
-            if total + bytes > LOG_READ_BYTES_MAX {
+            if total + bytes > BACKFILL_READ_BYTES_MAX {
                 break;
             }
             total += bytes;

@@ -5,7 +5,7 @@
 //! leaves the old retained run or the new one, never a torn segment.
 
 use runnel_consensus::{Entry, HardState, Payload};
-use runnel_storage::{GroupStore, Recovered, LOG_READ_ENTRIES_MAX};
+use runnel_storage::{GroupStore, Recovered, BACKFILL_READ_ENTRIES_MAX};
 
 use crate::retained::{data_entry, options, read, read_all, snapshot, thirty_with_snapshot_at};
 use crate::support::{Crash, MemDisk};
@@ -217,16 +217,14 @@ fn a_read_ending_at_an_index_is_bounded_by_its_segment_and_the_entry_bound() {
     let mut disk = MemDisk::new();
     let (mut store, ops) = GroupStore::create(GROUP, options(1 << 30), &HardState::default());
     disk.run(ops);
-    let small: Vec<Entry> = (1..=300).map(|i| data_entry(i, 1, 20)).collect();
+    let count = BACKFILL_READ_ENTRIES_MAX + 44;
+    let small: Vec<Entry> = (1..=count as u64).map(|i| data_entry(i, 1, 20)).collect();
     disk.run(store.append(&small));
-    disk.run(store.save_snapshot(&snapshot(300, 1)));
-    let plan = store.plan_read_ending_at(300).expect("retained");
-    assert_eq!(plan.entry_count(), LOG_READ_ENTRIES_MAX);
-    assert_eq!(plan.first_index(), 300 - LOG_READ_ENTRIES_MAX as u64 + 1);
-    assert_eq!(
-        read(&mut disk, &plan).expect("intact"),
-        small[300 - LOG_READ_ENTRIES_MAX..]
-    );
+    disk.run(store.save_snapshot(&snapshot(count as u64, 1)));
+    let plan = store.plan_read_ending_at(count as u64).expect("retained");
+    assert_eq!(plan.entry_count(), BACKFILL_READ_ENTRIES_MAX);
+    assert_eq!(plan.first_index(), 45);
+    assert_eq!(read(&mut disk, &plan).expect("intact"), small[44..]);
 }
 
 #[test]
