@@ -124,6 +124,10 @@ struct PendingRead {
     round: u64,
 }
 
+/// §8.3: a replica that lacks the log its host serves campaigns only after
+/// this many election timeouts without a leader.
+pub const LACKING_CAMPAIGN_TIMEOUTS: u64 = 5;
+
 /// §9: a voter whose transfer lapsed is passed over as a successor for this
 /// many election timeouts (`Replica::may_take_over`).
 pub const TRANSFER_LAPSE_HOLD_TIMEOUTS: u64 = 10;
@@ -328,6 +332,9 @@ pub struct Replica {
     log_needed_from: Option<Index>,
     /// §8.3: hand-offs tried by this replica (`hand_off_leadership`).
     hand_off_attempts: u64,
+    /// When the replica was created (or recovered): with `leader_contact_ms`,
+    /// how long it has gone without a leader (`leaderless_long`).
+    started_ms: u64,
     // Outputs not yet taken.
     hard_state_dirty: bool,
     unstable_from: Option<Index>,
@@ -435,6 +442,7 @@ impl Replica {
             backfill_out: Vec::new(),
             log_needed_from: None,
             hand_off_attempts: 0,
+            started_ms: now_ms,
         };
         replica.was_member = replica.config.contains(replica.id());
         replica.reset_election_deadline();
@@ -770,8 +778,11 @@ impl Replica {
         }
         // §8.3: a leader serves its machine's data from its log; one that
         // lacks part of it waits for a voter that holds it, unless there is
-        // none but itself.
-        if !self.holds_needed_log() && self.config.voters.len() > 1 {
+        // none but itself, or no leader came for a long while (the voters
+        // that hold it may all be behind, and lose every election to the
+        // longer logs of those that do not: one of those then leads,
+        // catches a holder up and hands off to it).
+        if !self.holds_needed_log() && self.config.voters.len() > 1 && !self.leaderless_long() {
             return false;
         }
         let id = self.id();
@@ -947,6 +958,13 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// §8.3: no leader was heard for `LACKING_CAMPAIGN_TIMEOUTS` election
+    /// timeouts (since the replica started, if never).
+    fn leaderless_long(&self) -> bool {
+        let since_ms = self.leader_contact_ms.unwrap_or(self.started_ms);
+        self.now_ms >= since_ms + LACKING_CAMPAIGN_TIMEOUTS * self.options.election_timeout_ms
     }
 
     fn in_leader_lease(&self) -> bool {
@@ -2147,10 +2165,9 @@ impl Replica {
             .filter(|voter| self.may_take_over(*voter))
             .collect();
         if voters.is_empty() {
-            // Every one lapsed lately: try them all again, in turn.
-            voters = others.collect();
-        }
-        if voters.is_empty() {
+            // Every one lapsed lately (they lack the log too, or were not
+            // reached): wait, rather than refuse proposals for a transfer
+            // at every tick.
             return None;
         }
         // The most caught up first; each attempt tries the next, so that
