@@ -569,6 +569,15 @@ impl Broker {
         }
     }
 
+    /// Holds `pending` until it is answered; its slot keeps the order of
+    /// the responses on its connection. Returns its id.
+    fn park(&mut self, pending: Pending) -> u64 {
+        let id = self.next_id();
+        self.slot(pending.connection, id);
+        self.pending.insert(id, pending);
+        id
+    }
+
     fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -837,30 +846,22 @@ impl Broker {
                     } else {
                         (request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX)
                     };
-                    let loads = fetch::Loads {
-                        deadline_ms: now_ms + FETCH_LOAD_WAIT_MS_MAX,
-                        ..no_loads
-                    };
+                    let loads = fetch::Loads::until(now_ms + FETCH_LOAD_WAIT_MS_MAX);
                     let to_load =
                         loads.new_reads(&result.to_load, fetch::response_bytes_max(&request));
-                    let id = self.next_id();
-                    self.slot(connection, id);
-                    self.pending.insert(
-                        id,
-                        Pending {
-                            connection,
-                            header,
-                            api_key,
-                            version,
-                            deadline_ms: now_ms + wait_ms,
-                            outstanding: reads.groups.len(),
-                            kind: PendingKind::Fetch {
-                                request,
-                                reads,
-                                loads,
-                            },
+                    let id = self.park(Pending {
+                        connection,
+                        header,
+                        api_key,
+                        version,
+                        deadline_ms: now_ms + wait_ms,
+                        outstanding: reads.groups.len(),
+                        kind: PendingKind::Fetch {
+                            request,
+                            reads,
+                            loads,
                         },
-                    );
+                    });
                     self.read_indexes(id, env, collector);
                     self.load(id, to_load, env, collector);
                     self.finish_if_done(id);
@@ -873,24 +874,19 @@ impl Broker {
                 if to_load.is_empty() || self.pending.len() >= PENDING_REQUESTS_MAX {
                     Some(ResponseKind::ListOffsets(response))
                 } else {
-                    let id = self.next_id();
-                    self.slot(connection, id);
-                    let loads = fetch::Loads {
-                        deadline_ms: now_ms + FETCH_LOAD_WAIT_MS_MAX,
-                        ..no_loads
-                    };
-                    self.pending.insert(
-                        id,
-                        Pending {
-                            connection,
-                            header,
-                            api_key,
-                            version,
-                            deadline_ms: now_ms + FETCH_LOAD_WAIT_MS_MAX,
-                            outstanding: 0,
-                            kind: PendingKind::ListOffsets { request, loads },
+                    let deadline_ms = now_ms + FETCH_LOAD_WAIT_MS_MAX;
+                    let id = self.park(Pending {
+                        connection,
+                        header,
+                        api_key,
+                        version,
+                        deadline_ms,
+                        outstanding: 0,
+                        kind: PendingKind::ListOffsets {
+                            request,
+                            loads: fetch::Loads::until(deadline_ms),
                         },
-                    );
+                    });
                     self.load(id, to_load.into_iter().collect(), env, collector);
                     self.finish_if_done(id);
                     return;
@@ -2447,6 +2443,25 @@ fn encode(
     }
 }
 
+/// The records of `batch`, if its bytes are at hand (in memory or among
+/// `loads`); a batch on disk is named in `to_load` instead (§8.3).
+fn batch_records(
+    node: &Node,
+    group: GroupId,
+    batch: &runnel_core::partition::StoredBatch,
+    loads: &fetch::Loads,
+    to_load: &mut BTreeSet<(GroupId, u64)>,
+) -> Option<Vec<kafka_protocol::records::Record>> {
+    let Some(stamped) = fetch::batch_bytes(node, group, batch, Some(loads)) else {
+        to_load.insert((group, batch.raft_index));
+        return None;
+    };
+    let mut bytes = Bytes::from(stamped);
+    RecordBatchDecoder::decode(&mut bytes)
+        .ok()
+        .map(|set| set.records)
+}
+
 /// The offset and timestamp of the first record at or after `target_ms`.
 ///
 /// The partition's index finds the first batch whose max timestamp is at or
@@ -2464,24 +2479,13 @@ fn offset_for_time(
     to_load: &mut BTreeSet<(GroupId, u64)>,
 ) -> Option<(i64, i64)> {
     let batch = log.batch_at_time(target_ms)?;
-    match fetch::batch_bytes(node, group, batch, Some(loads)) {
-        Some(stamped) => {
-            let mut bytes = Bytes::from(stamped);
-            if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
-                if let Some(record) = set
-                    .records
-                    .iter()
-                    .find(|record| record.timestamp >= target_ms)
-                {
-                    return Some((record.offset, record.timestamp));
-                }
-            }
-        }
-        None => {
-            to_load.insert((group, batch.raft_index));
-        }
-    }
-    Some((batch.base_offset, batch.max_timestamp_ms))
+    let exact = batch_records(node, group, batch, loads, to_load).and_then(|records| {
+        records
+            .iter()
+            .find(|record| record.timestamp >= target_ms)
+            .map(|record| (record.offset, record.timestamp))
+    });
+    Some(exact.unwrap_or((batch.base_offset, batch.max_timestamp_ms)))
 }
 
 /// The offset and timestamp of the record with the largest timestamp; its
@@ -2494,23 +2498,12 @@ fn max_timestamp(
     to_load: &mut BTreeSet<(GroupId, u64)>,
 ) -> Option<(i64, i64)> {
     let batch = log.batches().max_by_key(|batch| batch.max_timestamp_ms)?;
-    match fetch::batch_bytes(node, group, batch, Some(loads)) {
-        Some(stamped) => {
-            let mut bytes = Bytes::from(stamped);
-            if let Ok(set) = RecordBatchDecoder::decode(&mut bytes) {
-                if let Some(record) = set
-                    .records
-                    .iter()
-                    .rev()
-                    .max_by_key(|record| record.timestamp)
-                {
-                    return Some((record.offset, record.timestamp));
-                }
-            }
-        }
-        None => {
-            to_load.insert((group, batch.raft_index));
-        }
-    }
-    Some((batch.last_offset, batch.max_timestamp_ms))
+    let exact = batch_records(node, group, batch, loads, to_load).and_then(|records| {
+        records
+            .iter()
+            .rev()
+            .max_by_key(|record| record.timestamp)
+            .map(|record| (record.offset, record.timestamp))
+    });
+    Some(exact.unwrap_or((batch.last_offset, batch.max_timestamp_ms)))
 }

@@ -67,6 +67,14 @@ pub struct Loads {
 }
 
 impl Loads {
+    /// No reads yet; those asked are waited for until `deadline_ms`.
+    pub fn until(deadline_ms: u64) -> Loads {
+        Loads {
+            deadline_ms,
+            ..Loads::default()
+        }
+    }
+
     /// The node's answer to read `part` of `asked`.
     pub fn answered(&mut self, part: usize, result: Result<Vec<Entry>, ()>) {
         let (group, _) = self.asked[part];

@@ -207,6 +207,25 @@ impl Pair {
         }
     }
 
+    /// Both hosts serve their machines from the log from `index` on (§8.3).
+    fn set_log_needed_from(&mut self, index: Option<Index>) {
+        for node in self.nodes.values_mut() {
+            node.replica.set_log_needed_from(index);
+        }
+    }
+
+    /// The leader `from` starts a transfer to `to`, and the messages go.
+    fn transfer(&mut self, from: NodeId, to: NodeId) {
+        self.nodes
+            .get_mut(&from)
+            .unwrap()
+            .replica
+            .transfer_leader(to)
+            .expect("a voter");
+        self.drain(from);
+        self.deliver(None);
+    }
+
     fn leader(&self) -> NodeId {
         *self
             .nodes
@@ -464,27 +483,14 @@ fn a_replica_that_lacks_the_log_its_host_serves_does_not_lead_until_it_backfille
     let mut pair = lagging_follower(true);
     let leader = pair.leader();
     let follower = 3 - leader;
-    for id in [1, 2] {
-        pair.nodes
-            .get_mut(&id)
-            .unwrap()
-            .replica
-            .set_log_needed_from(Some(2));
-    }
+    pair.set_log_needed_from(Some(2));
     assert!(pair.nodes[&leader].replica.holds_needed_log());
     pair.tick(10 * ELECTION_TIMEOUT_MS, None);
     assert_eq!(pair.nodes[&follower].snapshots_installed, 1);
     assert!(!pair.nodes[&follower].replica.holds_needed_log());
     // Asked to take over, it declines: the transfer lapses.
     let term = pair.nodes[&leader].replica.term();
-    pair.nodes
-        .get_mut(&leader)
-        .unwrap()
-        .replica
-        .transfer_leader(follower)
-        .expect("a voter");
-    pair.drain(leader);
-    pair.deliver(None);
+    pair.transfer(leader, follower);
     pair.tick(3 * ELECTION_TIMEOUT_MS, None);
     assert_eq!(pair.leader(), leader);
     assert_eq!(pair.nodes[&follower].replica.term(), term);
@@ -511,14 +517,7 @@ fn a_replica_that_lacks_the_log_its_host_serves_does_not_lead_until_it_backfille
         follower_log.retained_first() >= 2 - 1,
         "it asks for nothing below what its host needs"
     );
-    pair.nodes
-        .get_mut(&leader)
-        .unwrap()
-        .replica
-        .transfer_leader(follower)
-        .expect("a voter");
-    pair.drain(leader);
-    pair.deliver(None);
+    pair.transfer(leader, follower);
     pair.tick(3 * ELECTION_TIMEOUT_MS, None);
     assert_eq!(pair.leader(), follower);
 }
@@ -532,13 +531,7 @@ fn a_leader_that_lost_part_of_the_log_its_host_serves_hands_off_and_backfills() 
     let leader = pair.leader();
     let follower = 3 - leader;
     pair.tick(10 * ELECTION_TIMEOUT_MS, None);
-    for id in [1, 2] {
-        pair.nodes
-            .get_mut(&id)
-            .unwrap()
-            .replica
-            .set_log_needed_from(Some(2));
-    }
+    pair.set_log_needed_from(Some(2));
     // The follower was caught up from the log and never installed the
     // snapshot: it holds everything. Now the leader loses entries below 6.
     assert!(pair.nodes[&follower].replica.holds_needed_log());

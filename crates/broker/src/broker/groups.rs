@@ -372,21 +372,15 @@ impl Broker {
         fallback: ResponseKind,
         now_ms: u64,
     ) -> u64 {
-        let id = self.next_id();
-        self.slot(connection, id);
-        self.pending.insert(
-            id,
-            Pending {
-                connection,
-                header,
-                api_key,
-                version,
-                deadline_ms: now_ms + GROUP_WAIT_MS_MAX,
-                outstanding: 0,
-                kind: PendingKind::Group { fallback },
-            },
-        );
-        id
+        self.park(Pending {
+            connection,
+            header,
+            api_key,
+            version,
+            deadline_ms: now_ms + GROUP_WAIT_MS_MAX,
+            outstanding: 0,
+            kind: PendingKind::Group { fallback },
+        })
     }
 
     fn answer_group_now(
