@@ -47,7 +47,9 @@ use runnel_core::metadata::{
     validate_topic_name, MetadataCommand, MetadataOutcome, MetadataState, Topic, METADATA_GROUP,
 };
 use runnel_core::offsets::OFFSETS_TOPIC;
-use runnel_core::partition::{PartitionCommand, ProduceCommand, ProduceOutcome};
+use runnel_core::partition::{
+    error_code as partition_error, PartitionCommand, ProduceCommand, ProduceOutcome,
+};
 use runnel_core::{
     Applied, ClientError, ClientOp, ClientReply, ClientRequest, ClientResponse, Env, Event,
     MachineLayout, Node, NodeConfig, Replies, Role,
@@ -1363,6 +1365,17 @@ impl Broker {
                         return match outcome {
                             ProduceOutcome::Duplicate { base_offset } => {
                                 Err((0, base_offset.to_string()))
+                            }
+                            ProduceOutcome::Refused { error_code }
+                                if error_code == partition_error::KAFKA_STORAGE_ERROR =>
+                            {
+                                Err((
+                                    error_code,
+                                    format!(
+                                        "the partition indexes its most batches ({}); retry once retention drops some",
+                                        runnel_core::partition::PARTITION_BATCHES_MAX
+                                    ),
+                                ))
                             }
                             ProduceOutcome::Refused { error_code } => {
                                 Err((error_code, "refused by the producer state".into()))
