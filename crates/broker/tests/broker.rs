@@ -730,3 +730,74 @@ fn list_offsets_by_time_reads_a_batch_on_disk_to_answer_the_exact_record() {
         (3, timestamp_ms + 20)
     );
 }
+
+/// docs/protocol.md §8.3: a restart restores the latest snapshot's machine,
+/// whose index names the batches it held then, and replays the log after
+/// it. So the node keeps the entries of batches retention dropped until a
+/// later snapshot no longer names them: after a crash, the partition holds
+/// every entry its index names.
+#[test]
+fn after_a_restart_the_log_holds_every_batch_the_snapshot_names() {
+    let mut config = single_node_config();
+    config.snapshot_interval_entries = 8;
+    config.segment_bytes_max = 256;
+    config.topic_defaults.retention_bytes = 1;
+    let disk = SimDisk::new(Rng::new(7), DiskFaults::default());
+    let mut harness = Harness::recover(disk, 0, config.clone());
+    harness.advance(1_000);
+    harness.create_topic("short", 1);
+    for value in 0..12u8 {
+        let response: ProduceResponse = harness.call(
+            1,
+            ApiKey::Produce,
+            9,
+            &produce_request("short", batch(&[&[value; 40]], None), -1),
+            50,
+        );
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+    }
+    // Retention (every second) drops all but the newest batch.
+    harness.advance(2_500);
+    let group = |harness: &Harness| {
+        harness
+            .broker
+            .node()
+            .machine(runnel_core::metadata::METADATA_GROUP)
+            .and_then(|machine| machine.metadata())
+            .and_then(|metadata| metadata.topic("short"))
+            .expect("the topic")
+            .partitions[0]
+            .group
+    };
+    let group_id = group(&harness);
+    let log_start = |harness: &Harness| {
+        harness
+            .broker
+            .node()
+            .machine(group_id)
+            .and_then(|machine| machine.partition())
+            .map(|log| log.log_start_offset())
+    };
+    assert_eq!(log_start(&harness), Some(12), "retention ran");
+    let Harness {
+        mut disk, clock, ..
+    } = harness;
+    disk.crash();
+    let mut harness = Harness::recover(disk, clock.now_ms, config);
+    harness.advance(10);
+    assert_eq!(
+        harness.broker.node().holds_needed_log(group_id),
+        Some(true),
+        "{:?}",
+        harness.broker.node().backfill_status(group_id)
+    );
+    harness.advance(1_000);
+    let response: FetchResponse =
+        harness.call(1, ApiKey::Fetch, 12, &fetch_request("short", 12, 0), 100);
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(
+        records_of(partition.records.as_ref().expect("records")),
+        vec![(12, vec![11; 40])]
+    );
+}

@@ -152,6 +152,11 @@ struct Group {
     /// snapshot was last bounded (`discard_retained`): only a new snapshot
     /// or new applied entries can change what should be discarded.
     retained_checked_at: (Index, Index),
+    /// §8.3: the lowest index the machine in the latest snapshot names (a
+    /// partition's oldest batch then; `Index::MAX` when it names none). A
+    /// restart restores that machine and replays the log after it, so
+    /// nothing from here on is discarded before a later snapshot.
+    snapshot_log_needed: Index,
 }
 
 /// What a group retains below its snapshot, as `Node::retained_now` found it.
@@ -185,6 +190,16 @@ enum LogReadPurpose {
         client: crate::api::ClientId,
         request_id: u64,
     },
+}
+
+/// §8.3: the lowest log index `machine` serves from the log: a partition's
+/// oldest batch; `Index::MAX` when it names none (other machines serve from
+/// memory).
+fn log_needed_of(machine: &Machine) -> Index {
+    match machine {
+        Machine::Partition(log) => log.lowest_raft_index_needed().unwrap_or(Index::MAX),
+        _ => Index::MAX,
+    }
 }
 
 /// §8.1: whether `group` keeps its log below the snapshot for lagging
@@ -901,6 +916,7 @@ impl Node {
                 reads: BTreeMap::new(),
                 applied_bytes_since_snapshot: 0,
                 retained_checked_at: (0, 0),
+                snapshot_log_needed: 0,
             },
         );
     }
@@ -993,6 +1009,7 @@ impl Node {
                 reads: BTreeMap::new(),
                 applied_bytes_since_snapshot: 0,
                 retained_checked_at: (0, 0),
+                snapshot_log_needed: 0,
             },
         );
     }
@@ -1208,7 +1225,7 @@ impl Node {
     fn note_log_needed(&mut self, group_id: GroupId) {
         let group = self.groups.get_mut(&group_id).expect("group exists");
         let needed = match &group.machine {
-            Machine::Partition(log) => Some(log.lowest_raft_index_needed().unwrap_or(Index::MAX)),
+            Machine::Partition(_) => Some(log_needed_of(&group.machine)),
             _ => None,
         };
         group.replica.set_log_needed_from(needed);
@@ -1281,6 +1298,7 @@ impl Node {
         let group = self.groups.get_mut(&group_id).expect("group exists");
         if let Some(snapshot) = ready.apply_snapshot {
             group.machine = Machine::decode(machines, group_id, &snapshot.data);
+            group.snapshot_log_needed = log_needed_of(&group.machine);
             group.applied_bytes_since_snapshot = 0;
             // Requests whose entries the snapshot covers cannot be matched to
             // an outcome any more.
@@ -1503,9 +1521,8 @@ impl Node {
         // serves from its machine; what it retains is for lagging
         // followers only, bounded by bytes.
         let below = match &group.machine {
-            Machine::Partition(log) => log
-                .lowest_raft_index_needed()
-                .unwrap_or(Index::MAX)
+            Machine::Partition(_) => log_needed_of(&group.machine)
+                .min(group.snapshot_log_needed)
                 .min(snapshot_index + 1),
             _ => group
                 .store
@@ -1584,6 +1601,7 @@ impl Node {
             meta: group.replica.snapshot_meta_at_applied(),
             data: group.machine.encode(),
         };
+        group.snapshot_log_needed = log_needed_of(&group.machine);
         let ops = group.store.save_snapshot(&snapshot);
         group.replica.snapshot_taken(snapshot);
         for op in ops {
