@@ -1845,7 +1845,8 @@ impl Simulation {
             // any node that holds its entry (log matching makes them the
             // same); a batch no node holds is lost.
             let mut held: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-            let mut longest: Option<(i64, Vec<(i64, u64)>)> = None;
+            // The longest machine's high watermark and its batches' entries.
+            let mut longest: Option<(i64, Vec<u64>)> = None;
             let mut lacking = Vec::new();
             for sim_node in &mut self.nodes {
                 let SimNode { id, node, disk, .. } = sim_node;
@@ -1867,13 +1868,11 @@ impl Simulation {
                         None => missing += 1,
                     }
                 }
-                let leads = core
-                    .summary(group)
-                    .is_some_and(|view| view.role == runnel_core::Role::Leader);
+                let role = core.summary(group).map(|view| view.role);
+                let leads = role == Some(runnel_core::Role::Leader);
                 // Damage at rest that no read found yet is not known to the
                 // leader; what it knows it lacks, it must hand off.
                 let knows_it_lacks = core.holds_needed_log(group) == Some(false);
-
                 if knows_it_lacks && leads && self.phase == Phase::Done {
                     leader_lacking.push(format!(
                         "{}-{}: its leader n{id} knows it lacks part of the log it serves ({missing} batches)",
@@ -1882,19 +1881,15 @@ impl Simulation {
                 }
                 if missing > 0 {
                     lacking.push(format!(
-                        "n{id} lacks {missing} (snapshot {:?}, role {:?})",
+                        "n{id} lacks {missing} (snapshot {:?}, role {role:?})",
                         core.snapshot_index(group),
-                        core.summary(group).map(|view| view.role)
                     ));
                 }
                 if longest
                     .as_ref()
                     .is_none_or(|(hw, _)| log.high_watermark() > *hw)
                 {
-                    let index = log
-                        .batches()
-                        .map(|batch| (batch.base_offset, batch.raft_index))
-                        .collect();
+                    let index = log.batches().map(|batch| batch.raft_index).collect();
                     longest = Some((log.high_watermark(), index));
                 }
             }
@@ -1903,7 +1898,7 @@ impl Simulation {
             };
             let batches: Option<Vec<&Vec<u8>>> = index
                 .iter()
-                .map(|(_, raft_index)| held.get(raft_index))
+                .map(|raft_index| held.get(raft_index))
                 .collect();
             match batches {
                 Some(batches) => {

@@ -9,9 +9,9 @@ use kafka_protocol::messages::fetch_response::{
     FetchResponse, FetchableTopicResponse, PartitionData,
 };
 use kafka_protocol::messages::TopicName;
-use runnel_consensus::{Entry, Index, Payload};
+use runnel_consensus::{Entry, Index};
 use runnel_core::metadata::MetadataState;
-use runnel_core::partition::{stamped_batch, StoredBatch};
+use runnel_core::partition::{served_bytes, StoredBatch};
 use runnel_core::Node;
 use runnel_io::GroupId;
 use uuid::Uuid;
@@ -143,19 +143,10 @@ pub fn batch_bytes(
     batch: &StoredBatch,
     loads: Option<&Loads>,
 ) -> Option<Vec<u8>> {
-    if let Some(bytes) = &batch.carried_bytes {
-        return Some(bytes.to_vec());
-    }
     let entry = node
         .log_entry(group, batch.raft_index)
-        .or_else(|| loads?.entry(group, batch.raft_index))?;
-    let Payload::Data(data) = &entry.payload else {
-        panic!(
-            "group {group}: the entry {} of an indexed batch holds no data",
-            entry.index
-        );
-    };
-    Some(stamped_batch(batch, entry.index, entry.term, data))
+        .or_else(|| loads?.entry(group, batch.raft_index));
+    served_bytes(batch, entry)
 }
 
 /// What a fetch would return now.
@@ -175,6 +166,13 @@ pub struct FetchResult {
     pub to_load: BTreeSet<(GroupId, Index)>,
 }
 
+/// The most bytes `request`'s answer carries.
+pub fn response_bytes_max(request: &FetchRequest) -> usize {
+    usize::try_from(request.max_bytes.max(0))
+        .unwrap_or(0)
+        .min(FETCH_RESPONSE_BYTES_MAX)
+}
+
 /// Builds the response to `request` from the node's partitions as they are
 /// now. Only the leader of a partition serves it, and only committed
 /// batches exist in a partition's machine, so nothing uncommitted is ever
@@ -192,13 +190,6 @@ pub struct FetchResult {
 ///
 /// Batches are read from the replica's log (docs/protocol.md §8.3): those
 /// after its snapshot from memory, the others from disk, through `loads`.
-/// The most bytes `request`'s answer carries.
-pub fn response_bytes_max(request: &FetchRequest) -> usize {
-    usize::try_from(request.max_bytes.max(0))
-        .unwrap_or(0)
-        .min(FETCH_RESPONSE_BYTES_MAX)
-}
-
 pub fn evaluate(
     request: &FetchRequest,
     version: i16,
@@ -265,7 +256,6 @@ pub fn evaluate(
                                     }
                                 }
                             } else {
-                                let mut return_storage_error = false;
                                 let partition_max =
                                     usize::try_from(partition.partition_max_bytes.max(0))
                                         .unwrap_or(0);
@@ -300,11 +290,10 @@ pub fn evaluate(
                                     }
                                 }
                                 bytes += records.len();
+                                // A read found nothing where this batch was:
+                                // the node no longer holds it or found it
+                                // damaged, and never serves damage.
                                 if records.is_empty() && loads.missing.contains(&placement.group) {
-                                    data.records = Some(Bytes::new());
-                                    return_storage_error = true;
-                                }
-                                if return_storage_error {
                                     Some(error_code::KAFKA_STORAGE_ERROR)
                                 } else {
                                     data.records = Some(records.freeze());

@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
     FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use runnel_broker::BrokerEvent;
+use runnel_broker::{BrokerConfig, BrokerEvent};
 use runnel_io::Rng;
 use runnel_kafka::batch::build_uncompressed;
 use runnel_sim::disk::{DiskFaults, SimDisk};
@@ -21,13 +21,22 @@ use support::{decode, single_node_config, Harness};
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_config(single_node_config())
+    }
+
+    /// A node on a fresh disk with `config`, given a second to elect itself.
+    fn with_config(config: BrokerConfig) -> Harness {
         let disk = SimDisk::new(Rng::new(7), DiskFaults::default());
-        Harness::start(disk, 0)
+        Harness::start_with(disk, 0, config)
     }
 
     /// A node recovered from `disk`, given a second to elect itself.
     fn start(disk: SimDisk, now_ms: u64) -> Harness {
-        let mut harness = Harness::recover(disk, now_ms, single_node_config());
+        Harness::start_with(disk, now_ms, single_node_config())
+    }
+
+    fn start_with(disk: SimDisk, now_ms: u64, config: BrokerConfig) -> Harness {
+        let mut harness = Harness::recover(disk, now_ms, config);
         harness.advance(1_000);
         harness
     }
@@ -577,9 +586,7 @@ fn records_of(records: &Bytes) -> Vec<(i64, Vec<u8>)> {
 fn batches_below_the_snapshot_are_read_back_from_the_log_on_disk() {
     let mut config = single_node_config();
     config.snapshot_interval_entries = 4;
-    let disk = SimDisk::new(Rng::new(7), DiskFaults::default());
-    let mut harness = Harness::recover(disk, 0, config.clone());
-    harness.advance(1_000);
+    let mut harness = Harness::with_config(config.clone());
     harness.create_topic("cold", 1);
     let early: FetchResponse = harness.call(1, ApiKey::Fetch, 12, &fetch_request("cold", 0, 0), 50);
     let early = early.responses[0].partitions[0]
@@ -630,8 +637,7 @@ fn batches_below_the_snapshot_are_read_back_from_the_log_on_disk() {
         mut disk, clock, ..
     } = harness;
     disk.crash();
-    let mut harness = Harness::recover(disk, clock.now_ms, config);
-    harness.advance(1_000);
+    let mut harness = Harness::start_with(disk, clock.now_ms, config);
     let again: FetchResponse =
         harness.call(1, ApiKey::Fetch, 12, &fetch_request("cold", 0, 0), 100);
     let again = again.responses[0].partitions[0]
@@ -689,9 +695,7 @@ fn list_offsets_by_time_reads_a_batch_on_disk_to_answer_the_exact_record() {
     use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
     let mut config = single_node_config();
     config.snapshot_interval_entries = 4;
-    let disk = SimDisk::new(Rng::new(7), DiskFaults::default());
-    let mut harness = Harness::recover(disk, 0, config);
-    harness.advance(1_000);
+    let mut harness = Harness::with_config(config);
     harness.create_topic("times", 1);
     let timestamp_ms = 1_900_000_000_000;
     let values: [&'static [u8]; 4] = [b"w", b"x", b"y", b"z"];
@@ -742,9 +746,7 @@ fn after_a_restart_the_log_holds_every_batch_the_snapshot_names() {
     config.snapshot_interval_entries = 8;
     config.segment_bytes_max = 256;
     config.topic_defaults.retention_bytes = 1;
-    let disk = SimDisk::new(Rng::new(7), DiskFaults::default());
-    let mut harness = Harness::recover(disk, 0, config.clone());
-    harness.advance(1_000);
+    let mut harness = Harness::with_config(config.clone());
     harness.create_topic("short", 1);
     for value in 0..12u8 {
         let response: ProduceResponse = harness.call(

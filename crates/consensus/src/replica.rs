@@ -639,7 +639,7 @@ impl Replica {
                 }
             }
         }
-        if self.transfer.is_none() && !self.holds_needed_log() && self.config.voters.len() > 1 {
+        if self.transfer.is_none() && self.lacks_log_a_peer_may_hold() {
             // §8.3: a leader that lost part of the log its host serves
             // (damage found by a read) hands off to a voter that holds it,
             // trying each in turn until one takes over.
@@ -782,7 +782,7 @@ impl Replica {
         // that hold it may all be behind, and lose every election to the
         // longer logs of those that do not: one of those then leads,
         // catches a holder up and hands off to it).
-        if !self.holds_needed_log() && self.config.voters.len() > 1 && !self.leaderless_long() {
+        if self.lacks_log_a_peer_may_hold() && !self.leaderless_long() {
             return false;
         }
         let id = self.id();
@@ -950,7 +950,7 @@ impl Replica {
                 // not while repairing: the leader's match for us may predate
                 // our loss, and our log may lack entries it counted us for.
                 if self.config.voters.contains(&self.id()) && !self.is_repairing() {
-                    if !self.holds_needed_log() && self.config.voters.len() > 1 {
+                    if self.lacks_log_a_peer_may_hold() {
                         // §8.3: it could not serve what its machine names.
                         return;
                     }
@@ -958,6 +958,12 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// §8.3: this replica lacks part of the log its host serves and is not
+    /// the only voter, so another may hold it and lead instead.
+    fn lacks_log_a_peer_may_hold(&self) -> bool {
+        !self.holds_needed_log() && self.config.voters.len() > 1
     }
 
     /// §8.3: no leader was heard for `LACKING_CAMPAIGN_TIMEOUTS` election
@@ -2154,15 +2160,12 @@ impl Replica {
             return None;
         }
         let id = self.id();
-        let others = self
+        let mut voters: Vec<NodeId> = self
             .config
             .voters
             .iter()
             .copied()
-            .filter(|voter| *voter != id);
-        let mut voters: Vec<NodeId> = others
-            .clone()
-            .filter(|voter| self.may_take_over(*voter))
+            .filter(|voter| *voter != id && self.may_take_over(*voter))
             .collect();
         if voters.is_empty() {
             // Every one lapsed lately (they lack the log too, or were not

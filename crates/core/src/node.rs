@@ -192,6 +192,15 @@ enum LogReadPurpose {
     },
 }
 
+/// How many of the reads of retained entries in flight are for a purpose
+/// `is` accepts (each purpose has its own bound beside the shared one).
+fn log_reads_for(
+    reads: &BTreeMap<u64, LogReadInFlight>,
+    is: impl Fn(&LogReadPurpose) -> bool,
+) -> usize {
+    reads.values().filter(|read| is(&read.purpose)).count()
+}
+
 /// §8.3: the lowest log index `machine` serves from the log: a partition's
 /// oldest batch; `Index::MAX` when it names none (other machines serve from
 /// memory).
@@ -493,8 +502,6 @@ impl Node {
         self.groups.keys().copied().collect()
     }
 
-    /// A view of one replica including its in-memory log entries with their
-    /// hashes; `summary` is the cheaper form without entries.
     /// §8.1, §8.2: what `group` retains below its snapshot, read from
     /// `disk` at once (`GroupStore::read_retained_now`), with the first
     /// index the store and the replica each say is retained (they must
@@ -513,6 +520,8 @@ impl Node {
         })
     }
 
+    /// A view of one replica including its in-memory log entries with their
+    /// hashes; `summary` is the cheaper form without entries.
     pub fn view(&self, group: GroupId) -> Option<GroupView> {
         let mut view = self.summary(group)?;
         view.entries = self.entries_after(group, 0);
@@ -601,23 +610,12 @@ impl Node {
             .map(|entry| (entry.index, entry))
             .collect();
         let batches = log.batches().map(|batch| {
-            if let Some(bytes) = &batch.carried_bytes {
-                return Some(bytes.to_vec());
-            }
             let entry = state
                 .replica
                 .log()
                 .entry(batch.raft_index)
-                .or_else(|| retained.get(&batch.raft_index))?;
-            match &entry.payload {
-                Payload::Data(data) => Some(crate::partition::stamped_batch(
-                    batch,
-                    entry.index,
-                    entry.term,
-                    data,
-                )),
-                _ => None,
-            }
+                .or_else(|| retained.get(&batch.raft_index));
+            crate::partition::served_bytes(batch, entry)
         });
         Some(batches.collect())
     }
@@ -1125,12 +1123,9 @@ impl Node {
                 }
             }
             ClientOp::ReadLog { from } => {
-                let busy = self
-                    .log_reads
-                    .values()
-                    .filter(|read| matches!(read.purpose, LogReadPurpose::Client { .. }))
-                    .count()
-                    >= CLIENT_LOG_READS_IN_FLIGHT_MAX;
+                let busy = log_reads_for(&self.log_reads, |purpose| {
+                    matches!(purpose, LogReadPurpose::Client { .. })
+                }) >= CLIENT_LOG_READS_IN_FLIGHT_MAX;
                 if busy {
                     return reply(
                         env,
@@ -1359,11 +1354,9 @@ impl Node {
         below: Index,
         env: &mut Env<'_>,
     ) {
-        let backfills = self
-            .log_reads
-            .values()
-            .filter(|read| matches!(read.purpose, LogReadPurpose::Backfill { .. }))
-            .count();
+        let backfills = log_reads_for(&self.log_reads, |purpose| {
+            matches!(purpose, LogReadPurpose::Backfill { .. })
+        });
         let room = self.log_reads.len() < LOG_READS_IN_FLIGHT_MAX
             && backfills < BACKFILL_READS_IN_FLIGHT_MAX;
         let group = self.groups.get_mut(&group_id).expect("group exists");

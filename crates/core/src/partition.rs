@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use runnel_consensus::{Entry, Payload};
 use runnel_kafka::batch::{self, BatchHeader};
 
 /// Kafka error codes a partition answers with.
@@ -237,6 +238,24 @@ pub fn stamped_batch(batch: &StoredBatch, index: u64, term: u64, data: &[u8]) ->
     bytes
 }
 
+/// §8.3: the bytes of `batch` as served: those it carries from an old
+/// snapshot, or else its log entry `entry` stamped again (`stamped_batch`);
+/// `None` when it carries none and the entry is not at hand. An entry that
+/// holds no data is not a batch's: a programmer error, asserted.
+pub fn served_bytes(batch: &StoredBatch, entry: Option<&Entry>) -> Option<Vec<u8>> {
+    if let Some(bytes) = &batch.carried_bytes {
+        return Some(bytes.to_vec());
+    }
+    let entry = entry?;
+    let Payload::Data(data) = &entry.payload else {
+        panic!(
+            "the entry {} of an indexed batch holds no data",
+            entry.index
+        );
+    };
+    Some(stamped_batch(batch, entry.index, entry.term, data))
+}
+
 impl PartitionLog {
     /// The first offset still in the log.
     pub fn log_start_offset(&self) -> i64 {
@@ -251,11 +270,6 @@ impl PartitionLog {
 
     pub fn retained_bytes(&self) -> u64 {
         self.retained_bytes
-    }
-
-    /// How many batches the partition indexes.
-    pub fn batch_count(&self) -> usize {
-        self.batches.len()
     }
 
     /// Whether the index is full (`PARTITION_BATCHES_MAX`): a produce is

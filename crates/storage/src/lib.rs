@@ -1265,10 +1265,16 @@ impl GroupStore {
         self.options.retain_below_snapshot
             && self.snapshot_index > 0
             && self.retained_first > 1
-            && self
-                .segments
-                .first()
-                .is_none_or(|first| first.name == first.base && first.base == self.retained_first)
+            && !self.oldest_segment_cut()
+    }
+
+    /// Whether the oldest segment file holds frames below `retained_first()`
+    /// that the store no longer tracks (a discard, or damage found at
+    /// recovery, cut into it): nothing can be prepended below it then.
+    fn oldest_segment_cut(&self) -> bool {
+        self.segments
+            .first()
+            .is_some_and(|first| first.name != first.base || first.base != self.retained_first)
     }
 
     /// §8.3: when a discard (or damage found at recovery) cut into the
@@ -1280,8 +1286,7 @@ impl GroupStore {
     /// segment is not cut, or is the last one, or the next one starts above
     /// the snapshot point + 1 (a later snapshot may cover it).
     pub fn whole_segment_floor(&self) -> Option<Index> {
-        let first = self.segments.first()?;
-        if first.name == first.base && first.base == self.retained_first {
+        if !self.oldest_segment_cut() {
             return None;
         }
         let second = self.segments.get(1)?;
@@ -1331,9 +1336,10 @@ impl GroupStore {
     /// `backfill.tmp`, which recovery deletes.
     ///
     /// Panics (programmer error) unless `can_prepend(entries)`:
-    /// `can_prepend_retained()`, and the entries are non-empty, contiguous, end at `retained_first() - 1`,
-    /// have non-decreasing terms, fit in one segment, and the last has the
-    /// snapshot's term when it is at the snapshot index. Checking terms
+    /// `can_prepend_retained()`, and the entries are non-empty, contiguous,
+    /// end at `retained_first() - 1`, have non-decreasing terms, fit in one
+    /// segment, and the last has the snapshot's term when it is at the
+    /// snapshot index. Checking terms
     /// against the retained log's is the caller's: the store does not keep
     /// terms below the snapshot.
     pub fn prepend_retained(&mut self, entries: &[Entry]) -> Vec<DiskOp> {
