@@ -193,3 +193,29 @@ fn a_rejoining_replica_hears_from_a_voter_kept_dormant_on_a_removed_node() {
         );
     }
 }
+
+/// docs/protocol.md §7.4, §8.3: two seeds that lost committed or
+/// acknowledged data in this session's first version.
+/// - 670052: a partition's replica on a node removed from the group was
+///   deleted and created again, empty; once it had heard from the leader it
+///   voted (the rule was "term above 0"), and a stale replica of the old
+///   membership won an election with its vote and overwrote committed
+///   entries. An empty replica that knows no membership now never votes.
+/// - 670320: a replica lacking its partition's log was allowed to campaign
+///   after five leaderless election timeouts; as leader its snapshots
+///   replaced the logs of the followers that held what it lacked, and
+///   acknowledged records were gone. Such a replica now never leads.
+///
+/// Which seeds reach these cases drifts as the code changes.
+#[test]
+fn seeds_that_lost_data_in_review_pass() {
+    for seed in [670_052, 670_320] {
+        let outcome = run(FaultPlan::from_seed(seed), seed);
+        let problems: Vec<String> = outcome.violations.iter().map(|v| v.to_string()).collect();
+        assert!(
+            outcome.passed(),
+            "seed {seed} failed:\n{}",
+            problems.join("\n")
+        );
+    }
+}

@@ -13,8 +13,8 @@ pub mod types;
 
 pub use message::{Body, Message};
 pub use replica::{
-    BackfillRead, LogRead, Options, ProposeError, Ready, Replica, Role, LACKING_CAMPAIGN_TIMEOUTS,
-    READS_PENDING_MAX, TRANSFER_LAPSE_HOLD_TIMEOUTS,
+    BackfillRead, LogRead, Options, ProposeError, Ready, Replica, Role, READS_PENDING_MAX,
+    TRANSFER_LAPSE_HOLD_TIMEOUTS,
 };
 pub use types::{
     Config, Entry, HardState, Index, Payload, Snapshot, SnapshotMeta, Term, REPAIR_INDEX_UNKNOWN,

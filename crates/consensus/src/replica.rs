@@ -124,10 +124,6 @@ struct PendingRead {
     round: u64,
 }
 
-/// §8.3: a replica that lacks the log its host serves campaigns only after
-/// this many election timeouts without a leader.
-pub const LACKING_CAMPAIGN_TIMEOUTS: u64 = 5;
-
 /// §9: a voter whose transfer lapsed is passed over as a successor for this
 /// many election timeouts (`Replica::may_take_over`).
 pub const TRANSFER_LAPSE_HOLD_TIMEOUTS: u64 = 10;
@@ -332,9 +328,6 @@ pub struct Replica {
     log_needed_from: Option<Index>,
     /// §8.3: hand-offs tried by this replica (`hand_off_leadership`).
     hand_off_attempts: u64,
-    /// When the replica was created (or recovered): with `leader_contact_ms`,
-    /// how long it has gone without a leader (`leaderless_long`).
-    started_ms: u64,
     // Outputs not yet taken.
     hard_state_dirty: bool,
     unstable_from: Option<Index>,
@@ -442,7 +435,6 @@ impl Replica {
             backfill_out: Vec::new(),
             log_needed_from: None,
             hand_off_attempts: 0,
-            started_ms: now_ms,
         };
         replica.was_member = replica.config.contains(replica.id());
         replica.reset_election_deadline();
@@ -778,11 +770,10 @@ impl Replica {
         }
         // §8.3: a leader serves its machine's data from its log; one that
         // lacks part of it waits for a voter that holds it, unless there is
-        // none but itself, or no leader came for a long while (the voters
-        // that hold it may all be behind, and lose every election to the
-        // longer logs of those that do not: one of those then leads,
-        // catches a holder up and hands off to it).
-        if self.lacks_log_a_peer_may_hold() && !self.leaderless_long() {
+        // none but itself. It must not lead even when no leader comes: its
+        // snapshots would replace the logs of followers that hold what it
+        // lacks, and the data would be lost everywhere (sim seed 670320).
+        if self.lacks_log_a_peer_may_hold() {
             return false;
         }
         let id = self.id();
@@ -814,22 +805,19 @@ impl Replica {
         // §7.4: a campaign (or a term query) from a node our committed
         // membership does not list comes from a replica left behind when a
         // change removed it. A replica that knows no membership yet (one
-        // joining empty) can tell nothing. It votes only once it has heard
-        // from a leader of the group, which its term above 0 records
-        // (durably, after a restart): before that it may be a replica
-        // created again whose deleted vote record went to a stale
-        // candidate. After it, it may have lost its copies of the config
-        // entries that made it a voter (a crash before they were synced),
-        // and its vote is what the group needs to elect anyone (§7.4).
+        // joining empty) can tell nothing, and does not vote: it may be a
+        // replica deleted and created again, whose lost log showed that a
+        // later membership removed it, and a stale candidate of the old
+        // membership would win with its vote (sim seed 670052). Having heard
+        // from a leader does not change that. A learner is promoted only
+        // once it acknowledged (durably) the membership that lists it
+        // (§7.2), so a promoted voter always knows a membership.
         let knows_membership = !self.config.voters.is_empty();
-        let heard_from_leader = self.term > 0;
         let sender_removed = knows_membership
             && !self.config.contains(message.from)
             && self.config_index <= self.commit;
         match message.body {
-            Body::PreVote { .. } | Body::Vote { .. } if !knows_membership && !heard_from_leader => {
-                return
-            }
+            Body::PreVote { .. } | Body::Vote { .. } if !knows_membership => return,
             Body::PreVote { .. } | Body::Vote { .. } | Body::TermQuery if sender_removed => {
                 // The campaign or query is handled as usual besides: our
                 // committed config may be older than the sender's (we lag),
@@ -964,13 +952,6 @@ impl Replica {
     /// the only voter, so another may hold it and lead instead.
     fn lacks_log_a_peer_may_hold(&self) -> bool {
         !self.holds_needed_log() && self.config.voters.len() > 1
-    }
-
-    /// §8.3: no leader was heard for `LACKING_CAMPAIGN_TIMEOUTS` election
-    /// timeouts (since the replica started, if never).
-    fn leaderless_long(&self) -> bool {
-        let since_ms = self.leader_contact_ms.unwrap_or(self.started_ms);
-        self.now_ms >= since_ms + LACKING_CAMPAIGN_TIMEOUTS * self.options.election_timeout_ms
     }
 
     fn in_leader_lease(&self) -> bool {

@@ -501,8 +501,9 @@ fn regression_no_lost_tail_while_a_smaller_config_is_in_flight() {
 /// promotes it; node 4 crashes before its copies of both config entries are
 /// durable. Node 1 now needs node 4's vote under its uncommitted two-voter
 /// config. Node 4 knew no membership again and so granted none, and no
-/// entry committed after the faults stopped. A replica that heard from a
-/// leader (its durable term is above 0) now votes (docs/protocol.md §7.4).
+/// entry committed after the faults stopped. A learner is now promoted
+/// only once it acknowledged the membership that lists it, durably, so it
+/// knows a membership after the crash and votes (docs/protocol.md §7.2).
 #[test]
 fn regression_a_promoted_learner_that_crashed_lets_the_group_commit_again() {
     run(
