@@ -1844,9 +1844,11 @@ impl Simulation {
             // machine is read back as it would be served, each batch from
             // any node that holds its entry (log matching makes them the
             // same); a batch no node holds is lost.
-            let mut held: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-            // The longest machine's high watermark and its batches' entries.
-            let mut longest: Option<(i64, Vec<u64>)> = None;
+            // Keyed by each part's raft index range: every replica seals
+            // the same chunks, since sealing is decided at apply.
+            let mut held: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+            // The longest machine's high watermark and its parts' entries.
+            let mut longest: Option<(i64, Vec<(u64, u64)>)> = None;
             let mut lacking = Vec::new();
             for sim_node in &mut self.nodes {
                 let SimNode { id, node, disk, .. } = sim_node;
@@ -1860,10 +1862,10 @@ impl Simulation {
                     continue;
                 };
                 let mut missing = 0;
-                for (batch, bytes) in log.batches().zip(batches) {
+                for (part, bytes) in log.parts().zip(batches) {
                     match bytes {
                         Some(bytes) => {
-                            held.entry(batch.raft_index).or_insert(bytes);
+                            held.entry(part_range(&part)).or_insert(bytes);
                         }
                         None => missing += 1,
                     }
@@ -1875,13 +1877,13 @@ impl Simulation {
                 let knows_it_lacks = core.holds_needed_log(group) == Some(false);
                 if knows_it_lacks && leads && self.phase == Phase::Done {
                     leader_lacking.push(format!(
-                        "{}-{}: its leader n{id} knows it lacks part of the log it serves ({missing} batches)",
+                        "{}-{}: its leader n{id} knows it lacks part of the log it serves ({missing} parts of its index)",
                         key.0, key.1
                     ));
                 }
                 if missing > 0 {
                     lacking.push(format!(
-                        "n{id} lacks {missing} (snapshot {:?}, role {role:?})",
+                        "n{id} lacks {missing} parts (snapshot {:?}, role {role:?})",
                         core.snapshot_index(group),
                     ));
                 }
@@ -1889,20 +1891,19 @@ impl Simulation {
                     .as_ref()
                     .is_none_or(|(hw, _)| log.high_watermark() > *hw)
                 {
-                    let index = log.batches().map(|batch| batch.raft_index).collect();
+                    let index = log.parts().map(|part| part_range(&part)).collect();
                     longest = Some((log.high_watermark(), index));
                 }
             }
             let Some((high_watermark, index)) = longest else {
                 continue;
             };
-            let batches: Option<Vec<&Vec<u8>>> = index
-                .iter()
-                .map(|raft_index| held.get(raft_index))
-                .collect();
-            match batches {
-                Some(batches) => {
-                    logs.insert(key, log_values(batches.into_iter().map(Vec::as_slice)));
+            let parts: Option<Vec<&Vec<Vec<u8>>>> =
+                index.iter().map(|range| held.get(range)).collect();
+            match parts {
+                Some(parts) => {
+                    let batches = parts.into_iter().flatten().map(Vec::as_slice);
+                    logs.insert(key, log_values(batches));
                 }
                 None => unserved.push(format!(
                     "{}-{}: no node holds every batch of the longest log (high watermark {high_watermark}): {}",
@@ -2203,4 +2204,9 @@ fn newest_segments(disk: &mut SimDisk, count: usize) -> Vec<String> {
         newest.extend(segments.into_iter().skip(keep));
     }
     newest
+}
+
+/// The raft index range of a part of a partition's index.
+fn part_range(part: &runnel_core::partition::Part<'_>) -> (u64, u64) {
+    (part.first_raft_index(), part.last_raft_index())
 }

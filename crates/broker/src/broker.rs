@@ -48,7 +48,8 @@ use runnel_core::metadata::{
 };
 use runnel_core::offsets::OFFSETS_TOPIC;
 use runnel_core::partition::{
-    error_code as partition_error, PartitionCommand, ProduceCommand, ProduceOutcome,
+    error_code as partition_error, Located, Part, PartitionCommand, ProduceCommand, ProduceOutcome,
+    StoredBatch,
 };
 use runnel_core::{
     Applied, ClientError, ClientOp, ClientReply, ClientRequest, ClientResponse, Env, Event,
@@ -1372,8 +1373,8 @@ impl Broker {
                                 Err((
                                     error_code,
                                     format!(
-                                        "the partition indexes its most batches ({}); retry once retention drops some",
-                                        runnel_core::partition::PARTITION_BATCHES_MAX
+                                        "the partition's index is full ({} bytes); retry once retention drops some",
+                                        runnel_core::partition::INDEX_SNAPSHOT_BYTES_MAX
                                     ),
                                 ))
                             }
@@ -2461,7 +2462,7 @@ fn encode(
 fn batch_records(
     node: &Node,
     group: GroupId,
-    batch: &runnel_core::partition::StoredBatch,
+    batch: &StoredBatch,
     loads: &fetch::Loads,
     to_load: &mut BTreeSet<(GroupId, u64)>,
 ) -> Option<Vec<kafka_protocol::records::Record>> {
@@ -2475,14 +2476,31 @@ fn batch_records(
         .map(|set| set.records)
 }
 
+/// The batch `located` found, if its bytes are at hand; a batch on disk,
+/// or a chunk whose entries are, is named in `to_load` (§8.3).
+fn located_batch<'a>(
+    group: GroupId,
+    located: Located<'a>,
+    to_load: &mut BTreeSet<(GroupId, u64)>,
+) -> Result<std::borrow::Cow<'a, StoredBatch>, Part<'a>> {
+    match located {
+        Located::Batch(batch) => Ok(batch),
+        Located::Unloaded { load_from, part } => {
+            to_load.insert((group, load_from));
+            Err(part)
+        }
+    }
+}
+
 /// The offset and timestamp of the first record at or after `target_ms`.
 ///
 /// The partition's index finds the first batch whose max timestamp is at or
 /// after it, and that batch's records the exact record. A batch on disk and
 /// not in `loads` is named in `to_load`, and the answer meanwhile is the
-/// batch's first offset, which is never after the exact one (it is what is
-/// sent if the read cannot be done: a consumer that seeks there rereads a
-/// few records but skips none).
+/// first offset of the batch (or of the chunk of the index holding it),
+/// which is never after the exact one (it is what is sent if the read
+/// cannot be done: a consumer that seeks there rereads a few records but
+/// skips none).
 fn offset_for_time(
     node: &Node,
     group: GroupId,
@@ -2491,8 +2509,14 @@ fn offset_for_time(
     loads: &fetch::Loads,
     to_load: &mut BTreeSet<(GroupId, u64)>,
 ) -> Option<(i64, i64)> {
-    let batch = log.batch_at_time(target_ms)?;
-    let exact = batch_records(node, group, batch, loads, to_load).and_then(|records| {
+    let located = log.batch_at_time(target_ms, |index| {
+        fetch::entry_at(node, group, index, Some(loads))
+    })?;
+    let batch = match located_batch(group, located, to_load) {
+        Ok(batch) => batch,
+        Err(part) => return Some((part.base_offset(), part.max_timestamp_ms())),
+    };
+    let exact = batch_records(node, group, &batch, loads, to_load).and_then(|records| {
         records
             .iter()
             .find(|record| record.timestamp >= target_ms)
@@ -2502,7 +2526,8 @@ fn offset_for_time(
 }
 
 /// The offset and timestamp of the record with the largest timestamp; its
-/// batch is read like `offset_for_time`'s (its last offset until then).
+/// batch is read like `offset_for_time`'s (its last offset, or its chunk's,
+/// until then).
 fn max_timestamp(
     node: &Node,
     group: GroupId,
@@ -2510,8 +2535,13 @@ fn max_timestamp(
     loads: &fetch::Loads,
     to_load: &mut BTreeSet<(GroupId, u64)>,
 ) -> Option<(i64, i64)> {
-    let batch = log.batches().max_by_key(|batch| batch.max_timestamp_ms)?;
-    let exact = batch_records(node, group, batch, loads, to_load).and_then(|records| {
+    let located =
+        log.batch_with_max_timestamp(|index| fetch::entry_at(node, group, index, Some(loads)))?;
+    let batch = match located_batch(group, located, to_load) {
+        Ok(batch) => batch,
+        Err(part) => return Some((part.last_offset(), part.max_timestamp_ms())),
+    };
+    let exact = batch_records(node, group, &batch, loads, to_load).and_then(|records| {
         records
             .iter()
             .rev()

@@ -134,19 +134,29 @@ impl Loads {
     }
 }
 
+/// §8.3: the entry at `index` of partition `group` if it is at hand: in
+/// the replica's memory (after its snapshot), or among the entries `loads`
+/// read. `None`: it is on disk.
+pub fn entry_at<'a>(
+    node: &'a Node,
+    group: GroupId,
+    index: Index,
+    loads: Option<&'a Loads>,
+) -> Option<&'a Entry> {
+    node.log_entry(group, index)
+        .or_else(|| loads?.entry(group, index))
+}
+
 /// §8.3: the bytes of `batch` of partition `group` if they are at hand:
-/// carried from an old snapshot, in the replica's memory (after its
-/// snapshot), or among the entries `loads` read. `None`: they are on disk.
+/// carried from an old snapshot, or its entry is (`entry_at`). `None`:
+/// they are on disk.
 pub fn batch_bytes(
     node: &Node,
     group: GroupId,
     batch: &StoredBatch,
     loads: Option<&Loads>,
 ) -> Option<Vec<u8>> {
-    let entry = node
-        .log_entry(group, batch.raft_index)
-        .or_else(|| loads?.entry(group, batch.raft_index));
-    served_bytes(batch, entry)
+    served_bytes(batch, entry_at(node, group, batch.raft_index, loads))
 }
 
 /// What a fetch would return now.
@@ -160,9 +170,10 @@ pub struct FetchResult {
     /// node still leads them before it says OFFSET_OUT_OF_RANGE (their
     /// partitions carry NOT_LEADER_OR_FOLLOWER meanwhile).
     pub to_confirm: BTreeSet<GroupId>,
-    /// §8.3: (group, raft index) of batches whose bytes are on disk: the
-    /// broker reads them (`ClientOp::ReadLog`) and evaluates again. The
-    /// partition's answer stops before such a batch.
+    /// §8.3: (group, raft index) of entries on disk that the answer needs
+    /// (a batch's, or one a chunk of the index is rebuilt from): the broker
+    /// reads the log from there (`ClientOp::ReadLog`) and evaluates again.
+    /// The partition's answer stops before the batch that needs it.
     pub to_load: BTreeSet<(GroupId, Index)>,
 }
 
@@ -268,26 +279,29 @@ pub fn evaluate(
                                 } else {
                                     partition_max.min(max_bytes.saturating_sub(bytes))
                                 };
-                                let batches = if room == 0 {
-                                    Vec::new()
+                                let entry_at =
+                                    |index| entry_at(node, placement.group, index, Some(loads));
+                                let read = if room == 0 {
+                                    runnel_core::partition::LogRead::default()
                                 } else {
-                                    log.read(partition.fetch_offset, room)
+                                    log.read(partition.fetch_offset, room, entry_at)
                                 };
                                 let mut records = BytesMut::new();
-                                for batch in batches {
+                                let mut stopped = false;
+                                for batch in &read.batches {
                                     let length = batch.length_bytes as usize;
                                     if bytes + records.len() > 0
                                         && length > max_bytes.saturating_sub(bytes + records.len())
                                     {
+                                        stopped = true;
                                         break;
                                     }
-                                    match batch_bytes(node, placement.group, batch, Some(loads)) {
-                                        Some(stamped) => records.extend_from_slice(&stamped),
-                                        None => {
-                                            to_load.insert((placement.group, batch.raft_index));
-                                            break;
-                                        }
-                                    }
+                                    let stamped = served_bytes(batch, entry_at(batch.raft_index))
+                                        .expect("a batch read has its bytes at hand");
+                                    records.extend_from_slice(&stamped);
+                                }
+                                if let (false, Some(load_from)) = (stopped, read.load_from) {
+                                    to_load.insert((placement.group, load_from));
                                 }
                                 bytes += records.len();
                                 // A read found nothing where this batch was:

@@ -647,6 +647,121 @@ fn batches_below_the_snapshot_are_read_back_from_the_log_on_disk() {
     assert_eq!(again, cold);
 }
 
+/// docs/storage.md, "The sparse index": past `CHUNK_BATCHES_MAX` batches
+/// the partition's index seals them into a chunk, one entry of the index,
+/// and a fetch inside the chunk rebuilds its batches from the log on disk:
+/// from its first offset, from the middle, by time, and after a restart,
+/// always the bytes a fetch got while they were in memory.
+#[test]
+fn a_chunk_of_the_index_is_rebuilt_from_the_log_on_disk() {
+    use runnel_core::partition::CHUNK_BATCHES_MAX;
+    let mut config = single_node_config();
+    config.snapshot_interval_entries = 16;
+    let mut harness = Harness::with_config(config.clone());
+    harness.create_topic("chunked", 1);
+    let count = CHUNK_BATCHES_MAX as u16 + 40;
+    let mut early = Vec::new();
+    for value in 0..count {
+        let response: ProduceResponse = harness.call(
+            1,
+            ApiKey::Produce,
+            9,
+            &produce_request("chunked", batch(&[&value.to_le_bytes()], None), -1),
+            50,
+        );
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+        // Each batch as served right after it was written, from memory.
+        let offset = i64::from(value) + 1;
+        let fetched: FetchResponse = harness.call(
+            1,
+            ApiKey::Fetch,
+            12,
+            &fetch_request("chunked", offset, 0),
+            50,
+        );
+        let records = fetched.responses[0].partitions[0]
+            .records
+            .clone()
+            .expect("records");
+        early.push(records);
+    }
+    let group = harness
+        .broker
+        .node()
+        .machine(runnel_core::metadata::METADATA_GROUP)
+        .and_then(|machine| machine.metadata())
+        .and_then(|metadata| metadata.topic("chunked"))
+        .expect("the topic")
+        .partitions[0]
+        .group;
+    let log = |harness: &Harness| {
+        harness
+            .broker
+            .node()
+            .machine(group)
+            .and_then(|machine| machine.partition())
+            .cloned()
+            .expect("the partition")
+    };
+    assert!(log(&harness).chunk_count() >= 1, "a chunk was sealed");
+    // A fetch that may wait reads the log until its answer is whole: the
+    // chunk, then the batches after it.
+    let fetch_all = |harness: &mut Harness, offset: i64| -> Bytes {
+        harness.send(1, ApiKey::Fetch, 12, &fetch_request("chunked", offset, 500));
+        harness.advance(100);
+        let response: FetchResponse = harness.response(1, ApiKey::Fetch, 12);
+        let partition = &response.responses[0].partitions[0];
+        assert_eq!(partition.error_code, 0);
+        partition.records.clone().expect("records")
+    };
+    let expected = |from: i64| -> Vec<(i64, Vec<u8>)> {
+        (from.max(1)..=i64::from(count))
+            .map(|offset| (offset, ((offset - 1) as u16).to_le_bytes().to_vec()))
+            .collect()
+    };
+    for from in [1, 100, 200, 255, i64::from(count) - 3] {
+        let reads_before = harness
+            .broker
+            .node()
+            .catch_up_stats()
+            .client_log_reads_served;
+        let records = fetch_all(&mut harness, from);
+        let mut values = records_of(&records);
+        values.retain(|(offset, _)| *offset >= from);
+        assert_eq!(values, expected(from), "from {from}");
+        let first_batch = from as usize - 1;
+        assert_eq!(
+            &records[..early[first_batch].len()],
+            &early[first_batch][..],
+            "the bytes served from memory, from {from}"
+        );
+        if from < 200 {
+            assert!(
+                harness
+                    .broker
+                    .node()
+                    .catch_up_stats()
+                    .client_log_reads_served
+                    > reads_before,
+                "read from the disk, from {from}"
+            );
+        }
+    }
+    let all = fetch_all(&mut harness, 0);
+    let Harness {
+        mut disk, clock, ..
+    } = harness;
+    disk.crash();
+    let mut harness = Harness::start_with(disk, clock.now_ms, config);
+    harness.advance(100);
+    assert_eq!(
+        fetch_all(&mut harness, 0),
+        all,
+        "the same bytes after a restart"
+    );
+    assert!(log(&harness).chunk_count() >= 1);
+}
+
 /// A batch of records whose timestamps are `timestamp_ms` plus 10 ms per
 /// record, as a producer that batches over time writes it.
 fn timed_batch(values: &[&'static [u8]], timestamp_ms: i64) -> Vec<u8> {

@@ -590,15 +590,16 @@ impl Node {
         self.groups.get(&group).map(|group| &group.machine)
     }
 
-    /// §8.3, for inspection (the simulator's checkers): the bytes of every
-    /// batch partition `group` indexes, as this node would serve them, read
-    /// from memory and, synchronously, from the retained segments on
-    /// `disk`; `None` for a batch whose entry this node does not hold.
+    /// §8.3, for inspection (the simulator's checkers): for each part of
+    /// partition `group`'s index (`PartitionLog::parts`), the bytes of its
+    /// batches as this node would serve them, read from memory and,
+    /// synchronously, from the retained segments on `disk`; `None` for a
+    /// part whose entries this node does not all hold.
     pub fn partition_batches_now(
         &self,
         group: GroupId,
         disk: &mut dyn Disk,
-    ) -> Option<Vec<Option<Vec<u8>>>> {
+    ) -> Option<Vec<Option<Vec<Vec<u8>>>>> {
         let state = self.groups.get(&group)?;
         let Machine::Partition(log) = &state.machine else {
             return None;
@@ -609,13 +610,29 @@ impl Node {
             .into_iter()
             .map(|entry| (entry.index, entry))
             .collect();
-        let batches = log.batches().map(|batch| {
-            let entry = state
+        let entry_at = |index: Index| {
+            state
                 .replica
                 .log()
-                .entry(batch.raft_index)
-                .or_else(|| retained.get(&batch.raft_index));
-            crate::partition::served_bytes(batch, entry)
+                .entry(index)
+                .or_else(|| retained.get(&index))
+        };
+        let batches = log.parts().map(|part| match part {
+            crate::partition::Part::Batch(batch) => {
+                crate::partition::served_bytes(batch, entry_at(batch.raft_index))
+                    .map(|bytes| vec![bytes])
+            }
+            crate::partition::Part::Chunk(chunk) => {
+                let rebuilt = chunk.batches(entry_at);
+                if rebuilt.missing.is_some() {
+                    return None;
+                }
+                let served = rebuilt.batches.iter().map(|batch| {
+                    crate::partition::served_bytes(batch, entry_at(batch.raft_index))
+                        .expect("a whole chunk's entries are at hand")
+                });
+                Some(served.collect())
+            }
         });
         Some(batches.collect())
     }
