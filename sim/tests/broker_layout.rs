@@ -219,3 +219,25 @@ fn seeds_that_lost_data_in_review_pass() {
         );
     }
 }
+
+/// Seeds where a node removed from the cluster still held a vote its
+/// partition group needed (docs/protocol.md §12.5): a move off the node
+/// was half done, another voter was repairing and could not vote, and the
+/// removed node, restarted with a metadata replica that had applied
+/// nothing, never started its replica (it waited for its membership from
+/// the metadata). The group had no leader for good. Such a replica now
+/// starts from a membership change in its own log (610031) or from the
+/// membership the metadata log on its disk names (650397, 34658143,
+/// 670185). All four failed before the fix.
+#[test]
+fn seeds_where_a_removed_node_held_a_needed_vote_pass() {
+    for seed in [610_031, 650_397, 34_658_143, 670_185] {
+        let outcome = run(FaultPlan::from_seed(seed), seed);
+        let problems: Vec<String> = outcome.violations.iter().map(|v| v.to_string()).collect();
+        assert!(
+            outcome.passed(),
+            "seed {seed} failed:\n{}",
+            problems.join("\n")
+        );
+    }
+}

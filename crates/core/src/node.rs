@@ -502,6 +502,13 @@ impl Node {
         self.groups.keys().copied().collect()
     }
 
+    /// Groups recovered from disk that still wait for their membership
+    /// (they never took a snapshot, and their log holds no membership
+    /// change): `bootstrap_group` starts them.
+    pub fn waiting_group_ids(&self) -> Vec<GroupId> {
+        self.dormant.keys().copied().collect()
+    }
+
     /// §8.1, §8.2: what `group` retains below its snapshot, read from
     /// `disk` at once (`GroupStore::read_retained_now`), with the first
     /// index the store and the replica each say is retained (they must
@@ -871,9 +878,18 @@ impl Node {
             // In the broker layout a partition group that never took a
             // snapshot learns its initial membership from the metadata
             // group (`bootstrap_group`); until then it waits, untouched.
+            // One whose log holds a membership change knows its membership
+            // from its own log (§7), and starts: it may be a voter its
+            // group needs on a node whose metadata no longer follows (a
+            // node removed from the cluster, restarted before its metadata
+            // replica applied anything).
             let waits = self.config.machines == MachineLayout::Broker
                 && dormant.snapshot.is_none()
-                && self.bootstrap_config(group).is_none();
+                && self.bootstrap_config(group).is_none()
+                && !dormant
+                    .entries
+                    .iter()
+                    .any(|entry| matches!(entry.payload, Payload::Config(_)));
             if waits {
                 continue;
             }

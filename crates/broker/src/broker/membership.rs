@@ -246,4 +246,77 @@ impl Broker {
             &mut core_env,
         );
     }
+
+    /// §12.5: a node removed from the cluster whose metadata replica has
+    /// applied nothing since a restart (no member sends it the commit any
+    /// more) lists no partitions, so it never starts its replicas that
+    /// wait for their initial membership. Yet such a replica may still be
+    /// a voter its group needs: a move off this node can be half done. The
+    /// metadata log on this node's disk names the membership: the replica
+    /// exists because this node applied the entry that created its
+    /// partition, so that entry, and every one before it, is committed, and
+    /// replaying the log applies it as it was (a partition's initial
+    /// replicas never change, and entries after it cannot reuse its
+    /// group). The replica then starts from that membership, exactly as it
+    /// would have with the metadata applied.
+    pub(super) fn start_waiting_replicas_from_the_metadata_log(
+        &mut self,
+        env: &mut BrokerEnv<'_>,
+        collector: &mut Collector,
+    ) {
+        let waiting: Vec<runnel_io::GroupId> = self
+            .node
+            .waiting_group_ids()
+            .into_iter()
+            .filter(|group| *group != METADATA_GROUP)
+            .collect();
+        let (Some(view), Some(metadata)) = (self.node.summary(METADATA_GROUP), self.metadata())
+        else {
+            return;
+        };
+        if waiting.is_empty() {
+            return;
+        }
+        let mut replayed = metadata.clone();
+        for index in view.applied_index + 1..=view.last_index {
+            let Some(entry) = self.node.log_entry(METADATA_GROUP, index) else {
+                break;
+            };
+            if let runnel_consensus::Payload::Data(data) = &entry.payload {
+                if let Some(command) = MetadataCommand::decode(data) {
+                    replayed.apply(command, entry.index, entry.term);
+                }
+            }
+        }
+        let me = self.config.node_id;
+        let starts: Vec<(runnel_io::GroupId, Config)> = waiting
+            .into_iter()
+            .filter(|group| !self.node.has_left(*group))
+            .filter_map(|group| {
+                let (_, placement) = replayed
+                    .partition_groups()
+                    .find(|(_, placement)| placement.group == group)?;
+                placement.initial_replicas.contains(&me).then(|| {
+                    let config = Config {
+                        voters: placement.initial_replicas.iter().copied().collect(),
+                        learners: Default::default(),
+                    };
+                    (group, config)
+                })
+            })
+            .collect();
+        let mut core_env = Env {
+            disk: &mut *env.disk,
+            network: &mut *env.network,
+            clock: env.clock,
+            replies: collector,
+        };
+        for (group, config) in starts {
+            tracing::info!(
+                group,
+                "removed from the cluster: starting a replica from the membership in the metadata log"
+            );
+            self.node.bootstrap_group(group, config, &mut core_env);
+        }
+    }
 }

@@ -27,7 +27,7 @@ use kafka_protocol::protocol::StrBytes;
 use runnel_consensus::Config;
 use runnel_core::metadata::{MetadataCommand, METADATA_GROUP};
 use runnel_core::{ClientOp, ClientRequest, Env, Event, Role};
-use runnel_io::NodeId;
+use runnel_io::{GroupId, NodeId};
 
 use super::{Broker, Collector, Pending, PendingKind, IN_SYNC_LAG_MS, REQUEST_TIMEOUT_MS_MAX};
 use crate::{error_code, BrokerEnv, ConnectionId};
@@ -267,6 +267,13 @@ impl Broker {
             return;
         }
         self.last_reassign_step_ms = now_ms;
+        if self
+            .node
+            .summary(METADATA_GROUP)
+            .is_some_and(|view| view.left_group)
+        {
+            self.start_waiting_replicas_from_the_metadata_log(env, collector);
+        }
         let me = self.config.node_id;
         let Some(metadata) = self.metadata() else {
             return;
@@ -304,6 +311,24 @@ impl Broker {
         let mut waking = Vec::new();
         let mut rejoining = Vec::new();
         let mut asking = Vec::new();
+        // A replica this node runs that its metadata does not list (its
+        // metadata no longer follows, or has not caught up) goes once a
+        // committed membership without this node says so, as below.
+        let listed: BTreeSet<GroupId> = metadata
+            .partition_groups()
+            .map(|(_, placement)| placement.group)
+            .collect();
+        for group in self.node.group_ids() {
+            let unlisted = group != METADATA_GROUP && !listed.contains(&group);
+            if unlisted
+                && self
+                    .node
+                    .summary(group)
+                    .is_some_and(|view| view.left_group && view.role != Role::Leader)
+            {
+                leaving.push(group);
+            }
+        }
         for (_, placement) in metadata.partition_groups() {
             let group = placement.group;
             let view = self.node.summary(group);
