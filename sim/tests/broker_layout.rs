@@ -228,10 +228,13 @@ fn seeds_that_lost_data_in_review_pass() {
 /// the metadata). The group had no leader for good. Such a replica now
 /// starts from a membership change in its own log (610031) or from the
 /// membership the metadata log on its disk names (650397, 34658143,
-/// 670185). All four failed before the fix.
+/// 670185). All four failed before the fix. In 720094 the voters that held
+/// the partition's log were behind the others, which lacked it and so
+/// could not lead; a voter lacking its log now backfills from the other
+/// voters while it knows no leader (docs/protocol.md §8.3).
 #[test]
 fn seeds_where_a_removed_node_held_a_needed_vote_pass() {
-    for seed in [610_031, 650_397, 34_658_143, 670_185] {
+    for seed in [610_031, 650_397, 34_658_143, 670_185, 720_094] {
         let outcome = run(FaultPlan::from_seed(seed), seed);
         let problems: Vec<String> = outcome.violations.iter().map(|v| v.to_string()).collect();
         assert!(

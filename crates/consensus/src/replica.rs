@@ -211,8 +211,13 @@ enum Backfill {
     Refused { at_ms: u64 },
     /// Ask the leader at the next Append from it.
     Wanted,
-    /// Asked the leader for the entries below `below` at `sent_ms`.
-    Asked { below: Index, sent_ms: u64 },
+    /// Asked `peer` (the leader, or with none a voter, §8.3) for the
+    /// entries below `below` at `sent_ms`.
+    Asked {
+        below: Index,
+        sent_ms: u64,
+        peer: NodeId,
+    },
     /// Handed the host a chunk ending at `below - 1` to store.
     Storing { entries: Vec<Entry> },
 }
@@ -328,6 +333,9 @@ pub struct Replica {
     log_needed_from: Option<Index>,
     /// §8.3: hand-offs tried by this replica (`hand_off_leadership`).
     hand_off_attempts: u64,
+    /// §8.3: backfills asked of peers while no leader is known, so that
+    /// each ask goes to the next voter in turn.
+    backfill_peer_turns: u64,
     // Outputs not yet taken.
     hard_state_dirty: bool,
     unstable_from: Option<Index>,
@@ -435,6 +443,7 @@ impl Replica {
             backfill_out: Vec::new(),
             log_needed_from: None,
             hand_off_attempts: 0,
+            backfill_peer_turns: 0,
         };
         replica.was_member = replica.config.contains(replica.id());
         replica.reset_election_deadline();
@@ -592,6 +601,10 @@ impl Replica {
             for voter in unheard {
                 self.send(voter, Body::TermQuery);
             }
+        }
+        if self.leader.is_none() {
+            // §8.3: a replica lacking its host's log asks the voters.
+            self.maybe_request_backfill();
         }
         if self.role == Role::Leader {
             self.tick_leader();
@@ -1462,15 +1475,35 @@ impl Replica {
     /// As a follower hearing from its leader: asks for the entries just
     /// below what it retains, when it wants them and has no request
     /// outstanding (one unanswered for an election timeout is asked again).
+    /// §8.3: a replica that lacks what its host needs and knows no leader
+    /// asks the voters in turn: it cannot lead until it holds that log, and
+    /// the voters that hold it may be too far behind to win an election
+    /// (sim seed 720094). Any replica's entries at or below its commit
+    /// index are the committed ones, so any voter may answer.
     fn maybe_request_backfill(&mut self) {
-        let Some(leader) = self.leader else {
-            return;
-        };
         if self.role != Role::Follower || self.log.snapshot().index == 0 {
             return;
         }
         let below = self.log.retained_first();
         let lacking = !self.holds_needed_log();
+        let peer = match self.leader {
+            Some(leader) => leader,
+            None if lacking => {
+                let id = self.id();
+                let voters: Vec<NodeId> = self
+                    .config
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|voter| *voter != id)
+                    .collect();
+                if voters.is_empty() {
+                    return;
+                }
+                voters[(self.backfill_peer_turns % voters.len() as u64) as usize]
+            }
+            None => return,
+        };
         if self.log_needed_from.is_some() && !lacking {
             // §8.3: it holds all its host serves; more would be discarded.
             if !matches!(self.backfill, Backfill::Storing { .. }) {
@@ -1496,17 +1529,35 @@ impl Replica {
             self.backfill = Backfill::Off;
             return;
         }
+        if self.leader.is_none() {
+            self.backfill_peer_turns += 1;
+        }
         self.backfill = Backfill::Asked {
             below,
             sent_ms: self.now_ms,
+            peer,
         };
-        self.send(leader, Body::BackfillRequest { below });
+        self.send(peer, Body::BackfillRequest { below });
     }
 
-    /// As the leader: reads the retained entries a follower asked for, or
-    /// says at once that there are none.
+    /// Whether this replica answers `peer`'s backfill requests: as the
+    /// leader, those of its followers; as any other replica, those of the
+    /// voters of its membership (§8.3: a voter lacking its host's log and
+    /// knowing no leader asks the voters). Only entries at or below this
+    /// replica's commit index are sent, which are the committed ones.
+    fn serves_backfill_of(&self, peer: NodeId) -> bool {
+        if self.role == Role::Leader {
+            self.progress.contains_key(&peer)
+        } else {
+            peer != self.id() && self.config.voters.contains(&peer)
+        }
+    }
+
+    /// As the leader (or, §8.3, any replica asked by a voter that knows no
+    /// leader): reads the retained entries a follower asked for, or says
+    /// at once that there are none.
     fn handle_backfill_request(&mut self, peer: NodeId, below: Index) {
-        if self.role != Role::Leader || !self.progress.contains_key(&peer) {
+        if !self.serves_backfill_of(peer) {
             return;
         }
         let snapshot_index = self.log.snapshot().index;
@@ -1553,7 +1604,7 @@ impl Replica {
     /// could not read them intact (the follower asks again later). Entries
     /// are sent only if they are what this log holds at those indexes.
     pub fn backfill_loaded(&mut self, peer: NodeId, below: Index, entries: Option<Vec<Entry>>) {
-        if self.role != Role::Leader || !self.progress.contains_key(&peer) {
+        if !self.serves_backfill_of(peer) {
             return;
         }
         let Some(entries) = entries else {
@@ -1570,13 +1621,13 @@ impl Replica {
         }
     }
 
-    /// As a follower: takes a chunk from its leader, checked to fit just
+    /// As a follower: takes a chunk from the peer it asked, checked to fit just
     /// below what it retains, and hands it to the host to store.
     fn handle_backfill(&mut self, from: NodeId, below: Index, entries: Vec<Entry>) {
-        if self.leader != Some(from) {
-            return;
-        }
-        let asked = matches!(self.backfill, Backfill::Asked { below: asked, .. } if asked == below);
+        let asked = matches!(
+            self.backfill,
+            Backfill::Asked { below: asked, peer, .. } if asked == below && peer == from
+        );
         if !asked || below != self.log.retained_first() {
             return;
         }

@@ -545,3 +545,45 @@ fn a_leader_that_lost_part_of_the_log_its_host_serves_hands_off_and_backfills() 
         );
     }
 }
+
+/// §8.3: a voter that lacks its host's log and knows no leader asks the
+/// other voters, and any replica answers with entries at or below its
+/// commit index (the committed ones): here a follower answers its own
+/// leader's request from memory, and refuses past its commit.
+#[test]
+fn a_follower_answers_a_voters_backfill_with_committed_entries_only() {
+    let mut pair = lagging_follower(false);
+    pair.tick(10 * ELECTION_TIMEOUT_MS, None);
+    let leader = pair.leader();
+    let follower = 3 - leader;
+    let commit = pair.nodes[&follower].replica.commit_index();
+    assert!(commit >= 10, "the follower caught up");
+    let term = pair.nodes[&follower].replica.term();
+    let ask = |pair: &mut Pair, below: Index| {
+        let node = pair.nodes.get_mut(&follower).unwrap();
+        node.replica.step(Message {
+            from: leader,
+            to: follower,
+            term,
+            body: Body::BackfillRequest { below },
+        });
+        node.replica
+            .take_ready()
+            .messages
+            .into_iter()
+            .find_map(|message| match message.body {
+                Body::Backfill { below, entries } => Some((below, entries)),
+                _ => None,
+            })
+    };
+    let (below, entries) = ask(&mut pair, 10).expect("answered");
+    assert_eq!(below, 10);
+    assert_eq!(entries.last().map(|entry| entry.index), Some(9));
+    for entry in &entries {
+        assert_eq!(Some(entry), pair.nodes[&leader].disk.get(&entry.index));
+    }
+    // Past its commit index it answers nothing from memory: those entries
+    // may not be the committed ones.
+    let past = ask(&mut pair, commit + 2);
+    assert!(past.is_none_or(|(_, entries)| entries.is_empty()));
+}
