@@ -333,6 +333,9 @@ pub struct KafkaStats {
     pub offsets_read: u64,
     /// SyncGroup answers with an assignment (one per member and generation).
     pub group_syncs: u64,
+    /// Chunks in the partitions' sparse indexes at the end (the longest
+    /// replica of each partition), each rebuilt from the log when read.
+    pub index_chunks: u64,
 }
 
 /// What the clients saw, for the final check.
@@ -695,6 +698,11 @@ impl KafkaWorkload {
 
     pub fn history(&self) -> &KafkaHistory {
         &self.history
+    }
+
+    /// The final checks' count of index chunks (`KafkaStats::index_chunks`).
+    pub fn set_index_chunks(&mut self, chunks: u64) {
+        self.stats.index_chunks = chunks;
     }
 
     pub fn stats(&self) -> KafkaStats {

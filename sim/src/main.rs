@@ -51,6 +51,7 @@ struct Totals {
     events: u64,
     faults: FaultCounts,
     catch_up: runnel_core::CatchUpStats,
+    index_chunks: u64,
 }
 
 fn time_seed() -> u64 {
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
         events: 0,
         faults: FaultCounts::default(),
         catch_up: runnel_core::CatchUpStats::default(),
+        index_chunks: 0,
     };
     for offset in 0..count {
         let seed = first.wrapping_add(offset);
@@ -140,10 +142,11 @@ fn main() -> ExitCode {
                 totals.events += outcome.events;
                 totals.faults.merge(&outcome.faults);
                 runnel_sim::runner::add_catch_up(&mut totals.catch_up, outcome.catch_up);
+                totals.index_chunks += outcome.kafka.as_ref().map_or(0, |k| k.index_chunks);
                 let c = &outcome.catch_up;
                 let layout = match &outcome.kafka {
                     Some(k) => format!(
-                        "broker layout: {} topics created, {} moves, {} nodes added, {} removed, {} produces acknowledged ({} records), {} unknown, {} records consumed, {} offset commits acknowledged, {} read, {} group syncs, ",
+                        "broker layout: {} topics created, {} moves, {} nodes added, {} removed, {} produces acknowledged ({} records), {} unknown, {} records consumed, {} offset commits acknowledged, {} read, {} group syncs, {} index chunks, ",
                         k.topics_created,
                         k.reassignments,
                         k.nodes_added,
@@ -154,7 +157,8 @@ fn main() -> ExitCode {
                         k.records_consumed,
                         k.commits_acknowledged,
                         k.offsets_read,
-                        k.group_syncs
+                        k.group_syncs,
+                        k.index_chunks
                     ),
                     None => String::new(),
                 };
@@ -243,9 +247,9 @@ fn main() -> ExitCode {
     println!("faults injected: {}", per_class.join(" "));
     let c = &totals.catch_up;
     println!(
-        "followers caught up: {} from the retained log, {} snapshots sent; log reads refused {}, failed {}, damaged {}; backfilled below snapshots: {} entries in {} chunks; fetches read batches from disk {} times",
+        "followers caught up: {} from the retained log, {} snapshots sent; log reads refused {}, failed {}, damaged {}; backfilled below snapshots: {} entries in {} chunks; fetches read batches from disk {} times; partition indexes held {} chunks at the end",
         c.log_reads_served, c.snapshots_sent, c.log_reads_refused, c.log_reads_failed, c.log_reads_damaged,
-        c.backfill_entries_stored, c.backfill_chunks_stored, c.client_log_reads_served
+        c.backfill_entries_stored, c.backfill_chunks_stored, c.client_log_reads_served, totals.index_chunks
     );
     if totals.failed.is_empty() {
         ExitCode::SUCCESS

@@ -1839,6 +1839,7 @@ impl Simulation {
         let mut logs = BTreeMap::new();
         let mut unserved = Vec::new();
         let mut leader_lacking = Vec::new();
+        let mut index_chunks = 0u64;
         for (key, group) in placements {
             // §8.3: a partition's batches are its log entries. The longest
             // machine is read back as it would be served, each batch from
@@ -1848,7 +1849,7 @@ impl Simulation {
             // the same chunks, since sealing is decided at apply.
             let mut held: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
             // The longest machine's high watermark and its parts' entries.
-            let mut longest: Option<(i64, Vec<(u64, u64)>)> = None;
+            let mut longest: Option<(i64, Vec<(u64, u64)>, usize)> = None;
             let mut lacking = Vec::new();
             for sim_node in &mut self.nodes {
                 let SimNode { id, node, disk, .. } = sim_node;
@@ -1889,15 +1890,16 @@ impl Simulation {
                 }
                 if longest
                     .as_ref()
-                    .is_none_or(|(hw, _)| log.high_watermark() > *hw)
+                    .is_none_or(|(hw, _, _)| log.high_watermark() > *hw)
                 {
                     let index = log.parts().map(|part| part_range(&part)).collect();
-                    longest = Some((log.high_watermark(), index));
+                    longest = Some((log.high_watermark(), index, log.chunk_count()));
                 }
             }
-            let Some((high_watermark, index)) = longest else {
+            let Some((high_watermark, index, chunks)) = longest else {
                 continue;
             };
+            index_chunks += chunks as u64;
             let parts: Option<Vec<&Vec<Vec<u8>>>> =
                 index.iter().map(|range| held.get(range)).collect();
             match parts {
@@ -1912,6 +1914,9 @@ impl Simulation {
                     lacking.join("; ")
                 )),
             }
+        }
+        if let Some(kafka) = self.kafka.as_mut() {
+            kafka.set_index_chunks(index_chunks);
         }
         for message in leader_lacking {
             // §8.3: after the faults heal, a leader that lost part of its

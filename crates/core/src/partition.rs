@@ -806,17 +806,43 @@ impl PartitionLog {
 
     /// The largest leader epoch at or below `epoch` and the offset where the
     /// next epoch starts (the high watermark if none), for
-    /// OffsetForLeaderEpoch. A chunk holds one epoch, so the index answers.
+    /// OffsetForLeaderEpoch. A chunk holds one epoch, so the index answers,
+    /// and epochs never decrease along it (terms never do along the log),
+    /// so a binary search finds the first part of a later epoch.
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
-        let mut found = -1;
-        for part in self.parts() {
-            if part.leader_epoch() > epoch {
-                let end_offset = if found < 0 { -1 } else { part.base_offset() };
-                return (found, end_offset);
+        let (mut low, mut high) = (0, self.part_count());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if self.part_at(middle).leader_epoch() <= epoch {
+                low = middle + 1;
+            } else {
+                high = middle;
             }
-            found = part.leader_epoch();
         }
-        (found, self.next_offset)
+        let found = match low {
+            0 => -1,
+            later => self.part_at(later - 1).leader_epoch(),
+        };
+        if low == self.part_count() {
+            (found, self.next_offset)
+        } else if found < 0 {
+            (found, -1)
+        } else {
+            (found, self.part_at(low).base_offset())
+        }
+    }
+
+    /// The part at `position` in `parts()` order.
+    fn part_at(&self, position: usize) -> Part<'_> {
+        let chunks_from = self.listed.len();
+        let open_from = chunks_from + self.chunks.len();
+        if position < chunks_from {
+            Part::Batch(&self.listed[position])
+        } else if position < open_from {
+            Part::Chunk(&self.chunks[position - chunks_from])
+        } else {
+            Part::Batch(&self.open[position - open_from])
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -1458,6 +1484,30 @@ mod tests {
                 self.log.lowest_raft_index_needed(),
                 self.expected.first().map(|batch| batch.raft_index)
             );
+            // OffsetForLeaderEpoch, against a scan of every batch.
+            for epoch in -1..=self.term as i32 + 1 {
+                let later = self
+                    .expected
+                    .iter()
+                    .find(|batch| batch.leader_epoch > epoch);
+                let found = self
+                    .expected
+                    .iter()
+                    .filter(|batch| batch.leader_epoch <= epoch)
+                    .map(|batch| batch.leader_epoch)
+                    .next_back()
+                    .unwrap_or(-1);
+                let end = match later {
+                    None => self.log.high_watermark(),
+                    Some(_) if found < 0 => -1,
+                    Some(batch) => batch.base_offset,
+                };
+                assert_eq!(
+                    self.log.end_offset_for_epoch(epoch),
+                    (found, end),
+                    "epoch {epoch}"
+                );
+            }
             let encoded = self.log.encode();
             let decoded = PartitionLog::decode(&encoded);
             assert_eq!(decoded, self.log, "a snapshot round trip");
