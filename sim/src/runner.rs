@@ -1848,8 +1848,7 @@ impl Simulation {
             // Keyed by each part's raft index range: every replica seals
             // the same chunks, since sealing is decided at apply.
             let mut held: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
-            // The longest machine's high watermark and its parts' entries.
-            let mut longest: Option<(i64, Vec<(u64, u64)>, usize)> = None;
+            let mut longest: Option<LongestLog> = None;
             let mut lacking = Vec::new();
             for sim_node in &mut self.nodes {
                 let SimNode { id, node, disk, .. } = sim_node;
@@ -1890,13 +1889,21 @@ impl Simulation {
                 }
                 if longest
                     .as_ref()
-                    .is_none_or(|(hw, _, _)| log.high_watermark() > *hw)
+                    .is_none_or(|longest| log.high_watermark() > longest.high_watermark)
                 {
-                    let index = log.parts().map(|part| part_range(&part)).collect();
-                    longest = Some((log.high_watermark(), index, log.chunk_count()));
+                    longest = Some(LongestLog {
+                        high_watermark: log.high_watermark(),
+                        parts: log.parts().map(|part| part_range(&part)).collect(),
+                        chunks: log.chunk_count(),
+                    });
                 }
             }
-            let Some((high_watermark, index, chunks)) = longest else {
+            let Some(LongestLog {
+                high_watermark,
+                parts: index,
+                chunks,
+            }) = longest
+            else {
                 continue;
             };
             index_chunks += chunks as u64;
@@ -2209,6 +2216,14 @@ fn newest_segments(disk: &mut SimDisk, count: usize) -> Vec<String> {
         newest.extend(segments.into_iter().skip(keep));
     }
     newest
+}
+
+/// The final checks' longest replica of a partition: its high watermark,
+/// the raft index range of each part of its index, and its chunks.
+struct LongestLog {
+    high_watermark: i64,
+    parts: Vec<(u64, u64)>,
+    chunks: usize,
 }
 
 /// The raft index range of a part of a partition's index.

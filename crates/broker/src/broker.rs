@@ -887,7 +887,7 @@ impl Broker {
                         outstanding: 0,
                         kind: PendingKind::ListOffsets {
                             request,
-                            loads: fetch::Loads::until(deadline_ms),
+                            loads: fetch::Loads::for_list_offsets(deadline_ms),
                         },
                     });
                     self.load(id, to_load.into_iter().collect(), env, collector);
@@ -2216,6 +2216,8 @@ impl Broker {
                 // A long poll is answered by `expire`; a fetch waiting for
                 // read indexes, once they are in.
                 PendingKind::Fetch { reads, .. } => reads.groups.is_empty(),
+                // §8.3: its reads may want more (`expire` asks them).
+                PendingKind::ListOffsets { .. } => true,
                 PendingKind::Group { .. } => true,
                 _ => false,
             };
@@ -2363,6 +2365,19 @@ impl Broker {
                         || request.max_wait_ms <= 0
                     {
                         ready.push(*id);
+                    }
+                }
+                // §8.3: a lookup by time inside a chunk of the index reads
+                // its batches round by round (a round reads within one
+                // segment), and is answered once it found the record, or
+                // at its rounds' or its deadline's end.
+                PendingKind::ListOffsets { request, loads } if pending.outstanding == 0 => {
+                    let (_, wanted) = self.list_offsets(request, pending.version, loads);
+                    let reads = loads.new_reads(&wanted, fetch::FETCH_RESPONSE_BYTES_MAX);
+                    if reads.is_empty() || now_ms >= pending.deadline_ms {
+                        ready.push(*id);
+                    } else {
+                        to_load.push((*id, reads));
                     }
                 }
                 PendingKind::CreateTopics { .. } | PendingKind::CreatePartitions { .. }

@@ -43,6 +43,12 @@ pub fn leader_epoch_error(current_leader_epoch: i32, epoch: i32) -> Option<i16> 
 /// chunk per partition (`ClientOp::ReadLog`), so this bounds how long a
 /// fetch of many old batches takes before it answers with what it has.
 pub const LOAD_ROUNDS_MAX: usize = 8;
+/// The most rounds of log reads a ListOffsets by time waits for: a lookup
+/// inside a chunk of the index reads its batches, and each round brings
+/// at least the next one, so this finds the record in any chunk, however
+/// many segments it spans. Lookups by time are rare, and the request's
+/// deadline bounds them too.
+pub const LIST_OFFSETS_LOAD_ROUNDS_MAX: usize = runnel_core::partition::CHUNK_BATCHES_MAX;
 
 /// §8.3: what a fetch read from disk: batches at or below a partition's
 /// snapshot are there, not in memory.
@@ -57,6 +63,8 @@ pub struct Loads {
     /// answer KAFKA_STORAGE_ERROR, which clients retry.
     pub missing: BTreeSet<GroupId>,
     pub rounds: usize,
+    /// The most rounds (`LOAD_ROUNDS_MAX` for a fetch).
+    pub rounds_max: usize,
     /// Reads asked and not answered yet.
     pub in_flight: usize,
     /// Bytes of the entries read so far.
@@ -71,7 +79,16 @@ impl Loads {
     pub fn until(deadline_ms: u64) -> Loads {
         Loads {
             deadline_ms,
+            rounds_max: LOAD_ROUNDS_MAX,
             ..Loads::default()
+        }
+    }
+
+    /// No reads yet, for a ListOffsets by time (`LIST_OFFSETS_LOAD_ROUNDS_MAX`).
+    pub fn for_list_offsets(deadline_ms: u64) -> Loads {
+        Loads {
+            rounds_max: LIST_OFFSETS_LOAD_ROUNDS_MAX,
+            ..Loads::until(deadline_ms)
         }
     }
 
@@ -105,7 +122,7 @@ impl Loads {
         wanted: &BTreeSet<(GroupId, Index)>,
         max_bytes: usize,
     ) -> Vec<(GroupId, Index)> {
-        if self.rounds >= LOAD_ROUNDS_MAX || self.loaded_bytes >= max_bytes {
+        if self.rounds >= self.rounds_max || self.loaded_bytes >= max_bytes {
             return Vec::new();
         }
         let room = (max_bytes - self.loaded_bytes)

@@ -651,12 +651,20 @@ fn batches_below_the_snapshot_are_read_back_from_the_log_on_disk() {
 /// the partition's index seals them into a chunk, one entry of the index,
 /// and a fetch inside the chunk rebuilds its batches from the log on disk:
 /// from its first offset, from the middle, by time, and after a restart,
-/// always the bytes a fetch got while they were in memory.
+/// always the bytes a fetch got while they were in memory. The segments are
+/// small, so the chunk spans many of them and a read (within one segment)
+/// brings a few of its batches at a time: a fetch that may not wait still
+/// gets the batch it asked for, and a lookup by time reads round by round
+/// to the exact record.
 #[test]
 fn a_chunk_of_the_index_is_rebuilt_from_the_log_on_disk() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
     use runnel_core::partition::CHUNK_BATCHES_MAX;
     let mut config = single_node_config();
     config.snapshot_interval_entries = 16;
+    config.segment_bytes_max = 2048;
+    let base_ms = 1_900_000_000_000;
     let mut harness = Harness::with_config(config.clone());
     harness.create_topic("chunked", 1);
     let count = CHUNK_BATCHES_MAX as u16 + 40;
@@ -666,7 +674,15 @@ fn a_chunk_of_the_index_is_rebuilt_from_the_log_on_disk() {
             1,
             ApiKey::Produce,
             9,
-            &produce_request("chunked", batch(&[&value.to_le_bytes()], None), -1),
+            &produce_request(
+                "chunked",
+                build_uncompressed(
+                    &[(None, Some(&value.to_le_bytes()))],
+                    base_ms + 10 * i64::from(value),
+                    None,
+                ),
+                -1,
+            ),
             50,
         );
         assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
@@ -704,15 +720,24 @@ fn a_chunk_of_the_index_is_rebuilt_from_the_log_on_disk() {
             .expect("the partition")
     };
     assert!(log(&harness).chunk_count() >= 1, "a chunk was sealed");
-    // A fetch that may wait reads the log until its answer is whole: the
-    // chunk, then the batches after it.
+    // Fetches from `offset` to the end, each from where the last stopped,
+    // as a consumer does: each may bring only what a few reads of the log
+    // on disk held.
     let fetch_all = |harness: &mut Harness, offset: i64| -> Bytes {
-        harness.send(1, ApiKey::Fetch, 12, &fetch_request("chunked", offset, 500));
-        harness.advance(100);
-        let response: FetchResponse = harness.response(1, ApiKey::Fetch, 12);
-        let partition = &response.responses[0].partitions[0];
-        assert_eq!(partition.error_code, 0);
-        partition.records.clone().expect("records")
+        let mut all = BytesMut::new();
+        let mut next = offset;
+        while next <= i64::from(count) {
+            harness.send(1, ApiKey::Fetch, 12, &fetch_request("chunked", next, 500));
+            harness.advance(100);
+            let response: FetchResponse = harness.response(1, ApiKey::Fetch, 12);
+            let partition = &response.responses[0].partitions[0];
+            assert_eq!(partition.error_code, 0);
+            let records = partition.records.clone().expect("records");
+            let last = records_of(&records).last().map(|(offset, _)| *offset);
+            next = last.expect("every fetch makes progress") + 1;
+            all.extend_from_slice(&records);
+        }
+        all.freeze()
     };
     let expected = |from: i64| -> Vec<(i64, Vec<u8>)> {
         (from.max(1)..=i64::from(count))
@@ -746,6 +771,41 @@ fn a_chunk_of_the_index_is_rebuilt_from_the_log_on_disk() {
                 "read from the disk, from {from}"
             );
         }
+    }
+    // A fetch that may not wait gets at least the batch it asked for.
+    for from in [30, 130, 230] {
+        let response: FetchResponse =
+            harness.call(1, ApiKey::Fetch, 12, &fetch_request("chunked", from, 0), 50);
+        let records = response.responses[0].partitions[0]
+            .records
+            .clone()
+            .expect("records");
+        let values = records_of(&records);
+        assert_eq!(
+            values.first().map(|(offset, _)| *offset),
+            Some(from),
+            "from {from}"
+        );
+    }
+    // A lookup by time finds the exact record inside the chunk.
+    for value in [3u16, 150, 254] {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(topic("chunked"))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(base_ms + 10 * i64::from(value) - 5)])]);
+        harness.send(1, ApiKey::ListOffsets, 7, &request);
+        harness.advance(100);
+        let response: ListOffsetsResponse = harness.response(1, ApiKey::ListOffsets, 7);
+        let partition = &response.topics[0].partitions[0];
+        assert_eq!(partition.error_code, 0);
+        assert_eq!(
+            (partition.offset, partition.timestamp),
+            (i64::from(value) + 1, base_ms + 10 * i64::from(value)),
+            "the record of {value}"
+        );
     }
     let all = fetch_all(&mut harness, 0);
     let Harness {

@@ -48,8 +48,8 @@ pub const PRODUCERS_MAX: usize = 100_000;
 pub mod index;
 
 pub use index::{
-    Chunk, Part, Rebuilt, CHUNK_BATCHES_MAX, CHUNK_BYTES_MAX, CHUNK_REFUSED_MAX,
-    CHUNK_SNAPSHOT_BYTES_MAX,
+    Chunk, Part, Position, Rebuilt, CHUNK_BATCHES_MAX, CHUNK_BYTES_MAX, CHUNK_FIXED_SNAPSHOT_BYTES,
+    CHUNK_SNAPSHOT_BYTES_MAX, CHUNK_STEP_BYTES_MAX,
 };
 
 /// What one listed batch costs in a snapshot: offsets, timestamps, epoch,
@@ -60,16 +60,17 @@ pub const STORED_BATCH_SNAPSHOT_BYTES: u64 = 8 + 8 + 8 + 8 + 4 + 8 + 4 + 4;
 pub const PRODUCER_SNAPSHOT_BYTES_MAX: u64 =
     8 + 2 + 8 + 8 + 16 * PRODUCER_BATCHES_REMEMBERED_MAX as u64;
 /// The most bytes the index takes in a snapshot (listed batches with any
-/// bytes they carry, and chunks). It bounds the index in memory too,
-/// about 100 bytes a chunk: a chunk is full at `CHUNK_BATCHES_MAX`
-/// batches or `CHUNK_BYTES_MAX` bytes, and takes 68 bytes in a snapshot
-/// when it records no refusal, so this indexes 2.4 million chunks: about
-/// 600 GiB of records at 16 KiB a batch, and 150 GiB at 256 bytes a batch
-/// (where the batch count fills a chunk first). A produce past it is
-/// refused (`PartitionLog::is_full`).
+/// bytes they carry, and chunks). It bounds the index in memory too: a
+/// chunk takes 76 bytes in a snapshot, and about 100 in memory, plus two
+/// or three bytes a batch for its steps. A chunk is full at
+/// `CHUNK_BATCHES_MAX` batches or `CHUNK_BYTES_MAX` bytes, so this indexes
+/// some 340 GiB of records at 16 KiB a batch, and 60 to 70 million batches
+/// in full chunks. A produce past it is refused (`PartitionLog::is_full`).
 pub const INDEX_SNAPSHOT_BYTES_MAX: u64 = 160 << 20;
-/// The fewest chunks the index holds when it is full.
-pub const PARTITION_CHUNKS_MIN_WHEN_FULL: u64 = INDEX_SNAPSHOT_BYTES_MAX / CHUNK_SNAPSHOT_BYTES_MAX;
+/// The fewest batches the index holds when it is full: each in a chunk of
+/// its own (an epoch change at every batch), with its largest step.
+pub const PARTITION_BATCHES_MIN_WHEN_FULL: u64 =
+    INDEX_SNAPSHOT_BYTES_MAX / (CHUNK_FIXED_SNAPSHOT_BYTES + 4 + CHUNK_STEP_BYTES_MAX);
 /// The most batches restored listed one by one from a snapshot of
 /// version 3 or older, which listed every batch and held at most this
 /// many. Batches applied since are sealed into chunks.
@@ -84,8 +85,8 @@ const _: () = assert!(
     "an old snapshot's listed batches fit the index"
 );
 const _: () = assert!(
-    PARTITION_CHUNKS_MIN_WHEN_FULL >= 1 << 20,
-    "a full index holds a million chunks"
+    PARTITION_BATCHES_MIN_WHEN_FULL >= LISTED_BATCHES_MAX as u64,
+    "a full index holds at least as many batches as a listed one did"
 );
 /// The largest snapshot of a partition.
 pub const PARTITION_SNAPSHOT_BYTES_MAX: u64 = 4
@@ -96,9 +97,6 @@ pub const PARTITION_SNAPSHOT_BYTES_MAX: u64 = 4
     + INDEX_SNAPSHOT_BYTES_MAX
     + 8
     + CHUNK_BATCHES_MAX as u64 * STORED_BATCH_SNAPSHOT_BYTES
-    + 8
-    + 8 * CHUNK_REFUSED_MAX as u64
-    + 1
     + 8
     + PRODUCERS_MAX as u64 * PRODUCER_SNAPSHOT_BYTES_MAX;
 const _: () = assert!(
@@ -182,14 +180,6 @@ pub struct PartitionLog {
     listed: VecDeque<StoredBatch>,
     chunks: VecDeque<Chunk>,
     open: VecDeque<StoredBatch>,
-    /// Produces applied since the first open batch that appended nothing,
-    /// ascending, at most `CHUNK_REFUSED_MAX`: the chunk sealed from the
-    /// open batches records those in its range.
-    open_refused: Vec<u64>,
-    /// More refusals came than `open_refused` records: the open batches
-    /// are sealed before the next batch joins them, so that the chunk's
-    /// range holds only the refusals recorded.
-    seal_before_next: bool,
     /// What `listed` and `chunks` take in a snapshot
     /// (`INDEX_SNAPSHOT_BYTES_MAX`).
     index_snapshot_bytes: u64,
@@ -451,13 +441,7 @@ impl PartitionLog {
     /// `term` (stamped as the partition leader epoch).
     pub fn apply(&mut self, command: PartitionCommand, index: u64, term: u64) -> ProduceOutcome {
         match command {
-            PartitionCommand::Produce(produce) => {
-                let outcome = self.apply_produce(produce, index, term);
-                if !matches!(outcome, ProduceOutcome::Appended { .. }) {
-                    self.note_refused(index);
-                }
-                outcome
-            }
+            PartitionCommand::Produce(produce) => self.apply_produce(produce, index, term),
             PartitionCommand::Retain { now_ms, retention } => {
                 self.retain(now_ms, retention);
                 ProduceOutcome::Appended {
@@ -527,9 +511,8 @@ impl PartitionLog {
     }
 
     /// Whether the open batches are sealed into a chunk before `next`
-    /// joins them: they would be too many or too large, `next` has another
-    /// epoch, or more produces were refused among them than a chunk
-    /// records.
+    /// joins them: they would be too many or too large, or `next` has
+    /// another epoch.
     fn open_is_full_for(&self, next: &StoredBatch) -> bool {
         let Some(last) = self.open.back() else {
             return false;
@@ -539,8 +522,7 @@ impl PartitionLog {
             .iter()
             .map(|batch| u64::from(batch.length_bytes))
             .sum();
-        self.seal_before_next
-            || self.open.len() >= CHUNK_BATCHES_MAX
+        self.open.len() >= CHUNK_BATCHES_MAX
             || open_bytes >= CHUNK_BYTES_MAX
             || last.leader_epoch != next.leader_epoch
     }
@@ -550,25 +532,9 @@ impl PartitionLog {
     fn seal_open(&mut self) {
         assert!(!self.is_full(), "the index has room for a chunk");
         let open: Vec<StoredBatch> = self.open.drain(..).collect();
-        let chunk = Chunk::seal(&open, &self.open_refused);
+        let chunk = Chunk::seal(&open);
         self.index_snapshot_bytes += chunk.snapshot_bytes();
         self.chunks.push_back(chunk);
-        self.open_refused.clear();
-        self.seal_before_next = false;
-    }
-
-    /// A produce at `index` appended no batch. The chunk its range falls
-    /// in must say so: its entry looks like any other produce.
-    fn note_refused(&mut self, index: u64) {
-        // Before the first open batch, it is outside every chunk's range.
-        if self.open.is_empty() {
-            return;
-        }
-        if self.open_refused.len() >= CHUNK_REFUSED_MAX {
-            self.seal_before_next = true;
-        } else {
-            self.open_refused.push(index);
-        }
     }
 
     /// Kafka's idempotent producer rules: a batch from a known producer and
@@ -695,9 +661,10 @@ impl PartitionLog {
     /// Batches from the one holding `offset`, up to `max_bytes` (at least
     /// one batch, as Kafka does, so that a large batch is never stuck).
     /// `entry_at(index)` gives the group's log entry at `index` if it is at
-    /// hand; a chunk's batches are rebuilt from its entries. The read stops
-    /// before the first batch whose entry is not at hand, and names where
-    /// to read the log (`LogRead::load_from`).
+    /// hand; a chunk's batches are rebuilt from their entries, from the one
+    /// holding `offset` on. The read stops before the first batch whose
+    /// entry is not at hand, and names where to read the log
+    /// (`LogRead::load_from`).
     pub fn read<'a, 'e>(
         &'a self,
         offset: i64,
@@ -728,11 +695,8 @@ impl PartitionLog {
                     read.batches.push(Cow::Borrowed(batch));
                 }
                 Part::Chunk(chunk) => {
-                    let rebuilt = chunk.batches(&entry_at);
+                    let rebuilt = chunk.batches_from(offset, &entry_at);
                     for batch in rebuilt.batches {
-                        if batch.last_offset < offset {
-                            continue;
-                        }
                         if !fits(&batch, &read) {
                             return read;
                         }
@@ -856,11 +820,6 @@ impl PartitionLog {
             chunk.encode(&mut out);
         }
         encode_batches(&mut out, &self.open);
-        out.extend_from_slice(&(self.open_refused.len() as u64).to_le_bytes());
-        for index in &self.open_refused {
-            out.extend_from_slice(&index.to_le_bytes());
-        }
-        out.push(u8::from(self.seal_before_next));
         out.extend_from_slice(&(self.producers.len() as u64).to_le_bytes());
         for (id, state) in &self.producers {
             out.extend_from_slice(&id.to_le_bytes());
@@ -896,8 +855,6 @@ impl PartitionLog {
         );
         let mut chunks = VecDeque::new();
         let mut open = VecDeque::new();
-        let mut open_refused = Vec::new();
-        let mut seal_before_next = false;
         if version >= 4 {
             for _ in 0..reader.u64() {
                 let chunk = Chunk::decode(&mut reader);
@@ -910,10 +867,6 @@ impl PartitionLog {
             );
             open = decode_batches(&mut reader, version);
             assert!(open.len() <= CHUNK_BATCHES_MAX, "open batches");
-            let refused = reader.u64() as usize;
-            assert!(refused <= CHUNK_REFUSED_MAX, "open refusals");
-            open_refused = (0..refused).map(|_| reader.u64()).collect();
-            seal_before_next = reader.bytes(1)[0] != 0;
         }
         let mut producers = BTreeMap::new();
         for _ in 0..reader.u64() {
@@ -947,8 +900,6 @@ impl PartitionLog {
             listed,
             chunks,
             open,
-            open_refused,
-            seal_before_next,
             index_snapshot_bytes,
             log_start_offset,
             next_offset,
@@ -1529,7 +1480,7 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_sealed_by_count_bytes_epoch_and_refusals() {
+    fn chunks_are_sealed_by_count_bytes_and_epoch() {
         let mut replay = Replay::new();
         for _ in 0..CHUNK_BATCHES_MAX + 10 {
             replay.produce(2, 4, None);
@@ -1547,26 +1498,16 @@ mod tests {
         }
         assert_eq!(replay.log.chunk_count(), 3, "sealed at the byte bound");
         assert!(replay.log.chunks[2].length_bytes >= CHUNK_BYTES_MAX);
-        // Refusals: an idempotent producer's out-of-order batches.
+        // Refusals among a chunk's batches (an idempotent producer's
+        // out-of-order batches) take no offset and are no batch of it.
         replay.produce(1, 4, Some((7, 0, 0)));
-        for _ in 0..CHUNK_REFUSED_MAX + 3 {
+        for _ in 0..40 {
             assert!(matches!(
                 replay.produce(1, 4, Some((7, 0, 9))),
                 ProduceOutcome::Refused { .. }
             ));
+            replay.produce(1, 4, None);
         }
-        let before = replay.log.chunk_count();
-        replay.produce(1, 4, Some((7, 0, 1)));
-        assert_eq!(
-            replay.log.chunk_count(),
-            before + 1,
-            "sealed after too many refusals"
-        );
-        let sealed = replay.log.chunks.back().expect("a chunk");
-        assert_eq!(
-            sealed.refused.len(),
-            CHUNK_REFUSED_MAX.min(sealed.refused.len())
-        );
         replay.check();
     }
 
@@ -1659,9 +1600,17 @@ mod tests {
         let chunk = replay.log.chunks[0].clone();
         // Entries from 100 on are on disk, not at hand.
         let entry_at = |index: u64| replay.entries.get(&index).filter(|_| index < 100);
+        // A read inside the chunk loads from its own batch's entry: the
+        // steps say where it is.
         let read = replay.log.read(150, usize::MAX, entry_at);
-        assert!(read.batches.is_empty(), "a chunk is rebuilt from its start");
-        assert_eq!(read.load_from, Some(100));
+        assert!(read.batches.is_empty());
+        assert_eq!(read.load_from, Some(151));
+        // And needs none of the chunk's entries before that batch.
+        let later_at = |index: u64| replay.entries.get(&index).filter(|_| index >= 151);
+        let read = replay.log.read(150, usize::MAX, later_at);
+        assert_eq!(read.load_from, None);
+        assert_eq!(read.batches[0].as_ref(), &replay.expected[150]);
+        assert_eq!(read.batches.len(), replay.expected.len() - 150);
         let read = replay.log.read(50, usize::MAX, entry_at);
         assert_eq!(read.batches.len(), 49, "the batches before the gap");
         assert_eq!(read.batches[0].base_offset, 50);
