@@ -561,6 +561,31 @@ fn a_fetch_past_the_end_is_out_of_range_after_a_read_index() {
     }
 }
 
+/// The group of partition 0 of `topic_name`, from the node's metadata.
+fn partition_group(harness: &Harness, topic_name: &str) -> runnel_io::GroupId {
+    harness
+        .broker
+        .node()
+        .machine(runnel_core::metadata::METADATA_GROUP)
+        .and_then(|machine| machine.metadata())
+        .and_then(|metadata| metadata.topic(topic_name))
+        .expect("the topic")
+        .partitions[0]
+        .group
+}
+
+/// The partition machine of `group` on the node, if it hosts it.
+fn partition_log(
+    harness: &Harness,
+    group: runnel_io::GroupId,
+) -> Option<&runnel_core::partition::PartitionLog> {
+    harness
+        .broker
+        .node()
+        .machine(group)
+        .and_then(|machine| machine.partition())
+}
+
 /// The offsets and values of every record in a fetch's records.
 fn records_of(records: &Bytes) -> Vec<(i64, Vec<u8>)> {
     let mut bytes = records.clone();
@@ -701,25 +726,9 @@ fn a_chunk_of_the_index_is_rebuilt_from_the_log_on_disk() {
             .expect("records");
         early.push(records);
     }
-    let group = harness
-        .broker
-        .node()
-        .machine(runnel_core::metadata::METADATA_GROUP)
-        .and_then(|machine| machine.metadata())
-        .and_then(|metadata| metadata.topic("chunked"))
-        .expect("the topic")
-        .partitions[0]
-        .group;
-    let log = |harness: &Harness| {
-        harness
-            .broker
-            .node()
-            .machine(group)
-            .and_then(|machine| machine.partition())
-            .cloned()
-            .expect("the partition")
-    };
-    assert!(log(&harness).chunk_count() >= 1, "a chunk was sealed");
+    let group = partition_group(&harness, "chunked");
+    let chunks = |harness: &Harness| partition_log(harness, group).map(|log| log.chunk_count());
+    assert!(chunks(&harness) >= Some(1), "a chunk was sealed");
     // Fetches from `offset` to the end, each from where the last stopped,
     // as a consumer does: each may bring only what a few reads of the log
     // on disk held.
@@ -819,7 +828,7 @@ fn a_chunk_of_the_index_is_rebuilt_from_the_log_on_disk() {
         all,
         "the same bytes after a restart"
     );
-    assert!(log(&harness).chunk_count() >= 1);
+    assert!(chunks(&harness) >= Some(1));
 }
 
 /// A batch of records whose timestamps are `timestamp_ms` plus 10 ms per
@@ -935,26 +944,9 @@ fn after_a_restart_the_log_holds_every_batch_the_snapshot_names() {
     }
     // Retention (every second) drops all but the newest batch.
     harness.advance(2_500);
-    let group = |harness: &Harness| {
-        harness
-            .broker
-            .node()
-            .machine(runnel_core::metadata::METADATA_GROUP)
-            .and_then(|machine| machine.metadata())
-            .and_then(|metadata| metadata.topic("short"))
-            .expect("the topic")
-            .partitions[0]
-            .group
-    };
-    let group_id = group(&harness);
-    let log_start = |harness: &Harness| {
-        harness
-            .broker
-            .node()
-            .machine(group_id)
-            .and_then(|machine| machine.partition())
-            .map(|log| log.log_start_offset())
-    };
+    let group_id = partition_group(&harness, "short");
+    let log_start =
+        |harness: &Harness| partition_log(harness, group_id).map(|log| log.log_start_offset());
     assert_eq!(log_start(&harness), Some(12), "retention ran");
     let Harness {
         mut disk, clock, ..

@@ -617,15 +617,7 @@ impl Replica {
                 // repairing its log) and was left behind by a change that
                 // removed it would wait forever: when no leader has been
                 // heard for an election timeout, it asks the voters.
-                let id = self.id();
-                let voters: Vec<NodeId> = self
-                    .config
-                    .voters
-                    .iter()
-                    .copied()
-                    .filter(|v| *v != id)
-                    .collect();
-                for voter in voters {
+                for voter in self.other_voters() {
                     self.send(voter, Body::TermQuery);
                 }
             }
@@ -1489,14 +1481,7 @@ impl Replica {
         let peer = match self.leader {
             Some(leader) => leader,
             None if lacking => {
-                let id = self.id();
-                let voters: Vec<NodeId> = self
-                    .config
-                    .voters
-                    .iter()
-                    .copied()
-                    .filter(|voter| *voter != id)
-                    .collect();
+                let voters = self.other_voters();
                 if voters.is_empty() {
                     return;
                 }
