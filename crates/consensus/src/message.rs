@@ -59,6 +59,10 @@ pub enum Body {
         /// §6.3: the `read_round` of the Append this answers (0 when it
         /// answers none, such as a snapshot).
         read_round: u64,
+        /// §8.3: the follower lacks part of the log its host serves (it
+        /// still backfills): it is not in sync, so it is neither promoted
+        /// from learner nor chosen to take over.
+        lacks_log: bool,
     },
     /// §8: the leader's snapshot, for a follower that needs compacted entries.
     InstallSnapshot {

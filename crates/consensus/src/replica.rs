@@ -112,6 +112,9 @@ struct Progress {
     /// §9: when a transfer of leadership to it last lapsed (it declined,
     /// or could not be reached); it is not asked again for a while.
     transfer_lapsed_ms: Option<u64>,
+    /// §8.3: its last answer said it lacks part of the log its host
+    /// serves.
+    lacks_log: bool,
 }
 
 /// §6.3: a linearizable read registered at the leader, waiting for a quorum
@@ -565,8 +568,11 @@ impl Replica {
         let since = self.now_ms.saturating_sub(lag_ms);
         let mut in_sync = vec![self.id()];
         for (node, progress) in &self.progress {
+            // §8.3: a follower that lacks the log its host serves is not a
+            // whole copy until its backfill ends.
             if progress.last_ack_ms >= since
                 && progress.match_index + IN_SYNC_ENTRIES_LAG_MAX >= self.commit
+                && !progress.lacks_log
             {
                 in_sync.push(*node);
             }
@@ -921,9 +927,13 @@ impl Replica {
                 match_index,
                 reject_hint,
                 read_round,
+                lacks_log,
             } => {
                 // The term rules above let through only answers in our
                 // term, to Appends of ours in it (§6.3).
+                if let Some(progress) = self.progress.get_mut(&message.from) {
+                    progress.lacks_log = lacks_log;
+                }
                 self.note_read_round(message.from, read_round);
                 self.handle_append_response(message.from, success, match_index, reject_hint);
             }
@@ -983,6 +993,7 @@ impl Replica {
                         match_index: 0,
                         reject_hint: 0,
                         read_round: 0,
+                        lacks_log: !self.holds_needed_log(),
                     },
                 );
             }
@@ -1218,6 +1229,7 @@ impl Replica {
             last_ack_ms: self.now_ms,
             read_round_acked: 0,
             transfer_lapsed_ms: None,
+            lacks_log: false,
         }
     }
 
@@ -1743,6 +1755,7 @@ impl Replica {
                     match_index: prev_index,
                     reject_hint: hint,
                     read_round,
+                    lacks_log: !self.holds_needed_log(),
                 },
             );
             return;
@@ -1797,6 +1810,7 @@ impl Replica {
                 match_index,
                 reject_hint: 0,
                 read_round,
+                lacks_log: !self.holds_needed_log(),
             },
         });
     }
@@ -2206,9 +2220,10 @@ impl Replica {
     pub fn may_take_over(&self, peer: NodeId) -> bool {
         let hold_ms = TRANSFER_LAPSE_HOLD_TIMEOUTS * self.options.election_timeout_ms;
         self.progress.get(&peer).is_none_or(|progress| {
-            progress
-                .transfer_lapsed_ms
-                .is_none_or(|lapsed_ms| self.now_ms >= lapsed_ms + hold_ms)
+            !progress.lacks_log
+                && progress
+                    .transfer_lapsed_ms
+                    .is_none_or(|lapsed_ms| self.now_ms >= lapsed_ms + hold_ms)
         })
     }
 

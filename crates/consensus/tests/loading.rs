@@ -587,3 +587,33 @@ fn a_follower_answers_a_voters_backfill_with_committed_entries_only() {
     let past = ask(&mut pair, commit + 2);
     assert!(past.is_none_or(|(_, entries)| entries.is_empty()));
 }
+
+/// §8.3: a follower says in every AppendResponse whether it lacks the log
+/// its host serves; the leader counts it out of the replicas in sync (the
+/// ISR, the learners a move promotes, the successors it picks) until its
+/// backfill ends.
+#[test]
+fn a_follower_lacking_its_log_is_not_in_sync_until_it_backfilled() {
+    let mut pair = lagging_follower(true);
+    let leader = pair.leader();
+    let follower = 3 - leader;
+    pair.set_log_needed_from(Some(2));
+    pair.tick(10 * ELECTION_TIMEOUT_MS, None);
+    assert_eq!(pair.nodes[&follower].snapshots_installed, 1);
+    assert!(!pair.nodes[&follower].replica.holds_needed_log());
+    let in_sync = pair.nodes[&leader]
+        .replica
+        .replicas_in_sync(ELECTION_TIMEOUT_MS);
+    assert_eq!(in_sync, vec![leader], "caught up, but lacking its log");
+    assert!(!pair.nodes[&leader].replica.may_take_over(follower));
+    pair.fail_reads = false;
+    pair.tick(10 * ELECTION_TIMEOUT_MS, None);
+    assert!(pair.nodes[&follower].replica.holds_needed_log());
+    let mut both = vec![leader, follower];
+    both.sort_unstable();
+    let in_sync = pair.nodes[&leader]
+        .replica
+        .replicas_in_sync(ELECTION_TIMEOUT_MS);
+    assert_eq!(in_sync, both);
+    assert!(pair.nodes[&leader].replica.may_take_over(follower));
+}

@@ -480,6 +480,7 @@ fn an_uncommitted_conflicting_suffix_is_truncated() {
             match_index: 4,
             reject_hint: 4,
             read_round: 0,
+            lacks_log: false,
         }
     );
     // Then after (3, 2): 2 holds (3, 1); hint: the start of its term-1 run
@@ -491,6 +492,7 @@ fn an_uncommitted_conflicting_suffix_is_truncated() {
             match_index: 3,
             reject_hint: 2,
             read_round: 0,
+            lacks_log: false,
         }
     );
     assert!(matches!(
@@ -1723,6 +1725,7 @@ fn a_learner_is_promoted_only_once_it_acknowledged_the_membership_listing_it() {
             match_index: removed_at,
             reject_hint: 0,
             read_round: 0,
+            lacks_log: false,
         },
     });
     assert_eq!(c.node(1).match_index(3), Some(removed_at));

@@ -23,7 +23,9 @@ use crate::api::Envelope;
 const MAGIC: u32 = 0x524e_4c45; // "RNLE"
 /// Version 2: Append and AppendResponse carry the read round (§6.3).
 /// Version 3: BackfillRequest and Backfill (§8.2).
-const VERSION: u16 = 3;
+/// Version 4: AppendResponse says whether the follower lacks the log its
+/// host serves (§8.3).
+const VERSION: u16 = 4;
 
 /// The largest encoded envelope a node sends or accepts. It must hold the
 /// largest snapshot a group takes (a partition's, see
@@ -163,7 +165,7 @@ pub fn encoded_message_bytes(message: &Message) -> usize {
         Body::Append { entries, .. } => 40 + entries_bytes(entries),
         Body::BackfillRequest { .. } => 8,
         Body::Backfill { entries, .. } => 8 + entries_bytes(entries),
-        Body::AppendResponse { .. } => 25,
+        Body::AppendResponse { .. } => 26,
         Body::InstallSnapshot { snapshot } => {
             16 + config_bytes(&snapshot.meta.config) + 4 + snapshot.data.len()
         }
@@ -274,12 +276,14 @@ fn encode_message(out: &mut Vec<u8>, message: &Message) {
             match_index,
             reject_hint,
             read_round,
+            lacks_log,
         } => {
             out.push(6);
             out.push(u8::from(*success));
             put_u64(out, *match_index);
             put_u64(out, *reject_hint);
             put_u64(out, *read_round);
+            out.push(u8::from(*lacks_log));
         }
         Body::InstallSnapshot { snapshot } => {
             out.push(7);
@@ -379,6 +383,7 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
             match_index: reader.u64()?,
             reject_hint: reader.u64()?,
             read_round: reader.u64()?,
+            lacks_log: reader.bool()?,
         },
         7 => {
             let index = reader.u64()?;
@@ -620,6 +625,7 @@ mod tests {
                             match_index: 10,
                             reject_hint: 4,
                             read_round: 7,
+                            lacks_log: true,
                         },
                     ),
                 ),
