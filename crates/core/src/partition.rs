@@ -643,14 +643,16 @@ impl PartitionLog {
     }
 
     /// The lowest consensus log index whose entry this partition still
-    /// needs: that of its oldest batch. Retention dropped every batch of
-    /// the entries before it, so the node need not keep those entries on
-    /// disk for a lagging follower (docs/protocol.md §8.1). None when the
-    /// partition holds no batch (nothing before the applied index is
-    /// needed); 0 when the oldest batch came from a snapshot that did not
-    /// record it.
+    /// needs: that of its oldest batch read from the log. Retention dropped
+    /// every batch of the entries before it, so the node need not keep
+    /// those entries on disk for a lagging follower (docs/protocol.md
+    /// §8.1). Batches from a snapshot of version 1 or 2 carry their bytes
+    /// and need no entry. None when no batch needs one (nothing before the
+    /// applied index is needed).
     pub fn lowest_raft_index_needed(&self) -> Option<u64> {
-        self.parts().next().map(|part| part.first_raft_index())
+        self.parts()
+            .find(|part| !matches!(part, Part::Batch(batch) if batch.carried_bytes.is_some()))
+            .map(|part| part.first_raft_index())
     }
 
     /// Whether retention would drop anything now.
@@ -1277,6 +1279,9 @@ mod tests {
         assert_eq!(carried.carried_bytes.as_deref(), Some(bytes.as_slice()));
         assert_eq!(carried.length_bytes as usize, bytes.len());
         assert_eq!(old.high_watermark(), 2);
+        // Its bytes are carried, so it needs no entry of the log: a
+        // replica restored from it does not wait for a backfill.
+        assert_eq!(old.lowest_raft_index_needed(), None);
         // A snapshot taken since carries them on: the log may not hold
         // that entry.
         assert_eq!(PartitionLog::decode(&old.encode()), old);
