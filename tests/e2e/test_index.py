@@ -6,7 +6,7 @@ after a restart, and gets the exact record each time."""
 
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 # Each message is its own batch: about 12 chunks of 256 batches.
@@ -40,9 +40,26 @@ def consumer(broker):
     )
 
 
+def wait_until_served(reader, topic):
+    """After a restart the partition has a leader again only once its
+    group elected one: until then a client's metadata lacks it."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            marks = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
+            if marks == (0, MESSAGES):
+                return
+        except KafkaException as error:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the partition is not served after 30 s: {error}")
+        assert time.monotonic() < deadline, "the partition is not served after 30 s"
+        time.sleep(0.2)
+
+
 def check_lookups(broker, topic, base_ms):
     reader = consumer(broker)
     try:
+        wait_until_served(reader, topic)
         for i in PROBES:
             # The exact record at a time, and at a time between two records.
             for at_ms in (base_ms + i * STEP_MS, base_ms + i * STEP_MS - STEP_MS // 2):
