@@ -173,6 +173,20 @@ fn a_deposed_leader_never_answers_from_its_stale_state() {
     );
 }
 
+/// Runs each of `seeds` with its own fault plan and fails with the
+/// violations of the first that does not pass.
+fn assert_seeds_pass(seeds: &[u64]) {
+    for &seed in seeds {
+        let outcome = run(FaultPlan::from_seed(seed), seed);
+        let problems: Vec<String> = outcome.violations.iter().map(|v| v.to_string()).collect();
+        assert!(
+            outcome.passed(),
+            "seed {seed} failed:\n{}",
+            problems.join("\n")
+        );
+    }
+}
+
 /// §10.3: sweeps found these seeds leaving a partition without a leader. A
 /// replica rejoining after losing its vote record waits for a term from
 /// every voter of its config, and one voter was on the node removed from
@@ -183,15 +197,7 @@ fn a_deposed_leader_never_answers_from_its_stale_state() {
 /// drifts as the code changes.
 #[test]
 fn a_rejoining_replica_hears_from_a_voter_kept_dormant_on_a_removed_node() {
-    for seed in [90_496, 94_065] {
-        let outcome = run(FaultPlan::from_seed(seed), seed);
-        let problems: Vec<String> = outcome.violations.iter().map(|v| v.to_string()).collect();
-        assert!(
-            outcome.passed(),
-            "seed {seed} failed:\n{}",
-            problems.join("\n")
-        );
-    }
+    assert_seeds_pass(&[90_496, 94_065]);
 }
 
 /// docs/protocol.md §7.4, §8.3: two seeds that lost committed or
@@ -209,15 +215,7 @@ fn a_rejoining_replica_hears_from_a_voter_kept_dormant_on_a_removed_node() {
 /// Which seeds reach these cases drifts as the code changes.
 #[test]
 fn seeds_that_lost_data_in_review_pass() {
-    for seed in [670_052, 670_320] {
-        let outcome = run(FaultPlan::from_seed(seed), seed);
-        let problems: Vec<String> = outcome.violations.iter().map(|v| v.to_string()).collect();
-        assert!(
-            outcome.passed(),
-            "seed {seed} failed:\n{}",
-            problems.join("\n")
-        );
-    }
+    assert_seeds_pass(&[670_052, 670_320]);
 }
 
 /// Seeds where a node removed from the cluster still held a vote its
@@ -234,13 +232,5 @@ fn seeds_that_lost_data_in_review_pass() {
 /// voters while it knows no leader (docs/protocol.md §8.3).
 #[test]
 fn seeds_where_a_removed_node_held_a_needed_vote_pass() {
-    for seed in [610_031, 650_397, 34_658_143, 670_185, 720_094] {
-        let outcome = run(FaultPlan::from_seed(seed), seed);
-        let problems: Vec<String> = outcome.violations.iter().map(|v| v.to_string()).collect();
-        assert!(
-            outcome.passed(),
-            "seed {seed} failed:\n{}",
-            problems.join("\n")
-        );
-    }
+    assert_seeds_pass(&[610_031, 650_397, 34_658_143, 670_185, 720_094]);
 }

@@ -587,21 +587,12 @@ impl Broker {
         id
     }
 
-    /// The membership partition `group` was created with.
+    /// The membership partition `group` was created with (none when the
+    /// metadata does not list it).
     fn initial_config(&self, group: GroupId) -> Config {
-        let initial = self
-            .metadata()
-            .and_then(|metadata| {
-                metadata
-                    .partition_groups()
-                    .find(|(_, placement)| placement.group == group)
-                    .map(|(_, placement)| placement.initial_replicas.clone())
-            })
-            .unwrap_or_default();
-        Config {
-            voters: initial.into_iter().collect(),
-            learners: Default::default(),
-        }
+        self.metadata()
+            .and_then(|metadata| initial_config_in(metadata, group))
+            .unwrap_or_default()
     }
 
     fn metadata(&self) -> Option<&MetadataState> {
@@ -2470,6 +2461,18 @@ fn encode(
             SlotOutput::Close(format!("cannot encode the {api_key:?} response"))
         }
     }
+}
+
+/// The membership partition `group` was created with, as `metadata`
+/// places it.
+fn initial_config_in(metadata: &MetadataState, group: GroupId) -> Option<Config> {
+    let (_, placement) = metadata
+        .partition_groups()
+        .find(|(_, placement)| placement.group == group)?;
+    Some(Config {
+        voters: placement.initial_replicas.iter().copied().collect(),
+        learners: Default::default(),
+    })
 }
 
 /// The records of `batch`, if its bytes are at hand (in memory or among

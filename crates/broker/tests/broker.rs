@@ -561,6 +561,15 @@ fn a_fetch_past_the_end_is_out_of_range_after_a_read_index() {
     }
 }
 
+/// How many reads of the log on disk the node served to clients (§8.3).
+fn disk_reads_served(harness: &Harness) -> u64 {
+    harness
+        .broker
+        .node()
+        .catch_up_stats()
+        .client_log_reads_served
+}
+
 /// The group of partition 0 of `topic_name`, from the node's metadata.
 fn partition_group(harness: &Harness, topic_name: &str) -> runnel_io::GroupId {
     harness
@@ -629,11 +638,7 @@ fn batches_below_the_snapshot_are_read_back_from_the_log_on_disk() {
         );
         assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
     }
-    let reads_before = harness
-        .broker
-        .node()
-        .catch_up_stats()
-        .client_log_reads_served;
+    let reads_before = disk_reads_served(&harness);
     harness.send(1, ApiKey::Fetch, 12, &fetch_request("cold", 0, 0));
     assert_eq!(harness.pending(1), 0, "the batches are on disk: read first");
     harness.advance(20);
@@ -643,12 +648,7 @@ fn batches_below_the_snapshot_are_read_back_from_the_log_on_disk() {
     assert_eq!(partition.high_watermark, 21);
     let cold = partition.records.clone().expect("records");
     assert!(
-        harness
-            .broker
-            .node()
-            .catch_up_stats()
-            .client_log_reads_served
-            > reads_before,
+        disk_reads_served(&harness) > reads_before,
         "served from a read of the disk"
     );
     assert_eq!(&cold[..early.len()], &early[..], "the bytes served before");
@@ -754,11 +754,7 @@ fn a_chunk_of_the_index_is_rebuilt_from_the_log_on_disk() {
             .collect()
     };
     for from in [1, 100, 200, 255, i64::from(count) - 3] {
-        let reads_before = harness
-            .broker
-            .node()
-            .catch_up_stats()
-            .client_log_reads_served;
+        let reads_before = disk_reads_served(&harness);
         let records = fetch_all(&mut harness, from);
         let mut values = records_of(&records);
         values.retain(|(offset, _)| *offset >= from);
@@ -771,12 +767,7 @@ fn a_chunk_of_the_index_is_rebuilt_from_the_log_on_disk() {
         );
         if from < 200 {
             assert!(
-                harness
-                    .broker
-                    .node()
-                    .catch_up_stats()
-                    .client_log_reads_served
-                    > reads_before,
+                disk_reads_served(&harness) > reads_before,
                 "read from the disk, from {from}"
             );
         }

@@ -963,6 +963,24 @@ impl Replica {
         }
     }
 
+    /// An AppendResponse from this replica, saying whether it lacks the log
+    /// its host serves (§8.3).
+    fn append_response(
+        &self,
+        success: bool,
+        match_index: Index,
+        reject_hint: Index,
+        read_round: u64,
+    ) -> Body {
+        Body::AppendResponse {
+            success,
+            match_index,
+            reject_hint,
+            read_round,
+            lacks_log: !self.holds_needed_log(),
+        }
+    }
+
     /// §8.3: this replica lacks part of the log its host serves and is not
     /// the only voter, so another may hold it and lead instead.
     fn lacks_log_a_peer_may_hold(&self) -> bool {
@@ -986,16 +1004,8 @@ impl Replica {
             // A stale leader learns our term from the rejection and steps
             // down (§4.4); without check-quorum it could otherwise linger.
             Body::Append { .. } | Body::InstallSnapshot { .. } => {
-                self.send(
-                    message.from,
-                    Body::AppendResponse {
-                        success: false,
-                        match_index: 0,
-                        reject_hint: 0,
-                        read_round: 0,
-                        lacks_log: !self.holds_needed_log(),
-                    },
-                );
+                let refusal = self.append_response(false, 0, 0, 0);
+                self.send(message.from, refusal);
             }
             // §4.2: a pre-candidate with a stale term learns ours.
             Body::PreVote { .. } => {
@@ -1748,16 +1758,8 @@ impl Replica {
                 self.log
                     .first_index_of_term_run(prev_index, self.commit + 1)
             };
-            self.send(
-                leader,
-                Body::AppendResponse {
-                    success: false,
-                    match_index: prev_index,
-                    reject_hint: hint,
-                    read_round,
-                    lacks_log: !self.holds_needed_log(),
-                },
-            );
+            let refusal = self.append_response(false, prev_index, hint, read_round);
+            self.send(leader, refusal);
             return;
         }
         let last_new_index = prev_index + entries.len() as u64;
@@ -1805,13 +1807,7 @@ impl Replica {
             from: self.id(),
             to: leader,
             term: self.term,
-            body: Body::AppendResponse {
-                success: true,
-                match_index,
-                reject_hint: 0,
-                read_round,
-                lacks_log: !self.holds_needed_log(),
-            },
+            body: self.append_response(true, match_index, 0, read_round),
         });
     }
 
@@ -2190,13 +2186,10 @@ impl Replica {
         if self.role != Role::Leader || self.transfer.is_some() {
             return None;
         }
-        let id = self.id();
         let mut voters: Vec<NodeId> = self
-            .config
-            .voters
-            .iter()
-            .copied()
-            .filter(|voter| *voter != id && self.may_take_over(*voter))
+            .other_voters()
+            .into_iter()
+            .filter(|voter| self.may_take_over(*voter))
             .collect();
         if voters.is_empty() {
             // Every one lapsed lately (they lack the log too, or were not
@@ -2213,10 +2206,11 @@ impl Replica {
     }
 
     /// §9: whether this leader would hand leadership to `peer` now: a
-    /// voter whose last transfer lapsed (it declined, §8.3, §10.3, or was
-    /// not reached) is passed over for `TRANSFER_LAPSE_HOLD_TIMEOUTS`
-    /// election timeouts, so that callers choosing a successor pick
-    /// another.
+    /// voter whose last answer said it lacks the log its host serves
+    /// (§8.3) is passed over until it holds it, and one whose last transfer
+    /// lapsed (it declined, §8.3, §10.3, or was not reached) for
+    /// `TRANSFER_LAPSE_HOLD_TIMEOUTS` election timeouts, so that callers
+    /// choosing a successor pick another.
     pub fn may_take_over(&self, peer: NodeId) -> bool {
         let hold_ms = TRANSFER_LAPSE_HOLD_TIMEOUTS * self.options.election_timeout_ms;
         self.progress.get(&peer).is_none_or(|progress| {

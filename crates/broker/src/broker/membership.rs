@@ -293,16 +293,8 @@ impl Broker {
             .into_iter()
             .filter(|group| !self.node.has_left(*group))
             .filter_map(|group| {
-                let (_, placement) = replayed
-                    .partition_groups()
-                    .find(|(_, placement)| placement.group == group)?;
-                placement.initial_replicas.contains(&me).then(|| {
-                    let config = Config {
-                        voters: placement.initial_replicas.iter().copied().collect(),
-                        learners: Default::default(),
-                    };
-                    (group, config)
-                })
+                let config = super::initial_config_in(&replayed, group)?;
+                config.voters.contains(&me).then_some((group, config))
             })
             .collect();
         let mut core_env = Env {
